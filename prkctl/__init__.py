@@ -1,0 +1,1 @@
+"""prkctl: the PrkDB operator's tool."""
