@@ -1,0 +1,202 @@
+"""Value types of the Raft core: entries, hard state, snapshots and messages.
+
+Theory of operation
+-------------------
+Everything the core receives or emits is an immutable value defined here, so
+a `Ready` can be handed to another thread (the WAL flush) without copies and
+a test can compare messages with `==`. The `IntEnum` values are what the wire
+codec puts on the wire: never renumber them, only append.
+
+Indexes and terms are plain ints. Index 0 / term 0 mean "nothing": the first
+real entry has index 1 and every elected term is >= 1. Node ids are ints > 0;
+`NONE` (0) stands for "no node" (no vote, no known leader).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import final
+
+NONE = 0
+"""The node id meaning 'nobody' (no vote cast, no leader known)."""
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry's data means to the state machine."""
+
+    NORMAL = 0  # opaque client command (an empty one is the leader's no-op)
+    CONF_CHANGE = 1  # reserved for membership changes (later issue)
+
+
+class MsgType(enum.IntEnum):
+    """Message kinds. Local kinds never cross the wire (see `is_local_msg`)."""
+
+    HUP = 0  # local: start an election (or pre-election)
+    BEAT = 1  # local: leader should broadcast heartbeats
+    PROP = 2  # local proposal, or forwarded (dropped, we do not forward)
+    APP = 3  # AppendEntries
+    APP_RESP = 4
+    VOTE = 5  # RequestVote
+    VOTE_RESP = 6
+    PRE_VOTE = 7
+    PRE_VOTE_RESP = 8
+    SNAP = 9  # InstallSnapshot
+    HEARTBEAT = 10
+    HEARTBEAT_RESP = 11
+    TRANSFER_LEADER = 12  # local or forwarded to the leader
+    TIMEOUT_NOW = 13  # leader -> transfer target: campaign now
+    READ_INDEX = 14  # local, or follower -> leader
+    READ_INDEX_RESP = 15  # leader -> follower
+    CHECK_QUORUM = 16  # local: leader checks it heard from a quorum
+    SNAP_STATUS = 17  # local: driver reports a snapshot send result
+    UNREACHABLE = 18  # local: driver reports a peer unreachable
+
+
+LOCAL_MSGS = frozenset(
+    {MsgType.HUP, MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.SNAP_STATUS, MsgType.UNREACHABLE}
+)
+RESPONSE_MSGS = frozenset(
+    {
+        MsgType.APP_RESP,
+        MsgType.VOTE_RESP,
+        MsgType.PRE_VOTE_RESP,
+        MsgType.HEARTBEAT_RESP,
+        MsgType.READ_INDEX_RESP,
+    }
+)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. Invariant: index >= 1 and term >= 1 for real entries."""
+
+    term: int
+    index: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        """Approximate encoded size in bytes, used for flow control."""
+        return len(self.data) + 16
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be durable before any message promising it leaves (§5.2, Fig. 2).
+
+    term: the current term; vote: who we voted for in it (NONE if nobody);
+    commit: highest index known committed (persisted so a restart can re-apply
+    up to it without waiting for the leader).
+    """
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+    def is_empty(self) -> bool:
+        return self.term == 0 and self.vote == NONE and self.commit == 0
+
+
+EMPTY_HARD_STATE = HardState()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """The voter set. It is data (not a constant) so membership can change later.
+
+    Invariant: voters is sorted and has no duplicates.
+    """
+
+    voters: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if tuple(sorted(set(self.voters))) != self.voters:
+            object.__setattr__(self, "voters", tuple(sorted(set(self.voters))))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """The log position and voter set a snapshot covers (everything <= index)."""
+
+    index: int = 0
+    term: int = 0
+    conf_state: ConfState = field(default_factory=ConfState)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """State machine contents as of `meta.index`; `data` is opaque to Raft."""
+
+    meta: SnapshotMeta = field(default_factory=SnapshotMeta)
+    data: bytes = b""
+
+    def is_empty(self) -> bool:
+        return self.meta.index == 0
+
+
+EMPTY_SNAPSHOT = Snapshot()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A Raft message between two cores (or a local input, see `LOCAL_MSGS`).
+
+    Field meanings follow etcd's raftpb.Message:
+    - index/log_term: for APP the position preceding `entries`; for votes the
+      candidate's last log position; for APP_RESP the index acknowledged or
+      rejected; for a rejection `reject_hint` is the follower's best guess of
+      where the logs may match and `log_term` the term it has at that index
+      (the conflict hint that makes repair O(terms), not O(entries)).
+    - commit: the sender's commit index (clamped for heartbeats).
+    - context: opaque bytes (ReadIndex request ids; b"transfer" marks a
+      campaign caused by leadership transfer, which bypasses the lease check).
+    """
+
+    type: MsgType
+    to: int = NONE
+    from_: int = NONE
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    context: bytes = b""
+    snapshot: Snapshot | None = None
+
+
+CAMPAIGN_TRANSFER = b"transfer"
+"""Vote context marking an election started by TimeoutNow (skips the lease check)."""
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state the driver wants to know about when it changes."""
+
+    leader: int
+    role: Role
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read request that may be served once the state machine applied `index`."""
+
+    index: int
+    context: bytes
