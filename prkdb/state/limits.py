@@ -1,0 +1,176 @@
+"""Size limits and the rules a command must follow before it may be proposed.
+
+Theory of operation
+-------------------
+The same check runs in two places, with two behaviours:
+
+* The server calls :func:`validate_command` *before* proposing. A violation
+  raises :class:`InvalidCommand` (a caller mistake), the client gets
+  TOO_LARGE / BAD_REQUEST, and the log never sees the command.
+* ``KVStateMachine.apply`` calls :func:`check_command` on every committed
+  command. A command can reach the log despite the first check (an older
+  leader with other limits, a bug), and once committed every replica must
+  apply it identically, so a violation becomes a failed no-op
+  :class:`~prkdb.state.results.WriteResult` instead of an exception.
+
+Hence the limits are effectively cluster-wide configuration: replicas with
+different limits would apply the same entry differently and diverge. They
+must be changed only together (TODO(#3): carry them in the log).
+
+Rules beyond sizes: keys are non-empty ``bytes``; values are ``bytes``
+(empty allowed); a CompareAndSet has at least one condition; a Batch holds
+only Put/Delete, at most ``max_batch_ops`` of them (an empty batch is a
+valid no-op).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, final
+
+from prkdb.state.commands import UNCHECKED, Batch, Command, CompareAndSet, Delete, Put
+from prkdb.state.errors import InvalidCommand
+from prkdb.state.results import ResultCode
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "Violation", "check_command", "validate_command"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-command size limits, in bytes (keys, values) and ops (batches).
+
+    Attributes:
+        max_key_size: longest allowed key, bytes. Default 64 KiB.
+        max_value_size: longest allowed value (also CAS expected value), bytes.
+            Default 4 MiB.
+        max_batch_ops: most ops in one Batch. Default 1000.
+    """
+
+    max_key_size: int = 64 * 1024
+    max_value_size: int = 4 * 1024 * 1024
+    max_batch_ops: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_key_size", "max_value_size", "max_batch_ops"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} ({value!r}) must be a positive int")
+
+
+DEFAULT_LIMITS: Limits = Limits()
+
+#: ``(code, message)`` describing why a command may not be applied.
+Violation = tuple[ResultCode, str]
+
+
+def _check_key(key: Any, limits: Limits, where: str) -> Violation | None:
+    if type(key) is not bytes:
+        return ResultCode.INVALID_COMMAND, f"{where}key must be bytes, got {type(key).__name__}"
+    if not key:
+        return ResultCode.INVALID_COMMAND, f"{where}key must not be empty"
+    if len(key) > limits.max_key_size:
+        return (
+            ResultCode.KEY_TOO_LARGE,
+            f"{where}key is {len(key)} bytes, over max_key_size ({limits.max_key_size})",
+        )
+    return None
+
+
+def _check_value(value: Any, limits: Limits, where: str, what: str = "value") -> Violation | None:
+    if type(value) is not bytes:
+        return (
+            ResultCode.INVALID_COMMAND,
+            f"{where}{what} must be bytes, got {type(value).__name__}",
+        )
+    if len(value) > limits.max_value_size:
+        return (
+            ResultCode.VALUE_TOO_LARGE,
+            f"{where}{what} is {len(value)} bytes, over max_value_size ({limits.max_value_size})",
+        )
+    return None
+
+
+def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | None:
+    """Return why ``cmd`` may not be applied under ``limits``, or ``None`` if it may.
+
+    The non-raising form used on the apply path, where exceptions would cost
+    time per write and a violation is an ordinary (failed) outcome.
+    """
+    t = type(cmd)
+    if t is Put:
+        return _check_key(cmd.key, limits, "") or _check_value(
+            cmd.value, limits, ""  # type: ignore[union-attr]
+        )
+    if t is Delete:
+        return _check_key(cmd.key, limits, "")
+    if t is CompareAndSet:
+        return _check_cas(cmd, limits)  # type: ignore[arg-type]
+    if t is Batch:
+        return _check_batch(cmd, limits)  # type: ignore[arg-type]
+    return ResultCode.INVALID_COMMAND, f"not a command: {t.__name__}"
+
+
+def _check_cas(cmd: CompareAndSet, limits: Limits) -> Violation | None:
+    v = _check_key(cmd.key, limits, "")
+    if v:
+        return v
+    ev, ever = cmd.expected_value, cmd.expected_version
+    if ev is UNCHECKED and ever is None:
+        return (
+            ResultCode.INVALID_COMMAND,
+            "CompareAndSet needs expected_value or expected_version (else use Put)",
+        )
+    if ev is not UNCHECKED and ev is not None:
+        v = _check_value(ev, limits, "", "expected_value")
+        if v:
+            return v
+    if ever is not None and (type(ever) is not int or ever < 0):
+        return (
+            ResultCode.INVALID_COMMAND,
+            f"expected_version must be a non-negative int or None, got {ever!r:.40}",
+        )
+    if cmd.new_value is not None:
+        return _check_value(cmd.new_value, limits, "", "new_value")
+    return None
+
+
+def _check_batch(cmd: Batch, limits: Limits) -> Violation | None:
+    ops = cmd.ops
+    if type(ops) is not tuple:
+        return ResultCode.INVALID_COMMAND, f"Batch ops must be a tuple, got {type(ops).__name__}"
+    if len(ops) > limits.max_batch_ops:
+        return (
+            ResultCode.BATCH_TOO_LARGE,
+            f"batch has {len(ops)} ops, over max_batch_ops ({limits.max_batch_ops})",
+        )
+    for i, op in enumerate(ops):
+        where = f"batch op {i}: "
+        t = type(op)
+        if t is Put:
+            v = _check_key(op.key, limits, where) or _check_value(op.value, limits, where)
+        elif t is Delete:
+            v = _check_key(op.key, limits, where)
+        else:
+            v = ResultCode.INVALID_COMMAND, f"{where}must be Put or Delete, got {t.__name__}"
+        if v:
+            return v
+    return None
+
+
+def validate_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Check ``cmd`` before proposing it, so a bad command never enters the log.
+
+    Args:
+        cmd: the command the client asked for.
+        limits: the partition's limits (the same ones its state machine uses).
+
+    Raises:
+        InvalidCommand: ``cmd`` breaks a limit or a rule; ``.code`` tells which
+            (``KEY_TOO_LARGE``, ``VALUE_TOO_LARGE``, ``BATCH_TOO_LARGE``,
+            ``INVALID_COMMAND``) and the message gives the numbers.
+    """
+    violation = check_command(cmd, limits)
+    if violation is not None:
+        code, message = violation
+        raise InvalidCommand(message, code)
