@@ -1,0 +1,248 @@
+"""Error codes on the wire and the exceptions the SDK raises.
+
+Theory of operation
+-------------------
+Server and client share one vocabulary of failures. On the wire a failure is
+an `Error` frame carrying an `ErrorCode` (a small int), a human message and a
+`details` map (string keys). On the client side `error_from_code` turns that
+triple back into one exception class per code, so callers write
+``except NotLeader`` rather than comparing ints.
+
+The codes split by what the caller should do next:
+
+- retry elsewhere: NOT_LEADER (details name the leader if known);
+- retry later: UNAVAILABLE, TIMEOUT (nothing happened; safe to retry);
+- cannot know: OUTCOME_UNKNOWN (a write was proposed and may or may not be
+  applied; retrying with the same client_id/seq is safe because the state
+  machine de-duplicates, a fresh seq is not);
+- do not retry: BAD_REQUEST, TOO_LARGE, WRONG_CLUSTER, BAD_VERSION, INTERNAL.
+
+There is deliberately no CAS_FAILED code. A compare-and-set whose comparison
+does not hold is a normal, committed outcome (etcd's ``Txn.succeeded``): it
+comes back as ``WriteOk(succeeded=False, ...)`` with the current version, so
+the caller can decide. Errors are for requests that did not get an answer;
+mixing the two would make every retry loop special-case one code.
+
+Codes are append-only: never renumber (they are on the wire). Receivers must
+accept codes they do not know and treat them like INTERNAL (`error_from_code`
+returns a plain `PrkdbError` carrying the raw code).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "ErrorCode",
+    "InternalError",
+    "InvalidRequest",
+    "NotLeader",
+    "OutcomeUnknown",
+    "PrkdbError",
+    "ProtocolError",
+    "Timeout",
+    "TooLarge",
+    "Unavailable",
+    "WrongCluster",
+    "error_from_code",
+]
+
+
+class ErrorCode(enum.IntEnum):
+    """Failure codes carried by `Error` frames. Append only; values are on the wire."""
+
+    OK = 0  # not an error; never sent in an Error frame, reserved so 0 means "fine"
+    NOT_LEADER = 1  # this node does not lead the partition; details: leader_id, leader_address
+    UNAVAILABLE = 2  # no leader / no quorum / shutting down; nothing was done, retry later
+    OUTCOME_UNKNOWN = 3  # a write was proposed but its fate is unknown (e.g. leader lost)
+    BAD_REQUEST = 4  # malformed frame or message, or a request that can never succeed
+    TOO_LARGE = 5  # frame, key or value over a limit; details may carry "limit"
+    WRONG_CLUSTER = 6  # hello named another cluster id; the connection is closed
+    BAD_VERSION = 7  # unsupported protocol version; details: "supported" (list of ints)
+    INTERNAL = 8  # a bug or broken invariant on the server; not the caller's fault
+    TIMEOUT = 9  # the server gave up waiting before doing anything; safe to retry
+
+
+class PrkdbError(Exception):
+    """Root of every error the SDK raises for a failed request.
+
+    Attributes:
+        code: the `ErrorCode` (or the raw int for codes this client does not know).
+        message: human-readable, lowercase, includes the values involved.
+        details: structured extras from the server (string keys), never None.
+    """
+
+    default_code: ClassVar[int] = ErrorCode.INTERNAL
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.code: int = self.default_code if code is None else code
+        self.message = message
+        self.details: dict[str, Any] = dict(details) if details else {}
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={_code_name(self.code)})"
+
+
+class NotLeader(PrkdbError):
+    """The node asked is not the partition's leader; retry at `leader_address`.
+
+    `leader_id`/`leader_address` are None when the node knows no leader (an
+    election is running); the caller should back off and ask again.
+    """
+
+    default_code = ErrorCode.NOT_LEADER
+
+    def __init__(
+        self,
+        leader_id: int | None = None,
+        leader_address: str | None = None,
+        message: str = "",
+        *,
+        partition: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not message:
+            if leader_id:
+                where = f" at {leader_address}" if leader_address else ""
+                message = f"not the leader; the leader is node {leader_id}{where}"
+            else:
+                message = "not the leader; no leader known"
+        merged = dict(details or {})
+        if leader_id is not None:
+            merged.setdefault("leader_id", leader_id)
+        if leader_address is not None:
+            merged.setdefault("leader_address", leader_address)
+        if partition is not None:
+            merged.setdefault("partition", partition)
+        super().__init__(message, details=merged)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+        self.partition = partition
+
+
+class Unavailable(PrkdbError):
+    """The cluster could not serve the request now; nothing was done. Retry later."""
+
+    default_code = ErrorCode.UNAVAILABLE
+
+
+class Timeout(Unavailable):
+    """The server (or the client deadline) expired before anything was done.
+
+    A subclass of `Unavailable` because the remedy is the same: retry later.
+    A write that may already be proposed never yields Timeout; it yields
+    `OutcomeUnknown`.
+    """
+
+    default_code = ErrorCode.TIMEOUT
+
+
+class OutcomeUnknown(PrkdbError):
+    """A write may or may not have been applied.
+
+    Retrying with the *same* client_id and seq is safe (the state machine
+    applies it at most once); the SDK raises this only once its deadline is
+    spent.
+    """
+
+    default_code = ErrorCode.OUTCOME_UNKNOWN
+
+
+class InvalidRequest(PrkdbError):
+    """The request is malformed or can never succeed; retrying will not help."""
+
+    default_code = ErrorCode.BAD_REQUEST
+
+
+class TooLarge(InvalidRequest):
+    """A frame, key or value exceeds a limit (details may carry "limit")."""
+
+    default_code = ErrorCode.TOO_LARGE
+
+
+class WrongCluster(PrkdbError):
+    """The node belongs to another cluster than the one the client expects."""
+
+    default_code = ErrorCode.WRONG_CLUSTER
+
+
+class ProtocolError(PrkdbError):
+    """The peer broke the wire protocol (bad bytes, bad version, bad shape).
+
+    `prkdb.wire.errors.RemoteProtocolError` and `LocalProtocolError` subclass
+    this, so one ``except ProtocolError`` covers codec failures in the SDK.
+    """
+
+    default_code = ErrorCode.BAD_REQUEST
+
+
+class InternalError(PrkdbError):
+    """The server hit a bug or a broken invariant; report it."""
+
+    default_code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[int, type[PrkdbError]] = {
+    ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.OUTCOME_UNKNOWN: OutcomeUnknown,
+    ErrorCode.BAD_REQUEST: InvalidRequest,
+    ErrorCode.TOO_LARGE: TooLarge,
+    ErrorCode.WRONG_CLUSTER: WrongCluster,
+    ErrorCode.BAD_VERSION: ProtocolError,
+    ErrorCode.INTERNAL: InternalError,
+    ErrorCode.TIMEOUT: Timeout,
+}
+
+
+def error_from_code(code: int, message: str = "", **details: Any) -> PrkdbError:
+    """Build the exception for an `Error` frame received from a server.
+
+    Args:
+        code: the frame's code; unknown codes (a newer server) give a plain
+            `PrkdbError` that keeps the raw int, so nothing is lost.
+        message: the frame's message.
+        **details: the frame's details map. For NOT_LEADER the keys
+            ``leader_id``, ``leader_address`` and ``partition`` fill the
+            `NotLeader` attributes.
+
+    Returns:
+        The exception to raise (not raised here, so the caller controls the
+        traceback and ``from`` chaining).
+
+    Raises:
+        ValueError: code is OK, which is not an error: a caller bug.
+    """
+    if code == ErrorCode.OK:
+        raise ValueError("error_from_code(OK): OK is not an error")
+    if code == ErrorCode.NOT_LEADER:
+        leader_id = details.get("leader_id")
+        leader_address = details.get("leader_address")
+        partition = details.get("partition")
+        return NotLeader(
+            leader_id if isinstance(leader_id, int) else None,
+            leader_address if isinstance(leader_address, str) else None,
+            message,
+            partition=partition if isinstance(partition, int) else None,
+            details=details,
+        )
+    try:
+        known: int = ErrorCode(code)
+    except ValueError:
+        return PrkdbError(message or f"unknown error code {code}", code=code, details=details)
+    return _BY_CODE[known](message, code=known, details=details)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
