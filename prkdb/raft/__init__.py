@@ -1,0 +1,58 @@
+"""The sans-IO Raft core: stdlib only, driven by `RawNode` (see rawnode.py)."""
+
+from prkdb.raft.config import RaftConfig
+from prkdb.raft.errors import (
+    Compacted,
+    ConfigError,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    RaftInvariantError,
+    Unavailable,
+)
+from prkdb.raft.rawnode import PeerStatus, RawNode, Status
+from prkdb.raft.ready import Ready
+from prkdb.raft.storage import MemoryStorage, Storage
+from prkdb.raft.types import (
+    NONE,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MsgType,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+
+__all__ = [
+    "NONE",
+    "Compacted",
+    "ConfState",
+    "ConfigError",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "MemoryStorage",
+    "Message",
+    "MsgType",
+    "NotLeader",
+    "PeerStatus",
+    "ProposalDropped",
+    "RaftConfig",
+    "RaftError",
+    "RaftInvariantError",
+    "RawNode",
+    "ReadState",
+    "Ready",
+    "Role",
+    "Snapshot",
+    "SnapshotMeta",
+    "SoftState",
+    "Status",
+    "Storage",
+    "Unavailable",
+]

@@ -1,0 +1,765 @@
+"""`RaftCore`: the Raft consensus state machine of one group (one partition).
+
+Theory of operation
+-------------------
+The core is a pure function of its inputs: `step(message)` and `tick()`.
+It owns the role, term, vote, log view and the leader's progress tracker, and
+it emits messages into `msgs` (may leave now) and `msgs_after_persist` (vote
+grants and append acks, which promise durable state). `RawNode` wraps it into
+the Ready/advance contract. Nothing here knows about time, sockets or disks.
+
+Every state change goes through `step`: ticks inject local messages (HUP,
+BEAT, CHECK_QUORUM). `step` first applies the term rules shared by all roles
+(§5.1 "if one server's current term is smaller than the other's, then it
+updates its current term"; stale-term messages are answered or dropped), then
+dispatches on `self.role`. Only the `_become_*` methods assign `self.role`.
+
+Safety-relevant extensions beyond the paper:
+- Pre-Vote (thesis §9.6): a would-be candidate first asks whether it could win
+  at term+1 without bumping its term, so a node isolated for a while cannot
+  disrupt a healthy leader when it comes back.
+- CheckQuorum + lease on votes (thesis §6.2, §9.6): a leader that has not heard
+  from a majority within an election timeout steps down; a node that heard
+  from a live leader within the election timeout ignores (pre-)votes, except
+  for an election forced by leadership transfer.
+- The leader counts its own entries toward commit only after the driver
+  reports them durable (`on_persisted`), so it may send entries to followers
+  while its own fsync runs (thesis §10.2.1).
+- A leader commits only entries of its current term by counting (§5.4.2,
+  Figure 8); it appends an empty no-op on election so that happens promptly.
+- ReadIndex (thesis §6.4): reads are confirmed by one heartbeat round per
+  batch, and only once the leader has committed an entry of its term.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from prkdb.raft.config import RaftConfig
+from prkdb.raft.describe import describe_message
+from prkdb.raft.errors import (
+    Compacted,
+    ConfigError,
+    NotLeader,
+    ProposalDropped,
+    RaftInvariantError,
+    Unavailable,
+)
+from prkdb.raft.log import RaftLog
+from prkdb.raft.quorum import VoteResult, committed_index, quorum_size, vote_result
+from prkdb.raft.read_only import ReadOnly
+from prkdb.raft.storage import Storage
+from prkdb.raft.tracker import Inflights, Progress, ProgressState
+from prkdb.raft.types import (
+    CAMPAIGN_TRANSFER,
+    NONE,
+    Entry,
+    HardState,
+    Message,
+    MsgType,
+    ReadState,
+    Role,
+    Snapshot,
+    SoftState,
+)
+
+# Messages that promise durable state: they may leave only after the persist.
+_AFTER_PERSIST = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP})
+
+
+class CampaignKind(enum.Enum):
+    PRE_ELECTION = "pre_election"
+    ELECTION = "election"
+    TRANSFER = "transfer"
+
+
+class RaftCore:
+    def __init__(self, config: RaftConfig, storage: Storage) -> None:
+        config.validate()
+        self.cfg = config
+        self.id = config.id
+        self.log_ = config.logger
+        self.rng = config.rng
+        self.log = RaftLog(storage, config.max_committed_size_per_ready)
+        hs, cs = storage.initial_state()
+        voters = cs.voters or tuple(sorted(set(config.peers)))
+        if not voters:
+            raise ConfigError("no voters: storage has no voter set and config.peers is empty")
+        # The voter set (data, not a constant: membership changes will edit it).
+        self.voters: tuple[int, ...] = tuple(sorted(voters))
+        self.term = 0
+        self.vote = NONE
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.progress: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.msgs: list[Message] = []
+        self.msgs_after_persist: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.read_only = ReadOnly()
+        # Reads that reached a new leader before it committed an entry of its term.
+        self.pending_read_index: list[Message] = []
+        # Ticks since the last reset; meaning depends on role (election or lease timer).
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_ticks
+        # Monotonic count of ticks; the leader stamps peers' last_heard_tick with it.
+        self.ticks = 0
+        # Target of a leadership transfer in progress, and ticks since it began.
+        self.lead_transferee = NONE
+        self.transfer_elapsed = 0
+        # (index, bytes) of entries this leader appended that are not committed yet.
+        self.uncommitted: deque[tuple[int, int]] = deque()
+        self.uncommitted_size = 0
+        if not hs.is_empty():
+            self._load_hard_state(hs)
+        if config.applied > 0:
+            self.log.applied_to(config.applied)
+        self._become_follower(self.term, NONE)
+        self.log_.info(
+            "raft_started",
+            term=self.term,
+            commit=self.log.committed,
+            applied=self.log.applied,
+            last_index=self.log.last_index(),
+            voters=list(self.voters),
+        )
+
+    def _load_hard_state(self, hs: HardState) -> None:
+        if hs.commit < self.log.committed or hs.commit > self.log.last_index():
+            raise RaftInvariantError(
+                f"hard state commit {hs.commit} out of range "
+                f"[{self.log.committed}, {self.log.last_index()}]"
+            )
+        self.log.committed = hs.commit
+        self.term = hs.term
+        self.vote = hs.vote
+
+    # -- state snapshots for RawNode --------------------------------------
+    def soft_state(self) -> SoftState:
+        return SoftState(self.lead, self.role)
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def promotable(self) -> bool:
+        return self.id in self.voters
+
+    # -- sending -------------------------------------------------------------
+    def _send(self, m: Message) -> None:
+        if m.type in _AFTER_PERSIST:
+            self.msgs_after_persist.append(m)
+        else:
+            self.msgs.append(m)
+
+    def _msg(self, type_: MsgType, to: int, **kw: object) -> Message:
+        kw.setdefault("term", self.term)
+        return Message(type_, to=to, from_=self.id, **kw)  # type: ignore[arg-type]
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+        """Send `to` the entries it lacks (or a snapshot); False if nothing was sent."""
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        prev_index = pr.next - 1
+        try:
+            prev_term = self.log.term_or_raise(prev_index)
+            ents = self.log.entries_from(pr.next, self.cfg.max_size_per_msg)
+        except Compacted:
+            return self._send_snapshot(to, pr)
+        if not ents and not send_if_empty:
+            return False
+        if ents and pr.state == ProgressState.REPLICATE:
+            last = ents[-1].index
+            pr.update_optimistic(last)
+            pr.inflights.add(last, sum(e.size() for e in ents))
+        elif pr.state == ProgressState.PROBE:
+            pr.msg_app_flow_paused = True
+        self._send(
+            self._msg(
+                MsgType.APP,
+                to,
+                index=prev_index,
+                log_term=prev_term,
+                entries=tuple(ents),
+                commit=self.log.committed,
+            )
+        )
+        return True
+
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
+        if not self._recently_active(pr):
+            return False  # no point shipping a snapshot into the void
+        try:
+            snap = self.log.snapshot()
+        except Unavailable:
+            return False  # being created; try again later
+        if snap.is_empty():
+            raise RaftInvariantError(f"need a snapshot for {to} but there is none")
+        pr.become_snapshot(snap.meta.index)
+        self.log_.info("sent_snapshot", to=to, index=snap.meta.index, term=snap.meta.term)
+        self._send(self._msg(MsgType.SNAP, to, snapshot=snap))
+        return True
+
+    def _send_heartbeat(self, to: int, context: bytes) -> None:
+        # Never tell a follower a commit index beyond what it is known to hold.
+        commit = min(self.progress[to].match, self.log.committed)
+        self._send(self._msg(MsgType.HEARTBEAT, to, commit=commit, context=context))
+
+    def _peers(self) -> list[int]:
+        return [p for p in sorted(self.progress) if p != self.id]
+
+    def _broadcast_append(self) -> None:
+        for p in self._peers():
+            self._send_append(p)
+
+    def _broadcast_heartbeat(self, context: bytes | None = None) -> None:
+        ctx = self.read_only.last_pending_context() if context is None else context
+        for p in self._peers():
+            self._send_heartbeat(p, ctx)
+
+    # -- role changes --------------------------------------------------------
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_election_timeout()
+        self._abort_leader_transfer()
+        self.votes = {}
+        last = self.log.last_index()
+        # Entries below the unstable offset are durable here; count only those.
+        stable_last = min(last, self.log.unstable.offset - 1)
+        self.progress = {}
+        for v in self.voters:
+            window = Inflights(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
+            pr = Progress(last + 1, window)
+            pr.last_heard_tick = self.ticks
+            if v == self.id:
+                pr.match = stable_last
+            self.progress[v] = pr
+        self.read_only.reset()
+        self.pending_read_index = []
+        self.uncommitted.clear()
+        self.uncommitted_size = 0
+
+    def _reset_randomized_election_timeout(self) -> None:
+        e = self.cfg.election_ticks
+        self.randomized_election_timeout = self.rng.randint(e, 2 * e - 1)
+
+    def _become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+        self.log_.info("became_follower", term=term, leader=lead)
+
+    def _become_pre_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise RaftInvariantError("leader cannot become pre-candidate")
+        # Pre-Vote: neither term nor vote change, so a failed pre-election
+        # leaves no trace that could disrupt the cluster.
+        self.votes = {}
+        self.lead = NONE
+        self.role = Role.PRE_CANDIDATE
+        self._reset_randomized_election_timeout()
+        self.log_.info("became_pre_candidate", term=self.term)
+
+    def _become_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise RaftInvariantError("leader cannot become candidate")
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self.log_.info("became_candidate", term=self.term)
+
+    def _become_leader(self) -> None:
+        if self.role == Role.FOLLOWER:
+            raise RaftInvariantError("follower cannot become leader without an election")
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        self.progress[self.id].become_replicate()
+        self.progress[self.id].match = min(self.log.last_index(), self.log.unstable.offset - 1)
+        # The no-op lets this term commit, and with it every older entry (§5.4.2, §6.4).
+        self._append_entries([Entry(self.term, 0)], count_size=False)
+        self.log_.info("became_leader", term=self.term, last_index=self.log.last_index())
+
+    def _abort_leader_transfer(self) -> None:
+        self.lead_transferee = NONE
+        self.transfer_elapsed = 0
+
+    # -- elections -----------------------------------------------------------
+    def _hup(self, kind: CampaignKind) -> None:
+        if self.role == Role.LEADER:
+            self.log_.debug("ignored_hup", reason="already leader", term=self.term)
+            return
+        if not self.promotable():
+            self.log_.debug("ignored_hup", reason="not a voter", term=self.term)
+            return
+        self._campaign(kind)
+
+    def _campaign(self, kind: CampaignKind) -> None:
+        if kind == CampaignKind.PRE_ELECTION:
+            self._become_pre_candidate()
+            vote_type, term = MsgType.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, term = MsgType.VOTE, self.term
+        if self._poll(self.id, True) == VoteResult.WON:
+            # A single-voter group wins at once.
+            if kind == CampaignKind.PRE_ELECTION:
+                self._campaign(CampaignKind.ELECTION)
+            else:
+                self._become_leader()
+            return
+        ctx = CAMPAIGN_TRANSFER if kind == CampaignKind.TRANSFER else b""
+        last = self.log.last_index()
+        for p in self._peers():
+            self._send(
+                self._msg(
+                    vote_type, p, term=term, index=last, log_term=self.log.last_term(), context=ctx
+                )
+            )
+
+    def _poll(self, node: int, granted: bool) -> VoteResult:
+        self.votes.setdefault(node, granted)
+        return vote_result(self.voters, self.votes)
+
+    def _handle_vote_request(self, m: Message) -> None:
+        # We can vote for m.from_ if we already did in this term, or have not
+        # voted and know no leader, or (pre-vote) it asks about a future term.
+        can_vote = (
+            self.vote == m.from_
+            or (self.vote == NONE and self.lead == NONE)
+            or (m.type == MsgType.PRE_VOTE and m.term > self.term)
+        )
+        resp = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # Answer with the message's term: a pre-candidate compares it to its own.
+            self._send(self._msg(resp, m.from_, term=m.term))
+            if m.type == MsgType.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.from_
+            self.log_.info("granted_vote", kind=m.type.name, to=m.from_, term=m.term)
+        else:
+            self._send(self._msg(resp, m.from_, reject=True))
+            self.log_.debug("rejected_vote", kind=m.type.name, to=m.from_, term=m.term)
+
+    # -- ticks ---------------------------------------------------------------
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.role == Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self.step(Message(MsgType.HUP, from_=self.id))
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.lead_transferee != NONE:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.cfg.election_ticks:
+                self.log_.info("aborted_leader_transfer", to=self.lead_transferee)
+                self._abort_leader_transfer()
+        if self.cfg.check_quorum:
+            self.step(Message(MsgType.CHECK_QUORUM, from_=self.id))
+            if self.role != Role.LEADER:
+                return
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self.step(Message(MsgType.BEAT, from_=self.id))
+
+    def _recently_active(self, pr: Progress) -> bool:
+        return self.ticks - pr.last_heard_tick < self.cfg.election_ticks
+
+    def quorum_active(self) -> bool:
+        """Has a majority (counting us) been heard from within an election timeout?"""
+        active = sum(
+            1
+            for v in self.voters
+            if v == self.id or (v in self.progress and self._recently_active(self.progress[v]))
+        )
+        return active >= quorum_size(len(self.voters))
+
+    # -- step ----------------------------------------------------------------
+    def step(self, m: Message) -> str | None:
+        """Feed one message; returns why it was dropped, or None if it was used.
+
+        Raises `ProposalDropped` (or `NotLeader`) only for local requests
+        (PROP, READ_INDEX, TRANSFER_LEADER) that cannot be served here.
+        """
+        if m.term == 0:
+            pass  # local message, or a forwarded read (carries no term)
+        elif m.term > self.term:
+            if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+                force = m.context == CAMPAIGN_TRANSFER
+                in_lease = (
+                    self.cfg.check_quorum
+                    and self.lead != NONE
+                    and self.election_elapsed < self.cfg.election_ticks
+                )
+                if in_lease and not force:
+                    # A leader is alive as far as we know: do not help depose it.
+                    return self._dropped(m, "vote request inside leader lease")
+            if m.type == MsgType.PRE_VOTE:
+                pass  # never change term for a pre-vote
+            elif m.type == MsgType.PRE_VOTE_RESP and not m.reject:
+                pass  # granted pre-vote carries the future term; we are not there yet
+            else:
+                lead = m.from_ if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP) else NONE
+                self.log_.info(
+                    "saw_higher_term", term=self.term, msg_term=m.term, from_node=m.from_
+                )
+                self._become_follower(m.term, lead)
+        elif m.term < self.term:
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (
+                MsgType.HEARTBEAT,
+                MsgType.APP,
+            ):
+                # A stale leader (e.g. after a partition healed) learns our term
+                # and steps down; with pre-vote it would never see a vote from us.
+                self._send(self._msg(MsgType.APP_RESP, m.from_))
+            elif m.type == MsgType.PRE_VOTE:
+                self._send(self._msg(MsgType.PRE_VOTE_RESP, m.from_, reject=True))
+            return self._dropped(m, "stale term")
+
+        if m.type == MsgType.HUP:
+            kind = CampaignKind.PRE_ELECTION if self.cfg.pre_vote else CampaignKind.ELECTION
+            self._hup(kind)
+            return None
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+            self._handle_vote_request(m)
+            return None
+        match self.role:
+            case Role.LEADER:
+                return self._step_leader(m)
+            case Role.CANDIDATE | Role.PRE_CANDIDATE:
+                return self._step_candidate(m)
+            case _:
+                return self._step_follower(m)
+
+    def _dropped(self, m: Message, reason: str) -> str:
+        self.log_.debug("dropped_message", reason=reason, msg=describe_message(m), term=self.term)
+        return reason
+
+    # -- leader ----------------------------------------------------------------
+    def _step_leader(self, m: Message) -> str | None:
+        match m.type:
+            case MsgType.BEAT:
+                self._broadcast_heartbeat()
+                return None
+            case MsgType.CHECK_QUORUM:
+                if not self.quorum_active():
+                    self.log_.warning("stepped_down", reason="quorum not active", term=self.term)
+                    self._become_follower(self.term, NONE)
+                return None
+            case MsgType.PROP:
+                self._propose(m)
+                return None
+            case MsgType.READ_INDEX:
+                self._leader_read_index(m)
+                return None
+            case MsgType.TRANSFER_LEADER:
+                self._transfer_leader(m.from_)
+                return None
+        pr = self.progress.get(m.from_)
+        if pr is None:
+            return self._dropped(m, "unknown peer")
+        pr.last_heard_tick = self.ticks
+        match m.type:
+            case MsgType.APP_RESP:
+                self._handle_append_response(m, pr)
+            case MsgType.HEARTBEAT_RESP:
+                self._handle_heartbeat_response(m, pr)
+            case MsgType.SNAP_STATUS:
+                if pr.state == ProgressState.SNAPSHOT:
+                    if m.reject:
+                        pr.pending_snapshot = 0
+                    pr.become_probe()
+                    # Wait for a heartbeat response before probing again.
+                    pr.msg_app_flow_paused = True
+            case MsgType.UNREACHABLE:
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+            case _:
+                return self._dropped(m, "unexpected message for a leader")
+        return None
+
+    def _propose(self, m: Message) -> None:
+        if not m.entries:
+            raise ProposalDropped("empty proposal")
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(
+                f"leadership transfer to {self.lead_transferee} in progress"
+            )
+        if self.id not in self.progress:
+            raise ProposalDropped("this node is no longer a voter")
+        self._append_entries(list(m.entries), count_size=True)
+        self._broadcast_append()
+
+    def _append_entries(self, ents: list[Entry], count_size: bool) -> None:
+        size = sum(len(e.data) for e in ents)
+        limit = self.cfg.max_uncommitted_size
+        if count_size and limit and self.uncommitted_size > 0 and (
+            self.uncommitted_size + size > limit
+        ):
+            raise ProposalDropped(
+                f"too much uncommitted data ({self.uncommitted_size} bytes, limit {limit})"
+            )
+        last = self.log.last_index()
+        stamped = [Entry(self.term, last + 1 + i, e.kind, e.data) for i, e in enumerate(ents)]
+        self.log.append(stamped)
+        if count_size and size:
+            self.uncommitted.append((stamped[-1].index, size))
+            self.uncommitted_size += size
+        # Our own progress advances only in on_persisted(): we count ourselves
+        # toward a quorum once the entries are durable here.
+
+    def on_persisted(self, index: int) -> None:
+        """The driver made entries up to `index` durable; a leader counts itself now."""
+        if self.role != Role.LEADER:
+            return
+        pr = self.progress.get(self.id)
+        if pr is not None and pr.maybe_update(index) and self._maybe_commit():
+            self._broadcast_append()
+
+    def _maybe_commit(self) -> bool:
+        match = {v: pr.match for v, pr in self.progress.items()}
+        if not self.log.maybe_commit(committed_index(self.voters, match), self.term):
+            return False
+        while self.uncommitted and self.uncommitted[0][0] <= self.log.committed:
+            self.uncommitted_size -= self.uncommitted.popleft()[1]
+        if self.pending_read_index and self._committed_entry_in_current_term():
+            pending, self.pending_read_index = self.pending_read_index, []
+            for req in pending:
+                self._leader_read_index(req)
+        return True
+
+    def _committed_entry_in_current_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        if m.reject:
+            # Conflict hint: the follower's (index, term) guess lets us skip a
+            # whole term of mismatching entries per round trip.
+            next_probe = m.reject_hint
+            if m.log_term > 0:
+                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decr_to(m.index, next_probe):
+                self.log_.debug(
+                    "append_rejected", node=m.from_, index=m.index, hint=m.reject_hint
+                )
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.from_)
+            return
+        old_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            pr.become_probe()
+            pr.become_replicate()
+        elif pr.state == ProgressState.REPLICATE:
+            pr.inflights.free_le(m.index)
+        if self._maybe_commit():
+            self._broadcast_append()
+        elif old_paused:
+            self._send_append(m.from_)
+        while self._send_append(m.from_, send_if_empty=False):
+            pass
+        if m.from_ == self.lead_transferee and pr.match == self.log.last_index():
+            self.log_.info("sent_timeout_now", to=m.from_, after="caught_up")
+            self._send(self._msg(MsgType.TIMEOUT_NOW, m.from_))
+
+    def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
+        pr.msg_app_flow_paused = False
+        if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+            # Acks may have been lost; free one slot so replication cannot stall.
+            pr.inflights.free_first_one()
+        if pr.match < self.log.last_index() or pr.state == ProgressState.PROBE:
+            self._send_append(m.from_)
+        if not m.context:
+            return
+        acks = self.read_only.recv_ack(m.from_, m.context)
+        if acks is None or vote_result(self.voters, dict.fromkeys(acks, True)) != VoteResult.WON:
+            return
+        for rs in self.read_only.advance(m.context):
+            self._respond_read_index(rs.origin, rs.index, rs.context)
+
+    def _leader_read_index(self, m: Message) -> None:
+        if len(self.voters) == 1:
+            self._respond_read_index(m.from_, self.log.committed, m.context)
+            return
+        if not self._committed_entry_in_current_term():
+            # Our commit index may still be behind the previous leader's: wait
+            # until our no-op commits (thesis §6.4 step 1).
+            self.pending_read_index.append(m)
+            return
+        self.read_only.add_request(self.log.committed, m.context, m.from_)
+        self.read_only.recv_ack(self.id, m.context)
+        self._broadcast_heartbeat(m.context)
+
+    def _respond_read_index(self, origin: int, index: int, context: bytes) -> None:
+        if origin in (NONE, self.id):
+            self.read_states.append(ReadState(index, context))
+        else:
+            self._send(self._msg(MsgType.READ_INDEX_RESP, origin, index=index, context=context))
+
+    def _transfer_leader(self, target: int) -> None:
+        if target not in self.progress:
+            raise ProposalDropped(f"cannot transfer leadership to {target}: not a voter")
+        if target == self.id:
+            return  # already leader
+        if self.lead_transferee == target:
+            return  # already in progress
+        self._abort_leader_transfer()
+        self.lead_transferee = target
+        self.election_elapsed = 0
+        self.log_.info("started_leader_transfer", to=target, term=self.term)
+        pr = self.progress[target]
+        if pr.match == self.log.last_index():
+            self.log_.info("sent_timeout_now", to=target, after="already_up_to_date")
+            self._send(self._msg(MsgType.TIMEOUT_NOW, target))
+        else:
+            self._send_append(target)
+
+    # -- candidate -------------------------------------------------------------
+    def _step_candidate(self, m: Message) -> str | None:
+        my_resp = (
+            MsgType.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MsgType.VOTE_RESP
+        )
+        match m.type:
+            case MsgType.PROP | MsgType.READ_INDEX | MsgType.TRANSFER_LEADER:
+                raise ProposalDropped("no leader: election in progress")
+            case MsgType.APP:
+                self._become_follower(m.term, m.from_)
+                self._handle_append(m)
+            case MsgType.HEARTBEAT:
+                self._become_follower(m.term, m.from_)
+                self._handle_heartbeat(m)
+            case MsgType.SNAP:
+                self._become_follower(m.term, m.from_)
+                self._handle_snapshot(m)
+            case t if t == my_resp:
+                if m.from_ not in self.voters:
+                    return self._dropped(m, "vote from a non-voter")
+                result = self._poll(m.from_, not m.reject)
+                if result == VoteResult.WON:
+                    if self.role == Role.PRE_CANDIDATE:
+                        self._campaign(CampaignKind.ELECTION)
+                    else:
+                        self._become_leader()
+                        self._broadcast_append()
+                elif result == VoteResult.LOST:
+                    self._become_follower(self.term, NONE)
+            case _:
+                return self._dropped(m, "unexpected message for a candidate")
+        return None
+
+    # -- follower ----------------------------------------------------------------
+    def _step_follower(self, m: Message) -> str | None:
+        match m.type:
+            case MsgType.PROP | MsgType.TRANSFER_LEADER:
+                raise NotLeader(self.lead)
+            case MsgType.APP:
+                self.election_elapsed = 0
+                self.lead = m.from_
+                self._handle_append(m)
+            case MsgType.HEARTBEAT:
+                self.election_elapsed = 0
+                self.lead = m.from_
+                self._handle_heartbeat(m)
+            case MsgType.SNAP:
+                self.election_elapsed = 0
+                self.lead = m.from_
+                self._handle_snapshot(m)
+            case MsgType.TIMEOUT_NOW:
+                if m.from_ != self.lead:
+                    return self._dropped(m, "timeout-now not from our leader")
+                self.log_.info("campaigning_for_transfer", term=self.term, from_node=m.from_)
+                # Leadership transfer skips pre-vote: the leader asked for it.
+                self._hup(CampaignKind.TRANSFER)
+            case MsgType.READ_INDEX:
+                if m.from_ not in (NONE, self.id):
+                    return self._dropped(m, "forwarded read reached a follower")
+                if self.lead == NONE:
+                    raise ProposalDropped("no leader known to confirm the read")
+                fwd = Message(MsgType.READ_INDEX, to=self.lead, from_=self.id, context=m.context)
+                self._send(fwd)
+            case MsgType.READ_INDEX_RESP:
+                self.read_states.append(ReadState(m.index, m.context))
+            case _:
+                return self._dropped(m, "unexpected message for a follower")
+        return None
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(self._msg(MsgType.APP_RESP, m.from_, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(self._msg(MsgType.APP_RESP, m.from_, index=last_new))
+            return
+        # Reject with a hint: the largest index <= m.index whose term is <= the
+        # leader's term there; the leader resumes probing from it.
+        hint_index = min(m.index, self.log.last_index())
+        hint_index, hint_term = self.log.find_conflict_by_term(hint_index, m.log_term)
+        self._send(
+            self._msg(
+                MsgType.APP_RESP,
+                m.from_,
+                index=m.index,
+                reject=True,
+                reject_hint=hint_index,
+                log_term=hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(self._msg(MsgType.HEARTBEAT_RESP, m.from_, context=m.context))
+
+    def _handle_snapshot(self, m: Message) -> None:
+        snap = m.snapshot
+        if snap is None:
+            self._dropped(m, "snapshot message without snapshot")
+            return
+        if self._restore(snap):
+            self.log_.info("restored_snapshot", index=snap.meta.index, term=snap.meta.term)
+            self._send(self._msg(MsgType.APP_RESP, m.from_, index=self.log.last_index()))
+        else:
+            self._send(self._msg(MsgType.APP_RESP, m.from_, index=self.log.committed))
+
+    def _restore(self, snap: Snapshot) -> bool:
+        """Install a leader's snapshot; False if our log already covers it."""
+        if snap.meta.index <= self.log.committed:
+            return False
+        if self.log.match_term(snap.meta.index, snap.meta.term):
+            # We have the entry already: just fast-forward the commit index.
+            self.log.commit_to(snap.meta.index)
+            return False
+        self.log.restore(snap)
+        if snap.meta.conf_state.voters:
+            self.voters = snap.meta.conf_state.voters
+        return True
+
+    # -- outputs ---------------------------------------------------------------
+    def take_messages(self) -> tuple[list[Message], list[Message]]:
+        msgs, after = self.msgs, self.msgs_after_persist
+        self.msgs, self.msgs_after_persist = [], []
+        return msgs, after
+
+    def take_read_states(self) -> list[ReadState]:
+        rs, self.read_states = self.read_states, []
+        return rs

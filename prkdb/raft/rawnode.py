@@ -1,0 +1,258 @@
+"""`RawNode`: the driver's handle on a core, with the Ready/advance contract.
+
+Theory of operation
+-------------------
+The driver feeds inputs (`tick`, `step`, `propose`, `read_index`,
+`transfer_leadership`), then asks `has_ready()`; if so it takes `ready()`,
+acts on it as `prkdb.raft.ready` describes, and calls `advance(ready)`.
+Exactly one Ready is outstanding at a time: `ready()` twice without an
+`advance` is a caller error. Between them the driver must not feed inputs
+(the daemon's partition loop does persist -> send -> apply without yielding
+to its inbox), which is what keeps unstable entries handed out once.
+
+`step` is for messages from peers: it validates them (known sender, not a
+local-only kind, self-consistent fields) and returns the reason a message was
+dropped, or None. It never raises for peer input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prkdb.raft.config import RaftConfig
+from prkdb.raft.core import RaftCore
+from prkdb.raft.errors import ProposalDropped, RaftError
+from prkdb.raft.ready import Ready
+from prkdb.raft.storage import Storage
+from prkdb.raft.tracker import ProgressState
+from prkdb.raft.types import (
+    LOCAL_MSGS,
+    NONE,
+    Entry,
+    EntryKind,
+    Message,
+    MsgType,
+    Role,
+)
+
+# Kinds a peer may never send us: local inputs, and requests we do not forward.
+_NOT_FROM_PEERS = LOCAL_MSGS | {MsgType.PROP, MsgType.TRANSFER_LEADER}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    match: int
+    next: int
+    state: ProgressState
+    recently_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A read-only picture of the core, for `prkctl status` and tests."""
+
+    id: int
+    term: int
+    vote: int
+    leader: int
+    role: Role
+    commit: int
+    applied: int
+    last_index: int
+    first_index: int
+    voters: tuple[int, ...]
+    progress: dict[int, PeerStatus]
+    lead_transferee: int
+
+
+class RawNode:
+    def __init__(self, config: RaftConfig, storage: Storage) -> None:
+        self.core = RaftCore(config, storage)
+        self._prev_soft = self.core.soft_state()
+        self._prev_hard = self.core.hard_state()
+        self._number = 0
+        self._outstanding: Ready | None = None
+
+    # -- inputs ------------------------------------------------------------
+    def tick(self) -> None:
+        """One unit of logical time (the driver decides how long; 50 ms by default)."""
+        self.core.tick()
+
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first if enabled)."""
+        self.core.step(Message(MsgType.HUP, from_=self.core.id))
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Append `data` as a new entry; returns its (term, index).
+
+        The entry is committed only if an entry with the same (term, index) is
+        later applied; anything else at that index means it was lost.
+
+        Raises:
+            NotLeader: this node is a follower (the leader id is attached).
+            ProposalDropped: no leader, transfer in progress, or overload.
+        """
+        term, first = self.propose_many([data])
+        return term, first
+
+    def propose_many(self, datas: Sequence[bytes]) -> tuple[int, int]:
+        """Append several entries in one go; returns (term, index of the first)."""
+        if not datas:
+            raise ProposalDropped("empty proposal")
+        ents = tuple(Entry(0, 0, EntryKind.NORMAL, bytes(d)) for d in datas)
+        before = self.core.log.last_index()
+        self.core.step(Message(MsgType.PROP, from_=self.core.id, entries=ents))
+        return self.core.term, before + 1
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point; a `ReadState(index, context)` follows.
+
+        `context` must be unique among outstanding reads. On a follower the
+        request is forwarded to the leader. Raises `ProposalDropped` if no
+        leader is known.
+        """
+        if not context:
+            raise ProposalDropped("read_index needs a non-empty context")
+        self.core.step(Message(MsgType.READ_INDEX, from_=NONE, context=context))
+
+    def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to `to` once it is caught up (leader only)."""
+        self.core.step(Message(MsgType.TRANSFER_LEADER, from_=to))
+
+    def report_unreachable(self, node: int) -> None:
+        self.core.step(Message(MsgType.UNREACHABLE, from_=node))
+
+    def report_snapshot(self, node: int, ok: bool) -> None:
+        self.core.step(Message(MsgType.SNAP_STATUS, from_=node, reject=not ok))
+
+    def step(self, m: Message) -> str | None:
+        """Feed a message from a peer; returns the reason it was dropped, if it was."""
+        reason = self._validate(m)
+        if reason is not None:
+            self.core.log_.debug("dropped_peer_message", reason=reason, type=int(m.type))
+            return reason
+        return self.core.step(m)
+
+    def _validate(self, m: Message) -> str | None:
+        core = self.core
+        if not isinstance(m.type, MsgType):
+            return f"unknown message type {m.type!r}"
+        if m.type in _NOT_FROM_PEERS:
+            return f"{m.type.name} may not come from a peer"
+        if m.to != core.id:
+            return f"addressed to {m.to}, this is {core.id}"
+        if m.from_ == core.id or m.from_ not in core.voters:
+            return f"sender {m.from_} is not a peer of {core.id}"
+        if min(m.term, m.log_term, m.index, m.commit, m.reject_hint) < 0:
+            return "negative field"
+        if m.type == MsgType.READ_INDEX:
+            if m.term != 0 or not m.context:
+                return "forwarded read must have term 0 and a context"
+        elif m.term == 0:
+            return f"{m.type.name} without a term"
+        if m.entries:
+            if m.type != MsgType.APP:
+                return f"{m.type.name} may not carry entries"
+            prev_index, prev_term = m.index, m.log_term
+            for e in m.entries:
+                if e.index != prev_index + 1 or e.term < prev_term or e.term > m.term:
+                    return "entries are not contiguous or have impossible terms"
+                prev_index, prev_term = e.index, e.term
+        if m.type == MsgType.SNAP:
+            s = m.snapshot
+            if s is None or s.meta.index <= 0 or s.meta.term <= 0 or s.meta.term > m.term:
+                return "snapshot message with an impossible snapshot"
+        elif m.snapshot is not None:
+            return f"{m.type.name} may not carry a snapshot"
+        return None
+
+    # -- outputs -----------------------------------------------------------
+    def has_ready(self) -> bool:
+        core = self.core
+        return bool(
+            core.msgs
+            or core.msgs_after_persist
+            or core.read_states
+            or core.log.unstable.entries
+            or core.log.unstable.snapshot is not None
+            or core.log.has_next_committed_ents()
+            or core.soft_state() != self._prev_soft
+            or core.hard_state() != self._prev_hard
+        )
+
+    def ready(self) -> Ready:
+        """Everything to persist, send and apply since the last `advance`."""
+        if self._outstanding is not None:
+            raise RaftError("call advance() for the previous Ready first")
+        core = self.core
+        soft = core.soft_state()
+        hard = core.hard_state()
+        entries = tuple(core.log.unstable_entries())
+        snap = core.log.unstable.snapshot
+        committed = tuple(core.log.next_committed_ents())
+        if committed:
+            core.log.applying = committed[-1].index
+        msgs, after = core.take_messages()
+        self._number += 1
+        rd = Ready(
+            number=self._number,
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=entries,
+            snapshot=snap,
+            committed_entries=committed,
+            messages=tuple(msgs),
+            messages_after_persist=tuple(after),
+            read_states=tuple(core.take_read_states()),
+            must_sync=bool(entries)
+            or snap is not None
+            or hard.term != self._prev_hard.term
+            or hard.vote != self._prev_hard.vote,
+        )
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied `rd`; the core may move on."""
+        if rd is not self._outstanding:
+            raise RaftError(f"advance() got Ready {rd.number}, not the outstanding one")
+        self._outstanding = None
+        core = self.core
+        if rd.soft_state is not None:
+            self._prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            core.log.stable_snap_to(rd.snapshot.meta.index)
+            core.log.applied_to(rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            core.log.stable_to(last.index, last.term)
+            core.on_persisted(last.index)
+        if rd.committed_entries:
+            core.log.applied_to(rd.committed_entries[-1].index)
+
+    # -- introspection -------------------------------------------------------
+    def status(self) -> Status:
+        core = self.core
+        progress = {}
+        if core.role == Role.LEADER:
+            progress = {
+                v: PeerStatus(pr.match, pr.next, pr.state, core._recently_active(pr))
+                for v, pr in sorted(core.progress.items())
+            }
+        return Status(
+            id=core.id,
+            term=core.term,
+            vote=core.vote,
+            leader=core.lead,
+            role=core.role,
+            commit=core.log.committed,
+            applied=core.log.applied,
+            last_index=core.log.last_index(),
+            first_index=core.log.first_index(),
+            voters=core.voters,
+            progress=progress,
+            lead_transferee=core.lead_transferee,
+        )
