@@ -125,10 +125,10 @@ def _check_cas(cmd: CompareAndSet, limits: Limits) -> Violation | None:
         v = _check_value(ev, limits, "", "expected_value")
         if v:
             return v
-    if ever is not None and (type(ever) is not int or ever < 0):
+    if ever is not None and (type(ever) is not int or not 0 <= ever < 2**64):
         return (
             ResultCode.INVALID_COMMAND,
-            f"expected_version must be a non-negative int or None, got {ever!r:.40}",
+            f"expected_version must be a non-negative 64-bit int or None, got {ever!r:.40}",
         )
     if cmd.new_value is not None:
         return _check_value(cmd.new_value, limits, "", "new_value")
