@@ -1,0 +1,390 @@
+"""Field types and message schemas: one table drives validation, encoding and docs.
+
+Theory of operation
+-------------------
+A message schema is a `Schema`: the dataclass, its wire type id and an
+ordered tuple of `Field`s (name, `WireType`, one-line meaning). The wire form
+of a message is the positional array ``[type_id, field1, field2, ...]``; the
+field order is the dataclass field order, which `Schema.__post_init__`
+checks, so the table and the class cannot drift apart.
+
+A `WireType` knows three things: how to turn a Python value into plain CBOR
+data (`encode`), how to check untrusted plain data and turn it back
+(`decode`, strict: exact types, ranges, lengths), and how to describe itself
+in docs/protocol.md (`doc`). Decoding errors are `FieldError`s carrying the
+path inside the value ("[3].leader"); `Schema.decode` prefixes the message
+and field name and raises `RemoteProtocolError`, so every rejection names
+the field it is about.
+
+Strictness rules (also in docs/protocol.md):
+- ``int`` fields reject bools (CBOR true is not 1); ``bytes`` fields reject
+  text and vice versa;
+- arrays have exactly the documented length (no trailing extensions within a
+  protocol version);
+- maps (only `Details`) have text keys and plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+from prkdb.errors import ErrorCode
+from prkdb.wire.errors import RemoteProtocolError
+
+__all__ = [
+    "U32_MAX",
+    "U64_MAX",
+    "Bool",
+    "Bytes",
+    "Custom",
+    "Details",
+    "Enum",
+    "Field",
+    "FieldError",
+    "ListOf",
+    "Optional",
+    "Record",
+    "Schema",
+    "Text",
+    "UInt",
+    "WireType",
+    "expected",
+]
+
+U64_MAX: Final = 2**64 - 1
+U32_MAX: Final = 2**32 - 1
+
+
+class FieldError(Exception):
+    """A decode failure inside one field; `path` is built innermost-first.
+
+    Internal to the schema layer: `Schema.decode` turns it into a
+    `RemoteProtocolError` naming the message and field.
+    """
+
+    def __init__(self, reason: str, code: int = ErrorCode.BAD_REQUEST) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.path: list[str] = []
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def expected(what: str, value: Any) -> FieldError:
+    """The error for a value of the wrong type: says what was expected and what came."""
+    return FieldError(f"expected {what}, got {type(value).__name__} {_show(value)}")
+
+
+class WireType:
+    """Base of field types. Subclasses override `decode`, `encode` and `doc`."""
+
+    doc: str = "?"
+
+    def decode(self, value: Any) -> Any:
+        """Check untrusted plain data and return the Python value (raise FieldError)."""
+        raise NotImplementedError
+
+    def encode(self, value: Any) -> Any:
+        """Python value -> plain CBOR data. Identity for scalars."""
+        return value
+
+
+class UInt(WireType):
+    def __init__(self, lo: int = 0, hi: int = U64_MAX) -> None:
+        self.lo, self.hi = lo, hi
+        bits = "uint32" if hi == U32_MAX else "uint64" if hi == U64_MAX else f"uint<={hi}"
+        self.doc = bits if lo == 0 else f"{bits} >= {lo}"
+
+    def decode(self, value: Any) -> int:
+        if type(value) is not int:
+            raise expected("an unsigned int", value)
+        if not self.lo <= value <= self.hi:
+            raise FieldError(f"{value} is outside {self.lo}..{self.hi}")
+        return value
+
+
+class Bool(WireType):
+    doc = "bool"
+
+    def decode(self, value: Any) -> bool:
+        if type(value) is not bool:
+            raise expected("a bool", value)
+        return value
+
+
+class Bytes(WireType):
+    def __init__(self, min_len: int = 0) -> None:
+        self.min_len = min_len
+        self.doc = "bytes" if min_len == 0 else f"bytes (>= {min_len} long)"
+
+    def decode(self, value: Any) -> bytes:
+        if type(value) is not bytes:
+            raise expected("bytes", value)
+        if len(value) < self.min_len:
+            raise FieldError(f"must be at least {self.min_len} bytes long")
+        return value
+
+
+class Text(WireType):
+    def __init__(self, max_len: int = 1024, choices: tuple[str, ...] = ()) -> None:
+        self.max_len = max_len
+        self.choices = choices
+        if choices:
+            self.doc = "text, one of " + ", ".join(f'"{c}"' for c in choices)
+        else:
+            self.doc = f"text (<= {max_len} chars)"
+
+    def decode(self, value: Any) -> str:
+        if type(value) is not str:
+            raise expected("text", value)
+        if len(value) > self.max_len:
+            raise FieldError(f"text longer than {self.max_len} chars", ErrorCode.TOO_LARGE)
+        if self.choices and value not in self.choices:
+            raise FieldError(f"{_show(value)} is not one of {', '.join(self.choices)}")
+        return value
+
+
+class Enum(WireType):
+    """An IntEnum on the wire as its int; unknown values are rejected (or kept, if lenient).
+
+    Lenient enums (error codes) keep unknown ints as plain ints so a newer
+    peer's codes do not break an older reader.
+    """
+
+    def __init__(self, cls: type[enum.IntEnum], *, lenient: bool = False) -> None:
+        self.cls = cls
+        self.lenient = lenient
+        self._by_value = {int(m): m for m in cls}
+        names = ", ".join(f"{int(m)} {m.name}" for m in cls)
+        self.doc = f"uint ({cls.__name__}: {names})"
+
+    def decode(self, value: Any) -> Any:
+        if type(value) is not int:
+            raise expected(f"a {self.cls.__name__} int", value)
+        member = self._by_value.get(value)
+        if member is not None:
+            return member
+        if self.lenient and 0 <= value <= U32_MAX:
+            return value
+        raise FieldError(f"{value} is not a valid {self.cls.__name__}")
+
+    def encode(self, value: Any) -> int:
+        return int(value)
+
+
+class Optional(WireType):
+    def __init__(self, inner: WireType) -> None:
+        self.inner = inner
+        self.doc = f"{inner.doc} | null"
+
+    def decode(self, value: Any) -> Any:
+        return None if value is None else self.inner.decode(value)
+
+    def encode(self, value: Any) -> Any:
+        return None if value is None else self.inner.encode(value)
+
+
+class ListOf(WireType):
+    def __init__(self, inner: WireType) -> None:
+        self.inner = inner
+        self.doc = f"[{inner.doc}]"
+
+    def decode(self, value: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise expected("an array", value)
+        inner = self.inner.decode
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(inner(item))
+            except FieldError as exc:
+                exc.path.append(f"[{i}]")
+                raise
+        return tuple(out)
+
+    def encode(self, value: Any) -> list[Any]:
+        enc = self.inner.encode
+        return [enc(v) for v in value]
+
+
+class Custom(WireType):
+    """A type whose codec lives elsewhere (e.g. Raft messages, `raft_codec`).
+
+    `decode_fn` raises RemoteProtocolError; it is turned into a FieldError so
+    the path is kept.
+    """
+
+    def __init__(
+        self, doc: str, decode_fn: Callable[[Any], Any], encode_fn: Callable[[Any], Any]
+    ) -> None:
+        self.doc = doc
+        self._decode = decode_fn
+        self.encode = encode_fn  # type: ignore[method-assign]
+
+    def decode(self, value: Any) -> Any:
+        try:
+            return self._decode(value)
+        except RemoteProtocolError as exc:
+            raise FieldError(exc.message, exc.code) from None
+
+
+class Details(WireType):
+    """A map with text keys and plain values (null, bool, int, text, bytes, arrays, maps)."""
+
+    doc = "map text -> plain value"
+
+    def decode(self, value: Any) -> dict[str, Any]:
+        if type(value) is not dict:
+            raise expected("a map", value)
+        _check_plain(value)
+        return value
+
+    def encode(self, value: Any) -> dict[str, Any]:
+        return dict(value)
+
+
+_SCALARS: Final = (type(None), bool, int, str, bytes)
+
+
+def _check_plain(value: Any) -> None:
+    t = type(value)
+    if t in _SCALARS:
+        return
+    if t is list:
+        for i, v in enumerate(value):
+            try:
+                _check_plain(v)
+            except FieldError as exc:
+                exc.path.append(f"[{i}]")
+                raise
+        return
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise FieldError(f"map keys must be text, got {type(k).__name__}")
+            try:
+                _check_plain(v)
+            except FieldError as exc:
+                exc.path.append(f"[{k!r}]")
+                raise
+        return
+    raise FieldError(f"{t.__name__} is not a plain value (null/bool/int/text/bytes/array/map)")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One positional field: its name (= the dataclass field), type and meaning."""
+
+    name: str
+    type: WireType
+    doc: str
+
+
+class Record(WireType):
+    """A nested dataclass encoded as a positional array (e.g. StatusOk.nodes items)."""
+
+    def __init__(self, cls: type, fields: tuple[Field, ...]) -> None:
+        self.cls = cls
+        self.fields = fields
+        _check_fields(cls, fields)
+        self.doc = cls.__name__
+        self._names = tuple(f.name for f in fields)
+        self._decoders = tuple(f.type.decode for f in fields)
+        self._encoders = tuple(f.type.encode for f in fields)
+
+    def decode(self, value: Any) -> Any:
+        if type(value) is not list:
+            raise expected(f"a {self.cls.__name__} array", value)
+        if len(value) != len(self.fields):
+            raise FieldError(
+                f"{self.cls.__name__} needs {len(self.fields)} fields, got {len(value)}"
+            )
+        args = []
+        for name, dec, item in zip(self._names, self._decoders, value):
+            try:
+                args.append(dec(item))
+            except FieldError as exc:
+                exc.path.append(f".{name}")
+                raise
+        return self.cls(*args)
+
+    def encode(self, value: Any) -> list[Any]:
+        return [enc(getattr(value, n)) for n, enc in zip(self._names, self._encoders)]
+
+
+def _check_fields(cls: type, fields: tuple[Field, ...]) -> None:
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    declared = tuple(f.name for f in fields)
+    if names != declared:
+        raise TypeError(f"schema for {cls.__name__} lists {declared}, dataclass has {names}")
+
+
+@final
+class Schema:
+    """A top-level message: `[type_id, *fields]`, plus an optional cross-field check.
+
+    Args:
+        cls: the frozen dataclass.
+        type_id: the first array element; unique, never reused.
+        fields: in dataclass order.
+        check: called with the built message; returns an error string
+            (naming the field) or None. For rules spanning fields, e.g.
+            "Cas needs a condition".
+    """
+
+    __slots__ = ("_record", "check", "cls", "fields", "name", "type_id")
+
+    def __init__(
+        self,
+        cls: type,
+        type_id: int,
+        fields: tuple[Field, ...],
+        check: Callable[[Any], str | None] | None = None,
+    ) -> None:
+        self.cls = cls
+        self.name = cls.__name__
+        self.type_id = type_id
+        self.fields = fields
+        self.check = check
+        self._record = Record(cls, fields)
+
+    def encode(self, msg: Any) -> list[Any]:
+        """Message -> ``[type_id, *fields]`` as plain data (no validation)."""
+        out = self._record.encode(msg)
+        out.insert(0, self.type_id)
+        return out
+
+    def decode(self, obj: list[Any]) -> Any:
+        """``[type_id, *fields]`` (type id already matched) -> message, validated.
+
+        Raises:
+            RemoteProtocolError: naming ``Message.field[path]`` and the reason.
+        """
+        record = self._record
+        n = len(obj) - 1
+        if n != len(self.fields):
+            raise RemoteProtocolError(f"{self.name} needs {len(self.fields)} fields, got {n}")
+        args = []
+        for name, dec, item in zip(record._names, record._decoders, obj[1:]):
+            try:
+                args.append(dec(item))
+            except FieldError as exc:
+                path = "".join(reversed(exc.path))
+                raise RemoteProtocolError(
+                    f"{self.name}.{name}{path}: {exc.reason}", code=exc.code
+                ) from None
+        msg = self.cls(*args)
+        if self.check is not None:
+            problem = self.check(msg)
+            if problem is not None:
+                raise RemoteProtocolError(f"{self.name}.{problem}")
+        return msg
