@@ -210,7 +210,8 @@ class SimNode:
     def _after_advance(self) -> None:
         core = self.raw.core
         self.net.checker.on_commit(core.log.committed)
-        if core.role == Role.LEADER and (self._last_role != Role.LEADER or core.term != self._last_term):
+        new_term = core.term != self._last_term
+        if core.role == Role.LEADER and (self._last_role != Role.LEADER or new_term):
             self.net.checker.on_leader(self)
         self._last_role, self._last_term = core.role, core.term
 
@@ -412,7 +413,8 @@ class Network:
 
     def log_entries(self, node: int) -> list[tuple[int, int, bytes]]:
         log = self.nodes[node].raw.core.log
-        return [(e.index, e.term, e.data) for e in log.slice(log.first_index(), log.last_index() + 1, 1 << 62)]
+        ents = log.slice(log.first_index(), log.last_index() + 1, 1 << 62)
+        return [(e.index, e.term, e.data) for e in ents]
 
     def applied_data(self, node: int) -> list[bytes]:
         return [d for _, d in self.nodes[node].applied_log if d]
