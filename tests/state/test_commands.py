@@ -1,0 +1,110 @@
+"""Command encoding: round trips, compactness, and strict decoding."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prkdb.state import (
+    UNCHECKED,
+    Batch,
+    CommandDecodeError,
+    CompareAndSet,
+    Delete,
+    Put,
+    decode_command,
+    encode_command,
+)
+
+from .strategies import client_ids, commands
+
+
+@given(commands)
+def test_round_trip_without_session(cmd):
+    assert decode_command(encode_command(cmd)) == (cmd, None, None)
+
+
+@given(commands, client_ids, st.integers(0, 2**64 - 1))
+def test_round_trip_with_session(cmd, client_id, seq):
+    assert decode_command(encode_command(cmd, client_id, seq)) == (cmd, client_id, seq)
+
+
+def test_cas_distinguishes_unchecked_from_absent():
+    unchecked = CompareAndSet(b"k", expected_version=1, new_value=b"v")
+    absent = CompareAndSet(b"k", expected_value=None, expected_version=1, new_value=b"v")
+    assert unchecked.expected_value is UNCHECKED
+    assert decode_command(encode_command(unchecked))[0].expected_value is UNCHECKED
+    assert decode_command(encode_command(absent))[0].expected_value is None
+
+
+def test_put_encoding_is_compact():
+    # Array head + tag + key head + 2-byte value head: 5 bytes over 16+100.
+    data = encode_command(Put(b"k" * 16, b"v" * 100))
+    assert len(data) == 116 + 5
+    assert cbor2.loads(data)[0] == 1
+    # The session envelope adds array head, tag, client id and seq.
+    assert len(encode_command(Put(b"k" * 16, b"v" * 100), 7, 1)) == 121 + 4
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xff", "not valid CBOR"),
+        (b"\x83\x01\x41", "not valid CBOR"),  # truncated
+        (cbor2.dumps({"op": 1}), "non-empty array"),
+        (cbor2.dumps([]), "non-empty array"),
+        (cbor2.dumps(["put", b"k", b"v"]), "tag must be an int"),
+        (cbor2.dumps([True, b"k", b"v"]), "tag must be an int"),
+        (cbor2.dumps([99, b"k"]), "unknown command tag 99"),
+        (cbor2.dumps([1, b"k"]), "Put must be an array of 3 items, got 2"),
+        (cbor2.dumps([1, "k", b"v"]), "Put key must be a byte string, got str"),
+        (cbor2.dumps([1, b"k", None]), "Put value must be a byte string"),
+        (cbor2.dumps([2, b"k", b"x"]), "Delete must be an array of 2"),
+        (cbor2.dumps([3, b"k", b"e", -1, b"v"]), "expected_version must be a non-negative"),
+        (cbor2.dumps([3, b"k", 5, None, b"v"]), "expected_value must be a byte string"),
+        (cbor2.dumps([4, [[3, b"k", None, None, b"v"]]]), "batch ops must be Put (1) or Delete"),
+        (cbor2.dumps([4, [[4, []]]]), "batch ops must be Put (1) or Delete"),
+        (cbor2.dumps([4, b"ops"]), "Batch ops must be an array"),
+        (cbor2.dumps([0, b"c", 1]), "session envelope must be an array of 4"),
+        (cbor2.dumps([0, "c", 1, [2, b"k"]]), "client_id must be bytes or a 64-bit int"),
+        (cbor2.dumps([0, b"c", -1, [2, b"k"]]), "seq must be a non-negative"),
+        (cbor2.dumps([0, b"c", 2**64, [2, b"k"]]), "seq must be a non-negative"),
+        (cbor2.dumps([0, b"c", 1, [0, b"c", 1, [2, b"k"]]]), "unknown command tag 0"),
+        (encode_command(Put(b"k", b"v")) + b"\x00", "canonical"),
+        (encode_command(Delete(b"k"), b"c", 1) + b"\x00", "canonical"),
+        (b"\x9f\x02\x41k\xff", "canonical"),  # indefinite-length array
+        (b"\x83\x18\x01\x41k\x41v", "canonical"),  # non-shortest int head
+        (b"\x82\x02\x5f\x41k\xff", "canonical"),  # indefinite-length byte string
+    ],
+)
+def test_decode_rejects_malformed(data, message):
+    with pytest.raises(CommandDecodeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decode_command(data)
+
+
+def test_decode_rejects_non_bytes():
+    with pytest.raises(CommandDecodeError, match="must be bytes"):
+        decode_command(bytearray(b"\x82\x02\x41k"))  # type: ignore[arg-type]
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_decode_random_bytes_raises_only_decode_error(data):
+    try:
+        decode_command(data)
+    except CommandDecodeError:
+        pass
+
+
+def test_encode_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="together"):
+        encode_command(Delete(b"k"), client_id=b"c")
+    with pytest.raises(ValueError, match="seq must be"):
+        encode_command(Delete(b"k"), b"c", -1)
+    with pytest.raises(ValueError, match="client_id must be"):
+        encode_command(Delete(b"k"), "c", 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a command"):
+        encode_command("put")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="batch ops must be Put or Delete"):
+        encode_command(Batch((CompareAndSet(b"k", expected_version=0, new_value=b"v"),)))  # type: ignore[arg-type]
