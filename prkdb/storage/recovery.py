@@ -1,0 +1,576 @@
+"""Reading WAL segments back: replay at open, and offline verify/dump.
+
+Theory of operation
+-------------------
+Segments are read in sequence order and every record is checked (header
+sanity, length within the file, CRC over header and payload, exact payload
+parse). Replay folds the records of each partition into a `PartitionLog`:
+
+- ENTRY with first index i: the partition's entries from i on are discarded,
+  then the batch is appended (a conflicting suffix is truncated this way). If
+  i is beyond the last entry + 1, the list restarts at i (this happens only
+  when older segments were deleted, see wal.py).
+- HARD_STATE: replaces the previous one.
+- SNAPSHOT_MARKER (index S, term T, last L, flags): entries above L are
+  dropped (they were already stale when the marker was written). Without the
+  RESTORE flag entries <= S stay as *history*; with it they are dropped too.
+- SEAL: ends a segment.
+
+What may go wrong, and what we do:
+
+- A bad record in the NEWEST segment, followed only by unsynced bytes, is the
+  normal result of a crash (a torn or partial write, preallocated zeros): it
+  is cut off and logged with the byte count. Every segment but the newest was
+  fdatasynced and sealed before the next one was created, so
+- a bad record, bad header or missing seal in any OTHER segment is
+  corruption: `WalCorruptionError` naming file and offset. With repair=True
+  the WAL is truncated at that point instead, loudly, after backing the
+  segment up to ``<name>.bak`` and renaming the later segments to
+  ``<name>.discarded`` (nothing is deleted).
+
+`verify` and `dump` share the reader and never modify anything.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prkdb.raft.types import EMPTY_HARD_STATE, Entry, HardState, SnapshotMeta
+from prkdb.storage import record as rec
+from prkdb.storage.errors import WalCorruptionError
+from prkdb.storage.log import NULL_LOGGER, Logger
+from prkdb.storage.record import RecordKind
+from prkdb.storage.segment import TMP_SUFFIX, parse_segment_name
+
+_ZERO_HEADER = bytes(rec.RECORD_HEADER_SIZE)
+_KINDS = {k.value: k for k in RecordKind}
+
+
+@dataclass
+class PartitionLog:
+    """What replay rebuilt for one partition.
+
+    Attributes:
+        hard_state: the last hard state written (empty if none).
+        snapshot: the newest snapshot marker's meta, or None.
+        entries: contiguous entries after `snapshot.index` (from 1 if None).
+        before_snapshot: entries <= snapshot.index still in the WAL (not yet
+            released), contiguous and ending at snapshot.index, or empty. They
+            let the caller fall back to an OLDER snapshot file when the newest
+            is corrupt. Only entries above the index last passed to
+            `release()` are trustworthy: older ones may sit in segments whose
+            later rewrites were deleted.
+    """
+
+    hard_state: HardState = EMPTY_HARD_STATE
+    snapshot: SnapshotMeta | None = None
+    entries: list[Entry] = field(default_factory=list)
+    before_snapshot: list[Entry] = field(default_factory=list)
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.index if self.snapshot is not None else 0
+
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.snapshot_index
+
+    def entries_after(self, index: int) -> list[Entry] | None:
+        """Entries index+1..last if the WAL still covers them, else None.
+
+        Use this when the snapshot you could load is older than `snapshot`.
+        """
+        if index >= self.snapshot_index:
+            return [e for e in self.entries if e.index > index]
+        hist = self.before_snapshot
+        if not hist or hist[0].index > index + 1:
+            return None
+        return hist[index + 1 - hist[0].index :] + self.entries
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first bad spot found. tail=True: in the newest segment (cut at open)."""
+
+    file: str
+    offset: int
+    reason: str
+    tail: bool
+
+
+class _Part:
+    """Replay state of one partition (mutable, turned into a PartitionLog)."""
+
+    __slots__ = ("entries", "hard_state", "origin", "snapshot")
+
+    def __init__(self) -> None:
+        self.hard_state = EMPTY_HARD_STATE
+        self.snapshot: SnapshotMeta | None = None
+        self.entries: list[Entry] = []
+        self.origin: tuple[str, int] = ("", 0)  # where entries[0] came from
+
+
+class Replayer:
+    """Folds decoded records into per-partition state (the rules above)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, _Part] = {}
+
+    def _part(self, p: int) -> _Part:
+        st = self.parts.get(p)
+        if st is None:
+            st = self.parts[p] = _Part()
+        return st
+
+    def entries(self, p: int, batch: list[Entry], where: tuple[str, int]) -> None:
+        st = self._part(p)
+        ents = st.entries
+        first = batch[0].index
+        if ents:
+            head = ents[0].index
+            if head <= first <= ents[-1].index + 1:
+                del ents[first - head :]
+                ents.extend(batch)
+                return
+        st.entries = batch
+        st.origin = where
+
+    def hard_state(self, p: int, hs: HardState) -> None:
+        self._part(p).hard_state = hs
+
+    def marker(self, p: int, meta: SnapshotMeta, last: int, restore: bool) -> None:
+        st = self._part(p)
+        st.snapshot = meta
+        ents = st.entries
+        if ents and ents[-1].index > last:
+            del ents[max(0, last + 1 - ents[0].index) :]
+        if restore and ents and ents[0].index <= meta.index:
+            del ents[: meta.index + 1 - ents[0].index]
+
+    def finish(self) -> tuple[dict[int, PartitionLog], Problem | None]:
+        """Split history from live entries and check the live ones are complete."""
+        out: dict[int, PartitionLog] = {}
+        problem = None
+        for p in sorted(self.parts):
+            st = self.parts[p]
+            s = st.snapshot.index if st.snapshot is not None else 0
+            ents = st.entries
+            k = 0
+            if ents:
+                k = min(len(ents), max(0, s + 1 - ents[0].index))
+            before, after = ents[:k], ents[k:]
+            if before and before[-1].index != s:
+                before = []
+            if after and after[0].index != s + 1 and problem is None:
+                problem = Problem(
+                    st.origin[0],
+                    st.origin[1],
+                    f"partition {p}: entries resume at {after[0].index} but the snapshot "
+                    f"covers only up to {s} (a segment is missing)",
+                    tail=False,
+                )
+            out[p] = PartitionLog(st.hard_state, st.snapshot, after, before)
+        return out, problem
+
+
+@dataclass
+class SegmentScan:
+    """Result of reading one segment file."""
+
+    path: Path
+    seq: int
+    size: int
+    records: int = 0
+    end: int = 0  # offset just after the last good record
+    sealed: bool = False
+    problem: tuple[int, str] | None = None  # (offset, reason)
+    max_index: dict[int, int] = field(default_factory=dict)
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """(seq, path) of the segment files in order; other files are ignored."""
+    out = []
+    for name in os.listdir(directory):
+        seq = parse_segment_name(name)
+        if seq is not None:
+            out.append((seq, directory / name))
+    out.sort()
+    return out
+
+
+def read_segment(path: Path, seq: int, replayer: Replayer | None, visit: Any = None) -> SegmentScan:
+    """Read one segment, feeding good records to `replayer` (and `visit`).
+
+    `visit(offset, kind, partition, value)` receives decoded values; it is how
+    `dump` sees records. Reading stops at the first bad record, recorded in
+    `scan.problem`.
+    """
+    size = os.path.getsize(path)
+    scan = SegmentScan(path, seq, size)
+    if size < rec.SEGMENT_HEADER_SIZE:
+        scan.problem = (0, f"file of {size} bytes is shorter than a segment header")
+        return scan
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        buf = memoryview(mm)
+        try:
+            _read_records(buf, scan, replayer, visit)
+        finally:
+            buf.release()
+    return scan
+
+
+def _read_records(
+    buf: memoryview, scan: SegmentScan, replayer: Replayer | None, visit: Any
+) -> None:
+    hdr_seq = rec.decode_segment_header(buf[: rec.SEGMENT_HEADER_SIZE])
+    if hdr_seq is None:
+        scan.problem = (0, "bad segment header (magic, version or crc)")
+        return
+    if hdr_seq != scan.seq:
+        scan.problem = (0, f"segment header says sequence {hdr_seq}, file name says {scan.seq}")
+        return
+    size = scan.size
+    off = rec.SEGMENT_HEADER_SIZE
+    unpack_header = rec.RECORD_HEADER.unpack_from
+    crc32 = zlib.crc32
+    hsize = rec.RECORD_HEADER_SIZE
+    path_s = str(scan.path)
+    max_index = scan.max_index
+    nrec = 0
+    while True:
+        if off + hsize > size:
+            if off < size and any(buf[off:size]):
+                scan.problem = (off, "truncated record header at end of segment")
+            break
+        length, crc, part, kind, flags, reserved = unpack_header(buf, off)
+        if length == 0 and kind == 0 and buf[off : off + hsize] == _ZERO_HEADER:
+            break  # zeros: end of data
+        pstart = off + hsize
+        pend = pstart + length
+        if kind not in _KINDS:
+            scan.problem = (off, f"unknown record kind {kind}")
+            break
+        if pend > size:
+            scan.problem = (off, f"record length {length} runs past the end of the segment")
+            break
+        if crc32(buf[pstart:pend], crc32(buf[off + 8 : pstart])) != crc or reserved != 0:
+            scan.problem = (off, "crc mismatch")
+            break
+        try:
+            if kind == RecordKind.ENTRY:
+                batch = rec.decode_entries(buf, pstart, pend)
+                if not batch:
+                    raise ValueError("empty entry batch")
+                last = batch[-1].index
+                if max_index.get(part, 0) < last:
+                    max_index[part] = last
+                if replayer is not None:
+                    replayer.entries(part, batch, (path_s, off))
+                value: Any = batch
+            elif kind == RecordKind.HARD_STATE:
+                value = rec.decode_hard_state(buf, pstart)
+                if replayer is not None:
+                    replayer.hard_state(part, value)
+            elif kind == RecordKind.SNAPSHOT_MARKER:
+                meta, last = rec.decode_marker(buf, pstart)
+                restore = bool(flags & rec.FLAG_RESTORE)
+                value = (meta, last, restore)
+                if replayer is not None:
+                    replayer.marker(part, meta, last, restore)
+            else:
+                value = None
+        except (ValueError, IndexError, OverflowError) as exc:  # struct.error is a ValueError
+            scan.problem = (off, f"malformed {RecordKind(kind).name} payload: {exc}")
+            break
+        if visit is not None:
+            visit(off, RecordKind(kind), part, value)
+        nrec += 1
+        off = pend
+        if kind == RecordKind.SEAL:
+            scan.sealed = True
+            break
+    scan.records = nrec
+    scan.end = off
+
+
+@dataclass
+class Recovered:
+    """Everything `WriteAheadLog.open` needs from recovery."""
+
+    partitions: dict[int, PartitionLog]
+    scans: list[SegmentScan]  # surviving segments, oldest first
+    append_offset: int  # where the newest segment continues (if not sealed)
+
+
+def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER) -> Recovered:
+    """Replay the WAL in `directory`, cutting a torn tail (this MODIFIES files).
+
+    Raises:
+        WalCorruptionError: damage outside the newest segment's tail (unless
+            repair=True, which truncates there loudly instead).
+    """
+    for name in os.listdir(directory):
+        if name.endswith(TMP_SUFFIX):
+            logger.info("wal_removed_temp_segment", file=str(directory / name))
+            os.unlink(directory / name)
+    segs = list_segments(directory)
+    replayer = Replayer()
+    scans: list[SegmentScan] = []
+    for i, (seq, path) in enumerate(segs):
+        scan = read_segment(path, seq, replayer)
+        scans.append(scan)
+        newest = i == len(segs) - 1
+        if newest:
+            if scan.problem is not None:
+                off, reason = scan.problem
+                if off == 0:
+                    # Segments get their header before they are renamed into
+                    # place, so a bad header is never a torn write.
+                    _fail_or_repair(directory, scans, segs[i + 1 :], off, reason, repair, logger)
+                else:
+                    _cut_tail(path, off, reason, logger)
+                    scan.end = off
+                    scan.problem = None
+            continue
+        if scan.problem is None and not scan.sealed:
+            scan.problem = (scan.end, "segment ends without a seal record (its tail was lost)")
+        if scan.problem is not None:
+            off, reason = scan.problem
+            _fail_or_repair(directory, scans, segs[i + 1 :], off, reason, repair, logger)
+            break
+    partitions, problem = replayer.finish()
+    if problem is not None:
+        raise WalCorruptionError(problem.file or directory, problem.offset, problem.reason)
+    append_offset = scans[-1].end if scans else 0
+    return Recovered(partitions, scans, append_offset)
+
+
+def _fail_or_repair(
+    directory: Path,
+    scans: list[SegmentScan],
+    later: list[tuple[int, Path]],
+    off: int,
+    reason: str,
+    repair: bool,
+    logger: Logger,
+) -> None:
+    scan = scans[-1]
+    if not repair:
+        raise WalCorruptionError(scan.path, off, reason)
+    backup = scan.path.with_name(scan.path.name + ".bak")
+    shutil.copyfile(scan.path, backup)
+    discarded = []
+    for _, p in later:
+        p.rename(p.with_name(p.name + ".discarded"))
+        discarded.append(str(p))
+    logger.warning(
+        "wal_repaired_by_truncation",
+        file=str(scan.path),
+        offset=off,
+        reason=reason,
+        backup=str(backup),
+        discarded_segments=discarded,
+    )
+    if off == 0:  # unusable header: set the whole file aside
+        scan.path.rename(scan.path.with_name(scan.path.name + ".discarded"))
+        scans.pop()
+        return
+    _zero_from(scan.path, off)
+    scan.end = off
+    scan.problem = None
+    scan.sealed = False
+
+
+def _cut_tail(path: Path, off: int, reason: str, logger: Logger) -> None:
+    """Zero a torn tail so stale bytes behind it can never be parsed later."""
+    with open(path, "rb") as f:
+        f.seek(off)
+        tail = f.read()
+    nonzero = len(tail) - tail.count(0)
+    logger.warning(
+        "wal_torn_tail_truncated",
+        file=str(path),
+        offset=off,
+        reason=reason,
+        cut_bytes=len(tail.rstrip(b"\0")),
+        nonzero_bytes=nonzero,
+    )
+    _zero_from(path, off, len(tail.rstrip(b"\0")))
+
+
+def _zero_from(path: Path, off: int, length: int | None = None) -> None:
+    if length is None:
+        length = os.path.getsize(path) - off
+    if length <= 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes(length), off)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# Offline tools (read-only)
+
+
+@dataclass
+class SegmentReport:
+    file: str
+    seq: int
+    size: int
+    records: int
+    valid_bytes: int
+    sealed: bool
+
+
+@dataclass
+class PartitionReport:
+    partition: int
+    first_index: int  # first live entry (0 if none)
+    last_index: int  # last live entry, or the snapshot index if none
+    snapshot_index: int
+    hard_state: HardState
+    history_entries: int  # entries kept below the snapshot
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found. ok is False only for damage that open() would refuse."""
+
+    directory: str
+    segments: list[SegmentReport]
+    records: int
+    partitions: dict[int, PartitionReport]
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None or self.problem.tail
+
+
+def verify(directory: str | Path) -> VerifyReport:
+    """Check every segment like `open` would, without modifying anything."""
+    directory = Path(directory)
+    segs = list_segments(directory)
+    replayer = Replayer()
+    reports: list[SegmentReport] = []
+    problem: Problem | None = None
+    for i, (seq, path) in enumerate(segs):
+        scan = read_segment(path, seq, replayer)
+        reports.append(
+            SegmentReport(str(path), seq, scan.size, scan.records, scan.end, scan.sealed)
+        )
+        newest = i == len(segs) - 1
+        if scan.problem is None and not newest and not scan.sealed:
+            scan.problem = (scan.end, "segment ends without a seal record (its tail was lost)")
+        if scan.problem is not None:
+            off, reason = scan.problem
+            problem = Problem(str(path), off, reason, tail=newest and off != 0)
+            break
+    parts, replay_problem = replayer.finish()
+    if problem is None:
+        problem = replay_problem
+    preports = {}
+    for p, plog in parts.items():
+        preports[p] = PartitionReport(
+            p,
+            plog.entries[0].index if plog.entries else 0,
+            plog.last_index(),
+            plog.snapshot_index,
+            plog.hard_state,
+            len(plog.before_snapshot),
+        )
+    return VerifyReport(str(directory), reports, sum(r.records for r in reports), preports, problem)
+
+
+@dataclass(frozen=True)
+class DumpedRecord:
+    """One WAL record in readable form (`str()` gives a one-line description)."""
+
+    file: str
+    offset: int
+    kind: RecordKind
+    partition: int
+    entries: tuple[Entry, ...] = ()
+    hard_state: HardState | None = None
+    snapshot: SnapshotMeta | None = None
+    last_index: int = 0
+    restore: bool = False
+
+    def __str__(self) -> str:
+        where = f"{Path(self.file).name}@{self.offset}"
+        if self.kind == RecordKind.ENTRY:
+            es = " ".join(f"{e.term}/{e.index}:{len(e.data)}B" for e in self.entries)
+            return f"{where} p{self.partition} ENTRY [{es}]"
+        if self.kind == RecordKind.HARD_STATE:
+            hs = self.hard_state
+            assert hs is not None
+            return (
+                f"{where} p{self.partition} HARD_STATE "
+                f"term={hs.term} vote={hs.vote} commit={hs.commit}"
+            )
+        if self.kind == RecordKind.SNAPSHOT_MARKER:
+            m = self.snapshot
+            assert m is not None
+            return (
+                f"{where} p{self.partition} SNAPSHOT_MARKER index={m.index} term={m.term} "
+                f"last={self.last_index} voters={list(m.conf_state.voters)}"
+                + (" restore" if self.restore else "")
+            )
+        return f"{where} SEAL"
+
+
+def dump(
+    directory: str | Path, partition: int | None = None, from_index: int = 0
+) -> Iterator[DumpedRecord]:
+    """Yield the WAL's good records in order (read-only), filtered.
+
+    Args:
+        partition: only this partition's records (SEALs are always shown).
+        from_index: hide entries below this index (ENTRY records with none left
+            are skipped).
+
+    Reading stops at the first bad record; run `verify` to see why.
+    """
+    for seq, path in list_segments(Path(directory)):
+        out: list[DumpedRecord] = []
+
+        def visit(
+            off: int,
+            kind: RecordKind,
+            part: int,
+            value: Any,
+            path: Path = path,
+            out: list[DumpedRecord] = out,
+        ) -> None:
+            if partition is not None and part != partition and kind != RecordKind.SEAL:
+                return
+            f = str(path)
+            if kind == RecordKind.ENTRY:
+                es = tuple(e for e in value if e.index >= from_index)
+                if es:
+                    out.append(DumpedRecord(f, off, kind, part, entries=es))
+            elif kind == RecordKind.HARD_STATE:
+                out.append(DumpedRecord(f, off, kind, part, hard_state=value))
+            elif kind == RecordKind.SNAPSHOT_MARKER:
+                meta, last, restore = value
+                out.append(
+                    DumpedRecord(
+                        f, off, kind, part, snapshot=meta, last_index=last, restore=restore
+                    )
+                )
+            else:
+                out.append(DumpedRecord(f, off, kind, part))
+
+        scan = read_segment(path, seq, None, visit)
+        yield from out
+        if scan.problem is not None:
+            return
