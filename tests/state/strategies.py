@@ -20,7 +20,9 @@ deletes = st.builds(Delete, keys)
 expected_values = st.one_of(st.just(UNCHECKED), st.none(), values)
 expected_versions = st.one_of(st.none(), st.integers(0, 4))
 cas = st.builds(
-    lambda k, ev, ever, nv: CompareAndSet(k, expected_value=ev, expected_version=ever, new_value=nv),
+    lambda k, ev, ever, nv: CompareAndSet(
+        k, expected_value=ev, expected_version=ever, new_value=nv
+    ),
     keys,
     expected_values,
     expected_versions,

@@ -173,10 +173,14 @@ def test_empty_batch_is_a_successful_noop():
 @pytest.mark.parametrize(
     ("ops", "code", "message"),
     [
-        ((Put(b"a", b"1"),) * 4, ResultCode.BATCH_TOO_LARGE, "batch has 4 ops, over max_batch_ops (3)"),
-        ((Put(b"a", b"1"), Put(b"", b"2")), ResultCode.INVALID_COMMAND, "batch op 1: key must not be empty"),
-        ((Delete(b"a"), Put(b"b", b"x" * 11)), ResultCode.VALUE_TOO_LARGE, "batch op 1: value is 11 bytes"),
-        ((Put(b"k" * 9, b""),), ResultCode.KEY_TOO_LARGE, "batch op 0: key is 9 bytes, over max_key_size (8)"),
+        ((Put(b"a", b"1"),) * 4, ResultCode.BATCH_TOO_LARGE,
+         "batch has 4 ops, over max_batch_ops (3)"),
+        ((Put(b"a", b"1"), Put(b"", b"2")), ResultCode.INVALID_COMMAND,
+         "batch op 1: key must not be empty"),
+        ((Delete(b"a"), Put(b"b", b"x" * 11)), ResultCode.VALUE_TOO_LARGE,
+         "batch op 1: value is 11 bytes"),
+        ((Put(b"k" * 9, b""),), ResultCode.KEY_TOO_LARGE,
+         "batch op 0: key is 9 bytes, over max_key_size (8)"),
     ],
 )
 def test_bad_batch_applies_nothing(ops, code, message):
@@ -204,7 +208,8 @@ def test_batch_with_non_put_delete_op_is_invalid():
     ("cmd", "code", "message"),
     [
         (Put(b"k" * 9, b"v"), ResultCode.KEY_TOO_LARGE, "key is 9 bytes, over max_key_size (8)"),
-        (Put(b"k", b"v" * 11), ResultCode.VALUE_TOO_LARGE, "value is 11 bytes, over max_value_size (10)"),
+        (Put(b"k", b"v" * 11), ResultCode.VALUE_TOO_LARGE,
+         "value is 11 bytes, over max_value_size (10)"),
         (Delete(b"k" * 9), ResultCode.KEY_TOO_LARGE, "key is 9 bytes"),
         (Put(b"", b"v"), ResultCode.INVALID_COMMAND, "key must not be empty"),
         (CompareAndSet(b"k", expected_value=b"e" * 11, new_value=b"v"), ResultCode.VALUE_TOO_LARGE,
@@ -277,7 +282,8 @@ def test_malformed_entry_is_applied_as_failed_noop():
 def test_apply_index_must_increase(index):
     m = KVStateMachine()
     m.apply(5, encode_command(Put(b"k", b"v")))
-    with pytest.raises(StateInvariantError, match=f"apply index {index} must be greater than the applied index 5"):
+    message = f"apply index {index} must be greater than the applied index 5"
+    with pytest.raises(StateInvariantError, match=message):
         m.apply(index, b"")
     assert m.applied_index == 5
     m.apply(9, b"")  # gaps are fine
