@@ -1,0 +1,49 @@
+"""The PrkDB wire protocol, sans-IO: frames, CBOR codec, message schemas.
+
+Nothing here does I/O or knows about trio: the server's `FramedStream` and
+the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
+
+- `frames`: 4-byte length + one CBOR item; `FrameDecoder`, `encode_frame`.
+- `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`.
+- `raft_codec`: compact positional arrays for `prkdb.raft.types.Message`.
+- `errors`: `RemoteProtocolError` (the peer's fault) / `LocalProtocolError` (ours).
+
+docs/protocol.md is generated from these tables (scripts/gen_protocol_doc.py).
+"""
+
+from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
+from prkdb.wire.frames import (
+    CLOSED,
+    DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    DecoderState,
+    FrameDecoder,
+    encode_frame,
+    encode_frames,
+)
+from prkdb.wire.messages import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    encode_message,
+    encode_messages,
+    from_wire,
+    to_wire,
+)
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_FRAME",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "DecoderState",
+    "FrameDecoder",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "encode_frame",
+    "encode_frames",
+    "encode_message",
+    "encode_messages",
+    "from_wire",
+    "to_wire",
+]

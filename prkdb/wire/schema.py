@@ -251,12 +251,17 @@ class Details(WireType):
         return dict(value)
 
 
-_SCALARS: Final = (type(None), bool, int, str, bytes)
+_SCALARS: Final = (type(None), bool, str, bytes)
+_CBOR_INT_MIN: Final = -(2**64)  # CBOR major type 1 reaches -2**64; beyond needs bignum tags
 
 
 def _check_plain(value: Any) -> None:
     t = type(value)
     if t in _SCALARS:
+        return
+    if t is int:
+        if not _CBOR_INT_MIN <= value <= U64_MAX:
+            raise FieldError(f"int {_show(value)} is outside the cbor range -2**64..2**64-1")
         return
     if t is list:
         for i, v in enumerate(value):

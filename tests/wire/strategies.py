@@ -1,0 +1,177 @@
+"""Hypothesis strategies for valid wire values (Raft messages and client messages)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import strategies as st
+
+from prkdb.raft.types import (
+    ConfState,
+    Entry,
+    EntryKind,
+    Message,
+    MsgType,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from prkdb.wire import messages as m
+from prkdb.wire.raft_codec import WIRE_MSG_TYPES
+
+U64 = 2**64 - 1
+uint = st.one_of(st.integers(0, 300), st.integers(0, U64))
+node = st.integers(1, 9) | st.integers(1, U64)
+small_bytes = st.binary(max_size=40)
+
+
+@st.composite
+def raft_messages(draw: Any, mtype: MsgType | None = None) -> Message:
+    t = mtype if mtype is not None else draw(st.sampled_from(sorted(WIRE_MSG_TYPES)))
+    term = draw(uint)
+    log_term = draw(st.integers(0, term))
+    index = draw(st.integers(0, U64 - 100))
+    entries: tuple[Entry, ...] = ()
+    if t is MsgType.APP and term >= 1:
+        n = draw(st.integers(0, 5))
+        terms = sorted(draw(st.lists(st.integers(max(log_term, 1), term), min_size=n, max_size=n)))
+        entries = tuple(
+            Entry(tt, index + 1 + i, draw(st.sampled_from(EntryKind)), draw(small_bytes))
+            for i, tt in enumerate(terms)
+        )
+    elif t is MsgType.PROP:
+        entries = tuple(
+            draw(
+                st.lists(
+                    st.builds(Entry, uint, uint, st.sampled_from(EntryKind), small_bytes),
+                    max_size=3,
+                )
+            )
+        )
+    snapshot = None
+    if t is MsgType.SNAP:
+        voters = tuple(sorted(draw(st.sets(node, min_size=1, max_size=5))))
+        snapshot = Snapshot(
+            SnapshotMeta(draw(st.integers(1, U64)), draw(st.integers(1, U64)), ConfState(voters)),
+            draw(small_bytes),
+        )
+    return Message(
+        t,
+        to=draw(node),
+        from_=draw(node),
+        term=term,
+        log_term=log_term,
+        index=index,
+        entries=entries,
+        commit=draw(uint),
+        reject=draw(st.booleans()),
+        reject_hint=draw(uint),
+        context=draw(small_bytes),
+        snapshot=snapshot,
+    )
+
+
+@st.composite
+def raft_batches(draw: Any) -> m.RaftBatch:
+    sender = draw(node)
+    msgs = draw(st.lists(raft_messages(), max_size=4))
+    items = tuple((draw(st.integers(0, 2**32 - 1)), replace(x, from_=sender)) for x in msgs)
+    return m.RaftBatch(sender, items)
+
+
+rid = st.integers(1, U64)
+key = st.binary(min_size=1, max_size=20)
+session = {"client_id": st.integers(1, U64), "seq": st.integers(1, U64)}
+text = st.text(max_size=20)
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), U64) | text | small_bytes,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+details = st.dictionaries(text, plain, max_size=4)
+
+
+@st.composite
+def cas(draw: Any) -> m.Cas:
+    ev = draw(st.none() | small_bytes)
+    ever = draw(st.none() | uint) if ev is not None else draw(uint)
+    return m.Cas(
+        draw(rid),
+        draw(key),
+        ev,
+        ever,
+        draw(st.none() | small_bytes),
+        **{k: draw(v) for k, v in session.items()},
+    )
+
+
+batch_op = st.one_of(
+    st.builds(m.BatchOp, st.just(m.OpKind.PUT), key, small_bytes),
+    st.builds(m.BatchOp, st.just(m.OpKind.DELETE), key, st.none()),
+)
+
+STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    m.Hello: st.one_of(
+        st.builds(m.Hello, st.integers(0, 2**32 - 1), text, st.just("peer"), node),
+        st.builds(m.Hello, st.integers(0, 2**32 - 1), text, st.just("client"), st.just(0)),
+    ),
+    m.HelloOk: st.builds(m.HelloOk, node, text, st.integers(0, 2**32 - 1)),
+    m.Error: st.builds(
+        m.Error,
+        st.integers(0, U64),
+        st.sampled_from(list(m.ErrorCode)) | st.integers(100, 2**32 - 1),
+        text,
+        details,
+    ),
+    m.Get: st.builds(
+        m.Get, rid, key, st.sampled_from(m.ReadConsistency), st.integers(0, 2**32 - 1)
+    ),
+    m.Put: st.builds(m.Put, rid, key, small_bytes, **session),
+    m.Delete: st.builds(m.Delete, rid, key, **session),
+    m.Cas: cas(),
+    m.Batch: st.builds(
+        m.Batch,
+        rid,
+        st.integers(0, 2**32 - 1),
+        st.lists(batch_op, max_size=4).map(tuple),
+        **session,
+    ),
+    m.Status: st.builds(m.Status, rid),
+    m.TransferLeader: st.builds(m.TransferLeader, rid, st.integers(0, 2**32 - 1), uint),
+    m.Snapshot: st.builds(m.Snapshot, rid, st.none() | st.integers(0, 2**32 - 1)),
+    m.GetOk: st.builds(m.GetOk, rid, st.none() | small_bytes, uint, uint, uint),
+    m.WriteOk: st.builds(
+        m.WriteOk,
+        rid,
+        st.booleans(),
+        uint,
+        uint,
+        uint,
+        st.lists(st.builds(m.OpResult, uint, uint), max_size=3).map(tuple),
+    ),
+    m.StatusOk: st.builds(
+        m.StatusOk,
+        rid,
+        node,
+        text,
+        st.lists(st.builds(m.NodeInfo, node, text, text), max_size=3).map(tuple),
+        st.lists(
+            st.builds(
+                m.PartitionStatus,
+                st.integers(0, 2**32 - 1),
+                uint,
+                uint,
+                uint,
+                uint,
+                st.sampled_from(Role),
+                st.lists(st.builds(m.ReplicaProgress, node, uint), max_size=3).map(tuple),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
+    m.AdminOk: st.builds(m.AdminOk, rid, details),
+    m.RaftBatch: raft_batches(),
+}
+
+any_message = st.one_of(*STRATEGIES.values())
