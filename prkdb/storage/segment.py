@@ -81,7 +81,7 @@ class Segment:
     @classmethod
     def create(cls, directory: Path, seq: int, size: int) -> Segment:
         """Create, preallocate and durably name a new, empty segment."""
-        size = max(size, SEGMENT_HEADER_SIZE + PAGE)
+        size = max(size, PAGE)
         size = -(-size // PAGE) * PAGE
         tmp = directory / (segment_name(seq) + ".tmp")
         final = directory / segment_name(seq)
