@@ -386,8 +386,11 @@ _SEQ = UInt(lo=1)
 _ADDR = Text(max_len=255)
 
 
-def _rid(what: str = "client-chosen, >= 1, unique among in-flight requests") -> Field:
-    return Field("request_id", _REQUEST_ID, what)
+def _rid(
+    what: str = "client-chosen, >= 1, unique among in-flight requests",
+    wtype: UInt = _REQUEST_ID,
+) -> Field:
+    return Field("request_id", wtype, what)
 
 
 def _session() -> tuple[Field, Field]:
@@ -523,7 +526,7 @@ _ALL = (
         Error,
         3,
         (
-            _rid("the failed request, or 0 for the connection"),
+            _rid("the failed request, or 0 for the connection", _U64),
             Field("code", Enum(ErrorCode, lenient=True), "unknown codes: treat as INTERNAL"),
             Field("message", Text(max_len=4096), "human-readable"),
             Field("details", Details(), "structured extras, see Error codes"),

@@ -1,0 +1,311 @@
+"""Message schemas: round trips of every message, and every field's wrong shapes rejected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prkdb.errors import ErrorCode
+from prkdb.raft.types import Message, MsgType, Role
+from prkdb.wire import messages as m
+from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
+from prkdb.wire.frames import NEED_DATA, FrameDecoder, encode_frame
+from prkdb.wire.schema import Bool, Bytes, Details, Enum, ListOf, Optional, Record, Text, UInt
+from tests.wire.strategies import STRATEGIES, any_message
+
+HB = Message(MsgType.HEARTBEAT, to=2, from_=1, term=3, commit=4)
+
+SAMPLES: dict[type, Any] = {
+    m.Hello: m.Hello(1, "c1", "peer", 1),
+    m.HelloOk: m.HelloOk(2, "c1"),
+    m.Error: m.Error(7, ErrorCode.NOT_LEADER, "not leader", {"leader_id": 2}),
+    m.Get: m.Get(1, b"k", m.ReadConsistency.LINEARIZABLE, 3),
+    m.Put: m.Put(1, b"k", b"v", 9, 1),
+    m.Delete: m.Delete(1, b"k", 9, 2),
+    m.Cas: m.Cas(1, b"k", b"old", 3, b"new", 9, 3),
+    m.Batch: m.Batch(
+        1, 0, (m.BatchOp(m.OpKind.PUT, b"a", b"1"), m.BatchOp(m.OpKind.DELETE, b"b")), 9, 4
+    ),
+    m.Status: m.Status(1),
+    m.TransferLeader: m.TransferLeader(1, 2, 3),
+    m.Snapshot: m.Snapshot(1, None),
+    m.GetOk: m.GetOk(1, b"v", 2, 10, 12),
+    m.WriteOk: m.WriteOk(1, True, 11, 1, 0, (m.OpResult(1, 0),)),
+    m.StatusOk: m.StatusOk(
+        1,
+        1,
+        "c1",
+        (m.NodeInfo(1, "h:1", "h:2"),),
+        (m.PartitionStatus(0, 1, 3, 9, 9, Role.LEADER, (m.ReplicaProgress(2, 9),)),),
+    ),
+    m.AdminOk: m.AdminOk(1, {"transferred": True}),
+    m.RaftBatch: m.RaftBatch(1, ((0, HB), (5, HB))),
+}
+
+
+def test_every_message_has_a_sample_and_a_strategy() -> None:
+    assert set(SAMPLES) == set(m.SCHEMAS) == set(STRATEGIES)
+
+
+def through_cbor(obj: Any) -> Any:
+    return cbor2.loads(cbor2.dumps(obj))
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_sample_round_trip(cls: type) -> None:
+    msg = SAMPLES[cls]
+    wire = m.to_wire(msg, check=True)
+    assert wire[0] == m.SCHEMAS[cls].type_id
+    assert m.from_wire(through_cbor(wire)) == msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_message)
+def test_round_trip_any_message(msg: Any) -> None:
+    assert m.from_wire(through_cbor(m.to_wire(msg, check=True))) == msg
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(any_message, max_size=6), st.integers(1, 50))
+def test_stream_of_messages(msgs: list[Any], chunk: int) -> None:
+    stream = m.encode_messages(msgs)
+    dec = FrameDecoder()
+    got = []
+    for i in range(0, len(stream), chunk):
+        dec.receive_data(stream[i : i + chunk])
+        while (item := dec.next_frame()) is not NEED_DATA:
+            got.append(m.from_wire(item))
+    assert got == msgs
+
+
+def test_enums_come_back_as_enums() -> None:
+    got = m.from_wire(through_cbor(m.to_wire(SAMPLES[m.Get])))
+    assert type(got.consistency) is m.ReadConsistency
+    st_ok = m.from_wire(through_cbor(m.to_wire(SAMPLES[m.StatusOk])))
+    assert type(st_ok.partitions[0].role) is Role
+    err = m.from_wire([3, 1, 1, "x", {}])
+    assert type(err.code) is ErrorCode
+
+
+def test_unknown_error_code_is_kept_as_int() -> None:
+    err = m.from_wire([3, 1, 4242, "from the future", {}])
+    assert err.code == 4242 and type(err.code) is int
+
+
+# --- wrong shapes, generated from the schema table ----------------------------------------
+
+WRONG_VALUES: list[Any] = ["s", b"b", True, -1, 1.5, None, [], {}, 2**64, cbor2.undefined]
+
+
+def acceptable(wtype: Any, value: Any) -> bool:
+    """Could `value` be valid for `wtype` (type-wise)? Used to know what must be rejected."""
+    if isinstance(wtype, Optional):
+        return value is None or acceptable(wtype.inner, value)
+    if isinstance(wtype, Text):
+        return type(value) is str and not wtype.choices
+    if isinstance(wtype, Bytes):
+        return type(value) is bytes and len(value) >= wtype.min_len
+    if isinstance(wtype, Bool):
+        return type(value) is bool
+    if isinstance(wtype, UInt):
+        return type(value) is int and wtype.lo <= value <= wtype.hi
+    if isinstance(wtype, Enum):
+        return False  # none of WRONG_VALUES is a member
+    if isinstance(wtype, ListOf):
+        return value == []
+    if isinstance(wtype, Details):
+        return value == {}
+    return False
+
+
+FIELD_CASES = [
+    (cls, i, f) for cls, schema in m.SCHEMAS.items() for i, f in enumerate(schema.fields)
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "index", "fld"), FIELD_CASES, ids=[f"{c.__name__}.{f.name}" for c, _, f in FIELD_CASES]
+)
+def test_wrong_type_names_the_field(cls: type, index: int, fld: Any) -> None:
+    good = m.to_wire(SAMPLES[cls])
+    rejected = 0
+    for bad in WRONG_VALUES:
+        obj = list(good)
+        obj[index + 1] = bad
+        if acceptable(fld.type, bad):
+            continue
+        with pytest.raises(RemoteProtocolError) as info:
+            m.from_wire(obj)
+        assert f"{cls.__name__}.{fld.name}" in str(info.value), str(info.value)
+        assert info.value.code in (ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE)
+        rejected += 1
+    assert rejected >= 5
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_missing_and_extra_fields(cls: type) -> None:
+    good = m.to_wire(SAMPLES[cls])
+    for obj in (good[:-1], [*good, 0], good[:1]):
+        if len(obj) == len(good):
+            continue
+        with pytest.raises(RemoteProtocolError, match=cls.__name__):
+            m.from_wire(obj)
+
+
+@pytest.mark.parametrize(
+    ("cls", "fld"),
+    [(r.cls, f) for r in m.RECORDS for f in r.fields],
+    ids=lambda x: getattr(x, "__name__", getattr(x, "name", "")),
+)
+def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
+    record = next(r for r in m.RECORDS if r.cls is cls)
+    assert isinstance(record, Record)
+    # find a sample that contains one of these records, and break that field in it
+    sample_wire = {
+        m.BatchOp: lambda: m.to_wire(SAMPLES[m.Batch]),
+        m.OpResult: lambda: m.to_wire(SAMPLES[m.WriteOk]),
+        m.NodeInfo: lambda: m.to_wire(SAMPLES[m.StatusOk]),
+        m.PartitionStatus: lambda: m.to_wire(SAMPLES[m.StatusOk]),
+        m.ReplicaProgress: lambda: m.to_wire(SAMPLES[m.StatusOk]),
+    }[cls]()
+    locate = {
+        m.BatchOp: lambda w: w[3][0],
+        m.OpResult: lambda w: w[6][0],
+        m.NodeInfo: lambda w: w[4][0],
+        m.PartitionStatus: lambda w: w[5][0],
+        m.ReplicaProgress: lambda w: w[5][0][6][0],
+    }[cls]
+    idx = [f.name for f in record.fields].index(fld.name)
+    for bad in WRONG_VALUES:
+        if acceptable(fld.type, bad):
+            continue
+        wire = through_cbor(sample_wire)
+        locate(wire)[idx] = bad
+        with pytest.raises(RemoteProtocolError, match=rf"\.{fld.name}: ") as info:
+            m.from_wire(wire)
+        assert "[0]" in str(info.value)
+    wire = through_cbor(sample_wire)
+    del locate(wire)[-1]
+    with pytest.raises(RemoteProtocolError, match="fields"):
+        m.from_wire(wire)
+
+
+@pytest.mark.parametrize(
+    ("obj", "why"),
+    [
+        ({}, "non-empty array"),
+        ([], "non-empty array"),
+        (5, "non-empty array"),
+        ([999], "unknown message type"),
+        ([True, 1], "unknown message type"),
+        (["Get", 1], "unknown message type"),
+        ([10, 0, b"k", 0, 0], r"Get.request_id: 0 is outside 1\.\."),
+        ([10, 1, b"", 0, 0], "Get.key: must be at least 1 bytes"),
+        ([10, 1, b"k", 3, 0], "Get.consistency: 3 is not a valid ReadConsistency"),
+        ([10, 1, b"k", 0, 2**32], "Get.partition"),
+        ([11, 1, "k", b"v", 1, 1], "Put.key: expected bytes, got str"),
+        ([11, 1, b"k", "v", 1, 1], "Put.value: expected bytes, got str"),
+        ([11, 1, b"k", bytearray(b"v"), 1, 1], None),  # cbor2 gives bytes; see below
+        ([11, 1, b"k", b"v", 0, 1], "Put.client_id"),
+        ([11, 1, b"k", b"v", 1, 0], "Put.seq"),
+        ([1, 1, b"c", "peer", 1], "Hello.cluster_id: expected text, got bytes"),
+        ([1, 1, "c", "admin", 1], "Hello.role"),
+        ([1, 1, "c", "peer", 0], "Hello.node_id: a peer must send"),
+        ([1, 1, "c", "client", 3], "Hello.node_id: a client must send 0"),
+        ([1, 1, "c" * 300, "client", 0], "Hello.cluster_id"),
+        ([13, 1, b"k", None, None, b"v", 1, 1], "Cas.expected_value: a Cas needs"),
+        ([14, 1, 0, [[0, b"k", None]], 1, 1], r"Batch.ops\[0\].value: a PUT needs a value"),
+        ([14, 1, 0, [[1, b"k", b"v"]], 1, 1], r"Batch.ops\[0\].value: a DELETE must have"),
+        ([14, 1, 0, [[2, b"k", None]], 1, 1], r"Batch.ops\[0\].kind"),
+        ([14, 1, 0, [[0, b"k"]], 1, 1], r"Batch.ops\[0\]"),
+        ([3, 1, 1, "m", {1: 2}], "Error.details: map keys must be text"),
+        ([3, 1, 1, "m", {"a": 1.5}], r"Error.details\['a'\]: float is not a plain value"),
+        ([3, 1, 1, "m", {"a": [cbor2.undefined]}], r"Error.details\['a'\]\[0\]"),
+        ([3, 1, -1, "m", {}], "Error.code"),
+        ([31, 1, 1, 1, 1, 1, []], "WriteOk.succeeded: expected a bool"),
+        ([30, 1, "v", 1, 1, 1], "GetOk.value: expected bytes"),
+        ([50, 1, [[0, [10, 2, 7, 3]]]], r"RaftBatch.items\[0\]: message from 7"),
+        ([50, 1, [[0, [0, 2, 1, 3]]]], r"RaftBatch.items\[0\]\[1\]: raft message: type"),
+        ([50, 1, [[2**32, [10, 2, 1, 3]]]], r"RaftBatch.items\[0\]\[0\]"),
+        ([50, 1, [[0]]], r"RaftBatch.items\[0\]: expected a \[partition, message\]"),
+        ([50, 0, []], "RaftBatch.from_node"),
+    ],
+)
+def test_specific_rejections(obj: Any, why: str | None) -> None:
+    if why is None:
+        # bytearray never comes out of the decoder, but if handed one, it is not bytes.
+        with pytest.raises(RemoteProtocolError):
+            m.from_wire(obj)
+        return
+    with pytest.raises(RemoteProtocolError, match=why):
+        m.from_wire(obj)
+
+
+def test_long_text_is_too_large() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.from_wire([3, 1, 1, "x" * 5000, {}])
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_bytes_and_text_are_never_confused_after_cbor() -> None:
+    """CBOR keeps major types 2 (bytes) and 3 (text) apart; so do we."""
+    wire = through_cbor([11, 1, "k", b"v", 1, 1])
+    assert type(wire[2]) is str
+    with pytest.raises(RemoteProtocolError, match="Put.key"):
+        m.from_wire(wire)
+    wire = through_cbor([1, 1, b"cluster", "client", 0])
+    with pytest.raises(RemoteProtocolError, match="Hello.cluster_id"):
+        m.from_wire(wire)
+
+
+def test_to_wire_check_blames_us() -> None:
+    with pytest.raises(LocalProtocolError, match="Put.key"):
+        m.to_wire(m.Put(1, "k", b"v", 1, 1), check=True)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="Error.details"):
+        m.to_wire(m.Error(1, ErrorCode.INTERNAL, "x", {"n": 2**70}), check=True)
+    with pytest.raises(LocalProtocolError, match="not a wire message"):
+        m.to_wire(HB)  # type: ignore[arg-type]
+
+
+def test_local_raft_message_cannot_be_sent() -> None:
+    with pytest.raises(LocalProtocolError, match="local"):
+        m.to_wire(m.RaftBatch(1, ((0, Message(MsgType.HUP, to=1, from_=1)),)))
+
+
+def test_encode_message_is_a_frame() -> None:
+    msg = SAMPLES[m.Status]
+    assert m.encode_message(msg) == encode_frame([15, 1])
+
+
+def test_type_ids_are_stable() -> None:
+    """Type ids are on the wire: changing one breaks every deployed peer and client."""
+    assert {s.name: s.type_id for s in m.SCHEMAS.values()} == {
+        "Hello": 1,
+        "HelloOk": 2,
+        "Error": 3,
+        "Get": 10,
+        "Put": 11,
+        "Delete": 12,
+        "Cas": 13,
+        "Batch": 14,
+        "Status": 15,
+        "TransferLeader": 16,
+        "Snapshot": 17,
+        "GetOk": 30,
+        "WriteOk": 31,
+        "StatusOk": 32,
+        "AdminOk": 33,
+        "RaftBatch": 50,
+    }
+
+
+def test_request_and_response_sets() -> None:
+    assert all(
+        s.fields[0].name == "request_id"
+        for c, s in m.SCHEMAS.items()
+        if c in m.REQUEST_TYPES | m.RESPONSE_TYPES
+    )
