@@ -20,8 +20,9 @@ an integer op tag (:class:`OpTag`), never a map with string keys::
                    client_id: bytes | int, seq: uint — the exactly-once
                    envelope (see sessions.py); absent for session-less writes
 
-A Put of a 16-byte key and a 100-byte value costs 4 bytes of framing
-(array header, tag, two string headers) on top of the payload.
+A Put of a 16-byte key and a 100-byte value costs 5 bytes of framing
+(array head, tag, 1-byte key head, 2-byte value head) on top of the payload;
+the session envelope adds 4 more for a small client id and seq.
 
 Decoding is strict: exactly one CBOR item in canonical (shortest) form as
 ``cbor2.dumps`` writes it, no trailing bytes, exact array lengths, exact types

@@ -41,6 +41,7 @@ would let the machine answer SESSION_EXPIRED instead.)
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, final
 
@@ -78,7 +79,10 @@ class SessionTable:
         self.ttl_entries = ttl_entries
         # client_id -> (last_seq, last_used_index, last_result).
         # Invariant: ordered by ascending last_used_index.
-        self._sessions: dict[ClientId, tuple[int, int, WriteResult]] = {}
+        # An OrderedDict, not a dict: finding the oldest entry of a plain dict
+        # after many deletions at its front scans their tombstones, while
+        # OrderedDict's linked list makes first/move_to_end/popitem O(1).
+        self._sessions: OrderedDict[ClientId, tuple[int, int, WriteResult]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -117,7 +121,7 @@ class SessionTable:
             cid = next(iter(sessions))
             if sessions[cid][1] >= horizon:
                 break
-            del sessions[cid]
+            sessions.popitem(last=False)
 
     def check(self, client_id: ClientId, seq: int, index: int) -> WriteResult | None:
         """Decide whether the write ``(client_id, seq)`` at ``index`` must be applied.
@@ -135,8 +139,8 @@ class SessionTable:
         if seq > last_seq:
             return None
         if seq == last_seq:
-            del self._sessions[client_id]
             self._sessions[client_id] = (last_seq, index, result)
+            self._sessions.move_to_end(client_id)
             return result
         return WriteResult(
             ResultCode.STALE_SEQUENCE,
@@ -147,10 +151,10 @@ class SessionTable:
     def record(self, client_id: ClientId, seq: int, result: WriteResult, index: int) -> None:
         """Remember ``result`` as the client's last write, then enforce ``max_sessions``."""
         sessions = self._sessions
-        sessions.pop(client_id, None)
         sessions[client_id] = (seq, index, result)
+        sessions.move_to_end(client_id)
         while len(sessions) > self.max_sessions:
-            del sessions[next(iter(sessions))]
+            sessions.popitem(last=False)
 
     def clear(self) -> None:
         """Forget every session (used by restore)."""
@@ -179,7 +183,7 @@ class SessionTable:
         """
         if type(flat) is not list or len(flat) % 4:
             raise ValueError("sessions must be an array of 4-tuples")
-        sessions: dict[ClientId, tuple[int, int, WriteResult]] = {}
+        sessions: OrderedDict[ClientId, tuple[int, int, WriteResult]] = OrderedDict()
         prev_used = 0
         for i in range(0, len(flat), 4):
             cid, seq, used, raw = flat[i : i + 4]
