@@ -365,6 +365,12 @@ class RaftCore:
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            # A live leader stays inside its own lease: step() ignores (pre-)votes
+            # while election_elapsed < election_ticks. Without this wrap a leader
+            # older than one election timeout granted a rejoining node's pre-vote
+            # and was deposed by it (etcd's tickHeartbeat resets it the same way).
+            self.election_elapsed = 0
         if self.lead_transferee != NONE:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.cfg.election_ticks:
