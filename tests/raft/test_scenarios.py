@@ -16,7 +16,7 @@ Timing facts the bounds below rely on (RaftConfig, core.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 
 import pytest
 
@@ -27,10 +27,8 @@ from prkdb.raft import (
     Message,
     MsgType,
     NotLeader,
-    ProposalDropped,
     Role,
 )
-from prkdb.raft.tracker import ProgressState
 from tests.raft.network import Network
 
 E = 10  # election_ticks used throughout
@@ -220,3 +218,121 @@ def test_checkquorum_minority_leader_steps_down_and_loses_its_entries(seed: int)
     assert all(applied[i] == applied[new] for i in net.ids)
     assert applied[new][-2:] == [b"before", b"won"]
     assert not {d for _, d in net.checker.applied.values()} & set(lost)
+
+
+# -- 4. log repair in O(terms) ----------------------------------------------
+def test_log_repair_is_o_terms_not_o_entries() -> None:
+    """Thesis §5.3 / etcd findConflictByTerm: each rejection skips a whole term.
+
+    Node 3's log diverges from index 11 on over four old terms of 50 entries
+    each, interleaved with the leader's terms so that every probe lands in a
+    fresh conflict. Entry-by-entry backtracking would need ~200 round trips;
+    the conflict hint needs one per divergent term.
+    """
+    net = Network(3, seed=1, pre_vote=False, check_quorum=False)
+    per, prefix = 50, 10
+    leader_terms = [1] * prefix + [3] * per + [5] * per + [7] * per + [9] * per
+    follower_terms = [1] * prefix + [2] * per + [4] * per + [6] * per + [8] * per
+    install_log(net, 1, leader_terms, hs_term=9, commit=prefix)
+    install_log(net, 2, leader_terms, hs_term=9, commit=prefix)
+    install_log(net, 3, follower_terms, hs_term=8, commit=prefix)
+    assert net.committed(3) == prefix and net.nodes[3].applied_index == prefix
+
+    sent = record_sends(net)
+    net.campaign(1)
+    assert net.leader() == 1 and net.term(1) == 10
+    last = net.nodes[1].raw.core.log.last_index()
+    assert last == prefix + 4 * per + 1  # + the no-op
+
+    to3 = [m for m in sent if m.to == 3 and m.type == MsgType.APP]
+    rejects = [m for m in sent if m.from_ == 3 and m.type == MsgType.APP_RESP and m.reject]
+    # Exactly one rejection per divergent term (4), never one per entry (200):
+    # each hint names the last index of the follower's next-older term.
+    assert [(m.reject_hint, m.log_term) for m in rejects] == [(210, 8), (160, 6), (110, 4), (60, 2)]
+    # 4 rejected probes + the matching one + one more carrying the commit index.
+    assert len(to3) == len(rejects) + 2
+    assert log_terms(net, 3) == log_terms(net, 1)
+    assert net.committed(3) == last
+    assert net.nodes[3].chain == net.nodes[1].chain
+
+
+# -- 5. Figure 8 ---------------------------------------------------------------
+def _figure8(net: Network) -> None:
+    """Figure 8 (c): S1 leads term 4 with 2/2 on S1..S3, S5 holds 2/3 and is down.
+
+    Every AppendEntries carries one entry (max_size_per_msg=1), and the hook
+    delivers the ones carrying term-4 entries with those entries stripped (an
+    empty append at the same position), so index 2 (term 2) reaches a majority
+    while no entry of the current term does.
+    """
+    install_log(net, 1, [1, 2], hs_term=3, commit=1)
+    install_log(net, 2, [1, 2], hs_term=3, commit=1)
+    install_log(net, 3, [1], hs_term=3, commit=1)
+    install_log(net, 4, [1], hs_term=3, commit=1)
+    install_log(net, 5, [1, 3], hs_term=3, commit=1)
+    net.crash(5)
+
+    def hook(m: Message) -> bool:
+        if not any(e.term == 4 for e in m.entries):
+            return True
+        node = net.nodes[m.to]
+        node.raw.step(dataclasses.replace(m, entries=()))
+        node.process()
+        return False
+
+    net.msg_hook = hook
+    net.campaign(1)
+    assert net.leader() == 1 and net.term(1) == 4
+    net.tick_all(3 * H)
+
+
+def test_figure8_old_term_entry_is_not_committed_by_counting() -> None:
+    """§5.4.2: 'Raft never commits log entries from previous terms by counting replicas.'"""
+    net = Network(5, seed=2, pre_vote=False, check_quorum=False, max_size_per_msg=1)
+    _figure8(net)
+    core = net.nodes[1].raw.core
+    holders = [i for i in (1, 2, 3, 4) if net.nodes[i].raw.core.log.term(2) == 2]
+    assert holders == [1, 2, 3, 4]  # a majority of 5 stores 2/2...
+    assert core.progress[3].match == 2 and core.progress[4].match == 2
+    assert {net.committed(i) for i in (1, 2, 3, 4)} == {1}  # ...and it is not committed
+
+    # (d) S1 crashes; S5 (last log term 3 > 2) wins with S2..S4 and overwrites
+    # index 2. Had 2/2 been committed and applied, the checker would raise here.
+    net.crash(1)
+    net.msg_hook = None
+    net.restart(5)
+    for _ in range(3):
+        net.campaign(5)
+        if net.leader() == 5:
+            break
+    assert net.leader() == 5
+    net.tick_all(H)
+    for i in (2, 3, 4, 5):
+        assert net.nodes[i].raw.core.log.term(2) == 3
+        assert net.committed(i) == 3
+    assert net.checker.applied[2][0] == 3
+
+
+def test_figure8_old_term_entry_commits_with_a_current_term_entry() -> None:
+    """(e): once an entry of term 4 is on a majority, 2/2 commits with it, not before."""
+    net = Network(5, seed=2, pre_vote=False, check_quorum=False, max_size_per_msg=1)
+    _figure8(net)
+    assert net.committed(1) == 1
+    core = net.nodes[1].raw.core
+    seen: list[tuple[int, int]] = []  # (replicas of 3/4 acked, leader commit) per ack
+
+    def hook(m: Message) -> bool:
+        if m.to == 1 and m.type == MsgType.APP_RESP and not m.reject:
+            acked = sum(1 for v, pr in core.progress.items() if pr.match >= 3)
+            seen.append((acked, core.log.committed))
+        return True
+
+    net.msg_hook = hook
+    net.tick_all(3 * H)
+    assert net.committed(1) == 3
+    # The leader's commit stayed at 1 while fewer than 3 of 5 nodes had 3/4.
+    assert all(c == 1 for acked, c in seen if acked < 3)
+    assert seen and seen[-1][1] == 3
+    for i in (1, 2, 3, 4):
+        assert net.nodes[i].raw.core.log.term(2) == 2
+    assert net.checker.applied[2] == (2, entry_data(2, 2))
