@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "ERROR_DESCRIPTIONS",
     "ErrorCode",
     "InternalError",
     "InvalidRequest",
@@ -63,6 +64,30 @@ class ErrorCode(enum.IntEnum):
     BAD_VERSION = 7  # unsupported protocol version; details: "supported" (list of ints)
     INTERNAL = 8  # a bug or broken invariant on the server; not the caller's fault
     TIMEOUT = 9  # the server gave up waiting before doing anything; safe to retry
+
+
+ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.OK: "not an error; never sent in an Error frame",
+    ErrorCode.NOT_LEADER: (
+        "this node does not lead the partition; details: leader_id (0/absent = unknown), "
+        "leader_address (host:port for clients, absent if unknown), partition. "
+        "Retry at the leader; nothing was done"
+    ),
+    ErrorCode.UNAVAILABLE: "no leader, no quorum, or shutting down; nothing was done, retry later",
+    ErrorCode.OUTCOME_UNKNOWN: (
+        "a write was proposed but its fate is unknown (e.g. leadership lost); retry with the "
+        "same client_id and seq"
+    ),
+    ErrorCode.BAD_REQUEST: "malformed frame or message, or a request that can never succeed",
+    ErrorCode.TOO_LARGE: "frame, key, value or batch over a limit; details: limit, size",
+    ErrorCode.WRONG_CLUSTER: "the Hello named another cluster id; the connection is closed",
+    ErrorCode.BAD_VERSION: (
+        "unsupported protocol version; details: supported (array of uint); connection closed"
+    ),
+    ErrorCode.INTERNAL: "a bug or broken invariant on the server; not the caller's fault",
+    ErrorCode.TIMEOUT: "the server gave up waiting before doing anything; safe to retry",
+}
+"""One line per code: what it means and what the receiver should do (docs/protocol.md)."""
 
 
 class PrkdbError(Exception):

@@ -28,6 +28,10 @@ class RemoteProtocolError(ProtocolError):
         message: what was wrong, naming the field (``"Put.key: expected bytes, got str"``).
         code: the `ErrorCode` to put in the Error frame sent back
             (TOO_LARGE for limits, BAD_REQUEST for everything else).
+        request_id: the id of the request the bad message carried, when it
+            could be read (the framing is intact, only a field is wrong), so
+            the server can answer that request instead of the connection;
+            0 when unknown.
     """
 
     def __init__(
@@ -36,8 +40,10 @@ class RemoteProtocolError(ProtocolError):
         *,
         code: int = ErrorCode.BAD_REQUEST,
         details: Mapping[str, Any] | None = None,
+        request_id: int = 0,
     ) -> None:
         super().__init__(message, code=code, details=details)
+        self.request_id = request_id
 
 
 class LocalProtocolError(ProtocolError):

@@ -189,10 +189,10 @@ class Delete:
 @final
 @dataclass(frozen=True, slots=True)
 class Cas:
-    """Compare-and-set: if every given condition holds, store new_value (None deletes).
+    """Compare-and-set: if every given condition holds, store new_value (null deletes).
 
-    expected_value None = value not compared; expected_version None = version
-    not compared, 0 = the key must be absent. At least one must be given.
+    expected_value null = value not compared; expected_version null = version
+    not compared, 0 = the key must be absent. At least one must be non-null.
     """
 
     request_id: int
@@ -207,7 +207,7 @@ class Cas:
 @final
 @dataclass(frozen=True, slots=True)
 class BatchOp:
-    """One op of an atomic Batch: PUT needs a value, DELETE must have None."""
+    """One op of an atomic Batch: PUT needs a value, DELETE must have null."""
 
     kind: OpKind
     key: bytes
@@ -247,7 +247,7 @@ class TransferLeader:
 @final
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Ask the node to snapshot one partition now (None = every partition)."""
+    """Ask the node to snapshot one partition now (null = every partition)."""
 
     request_id: int
     partition: int | None
@@ -259,7 +259,7 @@ class Snapshot:
 @final
 @dataclass(frozen=True, slots=True)
 class GetOk:
-    """value None (and version 0) means the key is absent."""
+    """value null (and version 0) means the key is absent."""
 
     request_id: int
     value: bytes | None
@@ -282,7 +282,7 @@ class OpResult:
 class WriteOk:
     """The outcome of Put/Delete/Cas/Batch (mirrors prkdb.state.results.WriteResult).
 
-    succeeded is False only for a Cas whose condition failed: a normal
+    succeeded is false only for a Cas whose condition failed: a normal
     outcome, not an error; version then is the key's current version.
     """
 

@@ -91,7 +91,7 @@ MESSAGE_LAYOUT: Final = (
     ("reject", "bool", "responses: request refused"),
     ("reject_hint", "uint", "APP_RESP reject: follower's guess of the match index"),
     ("context", "bytes", "opaque (ReadIndex ids, b'transfer' for transfer campaigns)"),
-    ("snapshot", "Snapshot | null", "SNAP only (required there), else null"),
+    ("snapshot", "Snapshot or null", "SNAP only (required there), else null"),
 )
 MIN_MESSAGE_FIELDS: Final = 4
 """type, to, from and term are always present."""

@@ -183,7 +183,7 @@ class Enum(WireType):
 class Optional(WireType):
     def __init__(self, inner: WireType) -> None:
         self.inner = inner
-        self.doc = f"{inner.doc} | null"
+        self.doc = f"{inner.doc} or null"
 
     def decode(self, value: Any) -> Any:
         return None if value is None else self.inner.decode(value)
@@ -377,7 +377,10 @@ class Schema:
         record = self._record
         n = len(obj) - 1
         if n != len(self.fields):
-            raise RemoteProtocolError(f"{self.name} needs {len(self.fields)} fields, got {n}")
+            raise RemoteProtocolError(
+                f"{self.name} needs {len(self.fields)} fields, got {n}",
+                request_id=self._request_id(obj),
+            )
         args = []
         for name, dec, item in zip(record._names, record._decoders, obj[1:]):
             try:
@@ -385,11 +388,22 @@ class Schema:
             except FieldError as exc:
                 path = "".join(reversed(exc.path))
                 raise RemoteProtocolError(
-                    f"{self.name}.{name}{path}: {exc.reason}", code=exc.code
+                    f"{self.name}.{name}{path}: {exc.reason}",
+                    code=exc.code,
+                    request_id=self._request_id(obj),
                 ) from None
         msg = self.cls(*args)
         if self.check is not None:
             problem = self.check(msg)
             if problem is not None:
-                raise RemoteProtocolError(f"{self.name}.{problem}")
+                raise RemoteProtocolError(
+                    f"{self.name}.{problem}", request_id=self._request_id(obj)
+                )
         return msg
+
+    def _request_id(self, obj: list[Any]) -> int:
+        """The request id of a rejected message, if its first field is a readable one."""
+        if len(obj) < 2 or not self.fields or self.fields[0].name != "request_id":
+            return 0
+        rid = obj[1]
+        return rid if type(rid) is int and 0 <= rid <= U64_MAX else 0

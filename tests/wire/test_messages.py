@@ -255,17 +255,17 @@ def test_bytes_and_text_are_never_confused_after_cbor() -> None:
     """CBOR keeps major types 2 (bytes) and 3 (text) apart; so do we."""
     wire = through_cbor([11, 1, "k", b"v", 1, 1])
     assert type(wire[2]) is str
-    with pytest.raises(RemoteProtocolError, match="Put.key"):
+    with pytest.raises(RemoteProtocolError, match=r"Put\.key"):
         m.from_wire(wire)
     wire = through_cbor([1, 1, b"cluster", "client", 0])
-    with pytest.raises(RemoteProtocolError, match="Hello.cluster_id"):
+    with pytest.raises(RemoteProtocolError, match=r"Hello\.cluster_id"):
         m.from_wire(wire)
 
 
 def test_to_wire_check_blames_us() -> None:
-    with pytest.raises(LocalProtocolError, match="Put.key"):
+    with pytest.raises(LocalProtocolError, match=r"Put\.key"):
         m.to_wire(m.Put(1, "k", b"v", 1, 1), check=True)  # type: ignore[arg-type]
-    with pytest.raises(LocalProtocolError, match="Error.details"):
+    with pytest.raises(LocalProtocolError, match=r"Error\.details"):
         m.to_wire(m.Error(1, ErrorCode.INTERNAL, "x", {"n": 2**70}), check=True)
     with pytest.raises(LocalProtocolError, match="not a wire message"):
         m.to_wire(HB)  # type: ignore[arg-type]
