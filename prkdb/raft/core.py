@@ -614,6 +614,14 @@ class RaftCore:
             return
         self.read_only.add_request(self.log.committed, m.context, m.from_)
         self.read_only.recv_ack(self.id, m.context)
+        # One heartbeat round per batch: heartbeats for earlier reads that have
+        # not left yet (same Ready) are redundant, because a quorum echoing the
+        # newest context confirms every read queued before it (ReadOnly.advance).
+        self.msgs = [
+            x
+            for x in self.msgs
+            if not (x.type == MsgType.HEARTBEAT and x.context in self.read_only.pending)
+        ]
         self._broadcast_heartbeat(m.context)
 
     def _respond_read_index(self, origin: int, index: int, context: bytes) -> None:
