@@ -198,6 +198,7 @@ class RaftCore:
         if snap.is_empty():
             raise RaftInvariantError(f"need a snapshot for {to} but there is none")
         pr.become_snapshot(snap.meta.index)
+        pr.snapshot_sent_tick = self.ticks
         self.log_.info("sent_snapshot", to=to, index=snap.meta.index, term=snap.meta.term)
         self._send(self._msg(MsgType.SNAP, to, snapshot=snap))
         return True
@@ -590,6 +591,15 @@ class RaftCore:
 
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.msg_app_flow_paused = False
+        if (
+            pr.state == ProgressState.SNAPSHOT
+            and self.ticks - pr.snapshot_sent_tick >= self.cfg.election_ticks
+        ):
+            # The snapshot, or the ack of its installation, may have been lost
+            # and the driver reported nothing: probe just past it. A follower
+            # that installed it accepts; one that did not rejects and we resend.
+            self.log_.info("retrying_snapshot", node=m.from_, index=pr.pending_snapshot)
+            pr.become_probe()
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             # Acks may have been lost; free one slot so replication cannot stall.
             pr.inflights.free_first_one()
@@ -655,6 +665,8 @@ class RaftCore:
         )
         match m.type:
             case MsgType.PROP | MsgType.READ_INDEX | MsgType.TRANSFER_LEADER:
+                if m.type == MsgType.READ_INDEX and m.from_ not in (NONE, self.id):
+                    return self._dropped(m, "forwarded read reached a candidate")
                 raise ProposalDropped("no leader: election in progress")
             case MsgType.APP:
                 self._become_follower(m.term, m.from_)

@@ -31,6 +31,7 @@ class Progress:
         "msg_app_flow_paused",
         "next",
         "pending_snapshot",
+        "snapshot_sent_tick",
         "state",
     )
 
@@ -39,6 +40,8 @@ class Progress:
         self.next = next_index
         self.state = ProgressState.PROBE
         self.pending_snapshot = 0
+        # Leader tick count when the pending snapshot was sent (to retry a lost one).
+        self.snapshot_sent_tick = 0
         self.msg_app_flow_paused = False
         # Leader tick count when we last heard from this peer (CheckQuorum).
         self.last_heard_tick = 0
