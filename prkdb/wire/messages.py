@@ -34,7 +34,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, final
 
-from prkdb.errors import ErrorCode
+from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft.types import Message, Role
 from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
@@ -60,8 +60,11 @@ from prkdb.wire.schema import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "RECORDS",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
+    "ROLE_CLIENT",
+    "ROLE_PEER",
     "SCHEMAS",
     "SCHEMAS_BY_ID",
     "SUPPORTED_VERSIONS",
@@ -89,8 +92,10 @@ __all__ = [
     "TransferLeader",
     "WireMessage",
     "WriteOk",
+    "check_hello",
     "encode_message",
     "encode_messages",
+    "error_for",
     "from_wire",
     "to_wire",
 ]
@@ -692,6 +697,53 @@ def from_wire(obj: Any) -> WireMessage:
         raise RemoteProtocolError(f"unknown message type id {type_id!r:.20}")
     msg: WireMessage = schema.decode(obj)
     return msg
+
+
+def check_hello(hello: Hello, *, cluster_id: str, role: str | None = None) -> Error | None:
+    """Decide whether an acceptor takes this Hello; the Error to send (then close) if not.
+
+    Kept here so every acceptor (client listener, peer listener) applies the
+    same rules in the same order: version first (a newer client must learn
+    which versions exist), then cluster, then role.
+
+    Args:
+        hello: the validated first frame.
+        cluster_id: this node's cluster id.
+        role: the role this listener serves ("peer" or "client"), or None for any.
+
+    Returns:
+        None if accepted, else an `Error` with request_id 0.
+    """
+    if hello.protocol_version not in SUPPORTED_VERSIONS:
+        return Error(
+            0,
+            ErrorCode.BAD_VERSION,
+            f"protocol version {hello.protocol_version} is not supported",
+            {"supported": list(SUPPORTED_VERSIONS)},
+        )
+    if hello.cluster_id != cluster_id:
+        return Error(
+            0,
+            ErrorCode.WRONG_CLUSTER,
+            f"this node belongs to cluster {cluster_id!r}, not {hello.cluster_id!r}",
+            {"cluster_id": cluster_id},
+        )
+    if role is not None and hello.role != role:
+        return Error(0, ErrorCode.BAD_REQUEST, f"this endpoint serves {role}s, not {hello.role}s")
+    return None
+
+
+def error_for(exc: PrkdbError, request_id: int | None = None) -> Error:
+    """The Error frame reporting `exc` (e.g. a `RemoteProtocolError` from `from_wire`).
+
+    Args:
+        exc: any PrkdbError; its code, message and details are copied.
+        request_id: the request answered; defaults to ``exc.request_id`` for
+            RemoteProtocolError (the id read from the bad message), else 0.
+    """
+    if request_id is None:
+        request_id = getattr(exc, "request_id", 0)
+    return Error(request_id, exc.code, exc.message[:4096], dict(exc.details))
 
 
 def encode_message(

@@ -309,3 +309,28 @@ def test_request_and_response_sets() -> None:
         for c, s in m.SCHEMAS.items()
         if c in m.REQUEST_TYPES | m.RESPONSE_TYPES
     )
+
+
+def test_check_hello() -> None:
+    ok = m.Hello(m.PROTOCOL_VERSION, "c1", "client", 0)
+    assert m.check_hello(ok, cluster_id="c1") is None
+    assert m.check_hello(ok, cluster_id="c1", role="client") is None
+    wrong = m.check_hello(ok, cluster_id="c2")
+    assert wrong is not None and wrong.code == ErrorCode.WRONG_CLUSTER and wrong.request_id == 0
+    version = m.check_hello(m.Hello(99, "c2", "client", 0), cluster_id="c1")
+    assert version is not None and version.code == ErrorCode.BAD_VERSION  # version checked first
+    assert version.details == {"supported": list(m.SUPPORTED_VERSIONS)}
+    role = m.check_hello(ok, cluster_id="c1", role="peer")
+    assert role is not None and role.code == ErrorCode.BAD_REQUEST
+    for err in (wrong, version, role):
+        assert m.from_wire(through_cbor(m.to_wire(err, check=True))) == err
+
+
+def test_error_for_remote_protocol_error() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        m.from_wire([11, 5, "k", b"v", 1, 1])
+    err = m.error_for(info.value)
+    assert (err.request_id, err.code) == (5, ErrorCode.BAD_REQUEST)
+    assert "Put.key" in err.message
+    assert m.error_for(info.value, request_id=0).request_id == 0
+    m.to_wire(err, check=True)
