@@ -336,3 +336,101 @@ def test_figure8_old_term_entry_commits_with_a_current_term_entry() -> None:
     for i in (1, 2, 3, 4):
         assert net.nodes[i].raw.core.log.term(2) == 2
     assert net.checker.applied[2] == (2, entry_data(2, 2))
+
+
+# -- 6. ReadIndex --------------------------------------------------------------
+def served_contexts(net: Network) -> set[bytes]:
+    return {r.context for n in net.nodes.values() for r in n.served}
+
+
+@pytest.mark.parametrize("check_quorum", [True, False], ids=["checkquorum", "no-checkquorum"])
+def test_read_on_deposed_partitioned_leader_is_never_served(check_quorum: bool) -> None:
+    """Thesis §6.4: a leader must confirm it still leads before serving a read."""
+    net = Network(5, seed=4, check_quorum=check_quorum)
+    lead = stable_leader(net)
+    buddy = next(i for i in net.ids if i != lead)
+    majority = [i for i in net.ids if i not in (lead, buddy)]
+    net.partition([lead, buddy], majority)
+    ctx = net.read(lead)
+    assert ctx is not None  # accepted: it still believes it leads
+    net.wait_for_leader(6 * E, among=majority)
+    new = net.leader()
+    _, idx = net.propose(new, b"newer")
+    net.tick_all(5 * E)
+    assert all(net.committed(i) >= idx for i in majority)
+    assert ctx not in served_contexts(net)
+    net.heal()
+    net.tick_all(3 * E)
+    assert net.leader() == new
+    assert ctx not in served_contexts(net)
+    assert net.nodes[lead].served == []
+
+
+@pytest.mark.parametrize("n_reads", [1, 5, 20], ids=lambda k: f"{k}reads")
+@pytest.mark.parametrize("n", [3, 5], ids=["3nodes", "5nodes"])
+def test_batch_of_reads_shares_one_heartbeat_round(n: int, n_reads: int) -> None:
+    net = Network(n, seed=5)
+    lead = stable_leader(net)
+    node = net.nodes[lead]
+    commit = net.committed(lead)
+    net.sent.clear()
+    ctxs = [f"batch-{k}".encode() for k in range(n_reads)]
+    for ctx in ctxs:  # all arrive before the driver takes the next Ready
+        node.raw.read_index(ctx)
+        node.read_waiting[ctx] = net.checker.max_commit
+    node.process()
+    assert net.sent[MsgType.HEARTBEAT] == n - 1
+    net.deliver()
+    assert net.sent[MsgType.HEARTBEAT] == n - 1
+    assert net.sent[MsgType.HEARTBEAT_RESP] == n - 1
+    assert sorted(r.context for r in node.served) == sorted(ctxs)
+    assert {r.index for r in node.served} == {commit}
+
+
+def test_follower_read_is_forwarded_and_linearizable() -> None:
+    net = Network(3, seed=6)
+    lead = stable_leader(net)
+    follower = next(i for i in net.ids if i != lead)
+    net.cut(lead, follower)
+    for k in range(3):
+        net.propose(lead, b"w%d" % k)
+    net.deliver()
+    net.heal()
+    # Committed by the other two; the follower lags 3 entries behind when it reads.
+    commit_at_issue = net.committed(lead)
+    assert net.committed(follower) == commit_at_issue - 3
+    net.sent.clear()
+    ctx = net.read(follower)
+    assert ctx is not None
+    net.deliver()
+    assert net.sent[MsgType.READ_INDEX] == 1
+    assert net.sent[MsgType.READ_INDEX_RESP] == 1
+    [read] = net.nodes[follower].served
+    assert read.context == ctx
+    assert read.index >= commit_at_issue
+    assert net.nodes[follower].applied_index >= read.index
+
+
+def test_read_on_new_leader_waits_for_its_noop_to_commit() -> None:
+    """Thesis §6.4 step 1: a fresh leader's commit index may be stale until its no-op commits."""
+    net = Network(3, seed=7, pre_vote=False, check_quorum=False)
+    old = stable_leader(net)
+    new = next(i for i in net.ids if i != old)
+    net.msg_hook = lambda m: not (m.from_ == new and m.type == MsgType.APP)
+    net.campaign(new)
+    assert net.leader() == new
+    noop_index = net.nodes[new].raw.core.log.last_index()
+    assert net.committed(new) < noop_index
+    net.sent.clear()
+    ctx = net.read(new)
+    assert ctx is not None
+    net.tick_all(4 * H)
+    assert ctx not in served_contexts(net)
+    # Plain heartbeats went out, but none carried the read's context.
+    assert net.sent[MsgType.HEARTBEAT] > 0
+    assert net.nodes[new].raw.core.read_only.pending == {}
+    net.msg_hook = None
+    net.tick_all(H)
+    assert net.committed(new) >= noop_index
+    [read] = net.nodes[new].served
+    assert read.context == ctx and read.index >= noop_index
