@@ -27,8 +27,10 @@ from prkdb.raft import (
     Message,
     MsgType,
     NotLeader,
+    ProposalDropped,
     Role,
 )
+from prkdb.raft.tracker import ProgressState
 from tests.raft.network import Network
 
 E = 10  # election_ticks used throughout
@@ -434,3 +436,225 @@ def test_read_on_new_leader_waits_for_its_noop_to_commit() -> None:
     assert net.committed(new) >= noop_index
     [read] = net.nodes[new].served
     assert read.context == ctx and read.index >= noop_index
+
+
+# -- 7. leadership transfer ----------------------------------------------------
+def test_transfer_to_up_to_date_follower_is_immediate() -> None:
+    """Thesis §3.10: TimeoutNow goes out at once when the target's log is current."""
+    net = Network(3, seed=8)
+    lead = stable_leader(net)
+    term = net.term(lead)
+    target = next(i for i in net.ids if i != lead)
+    assert net.nodes[lead].raw.core.progress[target].match == net.nodes[
+        lead
+    ].raw.core.log.last_index()
+    sent = record_sends(net)
+    net.nodes[lead].raw.transfer_leadership(target)
+    net.nodes[lead].process()
+    assert [(m.type, m.to) for m in sent] == [(MsgType.TIMEOUT_NOW, target)]
+    net.deliver()
+    assert net.leader() == target
+    assert net.term(target) == term + 1
+    assert net.nodes[lead].raw.core.role == Role.FOLLOWER
+    # The transfer skipped pre-vote: one real election, nothing else.
+    assert sum(1 for m in sent if m.type == MsgType.PRE_VOTE) == 0
+
+
+def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
+    net = Network(3, seed=9)
+    lead = stable_leader(net)
+    term = net.term(lead)
+    target = next(i for i in net.ids if i != lead)
+    core = net.nodes[lead].raw.core
+    net.cut(lead, target)
+    for k in range(10):
+        net.propose(lead, b"lag%d" % k)
+    net.deliver()
+    net.heal()
+    last = core.log.last_index()
+    assert core.progress[target].match == last - 10
+
+    seen: list[tuple[int, int]] = []  # (target match, leader last) when TIMEOUT_NOW was sent
+    sent = record_sends(net)
+    orig = net.send_all
+
+    def send_all(msgs):  # type: ignore[no-untyped-def]
+        for m in msgs:
+            if m.type == MsgType.TIMEOUT_NOW:
+                seen.append((core.progress[target].match, core.log.last_index()))
+        orig(msgs)
+
+    net.send_all = send_all  # type: ignore[method-assign]
+    net.nodes[lead].raw.transfer_leadership(target)
+    net.nodes[lead].process()
+    assert seen == []  # not yet: the target lacks 10 entries
+    with pytest.raises(ProposalDropped):
+        net.propose(lead, b"during-transfer")
+    net.deliver()
+    assert seen == [(last, last)]
+    assert any(m.type == MsgType.APP and m.to == target and m.entries for m in sent)
+    assert net.leader() == target
+    assert net.term(target) == term + 1
+    assert net.log_entries(target)[: last] == net.log_entries(lead)[: last]
+
+
+def test_transfer_to_unreachable_follower_aborts_after_election_timeout() -> None:
+    net = Network(3, seed=10)
+    lead = stable_leader(net)
+    term = net.term(lead)
+    target = next(i for i in net.ids if i != lead)
+    net.isolate(target)
+    net.nodes[lead].raw.transfer_leadership(target)
+    net.nodes[lead].process()
+    assert net.nodes[lead].raw.core.lead_transferee == target
+    with pytest.raises(ProposalDropped, match="leadership transfer"):
+        net.propose(lead, b"refused")
+    aborted_at = None
+    for t in range(1, 2 * E):
+        net.tick_all(1)
+        if net.nodes[lead].raw.core.lead_transferee == 0:
+            aborted_at = t
+            break
+    assert aborted_at == E
+    assert net.leader() == lead and net.term(lead) == term
+    _, idx = net.propose(lead, b"accepted-again")
+    net.deliver()
+    assert net.committed(lead) == idx
+    other = next(i for i in net.ids if i not in (lead, target))
+    assert net.applied_data(other)[-1] == b"accepted-again"
+    assert b"refused" not in net.applied_data(lead)
+
+
+# -- 8. snapshots ----------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3), ids=lambda s: f"seed{s}")
+def test_far_behind_follower_catches_up_by_snapshot(seed: int) -> None:
+    net = Network(3, seed=seed)
+    lead = stable_leader(net)
+    down = next(i for i in net.ids if i != lead)
+    net.crash(down)
+    for k in range(60):
+        net.propose(lead, b"v%d" % k)
+        if k % 10 == 9:
+            net.tick_all(1)
+    net.tick_all(H)
+    for i in net.ids:
+        if i != down:
+            net.nodes[i].maybe_compact(20)
+    first = net.nodes[lead].storage.first_index()
+    assert first > net.nodes[down].raw.core.log.last_index() + 1  # the gap is compacted
+    net.sent.clear()
+    net.restart(down)
+    net.tick_all(3 * E)
+    assert net.sent[MsgType.SNAP] == 1
+    assert net.nodes[down].storage.snapshot().meta.index == first - 1
+    assert net.nodes[down].applied_index == net.nodes[lead].applied_index == net.committed(lead)
+    assert {net.nodes[i].chain for i in net.ids} == {net.nodes[lead].chain}
+    # And it keeps replicating normally afterwards.
+    _, idx = net.propose(lead, b"after")
+    net.tick_all(H)
+    assert net.nodes[down].applied_index == idx
+    assert {net.nodes[i].chain for i in net.ids} == {net.nodes[lead].chain}
+
+
+# -- 9. flow control ---------------------------------------------------------------
+def test_flow_control_bounds_traffic_to_a_dead_follower() -> None:
+    """Thesis §10.2.1: pipelining is bounded by the inflight window, then by probing."""
+    max_inflight = 4
+    net = Network(3, seed=11, max_inflight_msgs=max_inflight, max_size_per_msg=64)
+    lead = stable_leader(net)
+    dead = next(i for i in net.ids if i != lead)
+    core = net.nodes[lead].raw.core
+    assert core.progress[dead].state == ProgressState.REPLICATE
+    net.crash(dead)
+    sent = record_sends(net)
+    for k in range(100):
+        net.propose(lead, b"x" * 40 + b"%d" % k)
+        assert core.progress[dead].inflights.count() <= max_inflight
+        if k % 5 == 4:
+            net.tick_all(1)
+    net.tick_all(H)
+    to_dead = [m for m in sent if m.to == dead]
+    apps = [m for m in to_dead if m.type == MsgType.APP]
+    # 100 entries of ~56 bytes, 64-byte messages: one entry each. Only the
+    # first window's worth was ever sent to the dead follower.
+    assert len(apps) == max_inflight
+    assert all(len(m.entries) == 1 for m in apps)
+    assert core.progress[dead].inflights.full()
+    heartbeats = [m for m in to_dead if m.type == MsgType.HEARTBEAT]
+    ticks = 100 // 5 + H
+    assert len(heartbeats) == ticks // H
+    assert net.committed(lead) == core.log.last_index()  # the live majority committed all
+
+    # Once the driver reports it unreachable, the leader probes: one append per
+    # heartbeat at most, and with no answer not even that.
+    net.nodes[lead].raw.report_unreachable(dead)
+    assert core.progress[dead].state == ProgressState.PROBE
+    sent.clear()
+    for k in range(20):
+        net.propose(lead, b"y%d" % k)
+    net.tick_all(10 * H)
+    apps = [m for m in sent if m.to == dead and m.type == MsgType.APP]
+    assert len(apps) == 1
+    assert len([m for m in sent if m.to == dead and m.type == MsgType.HEARTBEAT]) == 10
+
+    # It comes back: the window reopens and it catches up.
+    net.restart(dead)
+    net.tick_all(3 * H)
+    assert net.nodes[dead].applied_index == net.committed(lead)
+    assert core.progress[dead].state == ProgressState.REPLICATE
+
+
+def test_max_uncommitted_size_drops_proposals_without_a_quorum() -> None:
+    net = Network(3, seed=12, max_uncommitted_size=100)
+    lead = stable_leader(net)
+    others = [i for i in net.ids if i != lead]
+    for i in others:
+        net.crash(i)
+    accepted = 0
+    with pytest.raises(ProposalDropped, match="uncommitted"):
+        for _ in range(10):
+            net.propose(lead, b"z" * 30)
+            accepted += 1
+    # 30 + 30 + 30 = 90 <= 100; a fourth would make 120.
+    assert accepted == 3
+    assert net.nodes[lead].raw.core.uncommitted_size == 90
+    for i in others:
+        net.restart(i)
+    net.tick_all(2 * H)
+    assert net.nodes[lead].raw.core.uncommitted_size == 0
+    _, idx = net.propose(lead, b"z" * 30)
+    net.tick_all(H)
+    assert net.committed(lead) == idx
+    assert net.applied_data(lead).count(b"z" * 30) == 4
+
+
+# -- duplicates and random faults --------------------------------------------------
+@pytest.mark.parametrize("seed", range(6), ids=lambda s: f"seed{s}")
+def test_duplicated_and_dropped_messages_stay_safe(seed: int) -> None:
+    """The checker watches every step; duplicates and drops must not break safety."""
+    net = Network(5, seed=seed)
+    net.dup_rate = 0.3
+    net.drop_rate = 0.05
+    proposed = 0
+    for step in range(300):
+        net.tick_all(1, deliver=False)
+        net.deliver_random(40)
+        lead = net.leader()
+        if lead and step % 3 == 0:
+            try:
+                net.propose(lead, b"d%d" % step)
+                proposed += 1
+            except ProposalDropped:
+                pass
+        if step % 50 == 25:
+            net.read(net.ids[step % 5])
+    net.dup_rate = net.drop_rate = 0.0
+    net.heal()
+    net.tick_all(5 * E)
+    lead = net.leader()
+    assert lead
+    assert proposed > 50
+    assert {net.committed(i) for i in net.ids} == {net.committed(lead)}
+    assert {net.nodes[i].chain for i in net.ids} == {net.nodes[lead].chain}
+    assert net.checker.max_applied == net.committed(lead)
+    assert len(net.checker.leaders) >= 1
