@@ -445,9 +445,8 @@ def test_transfer_to_up_to_date_follower_is_immediate() -> None:
     lead = stable_leader(net)
     term = net.term(lead)
     target = next(i for i in net.ids if i != lead)
-    assert net.nodes[lead].raw.core.progress[target].match == net.nodes[
-        lead
-    ].raw.core.log.last_index()
+    core = net.nodes[lead].raw.core
+    assert core.progress[target].match == core.log.last_index()
     sent = record_sends(net)
     net.nodes[lead].raw.transfer_leadership(target)
     net.nodes[lead].process()
@@ -495,7 +494,7 @@ def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
     assert any(m.type == MsgType.APP and m.to == target and m.entries for m in sent)
     assert net.leader() == target
     assert net.term(target) == term + 1
-    assert net.log_entries(target)[: last] == net.log_entries(lead)[: last]
+    assert net.log_entries(target)[:last] == net.log_entries(lead)[:last]
 
 
 def test_transfer_to_unreachable_follower_aborts_after_election_timeout() -> None:
