@@ -1,0 +1,282 @@
+"""Node configuration: a TOML file (conf/prkdb.toml documents every key) + CLI overrides.
+
+`NodeConfig.from_toml(path)` parses and validates; every error names the file,
+the key and the value, so an operator can fix it without reading code:
+
+    conf/node1.toml: raft.election_ticks = 2 must be > raft.heartbeat_ticks = 2
+
+`NodeConfig.default()` is a single-node cluster on 127.0.0.1:8080 with its
+data in ./prkdb-data — what `prkdb serve` runs with no config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, key and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    id: int
+    client_addr: str  # host:port clients connect to
+    peer_addr: str  # host:port other nodes connect to
+
+
+@dataclass(frozen=True, slots=True)
+class RaftSettings:
+    tick_ms: int = 50
+    heartbeat_ticks: int = 2
+    election_ticks: int = 10
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_size_per_msg: int = 1024 * 1024
+    max_inflight_msgs: int = 256
+    # Take a snapshot (and compact the log) every this many applied entries.
+    snapshot_entries: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    segment_size: int = 64 * 1024 * 1024
+    # false = do not fsync: an acknowledged write may be lost on power failure.
+    # Named in every log line at start; never the default.
+    unsafe_no_fsync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    max_frame: int = 16 * 1024 * 1024
+    max_key_size: int = 64 * 1024
+    max_value_size: int = 4 * 1024 * 1024
+    max_batch_ops: int = 1000
+    # Default server-side deadline for a request, in seconds.
+    request_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int = 1
+    cluster_id: str = "prkdb"
+    data_dir: Path = Path("prkdb-data")
+    partitions: int = 8
+    peers: tuple[PeerConfig, ...] = (PeerConfig(1, "127.0.0.1:8080", "127.0.0.1:9080"),)
+    raft: RaftSettings = field(default_factory=RaftSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    log_format: str = "json"  # or "console"
+    log_level: str = "info"
+    source: str = "<defaults>"  # the file this came from, for error messages
+
+    @classmethod
+    def default(cls) -> NodeConfig:
+        return cls()
+
+    @property
+    def me(self) -> PeerConfig:
+        for p in self.peers:
+            if p.id == self.node_id:
+                return p
+        raise ConfigError(f"{self.source}: node.id = {self.node_id} is not in [[peers]]")
+
+    @property
+    def voter_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(p.id for p in self.peers))
+
+    def peer(self, node_id: int) -> PeerConfig | None:
+        for p in self.peers:
+            if p.id == node_id:
+                return p
+        return None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> NodeConfig:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> NodeConfig:
+        r = _Reader(raw, source)
+        node = r.table("node")
+        cfg = cls(
+            node_id=r.int(node, "node.id", 1, lo=1),
+            cluster_id=r.str(node, "node.cluster_id", "prkdb"),
+            data_dir=Path(r.str(node, "node.data_dir", "prkdb-data")),
+            partitions=r.int(r.table("cluster"), "cluster.partitions", 8, lo=1, hi=1024),
+            peers=_read_peers(r),
+            raft=r.section("raft", RaftSettings),
+            storage=r.section("storage", StorageSettings),
+            limits=r.section("limits", LimitSettings),
+            log_format=r.str(r.table("log"), "log.format", "json"),
+            log_level=r.str(r.table("log"), "log.level", "info"),
+            source=source,
+        )
+        r.reject_unknown()
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> NodeConfig:
+        """Raise `ConfigError` for the first inconsistent value; returns self."""
+        s = self.source
+        rf = self.raft
+        if not self.cluster_id:
+            raise ConfigError(f"{s}: node.cluster_id must not be empty")
+        if rf.election_ticks <= rf.heartbeat_ticks:
+            raise ConfigError(
+                f"{s}: raft.election_ticks = {rf.election_ticks} must be > "
+                f"raft.heartbeat_ticks = {rf.heartbeat_ticks}"
+            )
+        for name in ("tick_ms", "heartbeat_ticks", "max_size_per_msg", "max_inflight_msgs",
+                     "snapshot_entries"):
+            if getattr(rf, name) <= 0:
+                raise ConfigError(f"{s}: raft.{name} = {getattr(rf, name)} must be > 0")
+        if self.storage.segment_size < 1 << 20:
+            raise ConfigError(
+                f"{s}: storage.segment_size = {self.storage.segment_size} must be >= 1048576"
+            )
+        lim = self.limits
+        for name in ("max_frame", "max_key_size", "max_value_size", "max_batch_ops"):
+            if getattr(lim, name) <= 0:
+                raise ConfigError(f"{s}: limits.{name} = {getattr(lim, name)} must be > 0")
+        if lim.request_timeout <= 0:
+            raise ConfigError(f"{s}: limits.request_timeout = {lim.request_timeout} must be > 0")
+        if lim.max_value_size + lim.max_key_size + 1024 > lim.max_frame:
+            raise ConfigError(
+                f"{s}: limits.max_frame = {lim.max_frame} must exceed max_key_size + "
+                f"max_value_size ({lim.max_key_size + lim.max_value_size}) + 1024"
+            )
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"{s}: log.format = {self.log_format!r} must be json or console")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"{s}: log.level = {self.log_level!r} must be debug, info, warning or error"
+            )
+        ids = [p.id for p in self.peers]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{s}: peers has duplicate ids {sorted(ids)}")
+        if len(self.peers) not in (1, 3, 5, 7):
+            raise ConfigError(
+                f"{s}: a cluster has 1, 3, 5 or 7 nodes, [[peers]] lists {len(self.peers)}"
+            )
+        addrs = [a for p in self.peers for a in (p.client_addr, p.peer_addr)]
+        if len(set(addrs)) != len(addrs):
+            raise ConfigError(f"{s}: peers reuse an address: {addrs}")
+        for p in self.peers:
+            for key, addr in (("client", p.client_addr), ("peer", p.peer_addr)):
+                parse_addr(addr, f"{s}: peers[id={p.id}].{key}")
+        self.me  # noqa: B018 - raises if node.id is not a peer
+        return self
+
+
+def parse_addr(addr: str, where: str = "address") -> tuple[str, int]:
+    """'host:port' -> (host, port); raises ConfigError naming `where`."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where} = {addr!r} must be host:port with a port in 1..65535")
+    return host.strip("[]"), int(port)
+
+
+def _read_peers(r: _Reader) -> tuple[PeerConfig, ...]:
+    raw = r.raw.pop("peers", None)
+    if raw is None:
+        return NodeConfig.peers
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{r.source}: peers must be a non-empty array of tables ([[peers]])")
+    peers = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, dict):
+            raise ConfigError(f"{r.source}: peers[{i}] must be a table")
+        t = dict(t)
+        pid = r.int(t, f"peers[{i}].id", None, lo=1)
+        client = r.str(t, f"peers[{i}].client", None)
+        peer = r.str(t, f"peers[{i}].peer", None)
+        if t:
+            raise ConfigError(f"{r.source}: unknown key peers[{i}].{sorted(t)[0]}")
+        peers.append(PeerConfig(pid, client, peer))
+    return tuple(sorted(peers, key=lambda p: p.id))
+
+
+class _Reader:
+    """Pops typed values out of the raw TOML dict, so leftovers are unknown keys."""
+
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.raw = dict(raw)
+        self.source = source
+        self._tables: dict[str, dict[str, Any]] = {}
+
+    def table(self, name: str) -> dict[str, Any]:
+        if name not in self._tables:
+            t = self.raw.pop(name, {})
+            if not isinstance(t, dict):
+                raise ConfigError(f"{self.source}: {name} must be a table ([{name}])")
+            self._tables[name] = dict(t)
+        return self._tables[name]
+
+    def _get(self, t: dict[str, Any], key: str, default: Any) -> Any:
+        short = key.rsplit(".", 1)[-1]
+        if short in t:
+            return t.pop(short)
+        if default is None:
+            raise ConfigError(f"{self.source}: {key} is required")
+        return default
+
+    def int(self, t: dict[str, Any], key: str, default: Any, lo: int | None = None,
+            hi: int | None = None) -> int:
+        v = self._get(t, key, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{self.source}: {key} = {v!r} must be an integer")
+        if lo is not None and v < lo:
+            raise ConfigError(f"{self.source}: {key} = {v} must be >= {lo}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{self.source}: {key} = {v} must be <= {hi}")
+        return v
+
+    def str(self, t: dict[str, Any], key: str, default: Any) -> str:
+        v = self._get(t, key, default)
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.source}: {key} = {v!r} must be a string")
+        return v
+
+    def section(self, name: str, cls: type) -> Any:
+        t = self.table(name)
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in t:
+                continue
+            v = t.pop(f.name)
+            want = type(f.default)
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if not ok:
+                raise ConfigError(
+                    f"{self.source}: {name}.{f.name} = {v!r} must be of type {want.__name__}"
+                )
+            kw[f.name] = v
+        if t:
+            raise ConfigError(f"{self.source}: unknown key {name}.{sorted(t)[0]}")
+        return cls(**kw)
+
+    def reject_unknown(self) -> None:
+        for name, t in self._tables.items():
+            if t:
+                raise ConfigError(f"{self.source}: unknown key {name}.{sorted(t)[0]}")
+        if self.raw:
+            raise ConfigError(f"{self.source}: unknown key {sorted(self.raw)[0]}")
