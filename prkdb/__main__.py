@@ -1,0 +1,5 @@
+"""`python -m prkdb ...` is the same as `prkdb ...`."""
+
+from prkdb.server.main import main
+
+main()

@@ -1,0 +1,305 @@
+"""The client-facing service: hello, then pipelined requests answered by id.
+
+Each connection has one reader (this task) and one writer (`FramedStream`).
+Requests run concurrently (bounded per connection) and their responses go
+out in completion order, coalesced per write. Bad bytes get an error frame
+and a closed connection; a well-framed request with bad fields gets an error
+response and the connection stays up. Nothing a client sends can crash the
+node: every failure is either a `PrkdbError` turned into an Error frame, or
+a bug logged with its traceback and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from prkdb.errors import (
+    ErrorCode,
+    InternalError,
+    InvalidRequest,
+    PrkdbError,
+    TooLarge,
+    Unavailable,
+)
+from prkdb.partitioning import partition_for
+from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.state import (
+    UNCHECKED,
+    CompareAndSet,
+    InvalidCommand,
+    ResultCode,
+    encode_command,
+    validate_command,
+)
+from prkdb.state import (
+    Batch as BatchCmd,
+)
+from prkdb.state import (
+    Delete as DeleteCmd,
+)
+from prkdb.state import Limits as StateLimits
+from prkdb.state import (
+    Put as PutCmd,
+)
+from prkdb.wire import RemoteProtocolError, from_wire
+from prkdb.wire.messages import (
+    ROLE_CLIENT,
+    AdminOk,
+    Batch,
+    Cas,
+    Delete,
+    Error,
+    Get,
+    GetOk,
+    Hello,
+    HelloOk,
+    NodeInfo,
+    OpKind,
+    OpResult,
+    PartitionStatus,
+    Put,
+    ReadConsistency,
+    ReplicaProgress,
+    Snapshot,
+    Status,
+    StatusOk,
+    TransferLeader,
+    WriteOk,
+    check_hello,
+    error_for,
+)
+
+if TYPE_CHECKING:
+    from prkdb.server.node import Node
+
+MAX_IN_FLIGHT = 1024  # concurrent requests per connection before we stop reading
+HELLO_TIMEOUT = 10.0
+# Until the hello is done a peer has proven nothing: keep its frames small.
+HELLO_MAX_FRAME = 64 * 1024
+
+_TOO_LARGE_CODES = {ResultCode.KEY_TOO_LARGE, ResultCode.VALUE_TOO_LARGE,
+                    ResultCode.BATCH_TOO_LARGE}
+
+
+class ClientService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        self.log = node.log
+        lim = self.cfg.limits
+        self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops)
+        self.connections = 0
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, HELLO_MAX_FRAME)
+        self.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(framed.run_writer)
+                try:
+                    await self._serve(framed, nursery)
+                finally:
+                    nursery.cancel_scope.deadline = trio.current_time() + 2
+                    await framed.aclose()
+        except Exception as e:
+            self.log.exception("client_connection_failed", error=repr(e))
+        finally:
+            self.connections -= 1
+
+    async def _serve(self, framed: FramedStream, nursery: trio.Nursery) -> None:
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                hello = from_wire(await framed.receive())
+        except (StreamClosed, trio.TooSlowError):
+            return
+        except RemoteProtocolError as e:
+            await self._fatal(framed, error_for(e, 0))
+            return
+        if not isinstance(hello, Hello):
+            await self._fatal(framed, Error(0, ErrorCode.BAD_REQUEST,
+                                            "the first frame must be a hello"))
+            return
+        err = check_hello(hello, cluster_id=self.cfg.cluster_id, role=ROLE_CLIENT)
+        if err is not None:
+            await self._fatal(framed, err)
+            return
+        framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_frame
+        framed.send_nowait(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
+        limiter = trio.Semaphore(MAX_IN_FLIGHT)
+        while not framed.broken:
+            try:
+                obj = await framed.receive()
+            except StreamClosed:
+                return
+            except RemoteProtocolError as e:
+                await self._fatal(framed, error_for(e, 0))
+                return
+            try:
+                req = from_wire(obj)
+            except RemoteProtocolError as e:
+                framed.send_nowait(error_for(e))
+                if not e.request_id:
+                    return
+                continue
+            await limiter.acquire()
+            nursery.start_soon(self._run_request, framed, req, limiter)
+
+    async def _fatal(self, framed: FramedStream, err: Error) -> None:
+        self.log.info("rejected_client", code=ErrorCode(err.code).name, reason=err.message)
+        with trio.move_on_after(1):
+            await framed.send_now(err)
+
+    async def _run_request(self, framed: FramedStream, req: Any, limiter: trio.Semaphore) -> None:
+        rid = getattr(req, "request_id", 0)
+        try:
+            resp = await self.handle(req)
+        except PrkdbError as e:
+            resp = error_for(e, rid)
+        except Exception as e:
+            self.log.exception("request_failed", request=type(req).__name__, error=repr(e))
+            resp = error_for(InternalError(f"internal error: {type(e).__name__}"), rid)
+        finally:
+            limiter.release()
+        framed.send_nowait(resp)
+
+    # -- requests -----------------------------------------------------------
+    async def handle(self, req: Any) -> Any:
+        match req:
+            case Get():
+                return await self._get(req)
+            case Put():
+                cmd = PutCmd(req.key, req.value)
+                return await self._write(req, req.key, cmd)
+            case Delete():
+                return await self._write(req, req.key, DeleteCmd(req.key))
+            case Cas():
+                cmd = CompareAndSet(
+                    req.key,
+                    new_value=req.new_value,
+                    expected_value=(
+                        UNCHECKED if req.expected_value is None else req.expected_value
+                    ),
+                    expected_version=req.expected_version,
+                )
+                return await self._write(req, req.key, cmd)
+            case Batch():
+                return await self._batch(req)
+            case Status():
+                return self._status(req)
+            case TransferLeader():
+                return await self._transfer(req)
+            case Snapshot():
+                return await self._snapshot(req)
+            case _:
+                raise InvalidRequest(f"{type(req).__name__} is not a client request")
+
+    def _deadline(self) -> float:
+        return trio.current_time() + self.cfg.limits.request_timeout
+
+    def _driver(self, partition: int) -> Any:
+        if not 0 <= partition < len(self.node.drivers):
+            raise InvalidRequest(
+                f"partition {partition} does not exist (this cluster has "
+                f"{len(self.node.drivers)})"
+            )
+        return self.node.drivers[partition]
+
+    def _partition_of(self, key: bytes) -> int:
+        return partition_for(key, self.cfg.partitions)
+
+    async def _get(self, req: Get) -> GetOk:
+        p = self._partition_of(req.key)
+        if req.partition != p:
+            raise InvalidRequest(
+                f"key maps to partition {p}, request says {req.partition} "
+                f"(this cluster has {self.cfg.partitions} partitions)"
+            )
+        driver = self._driver(p)
+        if req.consistency == ReadConsistency.LINEARIZABLE:
+            if not driver.is_leader:
+                raise driver._not_leader()
+            await driver.read_index(self._deadline())
+        elif req.consistency == ReadConsistency.FOLLOWER:
+            await driver.read_index(self._deadline())
+        rec = driver.sm.get(req.key)
+        applied = driver.applied_index
+        if rec is None:
+            return GetOk(req.request_id, None, 0, 0, applied)
+        value, version, mod_revision = rec
+        return GetOk(req.request_id, value, version, mod_revision, applied)
+
+    def _check(self, cmd: Any) -> None:
+        try:
+            validate_command(cmd, self.limits)
+        except InvalidCommand as e:
+            if e.code in _TOO_LARGE_CODES:
+                raise TooLarge(str(e)) from None
+            raise InvalidRequest(str(e)) from None
+
+    async def _write(self, req: Any, key: bytes, cmd: Any, partition: int | None = None) -> WriteOk:
+        self._check(cmd)
+        p = self._partition_of(key) if partition is None else partition
+        driver = self._driver(p)
+        if not driver.is_leader:
+            raise driver._not_leader()
+        data = encode_command(cmd, client_id=req.client_id, seq=req.seq)
+        result = await driver.propose(data, self._deadline())
+        if result is None:
+            raise InternalError("write applied without a result")
+        if result.code == ResultCode.OK or result.code == ResultCode.CAS_FAILED:
+            return WriteOk(
+                req.request_id,
+                result.code == ResultCode.OK,
+                result.revision,
+                result.version,
+                result.prev_version,
+                tuple(OpResult(o.version, o.prev_version) for o in result.ops),
+            )
+        if result.code in _TOO_LARGE_CODES:
+            raise TooLarge(result.message)
+        raise InvalidRequest(result.message or ResultCode(result.code).name)
+
+    async def _batch(self, req: Batch) -> WriteOk:
+        ops = []
+        for op in req.ops:
+            if self._partition_of(op.key) != req.partition:
+                raise InvalidRequest(
+                    f"batch for partition {req.partition} has key {op.key[:32]!r} of partition "
+                    f"{self._partition_of(op.key)}: a batch is atomic within one partition only"
+                )
+            ops.append(PutCmd(op.key, op.value or b"") if op.kind == OpKind.PUT
+                       else DeleteCmd(op.key))
+        cmd = BatchCmd(tuple(ops))
+        return await self._write(req, ops[0].key if ops else b"", cmd, partition=req.partition)
+
+    def _status(self, req: Status) -> StatusOk:
+        nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in self.cfg.peers)
+        parts = []
+        for d in self.node.drivers:
+            st = d.raw.status()
+            progress = tuple(ReplicaProgress(n, pr.match) for n, pr in sorted(st.progress.items()))
+            parts.append(PartitionStatus(d.partition, st.leader, st.term, st.commit,
+                                         d.applied_index, st.role, progress))
+        return StatusOk(req.request_id, self.cfg.node_id, self.cfg.cluster_id, nodes,
+                        tuple(parts))
+
+    async def _transfer(self, req: TransferLeader) -> AdminOk:
+        driver = self._driver(req.partition)
+        if req.to_node and self.cfg.peer(req.to_node) is None:
+            raise InvalidRequest(f"node {req.to_node} is not a member of this cluster")
+        await driver.transfer_leadership(req.to_node)
+        # Wait until leadership moved (or the transfer was aborted).
+        with trio.move_on_at(self._deadline()):
+            await driver.wait_not_leader()
+        if driver.is_leader:
+            raise Unavailable(f"partition {req.partition}: leadership transfer did not complete")
+        return AdminOk(req.request_id, {"partition": req.partition, "leader": driver.leader_id})
+
+    async def _snapshot(self, req: Snapshot) -> AdminOk:
+        drivers = self.node.drivers if req.partition is None else [self._driver(req.partition)]
+        taken = {}
+        for d in drivers:
+            taken[str(d.partition)] = await d.snapshot_now()
+        return AdminOk(req.request_id, {"snapshots": taken})

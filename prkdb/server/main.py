@@ -1,0 +1,180 @@
+"""`prkdb`: run a node (`serve`) or a local N-node cluster for development (`dev`)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from prkdb import __version__
+from prkdb.config import ConfigError, NodeConfig, PeerConfig, parse_addr
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prkdb")
+def cli() -> None:
+    """PrkDB: a partitioned, Raft-replicated key-value database.
+
+    \b
+    Examples:
+      prkdb dev --nodes 3                 # a local 3-node cluster on 127.0.0.1:8080-8082
+      prkdb serve                         # one single-node cluster on 127.0.0.1:8080
+      prkdb serve --config conf/cluster-3/node1.toml
+    """
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config (see conf/prkdb.toml). Without it: a single-node cluster.")
+@click.option("--id", "node_id", type=click.IntRange(min=1), help="Override node.id.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Override node.data_dir.")
+@click.option("--client-listen", help="Override this node's client address (host:port).")
+@click.option("--peer-listen", help="Override this node's peer address (host:port).")
+@click.option("--log-format", type=click.Choice(["json", "console"]), help="Log format.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: Path | None, node_id: int | None, data_dir: Path | None,
+          client_listen: str | None, peer_listen: str | None, log_format: str | None,
+          log_level: str | None) -> None:
+    """Run one node until SIGTERM/SIGINT (then hand off leadership and exit 0)."""
+    try:
+        cfg = NodeConfig.from_toml(config_path) if config_path else NodeConfig.default()
+        cfg = apply_overrides(cfg, node_id, data_dir, client_listen, peer_listen,
+                              log_format, log_level)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    run_node(cfg)
+
+
+def apply_overrides(cfg: NodeConfig, node_id: int | None, data_dir: Path | None,
+                    client_listen: str | None, peer_listen: str | None,
+                    log_format: str | None, log_level: str | None) -> NodeConfig:
+    changes: dict = {}
+    if node_id is not None:
+        changes["node_id"] = node_id
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if log_format:
+        changes["log_format"] = log_format
+    if log_level:
+        changes["log_level"] = log_level
+    cfg = cfg.replace(**changes)
+    if client_listen or peer_listen:
+        for addr, flag in ((client_listen, "--client-listen"), (peer_listen, "--peer-listen")):
+            if addr:
+                parse_addr(addr, flag)
+        me = cfg.me
+        new = PeerConfig(me.id, client_listen or me.client_addr, peer_listen or me.peer_addr)
+        cfg = cfg.replace(peers=tuple(new if p.id == me.id else p for p in cfg.peers))
+    return cfg.validate()
+
+
+def run_node(cfg: NodeConfig) -> None:
+    import trio
+
+    from prkdb.logging import configure_logging
+    from prkdb.server.node import FatalStorageError, Node
+    from prkdb.server.partition import RecoveryError
+    from prkdb.storage import StorageError
+
+    configure_logging(cfg.log_format, cfg.log_level)
+    try:
+        trio.run(Node(cfg).run)
+    except* (FatalStorageError, StorageError, RecoveryError, OSError) as eg:
+        for e in eg.exceptions:
+            click.echo(f"prkdb: node {cfg.node_id} stopped: {e}", err=True)
+        sys.exit(1)
+
+
+# -- dev cluster ---------------------------------------------------------------------
+
+def dev_configs(nodes: int, port: int, data_dir: Path, partitions: int) -> list[Path]:
+    """Write one TOML per node for a local cluster; returns their paths."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    peers = "".join(
+        f'\n[[peers]]\nid = {i}\nclient = "127.0.0.1:{port + i - 1}"\n'
+        f'peer = "127.0.0.1:{port + 100 + i - 1}"\n'
+        for i in range(1, nodes + 1)
+    )
+    paths = []
+    for i in range(1, nodes + 1):
+        path = data_dir / f"node{i}.toml"
+        path.write_text(
+            f'[node]\nid = {i}\ncluster_id = "prkdb-dev"\n'
+            f'data_dir = "{(data_dir / f"node{i}").resolve()}"\n\n'
+            f"[cluster]\npartitions = {partitions}\n\n[log]\nformat = \"console\"\n{peers}"
+        )
+        paths.append(path)
+    return paths
+
+
+@cli.command()
+@click.option("--nodes", type=click.Choice(["1", "3", "5", "7"]), default="3", show_default=True,
+              help="How many nodes.")
+@click.option("--port", type=click.IntRange(1, 65000), default=8080, show_default=True,
+              help="Client port of node 1; node i listens on PORT+i-1 (peers on PORT+100+i-1).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("prkdb-data"), show_default=True, help="Where the nodes keep data.")
+@click.option("--partitions", type=click.IntRange(1, 1024), default=8, show_default=True)
+def dev(nodes: str, port: int, data_dir: Path, partitions: int) -> None:
+    """Run a local cluster as child processes until Ctrl-C, then stop them cleanly.
+
+    \b
+    Example:
+      prkdb dev --nodes 3 --port 8080
+      prkctl --seeds 127.0.0.1:8080 put hello world
+    """
+    n = int(nodes)
+    paths = dev_configs(n, port, data_dir, partitions)
+    procs: list[subprocess.Popen] = []
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for i, path in enumerate(paths, 1):
+            log = open(data_dir / f"node{i}.log", "ab")  # noqa: SIM115 - owned by the child
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "prkdb", "serve", "--config", str(path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+        seeds = ",".join(f"127.0.0.1:{port + i}" for i in range(n))
+        click.echo(f"PrkDB dev cluster: {n} nodes, {partitions} partitions, data in {data_dir}")
+        click.echo(f"seeds: {seeds}")
+        click.echo(f"logs:  {data_dir}/node*.log")
+        click.echo(f"try:   prkctl --seeds {seeds} put hello world")
+        click.echo("Ctrl-C stops the cluster.")
+        while not stop:
+            for i, p in enumerate(procs, 1):
+                if p.poll() is not None:
+                    click.echo(f"node {i} exited with code {p.returncode}; see "
+                               f"{data_dir}/node{i}.log", err=True)
+                    stop = True
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        click.echo("cluster stopped")
+    codes = [p.returncode for p in procs]
+    sys.exit(0 if all(c == 0 for c in codes) else 1)
+
+
+def main() -> None:
+    cli(prog_name="prkdb")
+

@@ -1,0 +1,179 @@
+"""`Node`: one PrkDB process. Owns the WAL, the partitions, the listeners.
+
+Start-up order (so systemd's READY=1 means "serving"): open and replay the
+WAL -> recover every partition -> start the peer transport -> start every
+partition driver -> open the client listener -> READY=1.
+
+Shutdown on SIGTERM/SIGINT: STOPPING=1, hand away every partition this node
+leads (leadership transfer), wait a few seconds for that, fail the clients
+still waiting, sync and close the WAL, exit 0.
+
+A partition whose driver hits a bug is logged and restarted from its durable
+state; a storage failure (fsync error, disk full) stops the node: we never
+keep serving on a WAL we could not make durable (fail-stop, never silent loss).
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import trio
+
+from prkdb.config import NodeConfig, parse_addr
+from prkdb.errors import Unavailable
+from prkdb.logging import get_logger
+from prkdb.raft import Message
+from prkdb.server import systemd
+from prkdb.server.client_service import ClientService
+from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.partition import PartitionDriver
+from prkdb.server.transport import PeerTransport
+from prkdb.storage import SnapshotStore, StorageError, WriteAheadLog
+
+SHUTDOWN_HANDOFF_S = 4.0
+
+
+class FatalStorageError(Exception):
+    """The WAL or a snapshot could not be made durable; the node must stop."""
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.log = get_logger(node=cfg.node_id)
+        self.drivers: list[PartitionDriver] = []
+        self.wal: WriteAheadLog | None = None
+        self.stopping = False
+        self.client_port = 0
+        self.peer_port = 0
+
+    def _open_storage(self) -> None:
+        cfg = self.cfg
+        data = cfg.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.wal = WriteAheadLog.open(
+            data / "wal", segment_size=cfg.storage.segment_size, logger=self.log
+        )
+        self.snapshots = SnapshotStore(data / "snapshots", logger=self.log)
+        self.committer = GroupCommitter(self.wal, fsync=not cfg.storage.unsafe_no_fsync)
+        if cfg.storage.unsafe_no_fsync:
+            self.log.warning("fsync_disabled", detail="UNSAFE: acknowledged writes may be lost")
+
+    def _deliver(self, partition: int, msg: Message) -> None:
+        self.drivers[partition].deliver(msg)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        self._open_storage()
+        assert self.wal is not None
+        self.transport = PeerTransport(cfg, self._deliver, self.log)
+        for p in range(cfg.partitions):
+            self.drivers.append(
+                PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,
+                                self.transport.send, self.log)
+            )
+        me = cfg.me
+        chost, cport = parse_addr(me.client_addr)
+        phost, pport = parse_addr(me.peer_addr)
+        peer_listeners = await trio.open_tcp_listeners(pport, host=phost)
+        client_listeners = await trio.open_tcp_listeners(cport, host=chost)
+        self.peer_port = peer_listeners[0].socket.getsockname()[1]
+        self.client_port = client_listeners[0].socket.getsockname()[1]
+        self.service = ClientService(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.transport.run, peer_listeners)
+                for d in self.drivers:
+                    await nursery.start(self._supervise, d)
+                nursery.start_soon(trio.serve_listeners, self.service.handle_connection,
+                                   client_listeners)
+                nursery.start_soon(self._watch_signals)
+                interval = systemd.watchdog_interval()
+                if interval:
+                    nursery.start_soon(self._watchdog, interval)
+                self.log.info(
+                    "node_ready",
+                    client=me.client_addr,
+                    peer=me.peer_addr,
+                    partitions=cfg.partitions,
+                    voters=list(cfg.voter_ids),
+                    data_dir=str(cfg.data_dir),
+                )
+                systemd.notify("READY=1")
+                task_status.started(self)
+        finally:
+            self._close_storage()
+
+    async def _supervise(self, driver: PartitionDriver, *,
+                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        backoff = 0.1
+        while True:
+            try:
+                if not started:
+                    await driver.run(task_status=task_status)
+                else:
+                    await driver.run()
+                return
+            except (OSError, StorageError) as e:
+                # The WAL could not be made durable: stop the node, loudly.
+                self.log.critical("storage_failed", partition=driver.partition, error=repr(e))
+                raise FatalStorageError(
+                    f"partition {driver.partition}: storage failed: {e}"
+                ) from e
+            except Exception as e:
+                self.log.exception("partition_failed", partition=driver.partition,
+                                   error=repr(e))
+                driver.fail_all(Unavailable(f"partition {driver.partition} restarted"))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                driver.restart_core()
+            finally:
+                started = True
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await trio.sleep(interval)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.log.info("received_signal", signal=signal.Signals(signum).name)
+                await self.shutdown()
+                return
+
+    async def shutdown(self) -> None:
+        """Hand leadership away, fail waiting clients, then stop everything."""
+        if self.stopping:
+            return
+        self.stopping = True
+        systemd.notify("STOPPING=1")
+        led = [d for d in self.drivers if d.is_leader]
+        self.log.info("shutting_down", leading=[d.partition for d in led])
+        if len(self.cfg.peers) > 1:
+            for d in led:
+                try:
+                    await d.transfer_leadership(0)
+                except Exception as e:
+                    self.log.info("handoff_failed", partition=d.partition, error=repr(e))
+            with trio.move_on_after(SHUTDOWN_HANDOFF_S):
+                for d in led:
+                    await d.wait_not_leader()
+        still = [d.partition for d in self.drivers if d.is_leader]
+        self.log.info("handed_off_leadership", still_leading=still)
+        for d in self.drivers:
+            d.fail_all(Unavailable("the node is shutting down"))
+        self._nursery.cancel_scope.cancel()
+
+    def _close_storage(self) -> None:
+        if self.wal is not None:
+            try:
+                self.wal.sync()
+                self.wal.close()
+            except Exception as e:
+                self.log.error("wal_close_failed", error=repr(e))
+            self.wal = None
+        self.log.info("node_stopped")

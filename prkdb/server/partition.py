@@ -1,0 +1,520 @@
+"""`PartitionDriver`: the only owner of one partition's RawNode and state machine.
+
+Theory of operation
+-------------------
+One task runs the loop (STYLE §8.11):
+
+    wait for the inbox or the next tick -> feed everything queued into the core
+    -> Ready: send `messages` -> append to the shared WAL -> group-commit sync
+    -> mirror into MemoryStorage -> send `messages_after_persist`
+    -> apply committed entries (resolve client waiters) -> serve reads -> advance
+
+While the loop awaits the WAL sync it does not read its inbox: that is the
+RawNode contract (one Ready outstanding, no input in between). Peer messages,
+proposals and reads queue meanwhile, and the next pass takes them all at
+once, which is where batching comes from: all proposals queued in one pass
+become one `propose_many` and one AppendEntries per follower.
+
+Client waits are resolved when an entry is applied, keyed by (term, index):
+if a different entry is applied at our index, our proposal was lost and
+will never be applied (safe to retry: sessions dedup). A proposal whose fate
+is unknown when the deadline passes is OUTCOME_UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from prkdb.config import NodeConfig
+from prkdb.errors import NotLeader, OutcomeUnknown, PrkdbError, Timeout, Unavailable
+from prkdb.raft import (
+    ConfState,
+    MemoryStorage,
+    Message,
+    ProposalDropped,
+    RaftConfig,
+    RawNode,
+    Ready,
+    Role,
+)
+from prkdb.raft import (
+    NotLeader as RaftNotLeader,
+)
+from prkdb.raft.types import HardState
+from prkdb.server.groupcommit import GroupCommitter
+from prkdb.state import KVStateMachine, WriteResult
+from prkdb.storage import PartitionLog, SnapshotStore, WriteAheadLog
+
+INBOX_SIZE = 16384
+MAX_DRAIN = 4096  # inbox items taken per pass before handling the Ready
+
+
+class RecoveryError(Exception):
+    """The partition's snapshot and WAL do not fit together; names what is missing."""
+
+
+class Waiter:
+    """A one-shot result slot a client handler awaits."""
+
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: PrkdbError | None = None
+
+    def set(self, result: Any = None, error: PrkdbError | None = None) -> None:
+        if not self.event.is_set():
+            self.result, self.error = result, error
+            self.event.set()
+
+
+@dataclass
+class _Proposal:
+    data: bytes
+    waiter: Waiter
+    term: int = 0
+    index: int = 0
+
+
+@dataclass(order=True)
+class _ReadWait:
+    index: int
+    seq: int
+    waiter: Waiter = field(compare=False)
+
+
+class PartitionDriver:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        partition: int,
+        wal: WriteAheadLog,
+        snapshots: SnapshotStore,
+        committer: GroupCommitter,
+        send: Any,
+        log: Any,
+    ) -> None:
+        self.cfg = cfg
+        self.partition = partition
+        self.wal = wal
+        self.snapshots = snapshots
+        self.committer = committer
+        self.send = send  # transport.send(partition, msgs)
+        self.log = log.bind(partition=partition)
+        self.inbox_send, self.inbox_recv = trio.open_memory_channel[tuple](INBOX_SIZE)
+        self.tick_s = cfg.raft.tick_ms / 1000
+        self._proposals: list[_Proposal] = []
+        self._by_index: dict[int, _Proposal] = {}
+        self._reads: dict[bytes, Waiter] = {}
+        self._read_waits: list[_ReadWait] = []
+        self._read_seq = itertools.count(1)
+        self._ctx_prefix = os.urandom(6)
+        self._snapshot_index = 0
+        self.dropped_inbox = 0
+        self._snapshot_waiters: list[Waiter] = []
+        self.raw: RawNode
+        self.sm: KVStateMachine
+        self.storage: MemoryStorage
+        self.leader_id = 0
+        self.role = Role.FOLLOWER
+        self.ready = trio.Event()  # set once recovered
+        self._role_changed = trio.Event()  # set (and replaced) on every role change
+        self._recover()
+
+    # -- recovery --------------------------------------------------------------
+    def _recover(self) -> None:
+        p = self.partition
+        voters = self.cfg.voter_ids
+        plog: PartitionLog = self.wal.recovered().get(p) or PartitionLog()
+        snap = self.snapshots.load_latest(p)
+        self.sm = self._new_state_machine()
+        self.storage = MemoryStorage(voters)
+        snap_index = 0
+        if snap is not None:
+            entries = plog.entries_after(snap.meta.index)
+            if entries is None:
+                raise RecoveryError(
+                    f"partition {p}: the WAL no longer holds the entries after snapshot "
+                    f"{snap.meta.index} (newest marker {plog.snapshot_index}); "
+                    f"snapshot files in {self.snapshots.directory}"
+                )
+            self.storage.apply_snapshot(snap)
+            self.sm.restore(snap.data)
+            snap_index = snap.meta.index
+        else:
+            entries = plog.entries_after(0)
+            if entries is None:
+                raise RecoveryError(
+                    f"partition {p}: the WAL has a snapshot marker at {plog.snapshot_index} "
+                    f"but no valid snapshot file exists in {self.snapshots.directory}"
+                )
+        if entries and entries[0].index != snap_index + 1:
+            raise RecoveryError(
+                f"partition {p}: WAL entries start at {entries[0].index}, "
+                f"expected {snap_index + 1}"
+            )
+        self.storage.append(entries)
+        hs = plog.hard_state
+        last = self.storage.last_index()
+        commit = min(max(hs.commit, snap_index), last)
+        if not hs.is_empty() or snap_index:
+            self.storage.set_hard_state(HardState(hs.term, hs.vote, commit))
+        self._snapshot_index = snap_index
+        self.raw = RawNode(self._raft_config(snap_index), self.storage)
+        self.log.info(
+            "recovered_partition",
+            snapshot_index=snap_index,
+            last_index=last,
+            commit=commit,
+            term=hs.term,
+            keys=len(self.sm),
+        )
+
+    def _new_state_machine(self) -> KVStateMachine:
+        lim = self.cfg.limits
+        return KVStateMachine(
+            max_key_size=lim.max_key_size,
+            max_value_size=lim.max_value_size,
+            max_batch_ops=lim.max_batch_ops,
+        )
+
+    def _raft_config(self, applied: int) -> RaftConfig:
+        rf = self.cfg.raft
+        return RaftConfig(
+            id=self.cfg.node_id,
+            peers=self.cfg.voter_ids,
+            election_ticks=rf.election_ticks,
+            heartbeat_ticks=rf.heartbeat_ticks,
+            max_size_per_msg=rf.max_size_per_msg,
+            max_inflight_msgs=rf.max_inflight_msgs,
+            pre_vote=rf.pre_vote,
+            check_quorum=rf.check_quorum,
+            applied=applied,
+            rng=random.Random(os.urandom(8)),
+            logger=self.log,
+        )
+
+    def restart_core(self) -> None:
+        """Rebuild the core and state machine from the durable mirror (after a bug)."""
+        snap = self.storage.snapshot()
+        self.sm = self._new_state_machine()
+        if not snap.is_empty():
+            self.sm.restore(snap.data)
+        self._proposals.clear()
+        self._by_index.clear()
+        self._reads.clear()
+        self._read_waits.clear()
+        self.raw = RawNode(self._raft_config(snap.meta.index), self.storage)
+        self.log.warning("restarted_partition", snapshot_index=snap.meta.index)
+
+    # -- API for the client service (any task) -----------------------------------
+    @property
+    def applied_index(self) -> int:
+        """Highest log index applied here (no-ops included)."""
+        return max(self.sm.applied_index, self.raw.core.log.applied)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raw.core.role == Role.LEADER
+
+    async def propose(self, data: bytes, deadline: float) -> WriteResult:
+        """Replicate `data`; the state machine's result once applied here.
+
+        Raises:
+            NotLeader: this node is not the leader (nothing was proposed).
+            Unavailable: the proposal was dropped or lost; safe to retry.
+            OutcomeUnknown: proposed, but the deadline passed before its fate was known.
+        """
+        w = Waiter()
+        prop = _Proposal(data, w)
+        self._enqueue(("prop", prop), w)
+        with trio.move_on_at(deadline):
+            await w.event.wait()
+        if not w.event.is_set():
+            if prop.index:
+                raise OutcomeUnknown(
+                    f"partition {self.partition}: write proposed at index {prop.index} "
+                    "not applied before the deadline"
+                )
+            raise Timeout(f"partition {self.partition}: write not accepted before the deadline")
+        if w.error is not None:
+            raise w.error
+        return w.result
+
+    async def read_index(self, deadline: float) -> int:
+        """Wait until a linearizable read may be served from this node's state machine."""
+        w = Waiter()
+        self._enqueue(("read", w), w)
+        with trio.move_on_at(deadline):
+            await w.event.wait()
+        if not w.event.is_set():
+            raise Timeout(f"partition {self.partition}: read index not confirmed in time")
+        if w.error is not None:
+            raise w.error
+        return w.result
+
+    async def wait_not_leader(self) -> None:
+        """Return once this node no longer leads the partition."""
+        while self.is_leader:
+            await self._role_changed.wait()
+
+    async def transfer_leadership(self, to: int) -> None:
+        w = Waiter()
+        self._enqueue(("transfer", to, w), w)
+        await w.event.wait()
+        if w.error is not None:
+            raise w.error
+
+    async def snapshot_now(self) -> int:
+        w = Waiter()
+        self._enqueue(("snapshot", w), w)
+        await w.event.wait()
+        if w.error is not None:
+            raise w.error
+        return w.result
+
+    def deliver(self, msg: Message) -> None:
+        """A peer's message (from the transport); dropped if the inbox is full."""
+        try:
+            self.inbox_send.send_nowait(("msg", msg))
+        except trio.WouldBlock:
+            self.dropped_inbox += 1
+
+    def _enqueue(self, item: tuple, w: Waiter) -> None:
+        try:
+            self.inbox_send.send_nowait(item)
+        except trio.WouldBlock:
+            w.set(error=Unavailable(f"partition {self.partition} is overloaded"))
+
+    # -- the loop ---------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        self.ready.set()
+        next_tick = trio.current_time() + self.tick_s
+        # Spread leaders at boot: partition p's preferred leader campaigns
+        # early, before the randomized timeouts of the others expire.
+        voters = self.cfg.voter_ids
+        preferred = voters[self.partition % len(voters)]
+        boot_ticks = 2 if preferred == self.cfg.node_id and len(voters) > 1 else -1
+        while True:
+            if not self.raw.has_ready():
+                with trio.move_on_at(next_tick):
+                    item = await self.inbox_recv.receive()
+                    self._handle(item)
+            for _ in range(MAX_DRAIN):
+                try:
+                    item = self.inbox_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._handle(item)
+            self._flush_proposals()
+            now = trio.current_time()
+            if now >= next_tick:
+                self.raw.tick()
+                next_tick = max(next_tick + self.tick_s, now)
+                if boot_ticks > 0:
+                    boot_ticks -= 1
+                    if boot_ticks == 0 and self.raw.core.lead == 0:
+                        self.raw.campaign()
+            if self.raw.has_ready():
+                await self._process_ready()
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "msg":
+            self.raw.step(item[1])
+        elif kind == "prop":
+            self._proposals.append(item[1])
+        elif kind == "read":
+            w = item[1]
+            ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
+            try:
+                self.raw.read_index(ctx)
+            except RaftNotLeader:
+                w.set(error=self._not_leader())
+                return
+            except ProposalDropped as e:
+                w.set(error=Unavailable(f"partition {self.partition}: {e}"))
+                return
+            self._reads[ctx] = w
+        elif kind == "transfer":
+            to, w = item[1], item[2]
+            self._transfer(to, w)
+        elif kind == "snapshot":
+            self._snapshot_waiters.append(item[1])
+
+    def _transfer(self, to: int, w: Waiter) -> None:
+        if not self.is_leader:
+            w.set(error=self._not_leader())
+            return
+        if to == 0:
+            st = self.raw.status()
+            candidates = [(pr.match, n) for n, pr in st.progress.items() if n != self.cfg.node_id]
+            if not candidates:
+                w.set(error=Unavailable("no other voter to transfer leadership to"))
+                return
+            to = max(candidates)[1]
+        try:
+            self.raw.transfer_leadership(to)
+        except ProposalDropped as e:
+            w.set(error=Unavailable(str(e)))
+            return
+        w.set(result=to)
+
+    def _not_leader(self) -> NotLeader:
+        lead = self.raw.core.lead
+        peer = self.cfg.peer(lead) if lead else None
+        return NotLeader(
+            lead or None,
+            peer.client_addr if peer else None,
+            partition=self.partition,
+        )
+
+    def _flush_proposals(self) -> None:
+        if not self._proposals:
+            return
+        props, self._proposals = self._proposals, []
+        try:
+            term, first = self.raw.propose_many([p.data for p in props])
+        except RaftNotLeader:
+            err = self._not_leader()
+            for p in props:
+                p.waiter.set(error=err)
+            return
+        except ProposalDropped as e:
+            for p in props:
+                p.waiter.set(error=Unavailable(f"partition {self.partition}: {e}"))
+            return
+        for i, p in enumerate(props):
+            p.term, p.index = term, first + i
+            self._by_index[p.index] = p
+
+    async def _process_ready(self) -> None:
+        rd = self.raw.ready()
+        if rd.messages:
+            self.send(self.partition, rd.messages)
+        await self._persist(rd)
+        if rd.messages_after_persist:
+            self.send(self.partition, rd.messages_after_persist)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        self._apply(rd)
+        self.raw.advance(rd)
+        await self._maybe_snapshot()
+
+    async def _persist(self, rd: Ready) -> None:
+        p = self.partition
+        if rd.snapshot is not None:
+            await trio.to_thread.run_sync(self.snapshots.save, p, rd.snapshot)
+            self.wal.append_snapshot_marker(p, rd.snapshot.meta)
+        if rd.entries:
+            self.wal.append_entries(p, rd.entries)
+        if rd.hard_state is not None:
+            self.wal.append_hard_state(p, rd.hard_state)
+        if rd.must_sync:
+            await self.committer.sync()
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+            self._snapshot_index = rd.snapshot.meta.index
+            self.wal.release(p, self.snapshots.safe_release_index(p))
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        assert ss is not None
+        was_leader = self.role == Role.LEADER
+        if ss.leader != self.leader_id:
+            self.log.info("leader_changed", leader=ss.leader, term=self.raw.core.term)
+        self.leader_id, self.role = ss.leader, ss.role
+        self._role_changed.set()
+        self._role_changed = trio.Event()
+        if was_leader and ss.role != Role.LEADER:
+            # Reads waiting for a heartbeat round we led will never be confirmed.
+            err = self._not_leader()
+            for w in self._reads.values():
+                w.set(error=err)
+            self._reads.clear()
+
+    def _apply(self, rd: Ready) -> None:
+        sm = self.sm
+        if rd.snapshot is not None:
+            sm.restore(rd.snapshot.data)
+            self.log.info("installed_snapshot", index=rd.snapshot.meta.index)
+            for idx in [i for i in self._by_index if i <= rd.snapshot.meta.index]:
+                self._by_index.pop(idx).waiter.set(
+                    error=OutcomeUnknown(f"write at index {idx} was covered by a snapshot")
+                )
+        by_index = self._by_index
+        for e in rd.committed_entries:
+            result = sm.apply(e.index, e.data) if e.data else None
+            if by_index:
+                prop = by_index.pop(e.index, None)
+                if prop is not None:
+                    if prop.term == e.term:
+                        prop.waiter.set(result=result)
+                    else:
+                        prop.waiter.set(
+                            error=Unavailable(
+                                f"partition {self.partition}: proposal at index {e.index} was "
+                                "replaced after a leader change; retry"
+                            )
+                        )
+        for rs in rd.read_states:
+            w = self._reads.pop(rs.context, None)
+            if w is not None:
+                heapq.heappush(self._read_waits, _ReadWait(rs.index, next(self._read_seq), w))
+        # A read confirmed at index i may be served once we applied i (thesis §6.4).
+        applied = max(sm.applied_index, self.raw.core.log.applied)
+        waits = self._read_waits
+        while waits and waits[0].index <= applied:
+            heapq.heappop(waits).waiter.set(result=applied)
+
+    async def _maybe_snapshot(self) -> None:
+        applied = self.raw.core.log.applied
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        due = applied - self._snapshot_index >= self.cfg.raft.snapshot_entries
+        if applied <= self._snapshot_index or not (due or waiters):
+            for w in waiters:
+                w.set(result=self._snapshot_index)
+            return
+        p = self.partition
+        data = self.sm.snapshot()
+        snap = self.storage.create_snapshot(applied, ConfState(self.cfg.voter_ids), data)
+        await trio.to_thread.run_sync(self.snapshots.save, p, snap)
+        self.wal.append_snapshot_marker(p, snap.meta)
+        await self.committer.sync()
+        self.wal.release(p, self.snapshots.safe_release_index(p))
+        # Keep some entries in memory so a follower slightly behind catches
+        # up from the log instead of needing the whole snapshot.
+        keep = min(self.cfg.raft.snapshot_entries // 2, 5000)
+        compact_to = applied - keep
+        if compact_to > self.storage.first_index():
+            self.storage.compact(compact_to)
+        self._snapshot_index = applied
+        self.log.info("took_snapshot", index=applied, term=snap.meta.term, bytes=len(data))
+        for w in waiters:
+            w.set(result=applied)
+
+    def fail_all(self, err: PrkdbError) -> None:
+        """Fail every waiting client (shutdown)."""
+        for p in self._by_index.values():
+            p.waiter.set(error=err)
+        for p in self._proposals:
+            p.waiter.set(error=err)
+        for w in self._reads.values():
+            w.set(error=err)
+        for rw in self._read_waits:
+            rw.waiter.set(error=err)
