@@ -98,6 +98,8 @@ class RaftCore:
         self.msgs_after_persist: list[Message] = []
         self.read_states: list[ReadState] = []
         self.read_only = ReadOnly()
+        # A read arrived since the last heartbeat round (see flush_read_round).
+        self.read_round_pending = False
         # Reads that reached a new leader before it committed an entry of its term.
         self.pending_read_index: list[Message] = []
         # Ticks since the last reset; meaning depends on role (election or lease timer).
@@ -624,15 +626,17 @@ class RaftCore:
             return
         self.read_only.add_request(self.log.committed, m.context, m.from_)
         self.read_only.recv_ack(self.id, m.context)
-        # One heartbeat round per batch: heartbeats for earlier reads that have
-        # not left yet (same Ready) are redundant, because a quorum echoing the
-        # newest context confirms every read queued before it (ReadOnly.advance).
-        self.msgs = [
-            x
-            for x in self.msgs
-            if not (x.type == MsgType.HEARTBEAT and x.context in self.read_only.pending)
-        ]
-        self._broadcast_heartbeat(m.context)
+        # One heartbeat round per batch: the round leaves when the driver takes
+        # the next Ready (flush_read_round), carrying the newest context; a
+        # quorum echoing it confirms every read queued before it (ReadOnly.advance).
+        self.read_round_pending = True
+
+    def flush_read_round(self) -> None:
+        """Send the heartbeat round that confirms the reads queued since the last one."""
+        if self.read_round_pending:
+            self.read_round_pending = False
+            if self.role == Role.LEADER and self.read_only.queue:
+                self._broadcast_heartbeat(self.read_only.last_pending_context())
 
     def _respond_read_index(self, origin: int, index: int, context: bytes) -> None:
         if origin in (NONE, self.id):

@@ -170,6 +170,7 @@ class RawNode:
     # -- outputs -----------------------------------------------------------
     def has_ready(self) -> bool:
         core = self.core
+        core.flush_read_round()
         return bool(
             core.msgs
             or core.msgs_after_persist
@@ -186,6 +187,7 @@ class RawNode:
         if self._outstanding is not None:
             raise RaftError("call advance() for the previous Ready first")
         core = self.core
+        core.flush_read_round()
         soft = core.soft_state()
         hard = core.hard_state()
         entries = tuple(core.log.unstable_entries())

@@ -101,8 +101,11 @@ class ClientService:
                 try:
                     await self._serve(framed, nursery)
                 finally:
+                    # Answer what is queued (e.g. the error that ends this
+                    # connection), then close; requests still running are cut.
                     nursery.cancel_scope.deadline = trio.current_time() + 2
-                    await framed.aclose()
+                    await framed.aclose(flush_timeout=1.0)
+                    nursery.cancel_scope.cancel()
         except Exception as e:
             self.log.exception("client_connection_failed", error=repr(e))
         finally:

@@ -29,6 +29,7 @@ class FramedStream:
         self.max_frame = max_frame
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](queue)
         self.broken = False
+        self._writer_done = trio.Event()
 
     async def receive(self) -> Any:
         """The next decoded CBOR item; raises StreamClosed at EOF or on a reset.
@@ -72,17 +73,23 @@ class FramedStream:
                 while len(chunks) < 1024:
                     try:
                         chunks.append(self._out_recv.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await self.stream.send_all(b"".join(chunks))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.broken = True
         finally:
             self.broken = True
+            self._writer_done.set()
 
-    async def aclose(self) -> None:
-        self.broken = True
+    async def aclose(self, flush_timeout: float = 0.0) -> None:
+        """Close; with `flush_timeout`, first let a running writer send what is queued."""
         self._out_send.close()
+        if flush_timeout and not self.broken:
+            with trio.move_on_after(flush_timeout) as cs:
+                cs.shield = True
+                await self._writer_done.wait()
+        self.broken = True
         with trio.move_on_after(1) as cs:
             cs.shield = True
             await self.stream.aclose()
