@@ -245,6 +245,8 @@ class PrkDbClient:
         self._refresh_lock = trio.Lock()
         self._round_robin = 0
         self._closed = False
+        #: What went wrong in the last topology refresh (for give-up messages).
+        self.refresh_problems: list[str] = []
         # Made eagerly so a sequential writer always uses this one client id
         # (seq starts at 1: release() bumps it, so start the counter at 0).
         self._first_slot = self.sessions.new_slot()
@@ -512,9 +514,10 @@ class PrkDbClient:
         with trio.move_on_after(self._timeout(timeout)):
             if await self._refresh(avoid=(), version=None):
                 return
+        why = "; ".join(self.refresh_problems[-_TRIED_SHOWN:]) or "no answer"
         raise Timeout(
             f"no node answered a status request within {self._timeout(timeout)}s "
-            f"(tried {', '.join(self.topology.candidate_addresses())})"
+            f"(tried {', '.join(self.topology.candidate_addresses())}: {why})"
         )
 
     async def transfer_leader(
@@ -627,21 +630,29 @@ class PrkDbClient:
             ordered = [a for a in candidates if a not in avoided] + [
                 a for a in candidates if a in avoided
             ]
+            problems: list[str] = []
             for address in ordered:
                 state = AttemptState()
-                with trio.move_on_after(_STATUS_TRY_TIMEOUT):
+                with trio.move_on_after(_STATUS_TRY_TIMEOUT) as scope:
                     try:
                         reply = await self._send(address, Status, state)
-                    except (ConnectFailed, ConnectionLost):
+                    except (ConnectFailed, ConnectionLost) as exc:
+                        problems.append(str(exc))
                         continue
                     if isinstance(reply, StatusOk):
                         if reply.cluster_id == self.cluster_id:
                             self.topology.apply_status(reply)
+                            self.refresh_problems = problems
                             return True
+                        problems.append(f"{address}: cluster {reply.cluster_id!r}")
                     elif isinstance(reply, Error):
                         exc = error_from_frame(reply)
                         if exc.code in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_VERSION):
                             raise exc
+                        problems.append(f"{address}: {exc.message}")
+                if scope.cancelled_caught:
+                    problems.append(f"{address}: no status answer in {_STATUS_TRY_TIMEOUT}s")
+            self.refresh_problems = problems
             return False
 
     async def _pick_target(self, op: _Op, failed: set[str]) -> str | None:
@@ -723,7 +734,8 @@ class PrkDbClient:
                 try:
                     target = await self._pick_target(op, failed)
                     if target is None:
-                        tried.append("no leader known")
+                        why = "; ".join(self.refresh_problems[-3:]) or "nobody knows one"
+                        tried.append(f"no leader known ({why})")
                     else:
                         reply = await self._send(target, op.build, state)
                 except ConnectFailed as exc:
@@ -785,6 +797,14 @@ class PrkDbClient:
         return new != target
 
     def _give_up(self, op: _Op, budget: float, tried: list[str], ambiguous: bool) -> PrkdbError:
+        # Collapse runs of the same failure: "x (3 times)".
+        runs: list[list[Any]] = []
+        for entry in tried:
+            if runs and runs[-1][0] == entry:
+                runs[-1][1] += 1
+            else:
+                runs.append([entry, 1])
+        tried = [e if n == 1 else f"{e} ({n} times)" for e, n in runs]
         shown = tried[-_TRIED_SHOWN:]
         more = (
             f"{len(tried) - len(shown)} earlier attempts, then " if len(tried) > len(shown) else ""
