@@ -151,6 +151,15 @@ class LocalCluster:
     def log(self, i: int) -> str:
         return (self.root / f"node{i}.log").read_text(errors="replace")
 
+    def wait_for_log(self, i: int, text: str, timeout: float = 20.0) -> bool:
+        """Poll node i's log for `text` (an external process: polling is all we have)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log(i):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def status(self, i: int, timeout: float = 2.0) -> StatusOk:
         conn = WireConn(self.client_ports[i - 1], timeout=timeout)
         try:
