@@ -12,7 +12,14 @@ async with PrkDbClient.connect(["127.0.0.1:8080"]) as client:
 See docs/client.md for routing, retries, and how exactly-once writes work.
 """
 
-from prkdb.client.client import DEFAULT_TIMEOUT, UNSET, GetResult, PrkDbClient, WriteResult
+from prkdb.client.client import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    UNSET,
+    GetResult,
+    PrkDbClient,
+    WriteResult,
+)
 from prkdb.client.sync import SyncClient
 from prkdb.errors import (
     ErrorCode,
@@ -30,6 +37,7 @@ from prkdb.errors import (
 from prkdb.wire.messages import AdminOk, BatchOp, OpKind, OpResult, ReadConsistency, StatusOk
 
 __all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "UNSET",
     "AdminOk",

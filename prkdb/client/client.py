@@ -82,10 +82,16 @@ from prkdb.wire.messages import (
     WriteOk,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "GetResult", "PrkDbClient", "WriteResult"]
+__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_TIMEOUT", "GetResult", "PrkDbClient", "WriteResult"]
 
 DEFAULT_TIMEOUT: Final = 5.0
 """Per-call deadline in seconds, retries included."""
+
+DEFAULT_ATTEMPT_TIMEOUT: Final = 2.0
+"""Seconds one node gets to answer one attempt before the SDK suspects it and
+retries elsewhere (writes with the same seq). Below the server's 5 s request
+timeout on purpose: a node frozen or cut off by a partition keeps its TCP
+connection open, and would otherwise eat the whole deadline."""
 
 _BACKOFF_BASE: Final = 0.02  # seconds; first retry waits 10-20 ms
 _BACKOFF_CAP: Final = 1.0  # seconds; no single wait is longer
@@ -221,6 +227,7 @@ class PrkDbClient:
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     ) -> None:
         """Build an unconnected client; prefer `connect`, which also loads the topology.
 
@@ -233,8 +240,13 @@ class PrkDbClient:
             raise InvalidRequest("at least one seed address is needed")
         if not (timeout > 0 and math.isfinite(timeout)):
             raise InvalidRequest(f"timeout ({timeout}) must be a positive number of seconds")
+        if not (attempt_timeout > 0 and math.isfinite(attempt_timeout)):
+            raise InvalidRequest(f"attempt_timeout ({attempt_timeout}) must be > 0 seconds")
         self.cluster_id = cluster_id
+        #: Default per-call deadline, seconds (retries included).
         self.timeout = timeout
+        #: Longest wait for one answer from one node before trying elsewhere, seconds.
+        self.attempt_timeout = attempt_timeout
         self._rng = rng if rng is not None else random.Random()
         self._factory: StreamFactory = stream_factory or trio.open_tcp_stream
         self.topology = Topology(normalize_address(s) for s in seeds)
@@ -264,6 +276,7 @@ class PrkDbClient:
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     ) -> _Connecting:
         """Connect to a cluster and learn its topology from any seed.
 
@@ -276,6 +289,8 @@ class PrkDbClient:
             timeout: default per-call deadline in seconds; also bounds connect.
             rng: randomness for jitter and client ids (tests pass a seeded one).
             stream_factory: ``async (host, port) -> Stream``; default TCP.
+            attempt_timeout: seconds one node gets per attempt (see
+                `DEFAULT_ATTEMPT_TIMEOUT`).
 
         Raises:
             WrongCluster: a seed belongs to another cluster.
@@ -291,6 +306,7 @@ class PrkDbClient:
                 timeout=timeout,
                 rng=rng,
                 stream_factory=stream_factory,
+                attempt_timeout=attempt_timeout,
             )
             try:
                 await client.refresh_topology()
@@ -730,7 +746,10 @@ class PrkDbClient:
             state = AttemptState()
             target: str | None = None
             reply: WireMessage | None = None
-            with trio.move_on_at(deadline) as scope:
+            # One attempt may not take the whole budget: a frozen or cut-off node
+            # keeps its TCP connection open and would never answer.
+            attempt_end = min(deadline, trio.current_time() + self.attempt_timeout)
+            with trio.move_on_at(attempt_end) as scope:
                 try:
                     target = await self._pick_target(op, failed)
                     if target is None:
@@ -747,9 +766,11 @@ class PrkDbClient:
                     ambiguous |= op.write and state.sent
             if scope.cancelled_caught:
                 ambiguous |= op.write and state.sent
-                tried.append(f"{target or 'routing'}: no answer before the deadline")
-                break
-            if target is not None and reply is None:  # the connection failed
+                if attempt_end >= deadline:
+                    tried.append(f"{target or 'routing'}: no answer before the deadline")
+                    break
+                tried.append(f"{target or 'routing'}: no answer in {self.attempt_timeout}s")
+            if target is not None and reply is None:  # failed, or silent: suspect the node
                 failed.add(target)
                 self.topology.forget_node_leadership(target)
             if isinstance(reply, expect):

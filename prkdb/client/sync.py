@@ -23,7 +23,15 @@ from typing import Any, TypeVar, final
 
 import trio
 
-from prkdb.client.client import DEFAULT_TIMEOUT, UNSET, GetResult, PrkDbClient, WriteResult, _Unset
+from prkdb.client.client import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    UNSET,
+    GetResult,
+    PrkDbClient,
+    WriteResult,
+    _Unset,
+)
 from prkdb.client.connection import StreamFactory
 from prkdb.errors import InvalidRequest
 from prkdb.wire.messages import AdminOk, BatchOp, ReadConsistency, StatusOk
@@ -48,6 +56,7 @@ class SyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
     ) -> None:
         self._client: PrkDbClient | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -56,7 +65,7 @@ class SyncClient:
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=trio.run,
-            args=(self._main, seeds, cluster_id, timeout, rng, stream_factory),
+            args=(self._main, seeds, cluster_id, timeout, rng, stream_factory, attempt_timeout),
             name="prkdb-sync-client",
             daemon=True,
         )
@@ -73,6 +82,7 @@ class SyncClient:
         timeout: float,
         rng: random.Random | None,
         stream_factory: StreamFactory | None,
+        attempt_timeout: float,
     ) -> None:
         try:
             client = await PrkDbClient.connect(
@@ -81,6 +91,7 @@ class SyncClient:
                 timeout=timeout,
                 rng=rng,
                 stream_factory=stream_factory,
+                attempt_timeout=attempt_timeout,
             )
         except BaseException as exc:  # handed to the constructor's thread, re-raised there
             self._startup_error = exc

@@ -546,3 +546,30 @@ async def serve_tcp(cluster: FakeCluster, nursery: trio.Nursery) -> None:
         listeners = await nursery.start(partial(trio.serve_tcp, node.serve, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         node.address = f"127.0.0.1:{port}"
+
+
+async def test_silent_leader_is_abandoned_after_attempt_timeout(
+    cluster: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A frozen (or partitioned-away) leader keeps its TCP connection but never answers."""
+    client = await connect(cluster, seeds=cluster.seeds, attempt_timeout=2.0)
+    key = key_in(0, 4)
+    old = cluster.leaders[0]
+    new = old % 3 + 1
+
+    async def frozen(node: FakeNode, msg: Any) -> Any:
+        return HANG if node.node_id == old else None
+
+    cluster.hook = frozen
+    cluster.leaders = {
+        p: (new if leader == old else leader) for p, leader in cluster.leaders.items()
+    }
+    start = trio.current_time()
+    result = await client.put(key, b"v", timeout=5.0)
+    assert result.succeeded
+    assert 2.0 <= trio.current_time() - start < 3.0
+    writes = cluster.writes_received()
+    assert [n for n, _ in writes] == [old, new]
+    assert len({(m.client_id, m.seq) for _, m in writes}) == 1
+    assert len(cluster.applied) == 1
+    await client.aclose()
