@@ -228,7 +228,7 @@ _BY_CODE: dict[int, type[PrkdbError]] = {
 }
 
 
-def error_from_code(code: int, message: str = "", **details: Any) -> PrkdbError:
+def error_from_code(code: int, message: str = "", /, **details: Any) -> PrkdbError:
     """Build the exception for an `Error` frame received from a server.
 
     Args:
