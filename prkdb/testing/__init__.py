@@ -1,0 +1,1 @@
+"""Test support shared by the test suite and scripts (no runtime code depends on it)."""
