@@ -1,0 +1,138 @@
+"""Closed-loop load generation against a cluster, through the SDK.
+
+Shared by `scripts/bench_cluster.py` and `prkctl bench`. A workload runs
+`concurrency` tasks, each issuing one request at a time for `duration`
+seconds; every completed request's latency is kept, so the summary is exact
+(p50/p90/p99/max over all of them), not sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import trio
+
+from prkdb.client import PrkDbClient, ReadConsistency
+from prkdb.errors import PrkdbError
+
+WORKLOADS = ("put", "get-linearizable", "get-follower", "get-stale")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    workload: str
+    concurrency: int
+    duration_s: float
+    ops: int
+    errors: int
+    ops_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (
+            f"{self.workload:<17} c={self.concurrency:<3} {self.ops_per_s:>9,.0f} ops/s  "
+            f"p50 {self.p50_ms:6.2f} ms  p90 {self.p90_ms:6.2f}  p99 {self.p99_ms:6.2f}  "
+            f"max {self.max_ms:7.2f}  errors {self.errors}"
+        )
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def key_of(i: int) -> bytes:
+    """16-byte keys, as the issue's workloads specify."""
+    return b"bench-%010d" % i
+
+
+async def preload(client: PrkDbClient, keys: int, value_size: int, concurrency: int = 64) -> None:
+    value = b"v" * value_size
+    it = iter(range(keys))
+
+    async def worker() -> None:
+        for i in it:
+            await client.put(key_of(i), value)
+
+    async with trio.open_nursery() as n:
+        for _ in range(concurrency):
+            n.start_soon(worker)
+
+
+async def run_workload(
+    client: PrkDbClient,
+    workload: str,
+    *,
+    concurrency: int,
+    duration: float,
+    value_size: int = 100,
+    keys: int = 1000,
+    progress: Callable[[int, float], None] | None = None,
+) -> BenchResult:
+    """Run one workload; `progress(ops_so_far, elapsed_s)` is called about 5x a second."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    value = b"x" * value_size
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    levels = {
+        "get-linearizable": ReadConsistency.LINEARIZABLE,
+        "get-follower": ReadConsistency.FOLLOWER,
+        "get-stale": ReadConsistency.STALE,
+    }
+
+    async def worker(w: int) -> None:
+        nonlocal errors, counter
+        i = w
+        while True:
+            key = key_of(i % keys)
+            t0 = time.perf_counter()
+            try:
+                if workload == "put":
+                    await client.put(key, value)
+                else:
+                    await client.get_with_consistency(key, levels[workload])
+            except PrkdbError:
+                errors += 1
+            else:
+                latencies.append(time.perf_counter() - t0)
+            counter += 1
+            i += concurrency
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as n:
+        for w in range(concurrency):
+            n.start_soon(worker, w)
+        end = trio.current_time() + duration
+        while trio.current_time() < end:
+            await trio.sleep(min(0.2, max(0.0, end - trio.current_time())))
+            if progress is not None:
+                progress(counter, time.perf_counter() - start)
+        n.cancel_scope.cancel()
+    elapsed = time.perf_counter() - start
+    lat = sorted(latencies)
+    ms = 1000.0
+    return BenchResult(
+        workload=workload,
+        concurrency=concurrency,
+        duration_s=round(elapsed, 3),
+        ops=len(lat),
+        errors=errors,
+        ops_per_s=len(lat) / elapsed if elapsed else 0.0,
+        p50_ms=percentile(lat, 0.50) * ms,
+        p90_ms=percentile(lat, 0.90) * ms,
+        p99_ms=percentile(lat, 0.99) * ms,
+        max_ms=(lat[-1] * ms) if lat else math.nan,
+    )
