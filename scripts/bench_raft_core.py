@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prkdb.raft import MemoryStorage, RaftConfig, RawNode, Role  # noqa: E402
+from prkdb.raft import MemoryStorage, RaftConfig, RawNode, Role
 
 
 class Node:
