@@ -1,0 +1,1 @@
+"""One module per noun: status, kv, leader, snapshot, wal, bench."""

@@ -1,0 +1,64 @@
+"""Output helpers: aligned text tables, JSON, and key/value encodings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+ENCODINGS = ("utf8", "hex", "base64")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces (like kubectl / etcdctl -w table)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def decode_arg(text: str, encoding: str, what: str) -> bytes:
+    """Command-line text -> bytes; raises click.BadParameter (exit 2) on bad input."""
+    try:
+        if encoding == "hex":
+            return bytes.fromhex(text)
+        if encoding == "base64":
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        return text.encode("utf-8", "surrogateescape")
+    except (ValueError, binascii.Error, UnicodeEncodeError) as e:
+        raise click.BadParameter(f"{text!r} is not valid {encoding}: {e}",
+                                 param_hint=what) from None
+
+
+def encode_bytes(data: bytes, encoding: str) -> str:
+    """bytes -> text for output; utf8 falls back to an error naming --hex/--base64."""
+    if encoding == "hex":
+        return data.hex()
+    if encoding == "base64":
+        return base64.b64encode(data).decode("ascii")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        from prkctl.cli import PrkctlError
+
+        raise PrkctlError(
+            f"the value ({len(data)} bytes) is not UTF-8 text; use --hex or --base64"
+        ) from None
+
+
+def encoding_options(fn: Any) -> Any:
+    """--hex / --base64 (keys and values on the command line and in the output)."""
+    fn = click.option("--base64", "encoding", flag_value="base64",
+                      help="Keys and values are base64.")(fn)
+    fn = click.option("--hex", "encoding", flag_value="hex", help="Keys and values are hex.")(fn)
+    fn = click.option("--utf8", "encoding", flag_value="utf8", default=True,
+                      help="Keys and values are UTF-8 text (default).")(fn)
+    return fn
