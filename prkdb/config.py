@@ -29,6 +29,9 @@ class PeerConfig:
     peer_addr: str  # host:port other nodes connect to
 
 
+DEFAULT_PEERS = (PeerConfig(1, "127.0.0.1:8080", "127.0.0.1:9080"),)
+
+
 @dataclass(frozen=True, slots=True)
 class RaftSettings:
     tick_ms: int = 50
@@ -66,7 +69,7 @@ class NodeConfig:
     cluster_id: str = "prkdb"
     data_dir: Path = Path("prkdb-data")
     partitions: int = 8
-    peers: tuple[PeerConfig, ...] = (PeerConfig(1, "127.0.0.1:8080", "127.0.0.1:9080"),)
+    peers: tuple[PeerConfig, ...] = DEFAULT_PEERS
     raft: RaftSettings = field(default_factory=RaftSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -196,7 +199,7 @@ def parse_addr(addr: str, where: str = "address") -> tuple[str, int]:
 def _read_peers(r: _Reader) -> tuple[PeerConfig, ...]:
     raw = r.raw.pop("peers", None)
     if raw is None:
-        return NodeConfig.peers
+        return DEFAULT_PEERS
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{r.source}: peers must be a non-empty array of tables ([[peers]])")
     peers = []

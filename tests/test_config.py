@@ -84,3 +84,8 @@ def test_two_node_cluster_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         NodeConfig.from_toml(tmp_path / "absent.toml")
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, "")
+    assert cfg.voter_ids == (1,) and cfg.me.client_addr == "127.0.0.1:8080"
