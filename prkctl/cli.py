@@ -14,6 +14,7 @@ the exit code depends only on the error's class:
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -144,6 +145,11 @@ def translate_errors(fn: F) -> F:
         except PrkdbError as e:
             _trace(debug)
             raise PrkctlError(f"{type(e).__name__}: {e.message or e}") from e
+        except BrokenPipeError:
+            # `prkctl wal dump ... | head`: the reader left; not an error.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
         except StorageError as e:
             _trace(debug)
             raise PrkctlError(str(e)) from e
