@@ -275,19 +275,34 @@ def _search(ops: list[Op], initial: Any, max_configs: int) -> _Outcome:
     best_state: Any = initial
     configs = 0
 
+    info_idx = [i for i in range(n) if not must >> i & 1]
+    info_mask = sum(1 << i for i in info_idx)
+
     def candidates(done: int) -> Iterator[int]:
-        # Earliest completion among ok ops not yet linearized: every op
-        # invoked after it must come later.
+        # Every ok op not yet linearized is at or after `first` (ops are
+        # sorted by invoke, and complete >= invoke): scan from there while
+        # an op could still precede the earliest pending completion.
+        covered = done | info_mask
+        first = (~covered & (covered + 1)).bit_length() - 1
         horizon = INF
-        for i in range(n):
-            if not done >> i & 1 and ops[i].complete < horizon:
-                horizon = ops[i].complete
-        for i in range(n):
+        window = []
+        for i in range(first, n):
             op = ops[i]
             if op.invoke > horizon:
                 break
             if not done >> i & 1:
-                yield i
+                if op.complete < horizon:
+                    horizon = op.complete
+                if must >> i & 1:
+                    window.append(i)
+        # Info ops need not be linearized and never bound the horizon.
+        for i in info_idx:
+            if ops[i].invoke > horizon:
+                break
+            if not done >> i & 1:
+                window.append(i)
+        window.sort()
+        return iter(window)
 
     # Explicit stack (no recursion limit): (done, state, path, iterator of moves).
     def moves(done: int, state: Any) -> Iterator[tuple[int, Any]]:

@@ -452,3 +452,36 @@ class NetnsCluster:
             _ip("netns", "del", self.ns[i], check=False)
             _ip("link", "del", self.veth[i], check=False)
         _ip("link", "del", self.bridge, check=False)
+
+
+def stale_read(c: NetnsCluster, i: int, key: bytes, timeout: float = 1.0) -> Any:
+    """GetOk (or Error) for `key` read STALE from node i alone."""
+    from prkdb.partitioning import partition_for
+    from prkdb.wire.messages import Get, ReadConsistency
+
+    conn = WireConn(c.addr(i), CLIENT_PORT, timeout=timeout)
+    try:
+        return conn.call(Get(2, key, ReadConsistency.STALE, partition_for(key, c.partitions)))
+    finally:
+        conn.close()
+
+
+def wait_replicas_agree(c: NetnsCluster, keys: Iterable[bytes],
+                        timeout: float = 20.0) -> dict[bytes, bytes | None]:
+    """Poll STALE reads on every node until all agree on every key; key -> value."""
+    keys = list(keys)
+    deadline = time.monotonic() + timeout
+    last: dict[bytes, dict[int, Any]] = {}
+    while True:
+        last = {}
+        try:
+            for k in keys:
+                last[k] = {i: getattr(stale_read(c, i, k), "value", "<error>") for i in c.ids}
+        except OSError:
+            last = {}
+        if last and all(len(set(v.values())) == 1 for v in last.values()):
+            return {k: v[1] for k, v in last.items()}
+        if time.monotonic() > deadline:
+            bad = {k: v for k, v in last.items() if len(set(v.values())) != 1}
+            raise AssertionError(f"replicas disagree after {timeout}s: {bad}")
+        time.sleep(0.2)
