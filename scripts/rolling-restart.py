@@ -8,6 +8,7 @@ For each node in turn:
   3. SIGTERM it (the PID from CLUSTER_DIR/nodeN.pid) and wait for its exit;
   4. start it again (`scripts/local-cluster.sh start-node N`);
   5. wait until it answers and `prkctl status` exits 0 again.
+Finally `prkctl leader balance` spreads the leaders again.
 
 Usage:
   CLUSTER_DIR=prkdb-local scripts/rolling-restart.py [--seeds A,B,C] [--nodes 1,2,3]
@@ -124,6 +125,9 @@ class Restarter:
             self.start(node)
             self.wait_healthy(node)
             log(f"node {node}: back and healthy")
+        # The last node restarted leads nothing now: spread the leaders again.
+        r = self.ctl("leader", "balance")
+        log(f"leader balance: exit {r.returncode}")
         log("done")
 
 

@@ -39,18 +39,36 @@ def flip_bit(path: Path, offset: int) -> None:
         f.write(bytes([b ^ 0x08]))
 
 
+def leaders(cluster: Any) -> dict[int, int]:
+    """partition -> leader, agreed by every node that answers; a node answering means up.
+
+    Unlike LocalCluster.leaders it does not need the cluster to own the processes
+    (scripts/local-cluster.sh starts them in test_scripts.py).
+    """
+    views = {}
+    for i in cluster.ids:
+        try:
+            views[i] = cluster.status(i, timeout=1.0)
+        except (OSError, ConnectionError):
+            continue
+    agreed: dict[int, int] = {}
+    for p in range(cluster.partitions):
+        seen = {v.partitions[p].leader for v in views.values()}
+        lead = seen.pop() if len(seen) == 1 else 0
+        if lead in views:
+            agreed[p] = lead
+    return agreed
+
+
 def wait_leaders(cluster: Any, timeout: float = 20.0) -> dict[int, int]:
-    """Like LocalCluster.wait_ready, but tolerating nodes we killed on purpose."""
+    """Like LocalCluster.wait_ready, but tolerating nodes that are down on purpose."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            leaders = cluster.leaders()
-        except (OSError, ConnectionError):
-            leaders = {}
-        if len(leaders) == cluster.partitions:
-            return leaders
+        got = leaders(cluster)
+        if len(got) == cluster.partitions:
+            return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"no leader for every partition after {timeout}s: {leaders}")
+            raise AssertionError(f"no leader for every partition after {timeout}s: {got}")
         time.sleep(0.1)
