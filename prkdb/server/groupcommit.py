@@ -9,6 +9,11 @@ at once (DESIGN: "one fdatasync makes a whole batch durable across partitions").
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+
 import trio
 
 from prkdb.storage import WriteAheadLog
@@ -24,6 +29,10 @@ class GroupCommitter:
         self._round_done = trio.Event()
         self._error: BaseException | None = None
         self.rounds = 0  # statistics: fsyncs performed
+        # One long-lived thread does the fsyncs: cheaper than trio.to_thread's
+        # per-call machinery, and fsyncs are serial anyway.
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     async def sync(self) -> None:
         """Return once everything appended before this call is durable.
@@ -47,10 +56,50 @@ class GroupCommitter:
         if self._error is not None:
             raise self._error
 
+    async def _sync_in_thread(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def finished(err: BaseException | None) -> None:
+            outcome.append(err)
+            done.set()
+
+        def job() -> None:
+            try:
+                self.wal.sync()
+                err = None
+            except BaseException as e:  # handed back to the event loop
+                err = e
+            # If the node is gone, nobody waits for this sync any more.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(finished, err)
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._worker, name="prkdb-wal-sync",
+                                            daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+        with trio.CancelScope(shield=True):  # the fsync runs to completion regardless
+            await done.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _worker(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def close(self) -> None:
+        """Stop the sync thread (after the last sync)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
     async def _run_rounds(self) -> None:
         try:
             while self._done < self._requested:
-                await trio.to_thread.run_sync(self.wal.sync)
+                await self._sync_in_thread()
                 self.rounds += 1
                 self._done += 1
                 done, self._round_done = self._round_done, trio.Event()

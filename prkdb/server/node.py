@@ -170,6 +170,7 @@ class Node:
 
     def _close_storage(self) -> None:
         if self.wal is not None:
+            self.committer.close()
             try:
                 self.wal.sync()
                 self.wal.close()
