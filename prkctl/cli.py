@@ -216,7 +216,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
 
 
 def _register() -> None:
-    from prkctl.commands import bench, kv, leader, snapshot, status, wal
+    from prkctl.commands import bench, dev, kv, leader, snapshot, status, wal
 
     cli.add_command(status.status)
     for cmd in kv.COMMANDS:
@@ -226,6 +226,7 @@ def _register() -> None:
     cli.add_command(snapshot.snapshot)
     cli.add_command(wal.wal)
     cli.add_command(bench.bench)
+    cli.add_command(dev.dev)
 
 
 _register()

@@ -1,1 +1,1 @@
-"""One module per noun: status, kv, leader, snapshot, wal, bench."""
+"""One module per noun: status, kv, leader, snapshot, wal, bench, dev."""

@@ -27,6 +27,13 @@ def snapshot(ctl: CtlContext, partition: int | None, node: int | None) -> None:
     """
 
     async def body(client: Any) -> Any:
+        st = await client.status()
+        if partition is not None and partition >= len(st.partitions):
+            raise click.BadParameter(
+                f"partition {partition} is not in 0..{len(st.partitions) - 1}",
+                param_hint="PARTITION")
+        if node is not None and node not in {n.node_id for n in st.nodes}:
+            raise click.BadParameter(f"node {node} is not a member", param_hint="--node")
         return await client.snapshot(partition, node_id=node)
 
     reply = ctl.run_client(body)

@@ -116,7 +116,9 @@ def test_snapshot(live: LocalCluster) -> None:
     assert code == 0 and list(data["snapshots"]) == ["2"] and data["node"] == 3
     res = invoke(live.seeds, "snapshot", "1")
     assert res.exit_code == 0 and res.stdout.startswith("partition 1: snapshot at index")
-    assert invoke(live.seeds, "snapshot", "9").exit_code == 1  # no such partition
+    res = invoke(live.seeds, "snapshot", "9")
+    assert res.exit_code == 2 and "partition 9 is not in 0..3" in res.stderr
+    assert invoke(live.seeds, "snapshot", "--node", "8").exit_code == 2
 
 
 def test_leader_transfer(live: LocalCluster) -> None:
