@@ -292,13 +292,15 @@ class ClientService:
         driver = self._driver(req.partition)
         if req.to_node and self.cfg.peer(req.to_node) is None:
             raise InvalidRequest(f"node {req.to_node} is not a member of this cluster")
-        await driver.transfer_leadership(req.to_node)
+        target = await driver.transfer_leadership(req.to_node)
         # Wait until leadership moved (or the transfer was aborted).
         with trio.move_on_at(self._deadline()):
             await driver.wait_not_leader()
         if driver.is_leader:
             raise Unavailable(f"partition {req.partition}: leadership transfer did not complete")
-        return AdminOk(req.request_id, {"partition": req.partition, "leader": driver.leader_id})
+        # We may not have heard from the new leader yet: report whom we asked.
+        return AdminOk(req.request_id, {"partition": req.partition, "to": target,
+                                        "leader": driver.leader_id or target})
 
     async def _snapshot(self, req: Snapshot) -> AdminOk:
         drivers = self.node.drivers if req.partition is None else [self._driver(req.partition)]

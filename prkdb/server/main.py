@@ -150,7 +150,7 @@ def dev(nodes: str, port: int, data_dir: Path, partitions: int) -> None:
         click.echo(f"PrkDB dev cluster: {n} nodes, {partitions} partitions, data in {data_dir}")
         click.echo(f"seeds: {seeds}")
         click.echo(f"logs:  {data_dir}/node*.log")
-        click.echo(f"try:   prkctl --seeds {seeds} put hello world")
+        click.echo(f"try:   prkctl --seeds {seeds} --cluster-id prkdb-dev put hello world")
         click.echo("Ctrl-C stops the cluster.")
         while not stop:
             for i, p in enumerate(procs, 1):

@@ -266,12 +266,14 @@ class PartitionDriver:
         while self.is_leader:
             await self._role_changed.wait()
 
-    async def transfer_leadership(self, to: int) -> None:
+    async def transfer_leadership(self, to: int) -> int:
+        """Start handing leadership to `to` (0 = the most caught-up follower); returns it."""
         w = Waiter()
         self._enqueue(("transfer", to, w), w)
         await w.event.wait()
         if w.error is not None:
             raise w.error
+        return w.result
 
     async def snapshot_now(self) -> int:
         w = Waiter()
