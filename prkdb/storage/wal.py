@@ -298,7 +298,10 @@ class WriteAheadLog:
                 preamble.append(rec.encode_marker(p, t.snap, t.last, restore))
         pre = b"".join(preamble)
         try:
-            if self._segments:
+            # Seal the active segment, unless it was sealed already: at open,
+            # a newest segment sealed before a crash (or before ENOSPC stopped
+            # the next one from being created) is kept metadata-only (mm None).
+            if self._segments and self._segments[-1].mm is not None:
                 old = self._segments[-1]
                 old.write(_SEAL)
                 old.datasync()

@@ -97,13 +97,6 @@ async def test_disk_full_fail_stops_with_a_clear_message(make_cluster, tmpfs_dir
     await _fill(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage bug: WriteAheadLog.open on a WAL whose newest segment is sealed "
-    "(ENOSPC hit after the seal, while creating the next segment) calls _roll(0), which "
-    "writes a second seal into the metadata-only segment: AssertionError 'self.mm is not "
-    "None' in Segment.write, so the node cannot restart even after space returns",
-)
 async def test_disk_full_then_space_returns_loses_nothing(make_cluster, tmpfs_dirs) -> None:
     c = make_cluster(3, partitions=2, extra=STORAGE, data_dirs=tmpfs_dirs)
     acked = await _fill(c)
