@@ -1,0 +1,834 @@
+#!/usr/bin/env python3
+"""PrkDB vs etcd on this machine, in one run, interleaved (issue 7; method in docs/benchmarks.md).
+
+Starts a 3-node etcd (Debian's etcd-server, installed with apt-get if absent;
+default durability and timeouts) and a 3-node PrkDB (fsync on, default
+config), both on 127.0.0.1, and drives both with the same closed-loop Python
+load generator (16-byte keys, 100-byte values, 1 s warm-up, then --duration
+seconds measured, systems alternated per workload, --reps repetitions):
+
+  W1            one client, sequential puts
+  W64           64 clients doing puts (split over --procs load-generator processes)
+  R64-lin       64 clients, linearizable gets over 1,000 preloaded keys
+  R64-follower  PrkDB FOLLOWER reads; etcd: linearizable gets sent to the follower
+                endpoints (etcd has no follower-read mode)
+  R64-stale     PrkDB STALE reads; etcd serializable gets, spread over all nodes
+  FAILOVER      a W1 writer; kill -9 of the leader (PrkDB: of the writer's partition);
+                seconds until the first acknowledged write issued after the kill
+  RSS           VmRSS per server process after loading --rss-keys keys (batched)
+
+plus server CPU microseconds per operation (/proc/PID/stat over each measured
+window), the load generator's own CPU, and the physical floor (one fdatasync
++ two loopback round trips) measured in the same run. etcd is driven through
+its v3 JSON gateway (HTTP/1.1 keep-alive, one connection per client), PrkDB
+through its SDK. Progress goes to stderr; the table (and --json) to stdout.
+
+    python scripts/bench_compare.py            # 3 reps x 10 s, 1,000,000 keys for RSS
+    python scripts/bench_compare.py --quick    # ~1-2 minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_cluster import fsync_floor, loopback_rtt, wait_ready  # noqa: E402
+from etcd_load import EtcdError, EtcdHttp  # noqa: E402
+
+from prkdb.bench import key_of, percentile, preload  # noqa: E402
+from prkdb.client import PrkDbClient, ReadConsistency  # noqa: E402
+from prkdb.errors import PrkdbError  # noqa: E402
+from prkdb.partitioning import partition_for  # noqa: E402
+from prkdb.server.main import dev_configs  # noqa: E402
+
+CLUSTER_ID = "prkdb-dev"
+VALUE = b"x" * 100
+READ_KEYS = 1000
+PARTITIONS = 8  # what `prkdb dev` and scripts/bench_cluster.py use
+# (label, workload, clients)
+WORKLOADS = (
+    ("W1", "put", 1),
+    ("W64", "put", 64),
+    ("R64-lin", "get-linearizable", 64),
+    ("R64-follower", "get-follower", 64),
+    ("R64-stale", "get-stale", 64),
+)
+LEVELS = {
+    "get-linearizable": ReadConsistency.LINEARIZABLE,
+    "get-follower": ReadConsistency.FOLLOWER,
+    "get-stale": ReadConsistency.STALE,
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ETCD_ATTEMPT_TIMEOUT = 0.1  # seconds, the etcd FAILOVER writer's per-attempt timeout
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- /proc ------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process, seconds (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- processes ---------------------------------------------------------------------------
+
+STARTED: list[subprocess.Popen] = []  # everything we started, for cleanup
+
+
+def spawn(cmd: list[str], log_path: Path, **kw: Any) -> subprocess.Popen:
+    """Start a child in its own process group (so Ctrl-C reaches only us, and we kill groups)."""
+    with open(log_path, "ab") as out:
+        p = subprocess.Popen(cmd, stdout=kw.pop("stdout", out), stderr=kw.pop("stderr", out),
+                             start_new_session=True, **kw)
+    STARTED.append(p)
+    return p
+
+
+def kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, sig)
+
+
+def cleanup() -> None:
+    live = [p for p in STARTED if p.poll() is None]
+    for p in live:
+        kill_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for p in live:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.1, deadline - time.monotonic()))
+    for p in STARTED:
+        kill_group(p)  # the group too: nothing a child forked may outlive us
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(5)
+    STARTED.clear()
+
+
+class Cluster:
+    """Three local server processes, each restartable by node id (1..3)."""
+
+    name = ""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cmds: dict[int, list[str]] = {}
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def start_node(self, node: int) -> None:
+        self.procs[node] = spawn(self.cmds[node], self.root / f"{self.name}-node{node}.log",
+                                 cwd=REPO)
+
+    def start(self) -> None:
+        for node in self.cmds:
+            self.start_node(node)
+
+    def kill(self, node: int) -> None:
+        p = self.procs[node]
+        kill_group(p)
+        p.wait()
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values() if p.poll() is None]
+
+    def check_alive(self) -> None:
+        for node, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.root / f"{self.name}-node{node}.log").read_text(errors="replace")
+                raise RuntimeError(f"{self.name} node {node} exited ({p.returncode}):\n"
+                                   f"{tail[-2000:]}")
+
+
+class PrkCluster(Cluster):
+    name = "prkdb"
+
+    def __init__(self, root: Path, port: int) -> None:
+        super().__init__(root)
+        paths = dev_configs(3, port, root / "prkdb", PARTITIONS)
+        for i, path in enumerate(paths, 1):
+            self.cmds[i] = [sys.executable, "-m", "prkdb", "serve", "--config", str(path),
+                            "--log-level", "warning"]
+        self.seeds = [f"127.0.0.1:{port + i}" for i in range(3)]
+
+    async def ready(self) -> None:
+        await wait_ready(self.seeds)
+        async with PrkDbClient.connect(self.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+            for node in self.cmds:  # every node answers (a restarted one too)
+                await c.status(node)
+
+
+class EtcdCluster(Cluster):
+    name = "etcd"
+
+    def __init__(self, root: Path, port: int, binary: str) -> None:
+        super().__init__(root)
+        self.endpoints = [f"127.0.0.1:{port + i}" for i in range(3)]
+        peers = [f"http://127.0.0.1:{port + 100 + i}" for i in range(3)]
+        initial = ",".join(f"e{i + 1}={peers[i]}" for i in range(3))
+        for i in range(3):
+            client = f"http://{self.endpoints[i]}"
+            self.cmds[i + 1] = [
+                binary, "--name", f"e{i + 1}", "--data-dir", str(root / f"etcd{i + 1}"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", "bench-compare",
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
+            ]
+
+    async def statuses(self) -> dict[int, dict]:
+        out = {}
+        for node in self.cmds:
+            conn = EtcdHttp(self.endpoints[node - 1])
+            try:
+                with trio.fail_after(2):
+                    out[node] = await conn.status()
+            except (EtcdError, trio.TooSlowError):
+                pass
+            finally:
+                conn.close()
+        return out
+
+    async def leader(self) -> int:
+        """Node id (1..3) of the current leader, as its own status says."""
+        for st in (await self.statuses()).items():
+            node, s = st
+            if s.get("leader") and s["leader"] == s["header"]["member_id"]:
+                return node
+        raise RuntimeError("etcd has no leader")
+
+    async def ready(self) -> None:
+        deadline = trio.current_time() + 60
+        while True:
+            sts = await self.statuses()
+            leaders = {s.get("leader", "0") for s in sts.values()}
+            if len(sts) == 3 and len(leaders) == 1 and "0" not in leaders:
+                return
+            if trio.current_time() > deadline:
+                self.check_alive()
+                raise RuntimeError(f"etcd not ready after 60 s: {sts}")
+            await trio.sleep(0.2)
+
+
+def ensure_etcd() -> tuple[str | None, str]:
+    """The etcd binary, installing Debian's etcd-server if needed; (None, why) if impossible."""
+    path = shutil.which("etcd")
+    if path:
+        return path, ""
+    if not shutil.which("apt-get"):
+        return None, "etcd is not installed and there is no apt-get to install it"
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            return None, "etcd is not installed; installing it needs root (no sudo)"
+        prefix = ["sudo", "-n"]
+    log("etcd not found: apt-get install -y etcd-server ...")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "etcd-server"]):
+        try:
+            r = subprocess.run(prefix + cmd, capture_output=True, text=True, timeout=900,
+                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"{' '.join(cmd)} failed: {e}"
+        if r.returncode != 0:
+            return None, f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-500:]}"
+    path = shutil.which("etcd")
+    return (path, "") if path else (None, "etcd-server installed but no etcd binary on PATH")
+
+
+def etcd_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return out.split("\n")[0].replace("etcd Version: ", "").strip() or "?"
+
+
+def check_ports_free(ports: list[int]) -> None:
+    for port in ports:
+        s = socket.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise SystemExit(f"port {port} is busy ({e}); use --port/--etcd-port") from e
+        finally:
+            s.close()
+
+
+# --- the load generator (runs in worker processes) ---------------------------------------
+
+
+async def worker_main(spec: dict) -> None:
+    """One load-generator process: `clients` closed-loop tasks, timed by the parent.
+
+    Protocol on stdin/stdout: print "@@ready" once connected, read the start
+    time (time.monotonic(), shared by all processes on Linux), warm up, measure,
+    print "@@result {json}".
+    """
+    system, workload = spec["system"], spec["workload"]
+    clients, offset, total = spec["clients"], spec["offset"], spec["total"]
+    keys = spec["keys"]
+    ops = []
+    prk: PrkDbClient | None = None
+    conns: list[EtcdHttp] = []
+    if system == "prkdb":
+        prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
+        for _ in range(clients):
+            if workload == "put":
+                ops.append(lambda k, c=prk: c.put(k, VALUE))
+            else:
+                ops.append(lambda k, c=prk, lv=LEVELS[workload]: c.get_with_consistency(k, lv))
+    else:
+        endpoints = spec["endpoints"]
+        for g in range(offset, offset + clients):
+            conn = EtcdHttp(endpoints[g % len(endpoints)])
+            await conn.connect()
+            conns.append(conn)
+            if workload == "put":
+                ops.append(lambda k, c=conn: c.put(k, VALUE))
+            else:
+                ops.append(lambda k, c=conn, s=workload == "get-stale": c.get(k, serializable=s))
+    print("@@ready", flush=True)
+    t0 = float(await trio.to_thread.run_sync(sys.stdin.readline))
+    ws = t0 + spec["warmup"]
+    we = ws + spec["duration"]
+    lat: list[float] = []
+    errors = 0
+    cpu: list[float] = []
+
+    async def client_task(g: int, op: Any) -> None:
+        nonlocal errors
+        i = g
+        while True:
+            key = key_of(i % keys)
+            i += total
+            s = time.monotonic()
+            try:
+                await op(key)
+            except (PrkdbError, EtcdError):
+                e = time.monotonic()
+                if ws <= e <= we:
+                    errors += 1
+                await trio.sleep(0.001)
+                continue
+            e = time.monotonic()
+            if ws <= e <= we:
+                lat.append(e - s)
+
+    await trio.sleep(max(0.0, t0 - time.monotonic()))
+    async with trio.open_nursery() as n:
+        for j, op in enumerate(ops):
+            n.start_soon(client_task, offset + j, op)
+        await trio.sleep(max(0.0, ws - time.monotonic()))
+        cpu.append(time.process_time())
+        await trio.sleep(max(0.0, we - time.monotonic()))
+        cpu.append(time.process_time())
+        n.cancel_scope.cancel()
+    for conn in conns:
+        conn.close()
+    if prk is not None:
+        await prk.aclose()
+    result = {"lat_us": [round(x * 1e6, 1) for x in lat], "errors": errors,
+              "cpu_s": cpu[1] - cpu[0]}
+    print("@@result " + json.dumps(result), flush=True)
+
+
+def run_load(system: str, cluster: Cluster, workload: str, clients: int, target: dict,
+             args: argparse.Namespace, root: Path) -> dict:
+    """One measured window of one workload against one system; the parent's view."""
+    nprocs = 1 if clients == 1 else max(1, min(args.procs, clients))
+    per = [clients // nprocs + (1 if i < clients % nprocs else 0) for i in range(nprocs)]
+    workers = []
+    offset = 0
+    for i, n in enumerate(per):
+        spec = {"system": system, "workload": workload, "clients": n, "offset": offset,
+                "total": clients, "keys": READ_KEYS, "warmup": args.warmup,
+                "duration": args.duration, **target}
+        offset += n
+        workers.append(spawn([sys.executable, __file__, "--worker", json.dumps(spec)],
+                             root / f"worker-{system}-{i}.log", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True))
+
+    def fail(w: subprocess.Popen, what: str) -> RuntimeError:
+        kill_group(w)
+        w.wait()
+        tail = "".join((root / f"worker-{system}-{j}.log").read_text(errors="replace")[-1500:]
+                       for j in range(len(workers)))
+        return RuntimeError(f"load generator {what} ({system} {workload}):\n{tail}")
+
+    for w in workers:
+        while not (line := w.stdout.readline()).startswith("@@ready"):
+            if not line:
+                raise fail(w, "died before it was ready")
+    t0 = time.monotonic() + 0.05
+    for w in workers:
+        w.stdin.write(f"{t0!r}\n")
+        w.stdin.flush()
+    ws = t0 + args.warmup
+    we = ws + args.duration
+    pids = cluster.pids()
+    time.sleep(max(0.0, ws - time.monotonic()))
+    cpu0 = sum(proc_cpu_s(p) for p in pids)
+    time.sleep(max(0.0, we - time.monotonic()))
+    cpu1 = sum(proc_cpu_s(p) for p in pids)
+    lat: list[float] = []
+    errors = 0
+    gen_cpu = []
+    for w in workers:
+        try:
+            out, _ = w.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise fail(w, "hung") from None
+        res = next((ln for ln in out.splitlines() if ln.startswith("@@result ")), None)
+        if res is None:
+            raise fail(w, f"exited {w.returncode} without a result")
+        r = json.loads(res.removeprefix("@@result "))
+        lat += r["lat_us"]
+        errors += r["errors"]
+        gen_cpu.append(r["cpu_s"])
+    cluster.check_alive()
+    lat.sort()
+    ops = len(lat)
+    d = args.duration
+    return {
+        "ops": ops, "errors": errors, "ops_per_s": ops / d,
+        "p50_ms": percentile(lat, 0.50) / 1e3, "p90_ms": percentile(lat, 0.90) / 1e3,
+        "p99_ms": percentile(lat, 0.99) / 1e3, "max_ms": (lat[-1] / 1e3) if lat else None,
+        "server_cpu_us_per_op": (cpu1 - cpu0) * 1e6 / ops if ops else None,
+        "server_cpu_cores": (cpu1 - cpu0) / d,
+        "loadgen_procs": nprocs,
+        "loadgen_cpu_cores": sum(gen_cpu) / d,
+        "loadgen_busiest_proc_pct": 100 * max(gen_cpu) / d,
+    }
+
+
+# --- preload, failover, RSS (in the parent) ----------------------------------------------
+
+
+async def preload_all(system: str, cluster: Cluster, keys: int) -> None:
+    if system == "prkdb":
+        async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+            await preload(c, keys, len(VALUE))
+    else:
+        await bulk_load_etcd(cluster, keys, batch=1)
+
+
+async def bulk_load_etcd(cluster: EtcdCluster, keys: int, batch: int = 100,
+                         concurrency: int = 16) -> None:
+    endpoint = cluster.endpoints[await cluster.leader() - 1]
+    chunks = iter([[(key_of(i), VALUE) for i in range(s, min(keys, s + batch))]
+                   for s in range(0, keys, batch)])
+
+    async def worker() -> None:
+        conn = EtcdHttp(endpoint)
+        try:
+            for chunk in chunks:
+                if len(chunk) == 1:
+                    await conn.put(*chunk[0])
+                else:
+                    await conn.put_many(chunk)
+        finally:
+            conn.close()
+
+    async with trio.open_nursery() as n:
+        for _ in range(concurrency):
+            n.start_soon(worker)
+
+
+async def bulk_load_prkdb(cluster: PrkCluster, keys: int, batch: int = 100,
+                          concurrency: int = 16) -> None:
+    by_part: dict[int, list[bytes]] = {}
+    for i in range(keys):
+        k = key_of(i)
+        by_part.setdefault(partition_for(k, PARTITIONS), []).append(k)
+    chunks = iter([[("put", k, VALUE) for k in ks[s:s + batch]]
+                   for ks in by_part.values() for s in range(0, len(ks), batch)])
+    async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=60) as c:
+        assert c.topology.partitions == PARTITIONS
+
+        async def worker() -> None:
+            for chunk in chunks:
+                await c.batch(chunk)
+
+        async with trio.open_nursery() as n:
+            for _ in range(concurrency):
+                n.start_soon(worker)
+
+
+async def rss(system: str, cluster: Cluster, keys: int) -> dict:
+    before = [proc_rss_mb(p) for p in cluster.pids()]
+    t = time.monotonic()
+    if system == "prkdb":
+        await bulk_load_prkdb(cluster, keys)
+    else:
+        await bulk_load_etcd(cluster, keys)
+    load_s = time.monotonic() - t
+    await trio.sleep(2)
+    after = [proc_rss_mb(p) for p in cluster.pids()]
+    return {"keys": keys, "load_s": load_s, "rss_mb_before": before, "rss_mb_after": after}
+
+
+async def prkdb_leader_of(cluster: PrkCluster, key: bytes) -> int:
+    async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=10) as c:
+        part = partition_for(key, PARTITIONS)
+        for _ in range(50):
+            st = await c.status()
+            leader = next(p.leader for p in st.partitions if p.partition == part)
+            if leader:
+                own = await c.status(leader)  # ask the leader itself
+                mine = next(p for p in own.partitions if p.partition == part)
+                if mine.leader == leader and mine.role.name.lower() == "leader":
+                    return leader
+            await trio.sleep(0.1)
+    raise RuntimeError(f"no stable PrkDB leader for partition {part}")
+
+
+async def failover_once(system: str, cluster: Cluster, rep: int) -> dict:
+    """W1 writer, kill -9 of the leader, seconds to the first ack of a write issued after it."""
+    key = key_of(10_000 + rep)
+    acks: list[tuple[float, float]] = []
+    t_kill = float("inf")
+    recovered = trio.Event()
+    errors = 0
+    trace: list[tuple[float, str, str]] = []  # etcd: (when, endpoint, why) of failed attempts
+    prk: PrkDbClient | None = None
+    if system == "prkdb":
+        prk = await PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30)
+
+        async def put() -> None:
+            await prk.put(key, VALUE)
+    else:
+        # An eager etcd client: stay on one endpoint; on any failure (refused, reset, an
+        # error answer, or no answer within `attempt` seconds) move to the next one at
+        # once; pause 5 ms only after every endpoint failed in a row. The short attempt
+        # timeout matters: etcd 3.4 holds a put sent to a follower during the election
+        # until its ~7 s request timeout instead of failing it, so with the PrkDB SDK's
+        # 2 s attempt timeout etcd would measure ~2 s. 0.1 s favours etcd.
+        conns = [EtcdHttp(ep) for ep in cluster.endpoints]
+        cur = await cluster.leader() - 1
+        failed_in_row = 0
+        attempt = ETCD_ATTEMPT_TIMEOUT
+
+        async def put() -> None:
+            nonlocal cur, failed_in_row, errors
+            while True:
+                try:
+                    with trio.fail_after(attempt):
+                        await conns[cur].put(key, VALUE)
+                    failed_in_row = 0
+                    return
+                except (EtcdError, trio.TooSlowError) as e:
+                    errors += 1
+                    trace.append((time.monotonic(), cluster.endpoints[cur],
+                                  str(e)[-120:] or f"no answer within {attempt} s"))
+                    conns[cur].close()
+                    cur = (cur + 1) % len(conns)
+                    failed_in_row += 1
+                    if failed_in_row >= len(conns):
+                        failed_in_row = 0
+                        await trio.sleep(0.005)
+
+    async def writer() -> None:
+        nonlocal errors
+        while True:
+            s = time.monotonic()
+            try:
+                await put()
+            except PrkdbError:
+                errors += 1
+                continue
+            e = time.monotonic()
+            acks.append((s, e))
+            if s >= t_kill:
+                recovered.set()
+
+    result: dict[str, Any] = {}
+    async with trio.open_nursery() as n:
+        n.start_soon(writer)
+        await trio.sleep(1.0)
+        if system == "prkdb":
+            victim = await prkdb_leader_of(cluster, key)
+        else:
+            victim = await cluster.leader()
+        before = len(acks)
+        t_kill = time.monotonic()
+        cluster.kill(victim)
+        with trio.move_on_after(30):
+            await recovered.wait()
+        n.cancel_scope.cancel()
+    first = next(((s, e) for s, e in acks[before:] if s >= t_kill), None)
+    last_before = max((e for _, e in acks if e < t_kill), default=None)
+    result = {"victim": victim, "failover_s": (first[1] - t_kill) if first else None,
+              "gap_s": (first[1] - last_before) if first and last_before else None,
+              "errors": errors,
+              "failed_attempts": [(round(t - t_kill, 4), ep, why)  # first and last few
+                                  for t, ep, why in trace[:3] + trace[3:][-3:]]}
+    if prk is not None:
+        await prk.aclose()
+    else:
+        for c in conns:
+            c.close()
+    cluster.start_node(victim)
+    await cluster.ready()
+    await trio.sleep(1.0)  # let the restarted node catch up before the next rep
+    return result
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def med(values: list[float | None]) -> tuple[float, float, float] | None:
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return statistics.median(v), min(v), max(v)
+
+
+def fmt(x: float, unit: str) -> str:
+    if unit in ("ops/s", "µs/op", "MB"):
+        return f"{x:,.0f}"
+    if unit == "s":
+        return f"{x:.3f}"
+    return f"{x:.2f}" if x < 100 else f"{x:,.0f}"
+
+
+def cell(stat: tuple[float, float, float] | None, unit: str) -> str:
+    if stat is None:
+        return "n/a"
+    m, lo, hi = stat
+    if lo == hi:
+        return fmt(m, unit)
+    return f"{fmt(m, unit)} [{fmt(lo, unit)}–{fmt(hi, unit)}]"
+
+
+def build_table(data: dict, systems: list[str]) -> str:
+    runs = data["runs"]
+    rows = []
+
+    def stat(system: str, label: str, field: str) -> tuple[float, float, float] | None:
+        return med([r[field] for r in runs.get(system, {}).get(label, [])])
+
+    def row(name: str, label: str, field: str, unit: str, target: str = "",
+            check: Any = None, etcd_label: str | None = None) -> None:
+        p = stat("prkdb", label, field)
+        e = stat("etcd", etcd_label or label, field) if "etcd" in systems else None
+        ratio = p[0] / e[0] if p and e and e[0] else None
+        met = ""
+        if check is not None and ratio is not None:
+            met = "yes" if check(ratio) else "**no**"
+        rows.append((f"{name} ({unit})", cell(p, unit), cell(e, unit),
+                     f"{ratio:.2f}×" if ratio is not None else "n/a", target, met))
+
+    row("W1 puts", "W1", "ops_per_s", "ops/s")
+    row("W1 p50", "W1", "p50_ms", "ms", "≤ 0.8×", lambda r: r <= 0.8)
+    row("W1 p99", "W1", "p99_ms", "ms")
+    row("W64 puts", "W64", "ops_per_s", "ops/s", "≥ 2.0×", lambda r: r >= 2.0)
+    row("W64 p50", "W64", "p50_ms", "ms")
+    row("W64 p99", "W64", "p99_ms", "ms")
+    row("R64 linearizable gets", "R64-lin", "ops_per_s", "ops/s", "≥ 2.0×", lambda r: r >= 2.0)
+    row("R64 linearizable p50", "R64-lin", "p50_ms", "ms")
+    row("R64 linearizable p99", "R64-lin", "p99_ms", "ms")
+    row("R64 follower gets¹", "R64-follower", "ops_per_s", "ops/s")
+    row("R64 follower p99¹", "R64-follower", "p99_ms", "ms")
+    row("R64 stale gets²", "R64-stale", "ops_per_s", "ops/s", "≥ 4.0×", lambda r: r >= 4.0)
+    row("R64 stale p99²", "R64-stale", "p99_ms", "ms")
+    for label, _, _ in WORKLOADS:
+        row(f"server CPU {label}", label, "server_cpu_us_per_op", "µs/op")
+    # failover: absolute target for PrkDB, etcd for reference
+    fo = {s: med([r["failover_s"] for r in data["failover"].get(s, [])]) for s in systems}
+    p, e = fo.get("prkdb"), fo.get("etcd")
+    rows.append(("FAILOVER after kill -9 (s)", cell(p, "s"), cell(e, "s"),
+                 f"{p[0] / e[0]:.2f}×" if p and e and e[0] else "n/a", "≤ 0.3 s",
+                 ("yes" if p[0] <= 0.3 else "**no**") if p else ""))
+    rss_keys = None
+    for s in ("prkdb", "etcd"):
+        if s not in data["rss"]:
+            continue
+        rss_keys = data["rss"][s]["keys"]
+    if rss_keys is not None:
+        vals = {s: data["rss"][s]["rss_mb_after"] for s in systems if s in data["rss"]}
+        p = med(vals.get("prkdb", []))
+        e = med(vals.get("etcd", [])) if "etcd" in vals else None
+        rows.append((f"RSS per node after {rss_keys:,} keys (MB)³", cell(p, "MB"), cell(e, "MB"),
+                     f"{p[0] / e[0]:.2f}×" if p and e else "n/a", "", ""))
+    fl = data["floor"]
+    w1 = stat("prkdb", "W1", "p50_ms")
+    floor_ratio = w1[0] / fl["floor_ms"] if w1 else None
+    rows.append(("W1 p50 / physical floor⁴", f"{floor_ratio:.2f}×" if floor_ratio else "n/a",
+                 "", "", "≤ 3.0×",
+                 ("yes" if floor_ratio <= 3.0 else "**no**") if floor_ratio else ""))
+    head = ("metric", "PrkDB", f"etcd {data.get('etcd_version', '')}".strip(), "PrkDB/etcd",
+            "target", "met")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    lines.append(f"Medians over {data['reps']} reps [min–max]; each rep {data['warmup']:g} s "
+                 f"warm-up + {data['duration']:g} s measured; FAILOVER over "
+                 f"{data['failover_reps']} kills per system.")
+    lines.append(f"⁴ physical floor: fdatasync {fl['fsync_ms']:.3f} ms + 2 × loopback RTT "
+                 f"{fl['rtt_ms']:.3f} ms = {fl['floor_ms']:.3f} ms (measured in this run).")
+    lines.append("¹ etcd has no follower read: its row is linearizable gets sent to the two "
+                 "follower endpoints. ² etcd: serializable range, spread over all 3 nodes. "
+                 "³ loaded in batches of 100 (PrkDB batch / etcd txn), 16 clients.")
+    gen = []
+    for s in systems:
+        for label, _, _ in WORKLOADS:
+            rs = runs.get(s, {}).get(label, [])
+            if rs:
+                gen.append(f"{s} {label} {max(r['loadgen_busiest_proc_pct'] for r in rs):.0f}%"
+                           f"/{rs[0]['loadgen_procs']}p")
+    lines.append("Load generator, busiest process (% of one core) / processes: " + ", ".join(gen))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, help="measured seconds per run (default 10)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
+    ap.add_argument("--reps", type=int, help="repetitions of every workload (default 3)")
+    ap.add_argument("--failover-reps", type=int, help="kills per system (default 5)")
+    ap.add_argument("--rss-keys", type=int, help="keys loaded before RSS (default 1,000,000)")
+    ap.add_argument("--procs", type=int, default=2,
+                    help="load-generator processes for the 64-client workloads")
+    ap.add_argument("--port", type=int, default=18600,
+                    help="PrkDB client port of node 1 (peers on PORT+100..)")
+    ap.add_argument("--etcd-port", type=int, default=22379,
+                    help="etcd client port of node 1 (peers on PORT+100..)")
+    ap.add_argument("--prkdb-only", action="store_true", help="do not run etcd")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 rep x 2 s, 2 kills, 20,000 keys for RSS")
+    ap.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        trio.run(worker_main, json.loads(args.worker))
+        return
+    q = args.quick
+    args.duration = args.duration or (2.0 if q else 10.0)
+    args.reps = args.reps or (1 if q else 3)
+    args.failover_reps = args.failover_reps or (2 if q else 5)
+    args.rss_keys = args.rss_keys if args.rss_keys is not None else (20_000 if q else 1_000_000)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    try:
+        run(args, root)
+    finally:
+        cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: Path) -> None:
+    systems = ["prkdb"]
+    note = ""
+    etcd_bin = None
+    if not args.prkdb_only:
+        etcd_bin, why = ensure_etcd()
+        if etcd_bin:
+            systems.append("etcd")
+        else:
+            note = f"etcd unavailable, running PrkDB alone: {why}"
+            log(note)
+    data: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                    "python": sys.version.split()[0]},
+        "duration": args.duration, "warmup": args.warmup, "reps": args.reps,
+        "failover_reps": args.failover_reps, "procs": args.procs, "systems": systems,
+        "note": note, "runs": {}, "failover": {}, "rss": {},
+    }
+    if etcd_bin:
+        data["etcd_version"] = etcd_version(etcd_bin)
+
+    fs, rtt = fsync_floor(root), loopback_rtt()
+    data["floor"] = {"fsync_ms": fs * 1e3, "rtt_ms": rtt * 1e3, "floor_ms": (fs + 2 * rtt) * 1e3}
+    log(f"physical floor: fdatasync {fs * 1e3:.3f} ms + 2 x loopback RTT {rtt * 1e3:.3f} ms")
+
+    ports = [args.port + i for i in (0, 1, 2, 100, 101, 102)]
+    clusters: dict[str, Cluster] = {"prkdb": PrkCluster(root, args.port)}
+    if etcd_bin:
+        ports += [args.etcd_port + i for i in (0, 1, 2, 100, 101, 102)]
+        clusters["etcd"] = EtcdCluster(root, args.etcd_port, etcd_bin)
+    check_ports_free(ports)
+    for s in systems:
+        clusters[s].start()
+    for s in systems:
+        trio.run(clusters[s].ready)
+        trio.run(preload_all, s, clusters[s], READ_KEYS)
+        log(f"{s}: 3 nodes up, {READ_KEYS} keys preloaded")
+
+    def target(system: str, workload: str) -> dict:
+        c = clusters[system]
+        if system == "prkdb":
+            return {"seeds": c.seeds}
+        leader = trio.run(c.leader)
+        eps = c.endpoints
+        if workload in ("put", "get-linearizable"):
+            return {"endpoints": [eps[leader - 1]]}
+        if workload == "get-follower":
+            return {"endpoints": [ep for i, ep in enumerate(eps, 1) if i != leader]}
+        return {"endpoints": eps}
+
+    for rep in range(args.reps):
+        for wi, (label, workload, clients) in enumerate(WORKLOADS):
+            order = systems if (rep + wi) % 2 == 0 else systems[::-1]
+            for s in order:
+                r = run_load(s, clusters[s], workload, clients, target(s, workload), args, root)
+                data["runs"].setdefault(s, {}).setdefault(label, []).append(r)
+                log(f"rep {rep + 1} {label:<13} {s:<6} {r['ops_per_s']:>9,.0f} ops/s  "
+                    f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                    f"server {r['server_cpu_us_per_op'] or 0:,.0f} µs/op  "
+                    f"loadgen {r['loadgen_busiest_proc_pct']:.0f}% x{r['loadgen_procs']}  "
+                    f"errors {r['errors']}")
+    for rep in range(args.failover_reps):
+        for s in (systems if rep % 2 == 0 else systems[::-1]):
+            r = trio.run(failover_once, s, clusters[s], rep)
+            data["failover"].setdefault(s, []).append(r)
+            fo = r["failover_s"]
+            log(f"failover {rep + 1} {s:<6} killed node {r['victim']}: "
+                f"{'TIMEOUT' if fo is None else f'{fo:.3f} s'}")
+    if args.rss_keys > 0:
+        for s in systems:
+            r = trio.run(rss, s, clusters[s], args.rss_keys)
+            data["rss"][s] = r
+            log(f"{s}: {r['keys']:,} keys in {r['load_s']:.1f} s; RSS MB per node "
+                f"{', '.join(f'{x:.0f}' for x in r['rss_mb_after'])}")
+    print(build_table(data, systems))
+    if note:
+        print(f"\nNOTE: {note}")
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
