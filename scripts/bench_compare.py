@@ -681,6 +681,10 @@ def build_table(data: dict, systems: list[str]) -> str:
         e = med(vals.get("etcd", [])) if "etcd" in vals else None
         rows.append((f"RSS per node after {rss_keys:,} keys (MB)³", cell(p, "MB"), cell(e, "MB"),
                      f"{p[0] / e[0]:.2f}×" if p and e else "n/a", "", ""))
+    idle = data.get("idle_cpu_cores", {})
+    rows.append(("idle server CPU, 3 nodes, no load (% of a core)",
+                 f"{100 * idle['prkdb']:.0f}" if "prkdb" in idle else "n/a",
+                 f"{100 * idle['etcd']:.0f}" if "etcd" in idle else "n/a", "", "", ""))
     fl = data["floor"]
     w1 = stat("prkdb", "W1", "p50_ms")
     floor_ratio = w1[0] / fl["floor_ms"] if w1 else None
@@ -786,6 +790,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
         trio.run(clusters[s].ready)
         trio.run(preload_all, s, clusters[s], READ_KEYS)
         log(f"{s}: 3 nodes up, {READ_KEYS} keys preloaded")
+    for s in systems:  # background cost (heartbeats, timers) with no client load
+        pids = clusters[s].pids()
+        c0 = sum(proc_cpu_s(p) for p in pids)
+        time.sleep(2.0)
+        data.setdefault("idle_cpu_cores", {})[s] = (sum(proc_cpu_s(p) for p in pids) - c0) / 2
 
     def target(system: str, workload: str) -> dict:
         c = clusters[system]
