@@ -53,6 +53,7 @@ from prkdb.raft.storage import Storage
 from prkdb.raft.tracker import Inflights, Progress, ProgressState
 from prkdb.raft.types import (
     CAMPAIGN_TRANSFER,
+    LOCAL_MSGS,
     NONE,
     Entry,
     HardState,
@@ -483,7 +484,10 @@ class RaftCore:
         pr = self.progress.get(m.from_)
         if pr is None:
             return self._dropped(m, "unknown peer")
-        pr.last_heard_tick = self.ticks
+        if m.type not in LOCAL_MSGS:
+            # Only a message from the peer itself proves it alive (CheckQuorum);
+            # local reports about it (unreachable, down, snapshot status) do not.
+            pr.last_heard_tick = self.ticks
         match m.type:
             case MsgType.APP_RESP:
                 self._handle_append_response(m, pr)
@@ -496,7 +500,7 @@ class RaftCore:
                     pr.become_probe()
                     # Wait for a heartbeat response before probing again.
                     pr.msg_app_flow_paused = True
-            case MsgType.UNREACHABLE:
+            case MsgType.UNREACHABLE | MsgType.PEER_DOWN:
                 if pr.state == ProgressState.REPLICATE:
                     pr.become_probe()
             case _:
@@ -729,9 +733,29 @@ class RaftCore:
                 self._send(fwd)
             case MsgType.READ_INDEX_RESP:
                 self.read_states.append(ReadState(m.index, m.context))
+            case MsgType.PEER_DOWN:
+                if m.from_ != self.lead or self.lead == NONE:
+                    return self._dropped(m, "the peer that went down is not our leader")
+                self._forget_dead_leader()
             case _:
                 return self._dropped(m, "unexpected message for a follower")
         return None
+
+    def _forget_dead_leader(self) -> None:
+        """Fast failover: our leader's process died (its connection closed).
+
+        We drop the leader, so our vote lease ends and we grant (pre-)votes to
+        others who saw the same, and we campaign within 1-3 ticks instead of a
+        whole election timeout; the jitter keeps followers from splitting the
+        vote. Safety does not depend on the lease (we serve no lease reads):
+        a wrong report only costs a pre-vote that a live leader's other
+        followers still reject. A silent failure (partition, pause) is never
+        reported this way and still waits out the election timeout.
+        """
+        self.log_.info("forgot_dead_leader", leader=self.lead, term=self.term)
+        self.lead = NONE
+        soon = self.randomized_election_timeout - self.rng.randint(1, 3)
+        self.election_elapsed = max(self.election_elapsed, soon)
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:

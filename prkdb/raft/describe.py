@@ -24,6 +24,7 @@ _NAMES = {
     MsgType.CHECK_QUORUM: "MsgCheckQuorum",
     MsgType.SNAP_STATUS: "MsgSnapStatus",
     MsgType.UNREACHABLE: "MsgUnreachable",
+    MsgType.PEER_DOWN: "MsgPeerDown",
 }
 
 

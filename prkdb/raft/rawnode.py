@@ -123,6 +123,14 @@ class RawNode:
     def report_unreachable(self, node: int) -> None:
         self.core.step(Message(MsgType.UNREACHABLE, from_=node))
 
+    def report_peer_down(self, node: int) -> None:
+        """The driver saw `node`'s process die (connection closed or refused).
+
+        A follower whose leader it is campaigns within a few ticks instead of
+        a full election timeout (fast failover); see `RaftCore._forget_dead_leader`.
+        """
+        self.core.step(Message(MsgType.PEER_DOWN, from_=node))
+
     def report_snapshot(self, node: int, ok: bool) -> None:
         self.core.step(Message(MsgType.SNAP_STATUS, from_=node, reject=not ok))
 

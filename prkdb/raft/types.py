@@ -51,10 +51,18 @@ class MsgType(enum.IntEnum):
     CHECK_QUORUM = 16  # local: leader checks it heard from a quorum
     SNAP_STATUS = 17  # local: driver reports a snapshot send result
     UNREACHABLE = 18  # local: driver reports a peer unreachable
+    PEER_DOWN = 19  # local: driver saw a peer's process die (its connection closed)
 
 
 LOCAL_MSGS = frozenset(
-    {MsgType.HUP, MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.SNAP_STATUS, MsgType.UNREACHABLE}
+    {
+        MsgType.HUP,
+        MsgType.BEAT,
+        MsgType.CHECK_QUORUM,
+        MsgType.SNAP_STATUS,
+        MsgType.UNREACHABLE,
+        MsgType.PEER_DOWN,
+    }
 )
 RESPONSE_MSGS = frozenset(
     {

@@ -657,3 +657,57 @@ def test_duplicated_and_dropped_messages_stay_safe(seed: int) -> None:
     assert {net.nodes[i].chain for i in net.ids} == {net.nodes[lead].chain}
     assert net.checker.max_applied == net.committed(lead)
     assert len(net.checker.leaders) >= 1
+
+
+# --- fast failover ---------------------------------------------------------------------
+
+
+def _ticks_to_new_leader(report: bool, seed: int) -> int:
+    net = Network(5, seed=seed)
+    net.wait_for_leader(100)
+    old = net.leader()
+    net.crash(old)
+    if report:
+        for i in net.ids:
+            if i != old:
+                net.nodes[i].raw.report_peer_down(old)
+                net.nodes[i].process()
+    others = [i for i in net.ids if i != old]
+    # Real nodes' tickers are not in phase: tick one node at a time and let
+    # its messages land before the next one ticks.
+    for t in range(200):
+        leaders = [i for i in net.leaders() if i in others]
+        if leaders:
+            return t
+        for i in others:
+            net.tick(i)
+            net.deliver()
+    raise AssertionError("no new leader")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_failover_when_the_leader_process_dies(seed: int) -> None:
+    """Followers that see the leader's connection close campaign within a few ticks,
+    and grant each other's pre-votes despite the (now void) leader lease."""
+    fast = _ticks_to_new_leader(True, seed)
+    slow = _ticks_to_new_leader(False, seed)
+    # 1-3 ticks of jitter, then one pre-vote and one vote round.
+    assert fast <= 5, fast
+    # Without the report the lease and the election timeout (10 ticks) must run out.
+    assert slow >= 10, slow
+
+
+def test_peer_down_report_about_a_live_leader_does_not_disrupt() -> None:
+    net = Network(3, seed=11)
+    net.wait_for_leader(100)
+    lead = net.leader()
+    term = net.term(lead)
+    follower = next(i for i in net.ids if i != lead)
+    net.nodes[follower].raw.report_peer_down(lead)
+    net.nodes[follower].process()
+    net.tick_all(50)
+    # The other follower still heard the leader: it rejects the pre-vote,
+    # and the leader's heartbeats bring the reporter back.
+    assert net.leader() == lead
+    assert net.term(lead) == term
+    assert net.nodes[follower].raw.core.lead == lead

@@ -105,12 +105,27 @@ def run_schedule(
                     net.queue = [m for m in net.queue if m.to != victim]
                 stats.crashes += 1
                 stats.trace.append(f"{step}: crash {victim}")
+                if rng.random() < 0.7:
+                    # Its connections close: the others see it die (fast failover).
+                    for i in net.ids:
+                        if i != victim and net.nodes[i].alive:
+                            net.nodes[i].raw.report_peer_down(victim)
+                            net.nodes[i].process()
+                    stats.trace.append(f"{step}: peers saw {victim} go down")
             elif r < 0.93:
                 down = [i for i in net.ids if not net.nodes[i].alive]
                 if down:
                     victim = rng.choice(down)
                     net.restart(victim)
                     stats.trace.append(f"{step}: restart {victim}")
+            elif r < 0.945 and alive:
+                # A spurious report (a connection reset with the peer alive):
+                # must never break safety, at worst it costs a pre-vote.
+                reporter, about = rng.choice(alive), rng.choice(net.ids)
+                if reporter != about:
+                    net.nodes[reporter].raw.report_peer_down(about)
+                    net.nodes[reporter].process()
+                    stats.trace.append(f"{step}: {reporter} told {about} is down")
             elif r < 0.96:
                 for i in alive:
                     net.nodes[i].maybe_compact(compact_every)
