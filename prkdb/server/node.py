@@ -63,11 +63,17 @@ class Node:
     def _deliver(self, partition: int, msg: Message) -> None:
         self.drivers[partition].deliver(msg)
 
+    def _peer_down(self, peer: int) -> None:
+        """A peer's process died (connection closed/refused): tell every partition."""
+        for d in self.drivers:
+            d.report_peer_down(peer)
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         self._open_storage()
         assert self.wal is not None
-        self.transport = PeerTransport(cfg, self._deliver, self.log)
+        self.transport = PeerTransport(cfg, self._deliver, self.log,
+                                       on_peer_down=self._peer_down)
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,

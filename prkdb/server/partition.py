@@ -23,6 +23,7 @@ is unknown when the deadline passes is OUTCOME_UNKNOWN.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -290,6 +291,11 @@ class PartitionDriver:
         except trio.WouldBlock:
             self.dropped_inbox += 1
 
+    def report_peer_down(self, peer: int) -> None:
+        """The transport saw `peer`'s process die; fast failover if it led us."""
+        with contextlib.suppress(trio.WouldBlock):
+            self.inbox_send.send_nowait(("peer_down", peer))
+
     def _enqueue(self, item: tuple, w: Waiter) -> None:
         try:
             self.inbox_send.send_nowait(item)
@@ -349,6 +355,8 @@ class PartitionDriver:
                 w.set(error=Unavailable(f"partition {self.partition}: {e}"))
                 return
             self._reads[ctx] = w
+        elif kind == "peer_down":
+            self.raw.report_peer_down(item[1])
         elif kind == "transfer":
             to, w = item[1], item[2]
             self._transfer(to, w)

@@ -73,6 +73,10 @@ class PeerTransport:
             nursery.start_soon(self._serve, listeners)
             task_status.started()
 
+    def _peer_down(self, peer_id: int) -> None:
+        if self.on_peer_down is not None:
+            self.on_peer_down(peer_id)
+
     # -- outgoing -------------------------------------------------------------
     async def _sender(self, peer_id: int) -> None:
         peer = self.cfg.peer(peer_id)
@@ -85,6 +89,8 @@ class PeerTransport:
             try:
                 stream = await trio.open_tcp_stream(host, port)
             except OSError:
+                # Refused: nothing listens there, the process is gone.
+                self._peer_down(peer_id)
                 await self._backoff(peer_id, backoff, rng, recv)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -109,8 +115,7 @@ class PeerTransport:
                 if self.connected.get(peer_id):
                     why = str(e) or type(e).__name__
                     self.log.info("peer_disconnected", peer=peer_id, error=why)
-                    if self.on_peer_down is not None:
-                        self.on_peer_down(peer_id)
+                    self._peer_down(peer_id)
             finally:
                 self.connected[peer_id] = False
                 await framed.aclose()
@@ -177,7 +182,12 @@ class PeerTransport:
             self.log.warning("bad_peer_input", peer=peer_id, error=e.message)
             with trio.move_on_after(1):
                 await framed.send_now(error_for(e, 0))
-        except (StreamClosed, trio.TooSlowError, trio.BrokenResourceError, OSError):
+        except (StreamClosed, trio.BrokenResourceError, OSError):
+            # The peer's end closed: a crashed process's sockets are closed by
+            # its kernel at once, which is how we learn of it before any timeout.
+            if peer_id:
+                self._peer_down(peer_id)
+        except trio.TooSlowError:
             pass
         finally:
             await framed.aclose()
