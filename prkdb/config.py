@@ -56,6 +56,9 @@ class StorageSettings:
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
     max_frame: int = 16 * 1024 * 1024
+    # Frames between nodes carry whole snapshots, so they may be larger (a
+    # peer has proven its cluster id and node id before it may send one).
+    max_peer_frame: int = 1024 * 1024 * 1024
     max_key_size: int = 64 * 1024
     max_value_size: int = 4 * 1024 * 1024
     max_batch_ops: int = 1000
@@ -155,6 +158,11 @@ class NodeConfig:
                 f"{s}: storage.segment_size = {self.storage.segment_size} must be >= 1048576"
             )
         lim = self.limits
+        if lim.max_peer_frame < lim.max_frame:
+            raise ConfigError(
+                f"{s}: limits.max_peer_frame = {lim.max_peer_frame} must be >= "
+                f"limits.max_frame = {lim.max_frame}"
+            )
         for name in ("max_frame", "max_key_size", "max_value_size", "max_batch_ops"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"{s}: limits.{name} = {getattr(lim, name)} must be > 0")

@@ -44,6 +44,8 @@ from prkdb.raft import (
     RawNode,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
 )
 from prkdb.raft import (
     NotLeader as RaftNotLeader,
@@ -121,6 +123,9 @@ class PartitionDriver:
         self._snapshot_index = 0
         self.dropped_inbox = 0
         self._snapshot_waiters: list[Waiter] = []
+        self._snapshot_running = False  # a background snapshot is being written
+        self._saved_snapshot: Snapshot | None = None  # written, not yet in the WAL
+        self._background: trio.Nursery
         self.raw: RawNode
         self.sm: KVStateMachine
         self.storage: MemoryStorage
@@ -304,8 +309,14 @@ class PartitionDriver:
 
     # -- the loop ---------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        self.ready.set()
+        async with trio.open_nursery() as background:
+            self._background = background
+            task_status.started()
+            self.ready.set()
+            await self._loop()
+            background.cancel_scope.cancel()
+
+    async def _loop(self) -> None:
         next_tick = trio.current_time() + self.tick_s
         # Spread leaders at boot: partition p's preferred leader campaigns
         # early, before the randomized timeouts of the others expire.
@@ -334,6 +345,8 @@ class PartitionDriver:
                         self.raw.campaign()
             if self.raw.has_ready():
                 await self._process_ready()
+            elif self._saved_snapshot is not None or self._snapshot_waiters:
+                await self._maybe_snapshot()
             else:
                 await trio.lowlevel.checkpoint()
 
@@ -355,6 +368,8 @@ class PartitionDriver:
                 w.set(error=Unavailable(f"partition {self.partition}: {e}"))
                 return
             self._reads[ctx] = w
+        elif kind == "wake":
+            pass  # a background snapshot finished; the loop picks it up
         elif kind == "peer_down":
             self.raw.report_peer_down(item[1])
         elif kind == "transfer":
@@ -493,30 +508,64 @@ class PartitionDriver:
             heapq.heappop(waits).waiter.set(result=applied)
 
     async def _maybe_snapshot(self) -> None:
+        """Finish a snapshot the background task wrote, or start one if due.
+
+        Serializing and writing a snapshot takes time proportional to the
+        state; it runs in `_write_snapshot` (a worker thread for the CPU and
+        disk parts) so this partition keeps ticking, heartbeating and serving
+        meanwhile. Only the cheap steps run here: freezing the state, then,
+        once the file is durable, the WAL marker, releasing old segments and
+        compacting the in-memory log.
+        """
+        if self._saved_snapshot is not None:
+            snap, self._saved_snapshot = self._saved_snapshot, None
+            await self._finish_snapshot(snap)
+        if self._snapshot_running:
+            return
         applied = self.raw.core.log.applied
-        waiters, self._snapshot_waiters = self._snapshot_waiters, []
         due = applied - self._snapshot_index >= self.cfg.raft.snapshot_entries
-        if applied <= self._snapshot_index or not (due or waiters):
+        if applied <= self._snapshot_index or not (due or self._snapshot_waiters):
+            waiters, self._snapshot_waiters = self._snapshot_waiters, []
             for w in waiters:
                 w.set(result=self._snapshot_index)
             return
+        self._snapshot_running = True
+        meta = SnapshotMeta(applied, self.storage.term(applied), ConfState(self.cfg.voter_ids))
+        self._background.start_soon(self._write_snapshot, meta, self.sm.snapshot_view())
+
+    async def _write_snapshot(self, meta: SnapshotMeta, encode: Any) -> None:
+        try:
+            data = await trio.to_thread.run_sync(encode)
+            snap = Snapshot(meta, data)
+            await trio.to_thread.run_sync(self.snapshots.save, self.partition, snap)
+        except Exception as e:
+            self.log.error("snapshot_failed", index=meta.index, error=repr(e))
+        else:
+            self._saved_snapshot = snap
+        finally:
+            self._snapshot_running = False
+        await self.inbox_send.send(("wake",))
+
+    async def _finish_snapshot(self, snap: Snapshot) -> None:
         p = self.partition
-        data = self.sm.snapshot()
-        snap = self.storage.create_snapshot(applied, ConfState(self.cfg.voter_ids), data)
-        await trio.to_thread.run_sync(self.snapshots.save, p, snap)
+        index = snap.meta.index
+        if index <= self._snapshot_index:
+            return  # a leader's snapshot was installed meanwhile
         self.wal.append_snapshot_marker(p, snap.meta)
         await self.committer.sync()
         self.wal.release(p, self.snapshots.safe_release_index(p))
+        self.storage.create_snapshot(index, snap.meta.conf_state, snap.data)
         # Keep some entries in memory so a follower slightly behind catches
         # up from the log instead of needing the whole snapshot.
         keep = min(self.cfg.raft.snapshot_entries // 2, 5000)
-        compact_to = applied - keep
+        compact_to = index - keep
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
-        self._snapshot_index = applied
-        self.log.info("took_snapshot", index=applied, term=snap.meta.term, bytes=len(data))
+        self._snapshot_index = index
+        self.log.info("took_snapshot", index=index, term=snap.meta.term, bytes=len(snap.data))
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
         for w in waiters:
-            w.set(result=applied)
+            w.set(result=index)
 
     def fail_all(self, err: PrkdbError) -> None:
         """Fail every waiting client (shutdown)."""

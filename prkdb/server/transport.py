@@ -31,6 +31,8 @@ from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, che
 
 PEER_QUEUE = 8192  # messages per peer before we start dropping
 MAX_ITEMS_PER_BATCH = 4096
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # start a new frame past this (a snapshot may exceed it)
+HELLO_MAX_FRAME = 64 * 1024  # until a peer said a valid hello
 HELLO_TIMEOUT = 5.0
 
 
@@ -94,7 +96,7 @@ class PeerTransport:
                 await self._backoff(peer_id, backoff, rng, recv)
                 backoff = min(backoff * 2, 1.0)
                 continue
-            framed = FramedStream(stream, self.cfg.limits.max_frame)
+            framed = FramedStream(stream, self.cfg.limits.max_peer_frame)
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
                     await framed.send_now(
@@ -135,11 +137,10 @@ class PeerTransport:
 
     async def _pump(self, framed: FramedStream, recv: trio.MemoryReceiveChannel) -> None:
         me = self.cfg.node_id
-        max_frame = self.cfg.limits.max_frame
         async for first in recv:
             items = [first]
             size = _approx_size(first[1])
-            while len(items) < MAX_ITEMS_PER_BATCH and size < max_frame // 2:
+            while len(items) < MAX_ITEMS_PER_BATCH and size < MAX_BATCH_BYTES:
                 try:
                     item = recv.receive_nowait()
                 except trio.WouldBlock:
@@ -153,7 +154,7 @@ class PeerTransport:
         await trio.serve_listeners(self._handle_incoming, listeners)
 
     async def _handle_incoming(self, stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, self.cfg.limits.max_frame)
+        framed = FramedStream(stream, HELLO_MAX_FRAME)
         peer_id = 0
         try:
             with trio.fail_after(HELLO_TIMEOUT):
@@ -169,6 +170,7 @@ class PeerTransport:
                 await framed.send_now(err)
                 return
             peer_id = hello.node_id
+            framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_peer_frame
             await framed.send_now(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
             partitions = self.cfg.partitions
             while True:

@@ -53,6 +53,7 @@ applied log, so two replicas at the same index produce identical bytes
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any, Final, final
 
 import cbor2
@@ -255,16 +256,32 @@ class KVStateMachine:
 
         The driver calls it right after applying the entry the snapshot is
         taken at; restoring the bytes anywhere yields an equal machine.
-        Memory: builds one flat list of 4 pointers per key, then the bytes.
         """
-        flat: list[Any] = []
-        append = flat.append
-        for key, (value, version, rev) in self._data.items():
-            append(key)
-            append(value)
-            append(version)
-            append(rev)
-        return cbor2.dumps([SNAPSHOT_FORMAT, self._applied, flat, self._sessions.to_cbor()])
+        return self.snapshot_view()()
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        """Freeze the state now; return a function that serializes that frozen state.
+
+        Freezing copies the key -> record table (one C-level pass; records are
+        immutable tuples), so the slow part, the encoding, can run in another
+        thread while this machine keeps applying entries.
+        Memory: the copy, then one flat list of 4 pointers per key, then the bytes.
+        """
+        items = list(self._data.items())
+        applied = self._applied
+        sessions = self._sessions.to_cbor()
+
+        def encode() -> bytes:
+            flat: list[Any] = []
+            append = flat.append
+            for key, (value, version, rev) in items:
+                append(key)
+                append(value)
+                append(version)
+                append(rev)
+            return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions])
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a :meth:`snapshot`'s bytes.

@@ -134,7 +134,10 @@ async def test_full_restart_keeps_acknowledged_data(tmp_path: Path) -> None:
 
 
 async def test_lagging_node_catches_up_through_snapshot(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path, 3, snapshot_entries=100)
+    # Client frames are capped at 4 KiB here, far below the snapshot's size:
+    # snapshots travel between nodes under the separate peer frame limit.
+    limits = "[limits]\nmax_frame = 4096\nmax_key_size = 1024\nmax_value_size = 1024\n\n"
+    c = LocalCluster(tmp_path, 3, snapshot_entries=100, extra=limits)
     try:
         c.start_all()
         c.wait_ready()
