@@ -133,6 +133,10 @@ async def test_full_restart_keeps_acknowledged_data(tmp_path: Path) -> None:
         c.close()
 
 
+def _val(i: int) -> bytes:
+    return (b"x%d" % i).ljust(100, b".")
+
+
 async def test_lagging_node_catches_up_through_snapshot(tmp_path: Path) -> None:
     # Client frames are capped at 4 KiB here, far below the snapshot's size:
     # snapshots travel between nodes under the separate peer frame limit.
@@ -147,7 +151,7 @@ async def test_lagging_node_catches_up_through_snapshot(tmp_path: Path) -> None:
             for w in range(8):
                 async def writer(w: int = w) -> None:
                     for i in range(150):
-                        await client.put(b"s%d-%d" % (w, i), b"x%d" % i)
+                        await client.put(b"s%d-%d" % (w, i), _val(i))
                 n.start_soon(writer)
         c.start(3)
         await trio.to_thread.run_sync(c.wait_ready)
@@ -161,7 +165,7 @@ async def test_lagging_node_catches_up_through_snapshot(tmp_path: Path) -> None:
                 missing = [
                     (w, i) for (w, i) in missing
                     if await solo.get_with_consistency(b"s%d-%d" % (w, i),
-                                                       ReadConsistency.FOLLOWER) != b"x%d" % i
+                                                       ReadConsistency.FOLLOWER) != _val(i)
                 ]
             assert not missing
     finally:
