@@ -12,6 +12,7 @@ import click
 
 from prkdb import __version__
 from prkdb.config import ConfigError, NodeConfig, PeerConfig, parse_addr
+from prkdb.server.clusterconf import local_peers, write_cluster_configs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,22 +95,9 @@ def run_node(cfg: NodeConfig) -> None:
 
 def dev_configs(nodes: int, port: int, data_dir: Path, partitions: int) -> list[Path]:
     """Write one TOML per node for a local cluster; returns their paths."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    peers = "".join(
-        f'\n[[peers]]\nid = {i}\nclient = "127.0.0.1:{port + i - 1}"\n'
-        f'peer = "127.0.0.1:{port + 100 + i - 1}"\n'
-        for i in range(1, nodes + 1)
-    )
-    paths = []
-    for i in range(1, nodes + 1):
-        path = data_dir / f"node{i}.toml"
-        path.write_text(
-            f'[node]\nid = {i}\ncluster_id = "prkdb-dev"\n'
-            f'data_dir = "{(data_dir / f"node{i}").resolve()}"\n\n'
-            f"[cluster]\npartitions = {partitions}\n\n[log]\nformat = \"console\"\n{peers}"
-        )
-        paths.append(path)
-    return paths
+    paths = write_cluster_configs(data_dir, local_peers(nodes, port), cluster_id="prkdb-dev",
+                                  partitions=partitions)
+    return [paths[i] for i in sorted(paths)]
 
 
 @cli.command()

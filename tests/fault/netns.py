@@ -48,8 +48,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire
-from prkdb.wire.messages import Hello, Status, StatusOk
+from prkdb.config import PeerConfig
+from prkdb.server.clusterconf import write_cluster_configs
+from prkdb.wire.messages import Status, StatusOk
+from tests.integration.cluster import WireConn as _WireConn
 
 CLUSTER_ID = "prkdb-fault"
 NET = "10.231"
@@ -122,33 +124,11 @@ def _kill_ns_pids(ns: str) -> None:
 atexit.register(cleanup_prefix)
 
 
-class WireConn:
-    """A blocking client connection that has said hello (independent of the SDK)."""
+class WireConn(_WireConn):
+    """The shared test connection, speaking this harness's cluster id."""
 
-    def __init__(self, host: str, port: int, timeout: float = 2.0) -> None:
-        import socket
-
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.decoder = FrameDecoder()
-        self.sock.sendall(encode_message(Hello(1, CLUSTER_ID, "client", 0)))
-        self.hello = self.recv()
-
-    def recv(self) -> Any:
-        while True:
-            f = self.decoder.next_frame()
-            if f is not NEED_DATA:
-                return from_wire(f)
-            data = self.sock.recv(1 << 16)
-            self.decoder.receive_data(data)
-            if not data:
-                raise ConnectionError("closed")
-
-    def call(self, msg: Any) -> Any:
-        self.sock.sendall(encode_message(msg))
-        return self.recv()
-
-    def close(self) -> None:
-        self.sock.close()
+    def __init__(self, port: int, *, host: str, timeout: float = 2.0) -> None:
+        super().__init__(port, host=host, cluster_id=CLUSTER_ID, timeout=timeout)
 
 
 class NetnsCluster:
@@ -242,20 +222,17 @@ class NetnsCluster:
             _ip("rule", "del", "pref", "0", ns=ns)
 
     def _write_configs(self) -> None:
-        peers = "".join(
-            f'\n[[peers]]\nid = {i}\nclient = "{self.addr(i)}:{CLIENT_PORT}"\n'
-            f'peer = "{self.addr(i)}:{PEER_PORT}"\n'
+        peers = [
+            PeerConfig(i, f"{self.addr(i)}:{CLIENT_PORT}", f"{self.addr(i)}:{PEER_PORT}")
             for i in self.ids
+        ]
+        write_cluster_configs(
+            self.root, peers, cluster_id=CLUSTER_ID, data_dirs=self.data_dirs,
+            partitions=self.partitions,
+            raft={"tick_ms": self.tick_ms, "election_ticks": self.election_ticks,
+                  "snapshot_entries": self._snapshot_entries},
+            extra=self._extra,
         )
-        for i in self.ids:
-            (self.root / f"node{i}.toml").write_text(
-                f'[node]\nid = {i}\ncluster_id = "{CLUSTER_ID}"\n'
-                f'data_dir = "{self.data_dirs[i]}"\n\n'
-                f"[cluster]\npartitions = {self.partitions}\n\n"
-                f"[raft]\ntick_ms = {self.tick_ms}\nelection_ticks = {self.election_ticks}\n"
-                f"snapshot_entries = {self._snapshot_entries}\n\n"
-                f'[log]\nformat = "console"\nlevel = "info"\n{self._extra}{peers}'
-            )
 
     # --- processes ----------------------------------------------------------------
 
@@ -382,7 +359,7 @@ class NetnsCluster:
     # --- status ------------------------------------------------------------------
 
     def status(self, i: int, timeout: float = 1.0) -> StatusOk:
-        conn = WireConn(self.addr(i), CLIENT_PORT, timeout=timeout)
+        conn = WireConn(CLIENT_PORT, host=self.addr(i), timeout=timeout)
         try:
             return conn.call(Status(1))
         finally:
@@ -459,7 +436,7 @@ def stale_read(c: NetnsCluster, i: int, key: bytes, timeout: float = 1.0) -> Any
     from prkdb.partitioning import partition_for
     from prkdb.wire.messages import Get, ReadConsistency
 
-    conn = WireConn(c.addr(i), CLIENT_PORT, timeout=timeout)
+    conn = WireConn(CLIENT_PORT, host=c.addr(i), timeout=timeout)
     try:
         return conn.call(Get(2, key, ReadConsistency.STALE, partition_for(key, c.partitions)))
     finally:

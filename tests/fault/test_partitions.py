@@ -103,7 +103,7 @@ def _minority_writer(c: NetnsCluster, leaders: dict[int, tuple[int, int]], t0: f
             key = key_in(p, c.partitions, f"minority-{n}")
             rec: dict[str, Any] = {"key": key, "node": leader, "t": time.monotonic() - t0}
             try:
-                conn = WireConn(c.addr(leader), CLIENT_PORT, timeout=1.5)
+                conn = WireConn(CLIENT_PORT, host=c.addr(leader), timeout=1.5)
                 try:
                     reply = conn.call(Put(7, key, b"m%d" % n, rng.randrange(1, 1 << 62), 1))
                 finally:

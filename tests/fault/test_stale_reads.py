@@ -37,7 +37,7 @@ async def test_stale_reads_lag_but_never_invent_or_regress(make_cluster) -> None
                 rid += 1
                 try:
                     if conn is None:
-                        conn = WireConn(c.addr(node), CLIENT_PORT, timeout=1.0)
+                        conn = WireConn(CLIENT_PORT, host=c.addr(node), timeout=1.0)
                     part = partition_for(key, c.partitions)
                     reply = conn.call(Get(rid, key, ReadConsistency.STALE, part))
                 except OSError:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prkdb.config import PeerConfig
+from prkdb.server.clusterconf import write_cluster_configs
 from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire
 from prkdb.wire.messages import Hello, Status, StatusOk
 
@@ -37,10 +39,11 @@ def free_ports(n: int) -> list[int]:
 
 
 class WireConn:
-    """A blocking connection that has said hello; for tests only."""
+    """A blocking connection that has said hello; for tests only (independent of the SDK)."""
 
-    def __init__(self, port: int, cluster_id: str = CLUSTER_ID, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, host: str = "127.0.0.1", cluster_id: str = CLUSTER_ID,
+                 timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.decoder = FrameDecoder()
         self.sock.sendall(encode_message(Hello(1, cluster_id, "client", 0)))
         self.hello = self.recv()
@@ -84,19 +87,18 @@ class LocalCluster:
         self.client_ports = ports[:nodes]
         self.peer_ports = ports[nodes:]
         self.procs: dict[int, subprocess.Popen] = {}
-        peers = "".join(
-            f'\n[[peers]]\nid = {i}\nclient = "127.0.0.1:{self.client_ports[i - 1]}"\n'
-            f'peer = "127.0.0.1:{self.peer_ports[i - 1]}"\n'
+        peers = [
+            PeerConfig(i, f"127.0.0.1:{self.client_ports[i - 1]}",
+                       f"127.0.0.1:{self.peer_ports[i - 1]}")
             for i in self.ids
+        ]
+        write_cluster_configs(
+            root, peers, cluster_id=CLUSTER_ID,
+            data_dirs={i: root / f"data{i}" for i in self.ids},
+            partitions=partitions,
+            raft={"tick_ms": tick_ms, "snapshot_entries": snapshot_entries},
+            extra=extra,
         )
-        for i in self.ids:
-            (root / f"node{i}.toml").write_text(
-                f'[node]\nid = {i}\ncluster_id = "{CLUSTER_ID}"\n'
-                f'data_dir = "{root / f"data{i}"}"\n\n'
-                f"[cluster]\npartitions = {partitions}\n\n"
-                f"[raft]\ntick_ms = {tick_ms}\nsnapshot_entries = {snapshot_entries}\n\n"
-                f'[log]\nformat = "console"\nlevel = "info"\n{extra}{peers}'
-            )
 
     @property
     def ids(self) -> range:
