@@ -65,6 +65,10 @@ from prkdb.raft.types import (
     SoftState,
 )
 
+# Context of an empty AppendEntries that only carries the commit index; the
+# follower does not acknowledge it when it matches (fewer messages per batch).
+COMMIT_ONLY = b"commit"
+
 # Messages that promise durable state: they may leave only after the persist.
 _AFTER_PERSIST = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP})
 
@@ -173,10 +177,17 @@ class RaftCore:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        if ents and pr.state == ProgressState.REPLICATE:
-            last = ents[-1].index
-            pr.update_optimistic(last)
-            pr.inflights.add(last, sum(e.size() for e in ents))
+        context = b""
+        if pr.state == ProgressState.REPLICATE:
+            if ents:
+                last = ents[-1].index
+                pr.update_optimistic(last)
+                pr.inflights.add(last, sum(e.size() for e in ents))
+            else:
+                # Only news of the commit index: a follower in sync need not
+                # answer it (its acks of the entries themselves are what
+                # counts); a mismatch is still answered with a rejection.
+                context = COMMIT_ONLY
         elif pr.state == ProgressState.PROBE:
             pr.msg_app_flow_paused = True
         self._send(
@@ -187,6 +198,7 @@ class RaftCore:
                 log_term=prev_term,
                 entries=tuple(ents),
                 commit=self.log.committed,
+                context=context,
             )
         )
         return True
@@ -763,7 +775,8 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(self._msg(MsgType.APP_RESP, m.from_, index=last_new))
+            if not (m.context == COMMIT_ONLY and not m.entries):
+                self._send(self._msg(MsgType.APP_RESP, m.from_, index=last_new))
             return
         # Reject with a hint: the largest index <= m.index whose term is <= the
         # leader's term there; the leader resumes probing from it.
