@@ -11,6 +11,7 @@ a bug logged with its traceback and answered INTERNAL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -79,6 +80,7 @@ HELLO_TIMEOUT = 10.0
 # Until the hello is done a peer has proven nothing: keep its frames small.
 HELLO_MAX_FRAME = 64 * 1024
 
+_FAST_REQUESTS = (Get, Put, Delete, Cas, Batch)
 _TOO_LARGE_CODES = {ResultCode.KEY_TOO_LARGE, ResultCode.VALUE_TOO_LARGE,
                     ResultCode.BATCH_TOO_LARGE}
 
@@ -147,12 +149,40 @@ class ClientService:
                     return
                 continue
             await limiter.acquire()
-            nursery.start_soon(self._run_request, framed, req, limiter)
+            if isinstance(req, _FAST_REQUESTS):
+                self._start(framed, req, limiter)
+            else:
+                nursery.start_soon(self._run_request, framed, req, limiter)
 
     async def _fatal(self, framed: FramedStream, err: Error) -> None:
         self.log.info("rejected_client", code=ErrorCode(err.code).name, reason=err.message)
         with trio.move_on_after(1):
             await framed.send_now(err)
+
+    def _start(self, framed: FramedStream, req: Any, limiter: trio.Semaphore) -> None:
+        """Hand a data request to its partition without a task of its own.
+
+        The partition driver calls `reply` when the request is done (or
+        expired): the response is queued on this connection's writer. This
+        saves two task switches per request on the hot path.
+        """
+        rid = req.request_id
+
+        def reply(resp: Any) -> None:
+            limiter.release()
+            framed.send_nowait(resp)
+
+        def fail(e: BaseException) -> None:
+            if isinstance(e, PrkdbError):
+                reply(error_for(e, rid))
+            else:
+                self.log.error("request_failed", request=type(req).__name__, error=repr(e))
+                reply(error_for(InternalError(f"internal error: {type(e).__name__}"), rid))
+
+        try:
+            self._dispatch(req, reply, fail)
+        except Exception as e:  # raised before the request reached a partition
+            fail(e)
 
     async def _run_request(self, framed: FramedStream, req: Any, limiter: trio.Semaphore) -> None:
         rid = getattr(req, "request_id", 0)
@@ -168,15 +198,16 @@ class ClientService:
         framed.send_nowait(resp)
 
     # -- requests -----------------------------------------------------------
-    async def handle(self, req: Any) -> Any:
+    def _dispatch(self, req: Any, reply: Callable[[Any], None],
+                  fail: Callable[[BaseException], None]) -> None:
+        """Start a Get/Put/Delete/Cas/Batch; `reply` or `fail` is called exactly once."""
         match req:
             case Get():
-                return await self._get(req)
+                self._get(req, reply, fail)
             case Put():
-                cmd = PutCmd(req.key, req.value)
-                return await self._write(req, req.key, cmd)
+                self._write(req, req.key, PutCmd(req.key, req.value), reply, fail)
             case Delete():
-                return await self._write(req, req.key, DeleteCmd(req.key))
+                self._write(req, req.key, DeleteCmd(req.key), reply, fail)
             case Cas():
                 cmd = CompareAndSet(
                     req.key,
@@ -186,9 +217,13 @@ class ClientService:
                     ),
                     expected_version=req.expected_version,
                 )
-                return await self._write(req, req.key, cmd)
+                self._write(req, req.key, cmd, reply, fail)
             case Batch():
-                return await self._batch(req)
+                self._batch(req, reply, fail)
+
+    async def handle(self, req: Any) -> Any:
+        """Serve an administrative request (in a task of its own: they may wait)."""
+        match req:
             case Status():
                 return self._status(req)
             case TransferLeader():
@@ -212,7 +247,8 @@ class ClientService:
     def _partition_of(self, key: bytes) -> int:
         return partition_for(key, self.cfg.partitions)
 
-    async def _get(self, req: Get) -> GetOk:
+    def _get(self, req: Get, reply: Callable[[Any], None],
+             fail: Callable[[BaseException], None]) -> None:
         p = self._partition_of(req.key)
         if req.partition != p:
             raise InvalidRequest(
@@ -220,18 +256,28 @@ class ClientService:
                 f"(this cluster has {self.cfg.partitions} partitions)"
             )
         driver = self._driver(p)
-        if req.consistency == ReadConsistency.LINEARIZABLE:
-            if not driver.is_leader:
-                raise driver._not_leader()
-            await driver.read_index(self._deadline())
-        elif req.consistency == ReadConsistency.FOLLOWER:
-            await driver.read_index(self._deadline())
-        rec = driver.sm.get(req.key)
-        applied = driver.applied_index
-        if rec is None:
-            return GetOk(req.request_id, None, 0, 0, applied)
-        value, version, mod_revision = rec
-        return GetOk(req.request_id, value, version, mod_revision, applied)
+
+        def answer() -> None:
+            rec = driver.sm.get(req.key)
+            applied = driver.applied_index
+            if rec is None:
+                reply(GetOk(req.request_id, None, 0, 0, applied))
+            else:
+                value, version, mod_revision = rec
+                reply(GetOk(req.request_id, value, version, mod_revision, applied))
+
+        def confirmed(result: Any, error: PrkdbError | None) -> None:
+            if error is not None:
+                fail(error)
+            else:
+                answer()
+
+        if req.consistency == ReadConsistency.STALE:
+            answer()
+            return
+        if req.consistency == ReadConsistency.LINEARIZABLE and not driver.is_leader:
+            raise driver._not_leader()
+        driver.submit_read(self._deadline(), confirmed)
 
     def _check(self, cmd: Any) -> None:
         try:
@@ -241,30 +287,27 @@ class ClientService:
                 raise TooLarge(str(e)) from None
             raise InvalidRequest(str(e)) from None
 
-    async def _write(self, req: Any, key: bytes, cmd: Any, partition: int | None = None) -> WriteOk:
+    def _write(self, req: Any, key: bytes, cmd: Any, reply: Callable[[Any], None],
+               fail: Callable[[BaseException], None], partition: int | None = None) -> None:
         self._check(cmd)
         p = self._partition_of(key) if partition is None else partition
         driver = self._driver(p)
         if not driver.is_leader:
             raise driver._not_leader()
         data = encode_command(cmd, client_id=req.client_id, seq=req.seq)
-        result = await driver.propose(data, self._deadline())
-        if result is None:
-            raise InternalError("write applied without a result")
-        if result.code == ResultCode.OK or result.code == ResultCode.CAS_FAILED:
-            return WriteOk(
-                req.request_id,
-                result.code == ResultCode.OK,
-                result.revision,
-                result.version,
-                result.prev_version,
-                tuple(OpResult(o.version, o.prev_version) for o in result.ops),
-            )
-        if result.code in _TOO_LARGE_CODES:
-            raise TooLarge(result.message)
-        raise InvalidRequest(result.message or ResultCode(result.code).name)
 
-    async def _batch(self, req: Batch) -> WriteOk:
+        def applied(result: Any, error: PrkdbError | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                reply(_write_ok(req.request_id, result))
+            except Exception as e:
+                fail(e)
+
+        driver.submit_write(data, self._deadline(), applied)
+
+    def _batch(self, req: Batch, reply: Callable[[Any], None],
+               fail: Callable[[BaseException], None]) -> None:
         ops = []
         for op in req.ops:
             if self._partition_of(op.key) != req.partition:
@@ -275,7 +318,7 @@ class ClientService:
             ops.append(PutCmd(op.key, op.value or b"") if op.kind == OpKind.PUT
                        else DeleteCmd(op.key))
         cmd = BatchCmd(tuple(ops))
-        return await self._write(req, ops[0].key if ops else b"", cmd, partition=req.partition)
+        self._write(req, ops[0].key if ops else b"", cmd, reply, fail, partition=req.partition)
 
     def _status(self, req: Status) -> StatusOk:
         nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in self.cfg.peers)
@@ -308,3 +351,21 @@ class ClientService:
         for d in drivers:
             taken[str(d.partition)] = await d.snapshot_now()
         return AdminOk(req.request_id, {"snapshots": taken})
+
+
+def _write_ok(request_id: int, result: Any) -> WriteOk:
+    """The response for an applied write (a failed CAS is a normal outcome)."""
+    if result is None:
+        raise InternalError("write applied without a result")
+    if result.code == ResultCode.OK or result.code == ResultCode.CAS_FAILED:
+        return WriteOk(
+            request_id,
+            result.code == ResultCode.OK,
+            result.revision,
+            result.version,
+            result.prev_version,
+            tuple(OpResult(o.version, o.prev_version) for o in result.ops),
+        )
+    if result.code in _TOO_LARGE_CODES:
+        raise TooLarge(result.message)
+    raise InvalidRequest(result.message or ResultCode(result.code).name)

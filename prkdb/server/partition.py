@@ -28,6 +28,7 @@ import heapq
 import itertools
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +64,34 @@ class RecoveryError(Exception):
     """The partition's snapshot and WAL do not fit together; names what is missing."""
 
 
+Callback = Callable[[Any, "PrkdbError | None"], None]
+
+
+class Pending:
+    """One client request waiting in this partition; finished exactly once.
+
+    The callback runs in the driver's task (so it must be quick and never
+    block): the client service uses it to queue the response on the client's
+    connection, which saves a task per request. `Waiter` adapts it for awaiting.
+    """
+
+    __slots__ = ("callback", "data", "done", "index", "term")
+
+    def __init__(self, callback: Callback, data: bytes = b"") -> None:
+        self.callback = callback
+        self.data = data
+        self.done = False
+        self.term = 0
+        self.index = 0  # log index once proposed (then a timeout is OUTCOME_UNKNOWN)
+
+    def finish(self, result: Any = None, error: PrkdbError | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.callback(result, error)
+
+
 class Waiter:
-    """A one-shot result slot a client handler awaits."""
+    """An awaitable result slot, for callers that prefer `await` to a callback."""
 
     __slots__ = ("error", "event", "result")
 
@@ -78,20 +105,18 @@ class Waiter:
             self.result, self.error = result, error
             self.event.set()
 
-
-@dataclass
-class _Proposal:
-    data: bytes
-    waiter: Waiter
-    term: int = 0
-    index: int = 0
+    async def get(self) -> Any:
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 @dataclass(order=True)
 class _ReadWait:
     index: int
     seq: int
-    waiter: Waiter = field(compare=False)
+    pending: Pending = field(compare=False)
 
 
 class PartitionDriver:
@@ -114,15 +139,17 @@ class PartitionDriver:
         self.log = log.bind(partition=partition)
         self.inbox_send, self.inbox_recv = trio.open_memory_channel[tuple](INBOX_SIZE)
         self.tick_s = cfg.raft.tick_ms / 1000
-        self._proposals: list[_Proposal] = []
-        self._by_index: dict[int, _Proposal] = {}
-        self._reads: dict[bytes, Waiter] = {}
+        self._proposals: list[Pending] = []
+        self._by_index: dict[int, Pending] = {}
+        self._reads: dict[bytes, Pending] = {}
         self._read_waits: list[_ReadWait] = []
         self._read_seq = itertools.count(1)
+        # (deadline, seq, request): requests are failed here when they expire.
+        self._deadlines: list[tuple[float, int, Pending]] = []
         self._ctx_prefix = os.urandom(6)
         self._snapshot_index = 0
         self.dropped_inbox = 0
-        self._snapshot_waiters: list[Waiter] = []
+        self._snapshot_waiters: list[Pending] = []
         self._snapshot_running = False  # a background snapshot is being written
         self._saved_snapshot: Snapshot | None = None  # written, not yet in the WAL
         self._background: trio.Nursery
@@ -218,6 +245,7 @@ class PartitionDriver:
         self._by_index.clear()
         self._reads.clear()
         self._read_waits.clear()
+        self._deadlines.clear()
         self.raw = RawNode(self._raft_config(snap.meta.index), self.storage)
         self.log.warning("restarted_partition", snapshot_index=snap.meta.index)
 
@@ -231,41 +259,57 @@ class PartitionDriver:
     def is_leader(self) -> bool:
         return self.raw.core.role == Role.LEADER
 
-    async def propose(self, data: bytes, deadline: float) -> WriteResult:
-        """Replicate `data`; the state machine's result once applied here.
+    def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None:
+        """Replicate `data`; `callback(result, error)` once applied here or failed.
 
-        Raises:
-            NotLeader: this node is not the leader (nothing was proposed).
-            Unavailable: the proposal was dropped or lost; safe to retry.
-            OutcomeUnknown: proposed, but the deadline passed before its fate was known.
+        Errors: NotLeader (nothing proposed), Unavailable (dropped or lost:
+        safe to retry), Timeout (not proposed before the deadline),
+        OutcomeUnknown (proposed, fate unknown at the deadline).
         """
+        self._submit(("prop", Pending(callback, data)), deadline)
+
+    def submit_read(self, deadline: float, callback: Callback) -> None:
+        """`callback(applied_index, error)` once a linearizable read may be served here."""
+        self._submit(("read", Pending(callback)), deadline)
+
+    async def propose(self, data: bytes, deadline: float) -> WriteResult:
+        """`submit_write`, awaited."""
         w = Waiter()
-        prop = _Proposal(data, w)
-        self._enqueue(("prop", prop), w)
-        with trio.move_on_at(deadline):
-            await w.event.wait()
-        if not w.event.is_set():
-            if prop.index:
-                raise OutcomeUnknown(
-                    f"partition {self.partition}: write proposed at index {prop.index} "
-                    "not applied before the deadline"
-                )
-            raise Timeout(f"partition {self.partition}: write not accepted before the deadline")
-        if w.error is not None:
-            raise w.error
-        return w.result
+        self.submit_write(data, deadline, w.set)
+        return await w.get()
 
     async def read_index(self, deadline: float) -> int:
-        """Wait until a linearizable read may be served from this node's state machine."""
+        """`submit_read`, awaited."""
         w = Waiter()
-        self._enqueue(("read", w), w)
-        with trio.move_on_at(deadline):
-            await w.event.wait()
-        if not w.event.is_set():
-            raise Timeout(f"partition {self.partition}: read index not confirmed in time")
-        if w.error is not None:
-            raise w.error
-        return w.result
+        self.submit_read(deadline, w.set)
+        return await w.get()
+
+    def _submit(self, item: tuple[str, Pending], deadline: float) -> None:
+        pending = item[1]
+        try:
+            self.inbox_send.send_nowait(item)
+        except trio.WouldBlock:
+            pending.finish(error=Unavailable(f"partition {self.partition} is overloaded"))
+            return
+        heapq.heappush(self._deadlines, (deadline, next(self._read_seq), pending))
+
+    def _expire(self, now: float) -> None:
+        """Fail every request whose deadline passed (the driver owns all deadlines)."""
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            p = heapq.heappop(dl)[2]
+            if p.done:
+                continue
+            if p.index:
+                p.finish(error=OutcomeUnknown(
+                    f"partition {self.partition}: write proposed at index {p.index} "
+                    "not applied before the deadline"))
+            elif p.data:
+                p.finish(error=Timeout(
+                    f"partition {self.partition}: write not accepted before the deadline"))
+            else:
+                p.finish(error=Timeout(
+                    f"partition {self.partition}: read index not confirmed in time"))
 
     async def wait_not_leader(self) -> None:
         """Return once this node no longer leads the partition."""
@@ -275,19 +319,14 @@ class PartitionDriver:
     async def transfer_leadership(self, to: int) -> int:
         """Start handing leadership to `to` (0 = the most caught-up follower); returns it."""
         w = Waiter()
-        self._enqueue(("transfer", to, w), w)
-        await w.event.wait()
-        if w.error is not None:
-            raise w.error
-        return w.result
+        self._enqueue(("transfer", to, Pending(w.set)))
+        return await w.get()
 
     async def snapshot_now(self) -> int:
+        """Take a snapshot now (if anything was applied since the last); its index."""
         w = Waiter()
-        self._enqueue(("snapshot", w), w)
-        await w.event.wait()
-        if w.error is not None:
-            raise w.error
-        return w.result
+        self._enqueue(("snapshot", Pending(w.set)))
+        return await w.get()
 
     def deliver(self, msg: Message) -> None:
         """A peer's message (from the transport); dropped if the inbox is full."""
@@ -301,11 +340,11 @@ class PartitionDriver:
         with contextlib.suppress(trio.WouldBlock):
             self.inbox_send.send_nowait(("peer_down", peer))
 
-    def _enqueue(self, item: tuple, w: Waiter) -> None:
+    def _enqueue(self, item: tuple) -> None:
         try:
             self.inbox_send.send_nowait(item)
         except trio.WouldBlock:
-            w.set(error=Unavailable(f"partition {self.partition} is overloaded"))
+            item[-1].finish(error=Unavailable(f"partition {self.partition} is overloaded"))
 
     # -- the loop ---------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -336,6 +375,8 @@ class PartitionDriver:
                 self._handle(item)
             self._flush_proposals()
             now = trio.current_time()
+            if self._deadlines and self._deadlines[0][0] <= now:
+                self._expire(now)
             if now >= next_tick:
                 self.raw.tick()
                 next_tick = max(next_tick + self.tick_s, now)
@@ -355,17 +396,20 @@ class PartitionDriver:
         if kind == "msg":
             self.raw.step(item[1])
         elif kind == "prop":
-            self._proposals.append(item[1])
+            if not item[1].done:  # (expired while queued)
+                self._proposals.append(item[1])
         elif kind == "read":
             w = item[1]
+            if w.done:
+                return
             ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
             try:
                 self.raw.read_index(ctx)
             except RaftNotLeader:
-                w.set(error=self._not_leader())
+                w.finish(error=self._not_leader())
                 return
             except ProposalDropped as e:
-                w.set(error=Unavailable(f"partition {self.partition}: {e}"))
+                w.finish(error=Unavailable(f"partition {self.partition}: {e}"))
                 return
             self._reads[ctx] = w
         elif kind == "wake":
@@ -378,23 +422,23 @@ class PartitionDriver:
         elif kind == "snapshot":
             self._snapshot_waiters.append(item[1])
 
-    def _transfer(self, to: int, w: Waiter) -> None:
+    def _transfer(self, to: int, w: Pending) -> None:
         if not self.is_leader:
-            w.set(error=self._not_leader())
+            w.finish(error=self._not_leader())
             return
         if to == 0:
             st = self.raw.status()
             candidates = [(pr.match, n) for n, pr in st.progress.items() if n != self.cfg.node_id]
             if not candidates:
-                w.set(error=Unavailable("no other voter to transfer leadership to"))
+                w.finish(error=Unavailable("no other voter to transfer leadership to"))
                 return
             to = max(candidates)[1]
         try:
             self.raw.transfer_leadership(to)
         except ProposalDropped as e:
-            w.set(error=Unavailable(str(e)))
+            w.finish(error=Unavailable(str(e)))
             return
-        w.set(result=to)
+        w.finish(result=to)
 
     def _not_leader(self) -> NotLeader:
         lead = self.raw.core.lead
@@ -414,11 +458,11 @@ class PartitionDriver:
         except RaftNotLeader:
             err = self._not_leader()
             for p in props:
-                p.waiter.set(error=err)
+                p.finish(error=err)
             return
         except ProposalDropped as e:
             for p in props:
-                p.waiter.set(error=Unavailable(f"partition {self.partition}: {e}"))
+                p.finish(error=Unavailable(f"partition {self.partition}: {e}"))
             return
         for i, p in enumerate(props):
             p.term, p.index = term, first + i
@@ -470,7 +514,7 @@ class PartitionDriver:
             # Reads waiting for a heartbeat round we led will never be confirmed.
             err = self._not_leader()
             for w in self._reads.values():
-                w.set(error=err)
+                w.finish(error=err)
             self._reads.clear()
 
     def _apply(self, rd: Ready) -> None:
@@ -479,7 +523,7 @@ class PartitionDriver:
             sm.restore(rd.snapshot.data)
             self.log.info("installed_snapshot", index=rd.snapshot.meta.index)
             for idx in [i for i in self._by_index if i <= rd.snapshot.meta.index]:
-                self._by_index.pop(idx).waiter.set(
+                self._by_index.pop(idx).finish(
                     error=OutcomeUnknown(f"write at index {idx} was covered by a snapshot")
                 )
         by_index = self._by_index
@@ -489,9 +533,9 @@ class PartitionDriver:
                 prop = by_index.pop(e.index, None)
                 if prop is not None:
                     if prop.term == e.term:
-                        prop.waiter.set(result=result)
+                        prop.finish(result=result)
                     else:
-                        prop.waiter.set(
+                        prop.finish(
                             error=Unavailable(
                                 f"partition {self.partition}: proposal at index {e.index} was "
                                 "replaced after a leader change; retry"
@@ -499,13 +543,15 @@ class PartitionDriver:
                         )
         for rs in rd.read_states:
             w = self._reads.pop(rs.context, None)
-            if w is not None:
+            if w is not None and not w.done:
                 heapq.heappush(self._read_waits, _ReadWait(rs.index, next(self._read_seq), w))
         # A read confirmed at index i may be served once we applied i (thesis §6.4).
         applied = max(sm.applied_index, self.raw.core.log.applied)
+        if rd.committed_entries:
+            applied = max(applied, rd.committed_entries[-1].index)
         waits = self._read_waits
         while waits and waits[0].index <= applied:
-            heapq.heappop(waits).waiter.set(result=applied)
+            heapq.heappop(waits).pending.finish(result=applied)
 
     async def _maybe_snapshot(self) -> None:
         """Finish a snapshot the background task wrote, or start one if due.
@@ -527,7 +573,7 @@ class PartitionDriver:
         if applied <= self._snapshot_index or not (due or self._snapshot_waiters):
             waiters, self._snapshot_waiters = self._snapshot_waiters, []
             for w in waiters:
-                w.set(result=self._snapshot_index)
+                w.finish(result=self._snapshot_index)
             return
         self._snapshot_running = True
         meta = SnapshotMeta(applied, self.storage.term(applied), ConfState(self.cfg.voter_ids))
@@ -565,15 +611,19 @@ class PartitionDriver:
         self.log.info("took_snapshot", index=index, term=snap.meta.term, bytes=len(snap.data))
         waiters, self._snapshot_waiters = self._snapshot_waiters, []
         for w in waiters:
-            w.set(result=index)
+            w.finish(result=index)
 
     def fail_all(self, err: PrkdbError) -> None:
         """Fail every waiting client (shutdown)."""
         for p in self._by_index.values():
-            p.waiter.set(error=err)
+            p.finish(error=err)
         for p in self._proposals:
-            p.waiter.set(error=err)
+            p.finish(error=err)
         for w in self._reads.values():
-            w.set(error=err)
+            w.finish(error=err)
         for rw in self._read_waits:
-            rw.waiter.set(error=err)
+            rw.pending.finish(error=err)
+        for _, _, p in self._deadlines:
+            p.finish(error=err)
+        for w in self._snapshot_waiters:
+            w.finish(error=err)
