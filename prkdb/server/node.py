@@ -16,6 +16,7 @@ keep serving on a WAL we could not make durable (fail-stop, never silent loss).
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -114,6 +115,7 @@ class Node:
 
     async def _supervise(self, driver: PartitionDriver, *,
                          task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run a partition; restart it after a bug, stop the node after a storage failure."""
         started = False
         backoff = 0.1
         while True:
@@ -123,15 +125,20 @@ class Node:
                 else:
                     await driver.run()
                 return
-            except (OSError, StorageError) as e:
-                # The WAL could not be made durable: stop the node, loudly.
-                self.log.critical("storage_failed", partition=driver.partition, error=repr(e))
-                raise FatalStorageError(
-                    f"partition {driver.partition}: storage failed: {e}"
-                ) from e
-            except Exception as e:
+            except BaseException as e:
+                leaves = list(_leaves(e))
+                if any(not isinstance(x, Exception) for x in leaves):
+                    raise  # cancellation, KeyboardInterrupt: not ours to handle
+                storage = next((x for x in leaves if isinstance(x, OSError | StorageError)), None)
+                if storage is not None:
+                    # The WAL could not be made durable: stop the node, loudly.
+                    self.log.critical("storage_failed", partition=driver.partition,
+                                      error=repr(storage))
+                    raise FatalStorageError(
+                        f"partition {driver.partition}: storage failed: {storage}"
+                    ) from storage
                 self.log.exception("partition_failed", partition=driver.partition,
-                                   error=repr(e))
+                                   error=repr(leaves[0] if leaves else e))
                 driver.fail_all(Unavailable(f"partition {driver.partition} restarted"))
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -184,3 +191,12 @@ class Node:
                 self.log.error("wal_close_failed", error=repr(e))
             self.wal = None
         self.log.info("node_stopped")
+
+
+def _leaves(e: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or `e` itself."""
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield e
