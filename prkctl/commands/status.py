@@ -80,6 +80,7 @@ async def gather(client: Any, node_timeout: float) -> ClusterView:
             "address": n.client_addr,
             "peer_address": n.peer_addr,
             "up": v is not None,
+            "version": (v.server_version or None) if v is not None else None,
             "error": errors.get(n.node_id),
             "leading": 0,
         })
@@ -144,8 +145,9 @@ def render(view: ClusterView) -> str:
     head = (f"cluster {view.cluster_id}: {len(view.nodes)} nodes ({up} up), "
             f"{len(view.partitions)} partitions")
     nodes = table(
-        ["NODE", "ADDRESS", "STATE", "LEADS", "ERROR"],
-        [[n["id"], n["address"], "up" if n["up"] else "DOWN", n["leading"], n["error"] or ""]
+        ["NODE", "ADDRESS", "STATE", "VERSION", "LEADS", "ERROR"],
+        [[n["id"], n["address"], "up" if n["up"] else "DOWN", n["version"] or "-",
+          n["leading"], n["error"] or ""]
          for n in view.nodes],
     )
     rows = []

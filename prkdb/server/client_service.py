@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from prkdb import __version__
 from prkdb.errors import (
     ErrorCode,
     InternalError,
@@ -329,7 +330,7 @@ class ClientService:
             parts.append(PartitionStatus(d.partition, st.leader, st.term, st.commit,
                                          d.applied_index, st.role, progress))
         return StatusOk(req.request_id, self.cfg.node_id, self.cfg.cluster_id, nodes,
-                        tuple(parts))
+                        tuple(parts), __version__)
 
     async def _transfer(self, req: TransferLeader) -> AdminOk:
         driver = self._driver(req.partition)

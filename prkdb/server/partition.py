@@ -67,6 +67,10 @@ class RecoveryError(Exception):
 Callback = Callable[[Any, "PrkdbError | None"], None]
 
 
+def _ignore(result: Any, error: PrkdbError | None) -> None:
+    pass
+
+
 class Pending:
     """One client request waiting in this partition; finished exactly once.
 
@@ -87,7 +91,10 @@ class Pending:
     def finish(self, result: Any = None, error: PrkdbError | None = None) -> None:
         if not self.done:
             self.done = True
-            self.callback(result, error)
+            callback, self.callback = self.callback, _ignore
+            # It may sit in the deadline heap until its deadline: keep it small.
+            self.data = b""
+            callback(result, error)
 
 
 class Waiter:

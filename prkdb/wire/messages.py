@@ -336,6 +336,7 @@ class StatusOk:
     cluster_id: str
     nodes: tuple[NodeInfo, ...]
     partitions: tuple[PartitionStatus, ...]
+    server_version: str = ""
 
 
 @final
@@ -629,6 +630,7 @@ _ALL = (
             Field("cluster_id", Text(max_len=255), "its cluster"),
             Field("nodes", ListOf(_NODE_INFO), "every member"),
             Field("partitions", ListOf(_PARTITION_STATUS), "every partition"),
+            Field("server_version", Text(max_len=64), "the answering node's PrkDB version"),
         ),
     ),
     Schema(AdminOk, 33, (_rid("the admin request's id"), Field("details", Details(), "extras"))),

@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+import prkdb
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, free_ports
 from tests.prkctl.helpers import invoke, invoke_json, wait_leaders
 
@@ -28,6 +29,8 @@ def test_status_table_and_json(live: LocalCluster) -> None:
     assert data["problems"] == []
     assert [n["id"] for n in data["nodes"]] == [1, 2, 3]
     assert all(n["up"] and n["address"] in live.seeds for n in data["nodes"])
+    assert all(n["version"] == prkdb.__version__ for n in data["nodes"])
+    assert "VERSION" in res.stdout
     assert sum(n["leading"] for n in data["nodes"]) == 4
     assert [p["partition"] for p in data["partitions"]] == [0, 1, 2, 3]
     for p in data["partitions"]:
