@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import os
 import random
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from prkdb.state import KVStateMachine, WriteResult
 from prkdb.storage import PartitionLog, SnapshotStore, WriteAheadLog
 
 INBOX_SIZE = 16384
+_TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
 MAX_DRAIN = 4096  # inbox items taken per pass before handling the Ready
 
 
@@ -362,8 +364,17 @@ class PartitionDriver:
             await self._loop()
             background.cancel_scope.cancel()
 
+    def _next_tick_after(self, now: float) -> float:
+        # Every partition of a node ticks on the same grid, so their
+        # heartbeats are produced together and leave in one frame per peer.
+        # The grid's phase is random per process: nodes sharing a machine
+        # (and its monotonic clock) must not tick in lockstep, or their
+        # election timers would expire together and split votes more often.
+        t = self.tick_s
+        return (math.floor((now - _TICK_PHASE * t) / t) + 1) * t + _TICK_PHASE * t
+
     async def _loop(self) -> None:
-        next_tick = trio.current_time() + self.tick_s
+        next_tick = self._next_tick_after(trio.current_time())
         # Spread leaders at boot: partition p's preferred leader campaigns
         # early, before the randomized timeouts of the others expire.
         voters = self.cfg.voter_ids
@@ -386,7 +397,7 @@ class PartitionDriver:
                 self._expire(now)
             if now >= next_tick:
                 self.raw.tick()
-                next_tick = max(next_tick + self.tick_s, now)
+                next_tick = self._next_tick_after(now)
                 if boot_ticks > 0:
                     boot_ticks -= 1
                     if boot_ticks == 0 and self.raw.core.lead == 0:
