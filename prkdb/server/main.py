@@ -107,7 +107,8 @@ def dev_configs(nodes: int, port: int, data_dir: Path, partitions: int) -> list[
               help="Client port of node 1; node i listens on PORT+i-1 (peers on PORT+100+i-1).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("prkdb-data"), show_default=True, help="Where the nodes keep data.")
-@click.option("--partitions", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Raft groups the keys are spread over (fixed for the cluster's life).")
 def dev(nodes: str, port: int, data_dir: Path, partitions: int) -> None:
     """Run a local cluster as child processes until Ctrl-C, then stop them cleanly.
 
