@@ -140,7 +140,11 @@ class Connection:
         self.node_id = node_id
         self._stream = stream
         self._decoder = decoder
-        self._send_lock = trio.Lock()
+        # Frames waiting for the writer task: requests queued while it writes
+        # leave together in its next write (one system call, not one each).
+        self._outbox: list[tuple[bytes, AttemptState]] = []
+        self._outbox_ready = trio.Event()
+        self._writer_scope = trio.CancelScope()
         self._waiters: dict[int, _Waiter] = {}
         self._next_request_id = 1
         self._broken: BaseException | None = None
@@ -199,6 +203,7 @@ class Connection:
             raise
         conn = cls(address, stream, decoder, msg.node_id)
         trio.lowlevel.spawn_system_task(conn._read_loop, name=f"prkdb-client-reader[{address}]")
+        trio.lowlevel.spawn_system_task(conn._write_loop, name=f"prkdb-client-writer[{address}]")
         return conn
 
     async def request(
@@ -227,18 +232,8 @@ class Connection:
         waiter = _Waiter()
         self._waiters[request_id] = waiter
         try:
-            async with self._send_lock:
-                if self._broken is not None:
-                    raise ConnectionLost(self.address, self._broken)
-                state.sent = True
-                try:
-                    await self._stream.send_all(frame)
-                except BaseException as exc:
-                    # A half-written frame poisons the stream for everyone (STYLE §8.11).
-                    self._mark_broken(exc)
-                    if isinstance(exc, _TRANSPORT_ERRORS):
-                        raise ConnectionLost(self.address, exc) from exc
-                    raise
+            self._outbox.append((frame, state))
+            self._outbox_ready.set()
             await waiter.event.wait()
         finally:
             del self._waiters[request_id]
@@ -246,6 +241,23 @@ class Connection:
             raise ConnectionLost(self.address, waiter.error)
         assert waiter.reply is not None
         return waiter.reply
+
+    async def _write_loop(self) -> None:
+        """Write queued frames, everything queued at once in one write."""
+        try:
+            with self._writer_scope:
+                while self._broken is None:
+                    if not self._outbox:
+                        await self._outbox_ready.wait()
+                        self._outbox_ready = trio.Event()
+                        continue
+                    batch, self._outbox = self._outbox, []
+                    for _, state in batch:
+                        state.sent = True  # from now on the server may execute it
+                    await self._stream.send_all(b"".join(f for f, _ in batch))
+        except Exception as exc:  # transport errors, or a bug: the connection is done
+            # A half-written frame poisons the stream for everyone (STYLE §8.11).
+            self._mark_broken(exc)
 
     def close(self) -> None:
         """Break the connection (idempotent); the reader closes the stream."""
@@ -260,6 +272,7 @@ class Connection:
                 waiter.error = cause
                 waiter.event.set()
         self._reader_scope.cancel()
+        self._writer_scope.cancel()
 
     def _dispatch(self, msg: WireMessage) -> None:
         if not isinstance(msg, _RESPONSES):
