@@ -105,6 +105,8 @@ class RaftCore:
         self.read_only = ReadOnly()
         # A read arrived since the last heartbeat round (see flush_read_round).
         self.read_round_pending = False
+        # Context of the read round sent and not yet confirmed (b"" if none).
+        self.read_round_in_flight = b""
         # Reads that reached a new leader before it committed an entry of its term.
         self.pending_read_index: list[Message] = []
         # Ticks since the last reset; meaning depends on role (election or lease timer).
@@ -648,11 +650,24 @@ class RaftCore:
         self.read_round_pending = True
 
     def flush_read_round(self) -> None:
-        """Send the heartbeat round that confirms the reads queued since the last one."""
-        if self.read_round_pending:
-            self.read_round_pending = False
-            if self.role == Role.LEADER and self.read_only.queue:
-                self._broadcast_heartbeat(self.read_only.last_pending_context())
+        """Send the heartbeat round that confirms the reads queued since the last one.
+
+        At most one read round is in flight: reads arriving meanwhile wait and
+        share the next round (group commit for reads), which bounds rounds by
+        round trips rather than by passes of the driver. A lost round cannot
+        stall reads: every regular heartbeat carries the newest pending
+        context, and its acks confirm everything queued before it.
+        """
+        if not self.read_round_pending:
+            return
+        if self.read_round_in_flight in self.read_only.pending:
+            return  # the next round leaves when this one is confirmed
+        self.read_round_pending = False
+        self.read_round_in_flight = b""
+        if self.role == Role.LEADER and self.read_only.queue:
+            ctx = self.read_only.last_pending_context()
+            self.read_round_in_flight = ctx
+            self._broadcast_heartbeat(ctx)
 
     def _respond_read_index(self, origin: int, index: int, context: bytes) -> None:
         if origin in (NONE, self.id):
