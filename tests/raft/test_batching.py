@@ -1,0 +1,102 @@
+"""Batching rules added for speed must never cost safety or liveness.
+
+- At most one ReadIndex round is in flight per leader; reads arriving while
+  it flies share the next round, and a lost round is recovered by the next
+  regular heartbeat.
+- A follower in sync does not acknowledge a commit-only append, but still
+  rejects one that does not match its log.
+"""
+
+from __future__ import annotations
+
+from prkdb.raft import MsgType
+from prkdb.raft.core import COMMIT_ONLY
+from prkdb.raft.tracker import ProgressState
+from tests.raft.network import Network
+
+
+def _stable_leader(net: Network) -> int:
+    net.wait_for_leader(200)
+    net.tick_all(5)
+    return net.leader()
+
+
+def _read(net: Network, node: int, ctx: bytes) -> None:
+    n = net.nodes[node]
+    n.raw.read_index(ctx)
+    n.read_waiting[ctx] = net.checker.max_commit
+    n.process()
+
+
+def test_reads_arriving_during_a_round_share_the_next_round() -> None:
+    net = Network(3, seed=21)
+    lead = _stable_leader(net)
+    node = net.nodes[lead]
+    net.sent.clear()
+    _read(net, lead, b"first")
+    assert net.sent[MsgType.HEARTBEAT] == 2  # round 1 is in flight
+    for k in range(5):
+        _read(net, lead, b"second-%d" % k)
+    assert net.sent[MsgType.HEARTBEAT] == 2  # no new round while one flies
+    net.deliver()
+    # Round 1 confirmed "first"; then exactly one more round for the other five.
+    assert net.sent[MsgType.HEARTBEAT] == 4
+    served = sorted(r.context for r in node.served)
+    assert served == sorted([b"first"] + [b"second-%d" % k for k in range(5)])
+
+
+def test_a_lost_read_round_is_recovered_by_the_next_heartbeat() -> None:
+    net = Network(3, seed=22)
+    lead = _stable_leader(net)
+    node = net.nodes[lead]
+    net.msg_hook = lambda m: m.type != MsgType.HEARTBEAT  # the read round is lost
+    _read(net, lead, b"lost-round")
+    _read(net, lead, b"queued-behind-it")
+    net.deliver()
+    assert node.served == []
+    net.msg_hook = None
+    net.tick_all(3)  # one heartbeat interval (2 ticks) is enough
+    assert sorted(r.context for r in node.served) == [b"lost-round", b"queued-behind-it"]
+
+
+def test_commit_only_appends_are_not_acknowledged_when_in_sync() -> None:
+    net = Network(3, seed=23)
+    lead = _stable_leader(net)
+    follower = next(i for i in net.ids if i != lead)
+    net.propose(lead, b"x")
+    sent = []
+    net.msg_hook = lambda m: sent.append(m) or True
+    net.deliver()
+    commit_only = [m for m in sent if m.type == MsgType.APP and m.context == COMMIT_ONLY]
+    assert commit_only, "the leader should have sent the new commit index"
+    acked = [m for m in sent if m.type == MsgType.APP_RESP and m.from_ == follower]
+    # One ack for the entry itself; none for the commit-only append that followed.
+    assert len(acked) == 1 and not acked[0].reject
+    assert net.committed(follower) == net.committed(lead)
+
+
+def test_a_mismatched_commit_only_append_is_still_rejected() -> None:
+    net = Network(3, seed=24)
+    lead = _stable_leader(net)
+    follower = next(i for i in net.ids if i != lead)
+    core = net.nodes[lead].raw.core
+    # Pretend the follower is further along than it is: the next commit-only
+    # append names a prev index the follower lacks.
+    net.nodes[follower].crash()
+    net.queue = [m for m in net.queue if m.to != follower]
+    for k in range(3):
+        net.propose(lead, b"y%d" % k)
+    net.deliver()
+    net.nodes[follower].alive = True  # back without having received the entries
+    pr = core.progress[follower]
+    pr.become_replicate()
+    pr.next = core.log.last_index() + 1
+    sent = []
+    net.msg_hook = lambda m: sent.append(m) or True
+    net.propose(lead, b"z")
+    net.deliver()
+    rejects = [m for m in sent if m.type == MsgType.APP_RESP and m.from_ == follower and m.reject]
+    assert rejects, "a follower missing entries must reject, commit-only or not"
+    net.tick_all(10)
+    assert net.committed(follower) == net.committed(lead)
+    assert core.progress[follower].state == ProgressState.REPLICATE
