@@ -9,6 +9,7 @@ seconds; every completed request's latency is kept, so the summary is exact
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ class BenchResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    first_error: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +48,7 @@ class BenchResult:
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (nan if there are none)."""
     if not sorted_values:
         return math.nan
     k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
@@ -57,8 +60,10 @@ def key_of(i: int) -> bytes:
     return b"bench-%010d" % i
 
 
-async def preload(client: PrkDbClient, keys: int, value_size: int, concurrency: int = 64) -> None:
-    value = b"v" * value_size
+async def preload(client: PrkDbClient, keys: int, value_size: int | bytes,
+                  concurrency: int = 64) -> None:
+    """Write every key of the key space once (reads need something to read)."""
+    value = value_size if isinstance(value_size, bytes) else b"v" * value_size
     it = iter(range(keys))
 
     async def worker() -> None:
@@ -66,7 +71,7 @@ async def preload(client: PrkDbClient, keys: int, value_size: int, concurrency: 
             await client.put(key_of(i), value)
 
     async with trio.open_nursery() as n:
-        for _ in range(concurrency):
+        for _ in range(min(concurrency, keys)):
             n.start_soon(worker)
 
 
@@ -76,16 +81,23 @@ async def run_workload(
     *,
     concurrency: int,
     duration: float,
-    value_size: int = 100,
+    value_size: int | bytes = 100,
     keys: int = 1000,
+    rng: random.Random | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> BenchResult:
-    """Run one workload; `progress(ops_so_far, elapsed_s)` is called about 5x a second."""
+    """Run one workload for `duration` seconds with `concurrency` closed-loop tasks.
+
+    Keys are drawn uniformly from `keys` with `rng` (default: each task walks
+    the key space in its own stride). `progress(ops_so_far, elapsed_s)` is
+    called about 5 times a second. Failed requests are counted, not raised.
+    """
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
-    value = b"x" * value_size
+    value = value_size if isinstance(value_size, bytes) else b"x" * value_size
     latencies: list[float] = []
     errors = 0
+    first_error: str | None = None
     counter = 0
     levels = {
         "get-linearizable": ReadConsistency.LINEARIZABLE,
@@ -94,18 +106,19 @@ async def run_workload(
     }
 
     async def worker(w: int) -> None:
-        nonlocal errors, counter
+        nonlocal errors, counter, first_error
         i = w
         while True:
-            key = key_of(i % keys)
+            key = key_of(rng.randrange(keys) if rng is not None else i % keys)
             t0 = time.perf_counter()
             try:
                 if workload == "put":
                     await client.put(key, value)
                 else:
                     await client.get_with_consistency(key, levels[workload])
-            except PrkdbError:
+            except PrkdbError as e:
                 errors += 1
+                first_error = first_error or f"{type(e).__name__}: {e}"
             else:
                 latencies.append(time.perf_counter() - t0)
             counter += 1
@@ -119,7 +132,7 @@ async def run_workload(
         while trio.current_time() < end:
             await trio.sleep(min(0.2, max(0.0, end - trio.current_time())))
             if progress is not None:
-                progress(counter, time.perf_counter() - start)
+                progress(len(latencies), time.perf_counter() - start)
         n.cancel_scope.cancel()
     elapsed = time.perf_counter() - start
     lat = sorted(latencies)
@@ -135,4 +148,5 @@ async def run_workload(
         p90_ms=percentile(lat, 0.90) * ms,
         p99_ms=percentile(lat, 0.99) * ms,
         max_ms=(lat[-1] * ms) if lat else math.nan,
+        first_error=first_error,
     )

@@ -6,7 +6,8 @@ Workloads (the daemon/SDK issue's benchmark):
   R-LINEARIZABLE / R-FOLLOWER / R-STALE
           --concurrency readers at that consistency over --keys preloaded keys
 Keys are 16 bytes ("bench-%010d", uniform over --keys), values --value-size
-bytes. Latency is per acknowledged request, measured with trio's clock.
+bytes. Latency is per acknowledged request. The load generator is
+prkdb.bench, shared with scripts/bench_cluster.py.
 """
 
 from __future__ import annotations
@@ -14,117 +15,46 @@ from __future__ import annotations
 import math
 import random
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
-import trio
 
 from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
 from prkctl.output import table
+from prkdb.bench import BenchResult, preload, run_workload
 
 WORKLOADS = ("W1", "W64", "R-LINEARIZABLE", "R-FOLLOWER", "R-STALE")
 PROGRESS_STEP = 0.2  # seconds between progress bar updates
 
 
-def bench_key(i: int) -> bytes:
-    return b"bench-%010d" % i
+# prkctl's workload names -> (prkdb.bench workload, fixed concurrency or None)
+_PLAN = {
+    "W1": ("put", 1),
+    "W64": ("put", None),
+    "R-LINEARIZABLE": ("get-linearizable", None),
+    "R-FOLLOWER": ("get-follower", None),
+    "R-STALE": ("get-stale", None),
+}
 
 
-@dataclass
-class Result:
-    workload: str
-    concurrency: int
-    duration: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # seconds, acked requests only
-    errors: int = 0
-    first_error: str = ""
+def _row(name: str, r: BenchResult) -> dict[str, Any]:
+    """One workload's JSON row (NaN percentiles of an empty run become 0)."""
+    def ms(x: float) -> float:
+        return 0.0 if math.isnan(x) else round(x, 3)
 
-    def percentile(self, q: float) -> float:
-        """Nearest-rank percentile in milliseconds (0 if nothing was acknowledged)."""
-        if not self.latencies:
-            return 0.0
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] * 1000
-
-    def to_json(self) -> dict[str, Any]:
-        ops = len(self.latencies)
-        return {
-            "workload": self.workload,
-            "concurrency": self.concurrency,
-            "duration_s": round(self.duration, 3),
-            "ops": ops,
-            "errors": self.errors,
-            "first_error": self.first_error or None,
-            "ops_per_s": round(ops / self.duration, 1) if self.duration else 0.0,
-            "p50_ms": round(self.percentile(0.50), 3),
-            "p90_ms": round(self.percentile(0.90), 3),
-            "p99_ms": round(self.percentile(0.99), 3),
-            "max_ms": round(max(self.latencies, default=0.0) * 1000, 3),
-        }
-
-
-async def _preload(client: Any, keys: int, value: bytes, concurrency: int) -> None:
-    send, recv = trio.open_memory_channel[int](keys)
-    for i in range(keys):
-        send.send_nowait(i)
-    send.close()
-
-    async def loader() -> None:
-        async for i in recv:
-            await client.put(bench_key(i), value)
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(min(concurrency, keys)):
-            nursery.start_soon(loader)
-
-
-async def run_workload(client: Any, name: str, duration: float, concurrency: int,
-                       value: bytes, keys: int, rng: random.Random,
-                       on_tick: Any = None) -> Result:
-    from prkdb.client import PrkdbError, ReadConsistency
-
-    workers = 1 if name == "W1" else concurrency
-    res = Result(name, workers)
-    if name.startswith("R-"):
-        level = ReadConsistency[name[2:]]
-
-        async def op(k: bytes) -> None:
-            await client.get_entry(k, consistency=level)
-    else:
-
-        async def op(k: bytes) -> None:
-            await client.put(k, value)
-
-    start = trio.current_time()
-    deadline = start + duration
-
-    async def worker() -> None:
-        while trio.current_time() < deadline:
-            k = bench_key(rng.randrange(keys))
-            t0 = trio.current_time()
-            try:
-                await op(k)
-            except PrkdbError as e:
-                res.errors += 1
-                res.first_error = res.first_error or f"{type(e).__name__}: {e}"
-                continue
-            res.latencies.append(trio.current_time() - t0)
-
-    async def ticker() -> None:
-        while True:
-            await trio.sleep(PROGRESS_STEP)
-            if on_tick is not None:
-                on_tick(min(trio.current_time(), deadline) - start, len(res.latencies))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        async with trio.open_nursery() as inner:
-            for _ in range(workers):
-                inner.start_soon(worker)
-        nursery.cancel_scope.cancel()
-    res.duration = trio.current_time() - start
-    return res
+    return {
+        "workload": name,
+        "concurrency": r.concurrency,
+        "duration_s": r.duration_s,
+        "ops": r.ops,
+        "errors": r.errors,
+        "first_error": r.first_error,
+        "ops_per_s": round(r.ops_per_s, 1),
+        "p50_ms": ms(r.p50_ms),
+        "p90_ms": ms(r.p90_ms),
+        "p99_ms": ms(r.p99_ms),
+        "max_ms": ms(r.max_ms),
+    }
 
 
 @click.command()
@@ -160,32 +90,33 @@ def bench(ctl: CtlContext, workloads: tuple[str, ...], duration: float, concurre
     value = random.Random(seed).randbytes(value_size)
     rng = random.Random(seed)
 
-    async def body(client: Any) -> list[Result]:
-        results = []
+    async def body(client: Any) -> list[dict[str, Any]]:
+        rows = []
         if any(n.startswith("R-") for n in names):
             click.echo(f"preloading {keys} keys ...", err=True)
-            await _preload(client, keys, value, concurrency)
+            await preload(client, keys, value, concurrency)
         for name in names:
+            workload, fixed = _PLAN[name]
             steps = max(1, round(duration / PROGRESS_STEP))
             with click.progressbar(length=steps, label=f"{name:<15}", file=sys.stderr,
                                    show_eta=False, show_percent=False, show_pos=False,
                                    item_show_func=lambda s: s) as bar:
                 done = [0]
 
-                def tick(elapsed: float, ops: int, bar: Any = bar, done: list[int] = done,
+                def tick(ops: int, elapsed: float, bar: Any = bar, done: list[int] = done,
                          steps: int = steps) -> None:
                     target = min(steps, round(elapsed / PROGRESS_STEP))
                     bar.update(target - done[0], f"{ops} ops, {ops / max(elapsed, 1e-9):.0f}/s")
                     done[0] = target
 
-                res = await run_workload(client, name, duration, concurrency, value, keys,
-                                         rng, tick)
+                res = await run_workload(client, workload, concurrency=fixed or concurrency,
+                                         duration=duration, value_size=value, keys=keys,
+                                         rng=rng, progress=tick)
                 bar.update(steps - done[0])
-            results.append(res)
-        return results
+            rows.append(_row(name, res))
+        return rows
 
-    results = ctl.run_client(body)
-    rows = [r.to_json() for r in results]
+    rows = ctl.run_client(body)
     ctl.emit(
         {"value_size": value_size, "keys": keys, "workloads": rows},
         lambda: click.echo(table(
