@@ -42,7 +42,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 from prkdb.config import PeerConfig
 from prkdb.server.clusterconf import write_cluster_configs
 from prkdb.wire.messages import Status, StatusOk
+from tests.integration.cluster import NodeProcesses
 from tests.integration.cluster import WireConn as _WireConn
 
 CLUSTER_ID = "prkdb-fault"
@@ -131,7 +131,7 @@ class WireConn(_WireConn):
         super().__init__(port, host=host, cluster_id=CLUSTER_ID, timeout=timeout)
 
 
-class NetnsCluster:
+class NetnsCluster(NodeProcesses):
     """N prkdb nodes, each in its own namespace; see the module docstring."""
 
     def __init__(
@@ -146,6 +146,7 @@ class NetnsCluster:
         extra: str = "",
         data_dirs: dict[int, Path] | None = None,
     ) -> None:
+        super().__init__()
         self.root = root
         self.n = nodes
         self.partitions = partitions
@@ -155,7 +156,6 @@ class NetnsCluster:
         self.ns = {i: f"{PREFIX}c{k}n{i}" for i in self.ids}
         self.veth = {i: f"{LINK_PREFIX}c{k}v{i}" for i in self.ids}
         self.bridge = f"{LINK_PREFIX}c{k}b"
-        self.procs: dict[int, subprocess.Popen] = {}
         self.paused: set[int] = set()
         self.cuts: set[frozenset[int]] = set()
         self.data_dirs = {i: (data_dirs or {}).get(i, root / f"data{i}") for i in self.ids}
@@ -167,10 +167,6 @@ class NetnsCluster:
         self._write_configs()
 
     # --- network -----------------------------------------------------------------
-
-    @property
-    def ids(self) -> range:
-        return range(1, self.n + 1)
 
     def addr(self, i: int) -> str:
         return f"{self.subnet}.{i}"
@@ -236,35 +232,22 @@ class NetnsCluster:
 
     # --- processes ----------------------------------------------------------------
 
+    def _command(self, i: int) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[i], *super()._command(i)]
+
+    def _env(self) -> dict[str, str]:
+        return dict(super()._env(), PYTHONPATH=str(REPO))
+
+    def _cwd(self) -> Path | None:
+        return REPO
+
     def start(self, i: int) -> None:
-        log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 - closed below
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-        self.procs[i] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns[i], sys.executable, "-m", "prkdb", "serve",
-             "--config", str(self.root / f"node{i}.toml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-        log.close()
+        super().start(i)
         self.paused.discard(i)
-
-    def start_all(self) -> NetnsCluster:
-        for i in self.ids:
-            self.start(i)
-        return self
-
-    def alive(self, i: int) -> bool:
-        p = self.procs.get(i)
-        return p is not None and p.poll() is None
 
     def kill(self, i: int) -> None:
         """kill -9: no handoff, no flush."""
-        p = self.procs[i]
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            p.wait(10)
+        super().kill(i)
         self.paused.discard(i)
         self.faults.append(f"kill {i}")
 
@@ -286,12 +269,9 @@ class NetnsCluster:
         self.paused.discard(i)
 
     def terminate(self, i: int, timeout: float = 20) -> int:
-        p = self.procs[i]
         if i in self.paused:
             self.resume(i)
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-        return p.wait(timeout)
+        return super().terminate(i, timeout)
 
     # --- partitions -----------------------------------------------------------------
 
@@ -402,9 +382,6 @@ class NetnsCluster:
                 return leaders
             time.sleep(0.05)
         raise AssertionError(f"cluster not ready after {timeout}s: leaders {leaders}")
-
-    def log(self, i: int) -> str:
-        return (self.root / f"node{i}.log").read_text(errors="replace")
 
     def rss_kib(self, i: int) -> int:
         for line in Path(f"/proc/{self.procs[i].pid}/status").read_text().splitlines():

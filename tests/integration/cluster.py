@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from prkdb.config import PeerConfig
 from prkdb.server.clusterconf import write_cluster_configs
@@ -69,57 +69,42 @@ class WireConn:
         self.sock.close()
 
 
-class LocalCluster:
-    def __init__(
-        self,
-        root: Path,
-        nodes: int = 3,
-        *,
-        partitions: int = 4,
-        tick_ms: int = 20,
-        snapshot_entries: int = 10_000,
-        extra: str = "",
-    ) -> None:
-        self.root = root
-        self.n = nodes
-        self.partitions = partitions
-        ports = free_ports(2 * nodes)
-        self.client_ports = ports[:nodes]
-        self.peer_ports = ports[nodes:]
+class NodeProcesses:
+    """`prkdb serve` processes started by us, one per node, tracked by PID.
+
+    Subclasses say how a node is launched (`_command`, `_env`, `_cwd`) and
+    where it listens; the process handling is shared.
+    """
+
+    root: Path
+    n: int
+
+    def __init__(self) -> None:
         self.procs: dict[int, subprocess.Popen] = {}
-        peers = [
-            PeerConfig(i, f"127.0.0.1:{self.client_ports[i - 1]}",
-                       f"127.0.0.1:{self.peer_ports[i - 1]}")
-            for i in self.ids
-        ]
-        write_cluster_configs(
-            root, peers, cluster_id=CLUSTER_ID,
-            data_dirs={i: root / f"data{i}" for i in self.ids},
-            partitions=partitions,
-            raft={"tick_ms": tick_ms, "snapshot_entries": snapshot_entries},
-            extra=extra,
-        )
 
     @property
     def ids(self) -> range:
         return range(1, self.n + 1)
 
-    @property
-    def seeds(self) -> list[str]:
-        return [f"127.0.0.1:{p}" for p in self.client_ports]
+    def _command(self, i: int) -> list[str]:
+        return [sys.executable, "-m", "prkdb", "serve", "--config",
+                str(self.root / f"node{i}.toml")]
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def _cwd(self) -> Path | None:
+        return None
 
     def start(self, i: int) -> None:
-        log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 - closed by the child's exit
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 - the child keeps it open
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "prkdb", "serve", "--config", str(self.root / f"node{i}.toml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            self._command(i), stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+            cwd=self._cwd(),
         )
         log.close()
 
-    def start_all(self) -> LocalCluster:
+    def start_all(self) -> Self:
         for i in self.ids:
             self.start(i)
         return self
@@ -142,6 +127,45 @@ class LocalCluster:
             p.send_signal(signal.SIGTERM)
         return p.wait(timeout)
 
+    def log(self, i: int) -> str:
+        return (self.root / f"node{i}.log").read_text(errors="replace")
+
+
+class LocalCluster(NodeProcesses):
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        partitions: int = 4,
+        tick_ms: int = 20,
+        snapshot_entries: int = 10_000,
+        extra: str = "",
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.n = nodes
+        self.partitions = partitions
+        ports = free_ports(2 * nodes)
+        self.client_ports = ports[:nodes]
+        self.peer_ports = ports[nodes:]
+        peers = [
+            PeerConfig(i, f"127.0.0.1:{self.client_ports[i - 1]}",
+                       f"127.0.0.1:{self.peer_ports[i - 1]}")
+            for i in self.ids
+        ]
+        write_cluster_configs(
+            root, peers, cluster_id=CLUSTER_ID,
+            data_dirs={i: root / f"data{i}" for i in self.ids},
+            partitions=partitions,
+            raft={"tick_ms": tick_ms, "snapshot_entries": snapshot_entries},
+            extra=extra,
+        )
+
+    @property
+    def seeds(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.client_ports]
+
     def close(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
@@ -149,9 +173,6 @@ class LocalCluster:
         for p in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(10)
-
-    def log(self, i: int) -> str:
-        return (self.root / f"node{i}.log").read_text(errors="replace")
 
     def wait_for_log(self, i: int, text: str, timeout: float = 20.0) -> bool:
         """Poll node i's log for `text` (an external process: polling is all we have)."""
