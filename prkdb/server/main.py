@@ -80,7 +80,7 @@ def run_node(cfg: NodeConfig) -> None:
 
     from prkdb.logging import configure_logging
     from prkdb.server.node import FatalStorageError, Node
-    from prkdb.server.partition import RecoveryError
+    from prkdb.server.recovery import RecoveryError
     from prkdb.storage import StorageError
 
     configure_logging(cfg.log_format, cfg.log_level)

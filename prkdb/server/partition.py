@@ -29,7 +29,6 @@ import itertools
 import math
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,73 +51,15 @@ from prkdb.raft import (
 from prkdb.raft import (
     NotLeader as RaftNotLeader,
 )
-from prkdb.raft.types import HardState
 from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.pending import Callback, Pending, Waiter
+from prkdb.server.recovery import recover_partition
 from prkdb.state import KVStateMachine, WriteResult
-from prkdb.storage import PartitionLog, SnapshotStore, WriteAheadLog
+from prkdb.storage import SnapshotStore, WriteAheadLog
 
 INBOX_SIZE = 16384
 _TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
 MAX_DRAIN = 4096  # inbox items taken per pass before handling the Ready
-
-
-class RecoveryError(Exception):
-    """The partition's snapshot and WAL do not fit together; names what is missing."""
-
-
-Callback = Callable[[Any, "PrkdbError | None"], None]
-
-
-def _ignore(result: Any, error: PrkdbError | None) -> None:
-    pass
-
-
-class Pending:
-    """One client request waiting in this partition; finished exactly once.
-
-    The callback runs in the driver's task (so it must be quick and never
-    block): the client service uses it to queue the response on the client's
-    connection, which saves a task per request. `Waiter` adapts it for awaiting.
-    """
-
-    __slots__ = ("callback", "data", "done", "index", "term")
-
-    def __init__(self, callback: Callback, data: bytes = b"") -> None:
-        self.callback = callback
-        self.data = data
-        self.done = False
-        self.term = 0
-        self.index = 0  # log index once proposed (then a timeout is OUTCOME_UNKNOWN)
-
-    def finish(self, result: Any = None, error: PrkdbError | None = None) -> None:
-        if not self.done:
-            self.done = True
-            callback, self.callback = self.callback, _ignore
-            # It may sit in the deadline heap until its deadline: keep it small.
-            self.data = b""
-            callback(result, error)
-
-
-class Waiter:
-    """An awaitable result slot, for callers that prefer `await` to a callback."""
-
-    __slots__ = ("error", "event", "result")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.result: Any = None
-        self.error: PrkdbError | None = None
-
-    def set(self, result: Any = None, error: PrkdbError | None = None) -> None:
-        if not self.event.is_set():
-            self.result, self.error = result, error
-            self.event.set()
-
-    async def get(self) -> Any:
-        await self.event.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @dataclass(order=True)
@@ -173,50 +114,16 @@ class PartitionDriver:
 
     # -- recovery --------------------------------------------------------------
     def _recover(self) -> None:
-        p = self.partition
-        voters = self.cfg.voter_ids
-        plog: PartitionLog = self.wal.recovered().get(p) or PartitionLog()
-        snap = self.snapshots.load_latest(p)
-        self.sm = self._new_state_machine()
-        self.storage = MemoryStorage(voters)
-        snap_index = 0
-        if snap is not None:
-            entries = plog.entries_after(snap.meta.index)
-            if entries is None:
-                raise RecoveryError(
-                    f"partition {p}: the WAL no longer holds the entries after snapshot "
-                    f"{snap.meta.index} (newest marker {plog.snapshot_index}); "
-                    f"snapshot files in {self.snapshots.directory}"
-                )
-            self.storage.apply_snapshot(snap)
-            self.sm.restore(snap.data)
-            snap_index = snap.meta.index
-        else:
-            entries = plog.entries_after(0)
-            if entries is None:
-                raise RecoveryError(
-                    f"partition {p}: the WAL has a snapshot marker at {plog.snapshot_index} "
-                    f"but no valid snapshot file exists in {self.snapshots.directory}"
-                )
-        if entries and entries[0].index != snap_index + 1:
-            raise RecoveryError(
-                f"partition {p}: WAL entries start at {entries[0].index}, "
-                f"expected {snap_index + 1}"
-            )
-        self.storage.append(entries)
-        hs = plog.hard_state
-        last = self.storage.last_index()
-        commit = min(max(hs.commit, snap_index), last)
-        if not hs.is_empty() or snap_index:
-            self.storage.set_hard_state(HardState(hs.term, hs.vote, commit))
-        self._snapshot_index = snap_index
-        self.raw = RawNode(self._raft_config(snap_index), self.storage)
+        r = recover_partition(self.partition, self.cfg.voter_ids, self.wal, self.snapshots,
+                              self._new_state_machine())
+        self.sm, self.storage, self._snapshot_index = r.sm, r.storage, r.snapshot_index
+        self.raw = RawNode(self._raft_config(r.snapshot_index), self.storage)
         self.log.info(
             "recovered_partition",
-            snapshot_index=snap_index,
-            last_index=last,
-            commit=commit,
-            term=hs.term,
+            snapshot_index=r.snapshot_index,
+            last_index=self.storage.last_index(),
+            commit=self.storage.hard_state.commit,
+            term=self.storage.hard_state.term,
             keys=len(self.sm),
         )
 
