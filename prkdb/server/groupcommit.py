@@ -28,7 +28,6 @@ class GroupCommitter:
         self._running = False
         self._round_done = trio.Event()
         self._error: BaseException | None = None
-        self.rounds = 0  # statistics: fsyncs performed
         # One long-lived thread does the fsyncs: cheaper than trio.to_thread's
         # per-call machinery, and fsyncs are serial anyway.
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -100,7 +99,6 @@ class GroupCommitter:
         try:
             while self._done < self._requested:
                 await self._sync_in_thread()
-                self.rounds += 1
                 self._done += 1
                 done, self._round_done = self._round_done, trio.Event()
                 done.set()

@@ -54,7 +54,7 @@ from prkdb.raft import (
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.recovery import recover_partition
-from prkdb.state import KVStateMachine, WriteResult
+from prkdb.state import KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
 
 INBOX_SIZE = 16384
@@ -108,7 +108,6 @@ class PartitionDriver:
         self.storage: MemoryStorage
         self.leader_id = 0
         self.role = Role.FOLLOWER
-        self.ready = trio.Event()  # set once recovered
         self._role_changed = trio.Event()  # set (and replaced) on every role change
         self._recover()
 
@@ -188,18 +187,6 @@ class PartitionDriver:
         """`callback(applied_index, error)` once a linearizable read may be served here."""
         self._submit(("read", Pending(callback)), deadline)
 
-    async def propose(self, data: bytes, deadline: float) -> WriteResult:
-        """`submit_write`, awaited."""
-        w = Waiter()
-        self.submit_write(data, deadline, w.set)
-        return await w.get()
-
-    async def read_index(self, deadline: float) -> int:
-        """`submit_read`, awaited."""
-        w = Waiter()
-        self.submit_read(deadline, w.set)
-        return await w.get()
-
     def _submit(self, item: tuple[str, Pending], deadline: float) -> None:
         pending = item[1]
         try:
@@ -267,7 +254,6 @@ class PartitionDriver:
         async with trio.open_nursery() as background:
             self._background = background
             task_status.started()
-            self.ready.set()
             await self._loop()
             background.cancel_scope.cancel()
 
