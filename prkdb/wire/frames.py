@@ -74,6 +74,8 @@ MAX_DEPTH: Final = 32
 """Deepest container nesting accepted; real messages need < 10 levels."""
 
 _HEADER = struct.Struct(">I")
+_SMALL_FRAME = 64 * 1024  # bodies up to this size are sliced (copied) out of the buffer
+_EMPTY = io.BytesIO(b"")
 _MAX_LENGTH = 0xFFFFFFFF  # what 4 bytes can express
 
 
@@ -120,6 +122,42 @@ _BUILTIN_TAGS = (
 _SEMANTIC_OVERRIDES = dict.fromkeys(_BUILTIN_TAGS, _reject_semantic)
 
 
+def _new_cbor_decoder() -> cbor2.CBORDecoder:
+    """A CBOR decoder with the untrusted-input rules above, reading from an empty buffer."""
+    return cbor2.CBORDecoder(
+        io.BytesIO(b""),
+        tag_hook=_reject_tag,
+        semantic_decoders=_SEMANTIC_OVERRIDES,
+        read_size=_READ_SIZE,
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+
+
+# Bytes the CBOR decoder pulls from its file per read. Any size is correct; one
+# read per typical frame is fastest, and the decoder's buffer only grows to
+# what a read returned, so a large value costs no memory for small frames.
+_READ_SIZE: Final = 64 * 1024
+
+
+def _decode_with(decoder: cbor2.CBORDecoder, body: io.BytesIO) -> Any:
+    """Decode exactly one CBOR item from `body` with `decoder` (see `decode_body`)."""
+    decoder.fp = body  # also drops whatever the decoder had buffered
+    try:
+        obj = decoder.decode()
+    except cbor2.CBORDecodeError as exc:
+        raise RemoteProtocolError(f"undecodable cbor in frame: {exc}") from None
+    # cbor2 ignores trailing bytes, so ask for one more byte: EOF is the good
+    # outcome. (The decoder buffers ahead, so body.tell() cannot tell.)
+    try:
+        decoder.read(1)
+    except cbor2.CBORDecodeEOF:
+        return obj
+    raise RemoteProtocolError("trailing bytes after the cbor item in frame")
+
+
 def decode_body(body: bytes | bytearray | memoryview) -> Any:
     """Decode one frame body: exactly one CBOR item, untrusted input rules.
 
@@ -131,27 +169,7 @@ def decode_body(body: bytes | bytearray | memoryview) -> Any:
     """
     if not body:
         raise RemoteProtocolError("empty frame body")
-    # cbor2.loads ignores trailing bytes, so use a decoder over the body and
-    # ask it for one more byte afterwards: EOF there is the good outcome.
-    decoder = cbor2.CBORDecoder(
-        io.BytesIO(body),
-        tag_hook=_reject_tag,
-        semantic_decoders=_SEMANTIC_OVERRIDES,
-        read_size=len(body),
-        max_depth=MAX_DEPTH,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-    )
-    try:
-        obj = decoder.decode()
-    except cbor2.CBORDecodeError as exc:
-        raise RemoteProtocolError(f"undecodable cbor in frame: {exc}") from None
-    try:
-        decoder.read(1)
-    except cbor2.CBORDecodeEOF:
-        return obj
-    raise RemoteProtocolError("trailing bytes after the cbor item in frame")
+    return _decode_with(_new_cbor_decoder(), io.BytesIO(body))
 
 
 def encode_body(obj: Any) -> bytes:
@@ -233,7 +251,7 @@ class FrameDecoder:
     not been parsed yet.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_pos", "max_frame", "state")
+    __slots__ = ("_buf", "_cbor", "_eof", "_error", "_pos", "max_frame", "state")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 1 <= max_frame <= _MAX_LENGTH:
@@ -244,6 +262,10 @@ class FrameDecoder:
         self._pos = 0  # Invariant: _buf[:_pos] is consumed, 0 <= _pos <= len(_buf)
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        # One CBOR decoder per connection, reused for every frame: building one
+        # with the safety options costs more than decoding a small request.
+        # Safe to reuse: after any decode error this decoder is in ERROR for good.
+        self._cbor = _new_cbor_decoder()
 
     @property
     def buffered(self) -> int:
@@ -315,11 +337,22 @@ class FrameDecoder:
         if end > len(buf):
             return self._need_data(avail)
         self._pos = end
-        with memoryview(buf) as view, view[pos + HEADER_SIZE : end] as body:
-            try:
-                return decode_body(body)
-            except RemoteProtocolError as exc:
-                self._fail(exc)
+        if not length:
+            self._fail(RemoteProtocolError("empty frame body"))
+        start = pos + HEADER_SIZE
+        if length <= _SMALL_FRAME:
+            # Copying a small slice beats setting up a memoryview (and its release).
+            body = io.BytesIO(buf[start:end])
+        else:
+            with memoryview(buf) as view, view[start:end] as part:
+                body = io.BytesIO(part)
+        try:
+            obj = _decode_with(self._cbor, body)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+        if length > _SMALL_FRAME:
+            self._cbor.fp = _EMPTY  # do not keep a copy of a large body alive
+        return obj
 
     def _need_data(self, avail: int) -> Any:
         if not self._eof:

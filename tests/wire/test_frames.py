@@ -329,3 +329,46 @@ def test_invalid_max_frame() -> None:
         FrameDecoder(max_frame=0)
     with pytest.raises(ValueError):
         FrameDecoder(max_frame=2**32)
+
+
+def _outcome(fn: object, *args: object) -> tuple[str, object]:
+    try:
+        return "ok", fn(*args)  # type: ignore[operator]
+    except RemoteProtocolError as exc:
+        return "error", (exc.message, exc.code)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40) | plain_items.map(cbor2.dumps), min_size=1, max_size=4))
+def test_reused_decoder_agrees_with_decode_body(bodies: list[bytes]) -> None:
+    """FrameDecoder reuses one CBOR decoder per connection; decode_body builds a fresh one.
+
+    Both must accept and reject the same bodies with the same error, however many
+    frames came before (nothing may leak from one frame into the next).
+    """
+    dec = FrameDecoder()
+    dec.receive_data(b"".join(frame(b) for b in bodies))
+    for body in bodies:
+        want = _outcome(decode_body, body)
+        got = _outcome(dec.next_frame)
+        assert got == want
+        if want[0] == "error":
+            assert dec.state is DecoderState.ERROR
+            return
+
+
+def test_large_and_small_frames_alternate() -> None:
+    """Bodies over the small-frame size take the memoryview path; results are the same."""
+    big = [b"x" * 100_000, list(range(20_000))]
+    items: list[object] = [1, big, [2, b"y"], big, "z"]
+    dec = FrameDecoder()
+    dec.receive_data(encode_frames(items))
+    assert drain(dec) == items
+
+
+def test_large_frame_with_trailing_bytes() -> None:
+    dec = FrameDecoder()
+    dec.receive_data(encode_frame(3) + frame(cbor2.dumps(b"x" * 100_000) + b"\x01"))
+    assert dec.next_frame() == 3
+    with pytest.raises(RemoteProtocolError, match="trailing"):
+        dec.next_frame()
