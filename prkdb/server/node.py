@@ -8,7 +8,8 @@ Shutdown on SIGTERM/SIGINT: STOPPING=1, hand away every partition this node
 leads (leadership transfer), wait a few seconds for that, fail the clients
 still waiting, sync and close the WAL, exit 0.
 
-A partition whose driver hits a bug is logged and restarted from its durable
+One `RaftLoop` task drives all partitions (prkdb/server/raftloop.py). A
+partition that hits a bug is logged and restarted from its durable
 state; a storage failure (fsync error, disk full) stops the node: we never
 keep serving on a WAL we could not make durable (fail-stop, never silent loss).
 """
@@ -16,7 +17,6 @@ keep serving on a WAL we could not make durable (fail-stop, never silent loss).
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -29,14 +29,13 @@ from prkdb.server import systemd
 from prkdb.server.client_service import ClientService
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.partition import PartitionDriver
+from prkdb.server.raftloop import FatalStorageError, RaftLoop
 from prkdb.server.transport import PeerTransport
-from prkdb.storage import SnapshotStore, StorageError, WriteAheadLog
+from prkdb.storage import SnapshotStore, WriteAheadLog
+
+__all__ = ["FatalStorageError", "Node"]
 
 SHUTDOWN_HANDOFF_S = 4.0
-
-
-class FatalStorageError(Exception):
-    """The WAL or a snapshot could not be made durable; the node must stop."""
 
 
 class Node:
@@ -75,11 +74,13 @@ class Node:
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down)
+        self.raft_loop = RaftLoop(cfg, self.committer, self.log)
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,
-                                self.transport.send, self.log)
+                                self.transport.send, self.log, self.raft_loop.inbox)
             )
+        self.raft_loop.partitions = self.drivers
         me = cfg.me
         chost, cport = parse_addr(me.client_addr)
         phost, pport = parse_addr(me.peer_addr)
@@ -92,8 +93,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.transport.run, peer_listeners)
-                for d in self.drivers:
-                    await nursery.start(self._supervise, d)
+                await nursery.start(self.raft_loop.run)
                 nursery.start_soon(trio.serve_listeners, self.service.handle_connection,
                                    client_listeners)
                 nursery.start_soon(self._watch_signals)
@@ -112,39 +112,6 @@ class Node:
                 task_status.started(self)
         finally:
             self._close_storage()
-
-    async def _supervise(self, driver: PartitionDriver, *,
-                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Run a partition; restart it after a bug, stop the node after a storage failure."""
-        started = False
-        backoff = 0.1
-        while True:
-            try:
-                if not started:
-                    await driver.run(task_status=task_status)
-                else:
-                    await driver.run()
-                return
-            except BaseException as e:
-                leaves = list(_leaves(e))
-                if any(not isinstance(x, Exception) for x in leaves):
-                    raise  # cancellation, KeyboardInterrupt: not ours to handle
-                storage = next((x for x in leaves if isinstance(x, OSError | StorageError)), None)
-                if storage is not None:
-                    # The WAL could not be made durable: stop the node, loudly.
-                    self.log.critical("storage_failed", partition=driver.partition,
-                                      error=repr(storage))
-                    raise FatalStorageError(
-                        f"partition {driver.partition}: storage failed: {storage}"
-                    ) from storage
-                self.log.exception("partition_failed", partition=driver.partition,
-                                   error=repr(leaves[0] if leaves else e))
-                driver.fail_all(Unavailable(f"partition {driver.partition} restarted"))
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                driver.restart_core()
-            finally:
-                started = True
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -192,11 +159,3 @@ class Node:
             self.wal = None
         self.log.info("node_stopped")
 
-
-def _leaves(e: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, or `e` itself."""
-    if isinstance(e, BaseExceptionGroup):
-        for sub in e.exceptions:
-            yield from _leaves(sub)
-    else:
-        yield e

@@ -1,19 +1,14 @@
 """`PartitionDriver`: the only owner of one partition's RawNode and state machine.
 
-Theory of operation
--------------------
-One task runs the loop (STYLE §8.11):
-
-    wait for the inbox or the next tick -> feed everything queued into the core
-    -> Ready: send `messages` -> append to the shared WAL -> group-commit sync
-    -> mirror into MemoryStorage -> send `messages_after_persist`
-    -> apply committed entries (resolve client waiters) -> serve reads -> advance
-
-While the loop awaits the WAL sync it does not read its inbox: that is the
-RawNode contract (one Ready outstanding, no input in between). Peer messages,
-proposals and reads queue meanwhile, and the next pass takes them all at
-once, which is where batching comes from: all proposals queued in one pass
-become one `propose_many` and one AppendEntries per follower.
+It does not run a task of its own: the node's `RaftLoop` drives every
+partition in one loop (see prkdb/server/raftloop.py), calling, per pass,
+`handle` for each queued item, `flush_proposals`, `tick`, then
+`begin_ready` (send `messages`, append to the shared WAL), one WAL sync for
+all partitions, and `finish_ready` (mirror into MemoryStorage, send
+`messages_after_persist`, apply committed entries, serve reads, advance).
+Rare slow steps (installing or finishing a snapshot, a restart after a bug)
+run in the background via `go_slow`, and the loop leaves this partition
+alone until they are done.
 
 Client waits are resolved when an entry is applied, keyed by (term, index):
 if a different entry is applied at our index, our proposal was lost and
@@ -26,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -57,10 +51,6 @@ from prkdb.server.recovery import recover_partition
 from prkdb.state import KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
 
-INBOX_SIZE = 16384
-_TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
-MAX_DRAIN = 4096  # inbox items taken per pass before handling the Ready
-
 
 @dataclass(order=True)
 class _ReadWait:
@@ -79,6 +69,7 @@ class PartitionDriver:
         committer: GroupCommitter,
         send: Any,
         log: Any,
+        inbox: trio.MemorySendChannel[tuple],
     ) -> None:
         self.cfg = cfg
         self.partition = partition
@@ -87,8 +78,7 @@ class PartitionDriver:
         self.committer = committer
         self.send = send  # transport.send(partition, msgs)
         self.log = log.bind(partition=partition)
-        self.inbox_send, self.inbox_recv = trio.open_memory_channel[tuple](INBOX_SIZE)
-        self.tick_s = cfg.raft.tick_ms / 1000
+        self.inbox = inbox  # the node's RaftLoop inbox, shared by all partitions
         self._proposals: list[Pending] = []
         self._by_index: dict[int, Pending] = {}
         self._reads: dict[bytes, Pending] = {}
@@ -102,7 +92,18 @@ class PartitionDriver:
         self._snapshot_waiters: list[Pending] = []
         self._snapshot_running = False  # a background snapshot is being written
         self._saved_snapshot: Snapshot | None = None  # written, not yet in the WAL
-        self._background: trio.Nursery
+        self.background: trio.Nursery  # set by the RaftLoop: snapshots, slow Readies
+        # While a slow step (a snapshot install or finish, a restart) runs in
+        # the background, the loop leaves this partition alone and parks its
+        # inbox items here; they are replayed, in order, when it is done.
+        self.busy = False
+        self.deferred: list[tuple] = []
+        self.restart_backoff = 0.1
+        # Spread leaders at boot: partition p's preferred leader campaigns
+        # early, before the randomized timeouts of the others expire.
+        voters = cfg.voter_ids
+        preferred = voters[partition % len(voters)]
+        self._boot_ticks = 2 if preferred == cfg.node_id and len(voters) > 1 else -1
         self.raw: RawNode
         self.sm: KVStateMachine
         self.storage: MemoryStorage
@@ -181,22 +182,21 @@ class PartitionDriver:
         safe to retry), Timeout (not proposed before the deadline),
         OutcomeUnknown (proposed, fate unknown at the deadline).
         """
-        self._submit(("prop", Pending(callback, data)), deadline)
+        self._submit("prop", Pending(callback, data), deadline)
 
     def submit_read(self, deadline: float, callback: Callback) -> None:
         """`callback(applied_index, error)` once a linearizable read may be served here."""
-        self._submit(("read", Pending(callback)), deadline)
+        self._submit("read", Pending(callback), deadline)
 
-    def _submit(self, item: tuple[str, Pending], deadline: float) -> None:
-        pending = item[1]
+    def _submit(self, kind: str, pending: Pending, deadline: float) -> None:
         try:
-            self.inbox_send.send_nowait(item)
+            self.inbox.send_nowait((self, kind, pending))
         except trio.WouldBlock:
-            pending.finish(error=Unavailable(f"partition {self.partition} is overloaded"))
+            pending.finish(error=Unavailable("the node is overloaded (raft inbox full)"))
             return
         heapq.heappush(self._deadlines, (deadline, next(self._read_seq), pending))
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
         """Fail every request whose deadline passed (the driver owns all deadlines)."""
         dl = self._deadlines
         while dl and dl[0][0] <= now:
@@ -222,116 +222,71 @@ class PartitionDriver:
     async def transfer_leadership(self, to: int) -> int:
         """Start handing leadership to `to` (0 = the most caught-up follower); returns it."""
         w = Waiter()
-        self._enqueue(("transfer", to, Pending(w.set)))
+        p = Pending(w.set)
+        self._enqueue("transfer", (to, p), p)
         return await w.get()
 
     async def snapshot_now(self) -> int:
         """Take a snapshot now (if anything was applied since the last); its index."""
         w = Waiter()
-        self._enqueue(("snapshot", Pending(w.set)))
+        p = Pending(w.set)
+        self._enqueue("snapshot", p, p)
         return await w.get()
 
     def deliver(self, msg: Message) -> None:
         """A peer's message (from the transport); dropped if the inbox is full."""
         try:
-            self.inbox_send.send_nowait(("msg", msg))
+            self.inbox.send_nowait((self, "msg", msg))
         except trio.WouldBlock:
             self.dropped_inbox += 1
 
     def report_peer_down(self, peer: int) -> None:
         """The transport saw `peer`'s process die; fast failover if it led us."""
         with contextlib.suppress(trio.WouldBlock):
-            self.inbox_send.send_nowait(("peer_down", peer))
+            self.inbox.send_nowait((self, "peer_down", peer))
 
-    def _enqueue(self, item: tuple) -> None:
+    def _enqueue(self, kind: str, x: Any, pending: Pending) -> None:
         try:
-            self.inbox_send.send_nowait(item)
+            self.inbox.send_nowait((self, kind, x))
         except trio.WouldBlock:
-            item[-1].finish(error=Unavailable(f"partition {self.partition} is overloaded"))
+            pending.finish(error=Unavailable("the node is overloaded (raft inbox full)"))
 
-    # -- the loop ---------------------------------------------------------------
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as background:
-            self._background = background
-            task_status.started()
-            await self._loop()
-            background.cancel_scope.cancel()
-
-    def _next_tick_after(self, now: float) -> float:
-        # Every partition of a node ticks on the same grid, so their
-        # heartbeats are produced together and leave in one frame per peer.
-        # The grid's phase is random per process: nodes sharing a machine
-        # (and its monotonic clock) must not tick in lockstep, or their
-        # election timers would expire together and split votes more often.
-        t = self.tick_s
-        return (math.floor((now - _TICK_PHASE * t) / t) + 1) * t + _TICK_PHASE * t
-
-    async def _loop(self) -> None:
-        next_tick = self._next_tick_after(trio.current_time())
-        # Spread leaders at boot: partition p's preferred leader campaigns
-        # early, before the randomized timeouts of the others expire.
-        voters = self.cfg.voter_ids
-        preferred = voters[self.partition % len(voters)]
-        boot_ticks = 2 if preferred == self.cfg.node_id and len(voters) > 1 else -1
-        while True:
-            if not self.raw.has_ready():
-                with trio.move_on_at(next_tick):
-                    item = await self.inbox_recv.receive()
-                    self._handle(item)
-            for _ in range(MAX_DRAIN):
-                try:
-                    item = self.inbox_recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._handle(item)
-            self._flush_proposals()
-            now = trio.current_time()
-            if self._deadlines and self._deadlines[0][0] <= now:
-                self._expire(now)
-            if now >= next_tick:
-                self.raw.tick()
-                next_tick = self._next_tick_after(now)
-                if boot_ticks > 0:
-                    boot_ticks -= 1
-                    if boot_ticks == 0 and self.raw.core.lead == 0:
-                        self.raw.campaign()
-            if self.raw.has_ready():
-                await self._process_ready()
-            elif self._saved_snapshot is not None or self._snapshot_waiters:
-                await self._maybe_snapshot()
-            else:
-                await trio.lowlevel.checkpoint()
-
-    def _handle(self, item: tuple) -> None:
-        kind = item[0]
+    # -- driven by the node's RaftLoop ---------------------------------------------
+    def handle(self, kind: str, x: Any) -> None:
+        """Feed one inbox item into the core (called only by the RaftLoop)."""
         if kind == "msg":
-            self.raw.step(item[1])
+            self.raw.step(x)
         elif kind == "prop":
-            if not item[1].done:  # (expired while queued)
-                self._proposals.append(item[1])
+            if not x.done:  # (expired while queued)
+                self._proposals.append(x)
         elif kind == "read":
-            w = item[1]
-            if w.done:
+            if x.done:
                 return
             ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
             try:
                 self.raw.read_index(ctx)
             except RaftNotLeader:
-                w.finish(error=self._not_leader())
+                x.finish(error=self._not_leader())
                 return
             except ProposalDropped as e:
-                w.finish(error=Unavailable(f"partition {self.partition}: {e}"))
+                x.finish(error=Unavailable(f"partition {self.partition}: {e}"))
                 return
-            self._reads[ctx] = w
-        elif kind == "wake":
-            pass  # a background snapshot finished; the loop picks it up
+            self._reads[ctx] = x
         elif kind == "peer_down":
-            self.raw.report_peer_down(item[1])
+            self.raw.report_peer_down(x)
         elif kind == "transfer":
-            to, w = item[1], item[2]
+            to, w = x
             self._transfer(to, w)
         elif kind == "snapshot":
-            self._snapshot_waiters.append(item[1])
+            self._snapshot_waiters.append(x)
+        # "wake": a background snapshot finished; the loop looks at it after the pass
+
+    def tick(self) -> None:
+        self.raw.tick()
+        if self._boot_ticks > 0:
+            self._boot_ticks -= 1
+            if self._boot_ticks == 0 and self.raw.core.lead == 0:
+                self.raw.campaign()
 
     def _transfer(self, to: int, w: Pending) -> None:
         if not self.is_leader:
@@ -360,7 +315,7 @@ class PartitionDriver:
             partition=self.partition,
         )
 
-    def _flush_proposals(self) -> None:
+    def flush_proposals(self) -> None:
         if not self._proposals:
             return
         props, self._proposals = self._proposals, []
@@ -379,18 +334,48 @@ class PartitionDriver:
             p.term, p.index = term, first + i
             self._by_index[p.index] = p
 
-    async def _process_ready(self) -> None:
+    # -- a Ready, in two halves around the node's one WAL sync per pass -----------
+    def begin_ready(self) -> Ready | None:
+        """Take the Ready; send what may leave before the sync; append to the WAL.
+
+        Returns it for `finish_ready` once the RaftLoop's shared sync made the
+        appends durable. A Ready carrying a snapshot to install returns None
+        and goes down the slow path in the background instead: writing the
+        snapshot file must not stall every other partition of the node.
+        """
         rd = self.raw.ready()
+        if rd.snapshot is not None:
+            self.go_slow(self._process_snapshot_ready, rd)
+            return None
         if rd.messages:
             self.send(self.partition, rd.messages)
-        await self._persist(rd)
+        if rd.entries:
+            self.wal.append_entries(self.partition, rd.entries)
+        if rd.hard_state is not None:
+            self.wal.append_hard_state(self.partition, rd.hard_state)
+        return rd
+
+    def finish_ready(self, rd: Ready) -> None:
+        """After the sync: mirror into memory, send the acks, apply, advance."""
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+        self._after_persist(rd)
+
+    def _after_persist(self, rd: Ready) -> None:
         if rd.messages_after_persist:
             self.send(self.partition, rd.messages_after_persist)
         if rd.soft_state is not None:
             self._on_soft_state(rd)
         self._apply(rd)
         self.raw.advance(rd)
-        await self._maybe_snapshot()
+
+    async def _process_snapshot_ready(self, rd: Ready) -> None:
+        if rd.messages:
+            self.send(self.partition, rd.messages)
+        await self._persist(rd)
+        self._after_persist(rd)
 
     async def _persist(self, rd: Ready) -> None:
         p = self.partition
@@ -411,6 +396,29 @@ class PartitionDriver:
             self.storage.append(rd.entries)
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
+
+    # -- the slow path: one partition steps aside, the others go on ----------------
+    def go_slow(self, fn: Any, *args: Any) -> None:
+        """Run `await fn(*args)` in the background; the loop skips us until it is done."""
+        self.busy = True
+        self.background.start_soon(self._slow, fn, args)
+
+    async def _slow(self, fn: Any, args: tuple) -> None:
+        error: Exception | None = None
+        try:
+            await fn(*args)
+        except Exception as e:  # judged by the RaftLoop: a bug or a storage failure
+            error = e
+        await self.inbox.send((self, "done", error))
+
+    async def restart_after(self, delay: float) -> None:
+        """Rebuild the core after a bug, after `delay` (so a bug cannot spin)."""
+        await trio.sleep(delay)
+        self.restart_core()
+
+    @property
+    def has_snapshot_work(self) -> bool:
+        return self._saved_snapshot is not None or bool(self._snapshot_waiters)
 
     def _on_soft_state(self, rd: Ready) -> None:
         ss = rd.soft_state
@@ -464,19 +472,20 @@ class PartitionDriver:
         while waits and waits[0].index <= applied:
             heapq.heappop(waits).pending.finish(result=applied)
 
-    async def _maybe_snapshot(self) -> None:
+    def maybe_snapshot(self) -> None:
         """Finish a snapshot the background task wrote, or start one if due.
 
         Serializing and writing a snapshot takes time proportional to the
         state; it runs in `_write_snapshot` (a worker thread for the CPU and
         disk parts) so this partition keeps ticking, heartbeating and serving
-        meanwhile. Only the cheap steps run here: freezing the state, then,
-        once the file is durable, the WAL marker, releasing old segments and
-        compacting the in-memory log.
+        meanwhile. Only freezing the state runs here; once the file is durable
+        `_finish_snapshot` (the slow path) writes the WAL marker, releases old
+        segments and compacts the in-memory log.
         """
         if self._saved_snapshot is not None:
             snap, self._saved_snapshot = self._saved_snapshot, None
-            await self._finish_snapshot(snap)
+            self.go_slow(self._finish_snapshot, snap)
+            return
         if self._snapshot_running:
             return
         applied = self.raw.core.log.applied
@@ -488,7 +497,7 @@ class PartitionDriver:
             return
         self._snapshot_running = True
         meta = SnapshotMeta(applied, self.storage.term(applied), ConfState(self.cfg.voter_ids))
-        self._background.start_soon(self._write_snapshot, meta, self.sm.snapshot_view())
+        self.background.start_soon(self._write_snapshot, meta, self.sm.snapshot_view())
 
     async def _write_snapshot(self, meta: SnapshotMeta, encode: Any) -> None:
         try:
@@ -501,7 +510,7 @@ class PartitionDriver:
             self._saved_snapshot = snap
         finally:
             self._snapshot_running = False
-        await self.inbox_send.send(("wake",))
+        await self.inbox.send((self, "wake", None))
 
     async def _finish_snapshot(self, snap: Snapshot) -> None:
         p = self.partition

@@ -1,0 +1,186 @@
+"""`RaftLoop`: one task drives every partition of the node (multi-Raft batching).
+
+Theory of operation
+-------------------
+Partitions share one inbox. Each pass of the loop:
+
+    wait for the inbox or the next tick -> hand every queued item to its
+    partition -> per partition: propose what queued, expire deadlines, tick,
+    take the Ready (send `messages`, append to the shared WAL)
+    -> ONE WAL sync for all of them
+    -> per partition: mirror, send `messages_after_persist`, apply, advance
+
+While the loop awaits the sync it does not read the inbox: every partition
+has one Ready outstanding and no input may reach its core in between (the
+RawNode contract). Messages, proposals and reads queue meanwhile and the
+next pass takes them all, which is where batching comes from: all of a
+partition's proposals of one pass become one `propose_many` and one
+AppendEntries per follower; all partitions' appends share one fsync; and
+all their messages reach the transport together, one frame per peer. This
+is the batch system of multi-Raft engines (TiKV's raftstore): a loop per
+partition paid a wake-up, a Ready and a sync wait per partition per batch,
+and its batches were smaller.
+
+Failures stay per partition. A bug (any other exception) in one partition
+fails its waiting clients and rebuilds its core from its durable state after
+a backoff, while the others go on; a storage failure (fsync error, disk
+full) stops the node, since we never serve on a WAL we could not make
+durable. Rare slow steps (snapshot install, snapshot finish, a restart) run
+in the background (`PartitionDriver.go_slow`); the loop parks that
+partition's items until its "done" arrives, then replays them in order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+
+from prkdb.config import NodeConfig
+from prkdb.errors import Unavailable
+from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.partition import PartitionDriver
+from prkdb.storage import StorageError
+
+INBOX_SIZE = 65536  # items for all partitions; beyond it requests get Unavailable
+MAX_DRAIN = 8192  # items taken per pass, so ticks and Readies are never starved
+_TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
+
+
+class FatalStorageError(Exception):
+    """The WAL or a snapshot could not be made durable; the node must stop."""
+
+
+class RaftLoop:
+    def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any) -> None:
+        self.cfg = cfg
+        self.committer = committer
+        self.log = log
+        self.tick_s = cfg.raft.tick_ms / 1000
+        self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
+        self.partitions: list[PartitionDriver] = []
+        self.restarts = 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as background:
+            for p in self.partitions:
+                p.background = background
+            task_status.started()
+            await self._loop()
+
+    def _next_tick_after(self, now: float) -> float:
+        # Nodes sharing a machine (and its monotonic clock) must not tick in
+        # lockstep, or their election timers would expire together and split
+        # votes more often: the grid's phase is random per process.
+        t = self.tick_s
+        return (math.floor((now - _TICK_PHASE * t) / t) + 1) * t + _TICK_PHASE * t
+
+    async def _loop(self) -> None:
+        parts = self.partitions
+        recv = self._recv
+        next_tick = self._next_tick_after(trio.current_time())
+        while True:
+            if not any(not p.busy and p.raw.has_ready() for p in parts):
+                with trio.move_on_at(next_tick):
+                    self._dispatch(await recv.receive())
+            for _ in range(MAX_DRAIN):
+                try:
+                    item = recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._dispatch(item)
+            now = trio.current_time()
+            tick = now >= next_tick
+            if tick:
+                next_tick = self._next_tick_after(now)
+            readies = []
+            must_sync = False
+            for p in parts:
+                try:
+                    if p._deadlines and p._deadlines[0][0] <= now:
+                        p.expire(now)  # even when busy: a client's deadline is its own
+                    if p.busy:
+                        continue
+                    p.flush_proposals()
+                    if tick:
+                        p.tick()
+                    if p.raw.has_ready():
+                        rd = p.begin_ready()
+                        if rd is not None:
+                            readies.append((p, rd))
+                            must_sync = must_sync or rd.must_sync
+                except Exception as e:
+                    self._failed(p, e)
+            if must_sync:
+                try:
+                    await self.committer.sync()
+                except (OSError, StorageError) as e:
+                    self.log.critical("storage_failed", error=repr(e))
+                    raise FatalStorageError(f"WAL sync failed: {e}") from e
+            for p, rd in readies:
+                try:
+                    p.finish_ready(rd)
+                    p.maybe_snapshot()
+                except Exception as e:
+                    self._failed(p, e)
+            if not readies:
+                for p in parts:
+                    if p.has_snapshot_work and not p.busy:
+                        try:
+                            p.maybe_snapshot()
+                        except Exception as e:
+                            self._failed(p, e)
+                await trio.lowlevel.checkpoint()
+
+    def _dispatch(self, item: tuple) -> None:
+        p, kind, x = item
+        if p.busy:
+            if kind == "done":
+                self._slow_done(p, x)
+            else:
+                p.deferred.append(item)
+            return
+        try:
+            p.handle(kind, x)
+        except Exception as e:
+            self._failed(p, e)
+
+    def _slow_done(self, p: PartitionDriver, error: Exception | None) -> None:
+        p.busy = False
+        if error is not None:
+            self._failed(p, error)
+            return
+        deferred, p.deferred = p.deferred, []
+        for i, item in enumerate(deferred):
+            if p.busy:  # failed while replaying: keep the rest for after the restart
+                p.deferred.extend(deferred[i:])
+                return
+            self._dispatch(item)
+
+    def _failed(self, p: PartitionDriver, error: Exception) -> None:
+        """A partition raised: stop the node (storage) or restart the partition (bug)."""
+        leaves = list(_leaves(error))
+        storage = next((x for x in leaves if isinstance(x, OSError | StorageError)), None)
+        if storage is not None:
+            self.log.critical("storage_failed", partition=p.partition, error=repr(storage))
+            raise FatalStorageError(
+                f"partition {p.partition}: storage failed: {storage}"
+            ) from storage
+        self.restarts += 1
+        self.log.error("partition_failed", partition=p.partition, error=repr(error),
+                       exc_info=error)
+        p.fail_all(Unavailable(f"partition {p.partition} restarted"))
+        delay, p.restart_backoff = p.restart_backoff, min(p.restart_backoff * 2, 5.0)
+        p.go_slow(p.restart_after, delay)
+
+
+def _leaves(e: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or `e` itself."""
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield e
