@@ -51,6 +51,7 @@ from prkdb.raft.types import (
     SnapshotMeta,
 )
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
+from prkdb.wire.schema import frozen_builder
 
 __all__ = [
     "ENTRY_LAYOUT",
@@ -112,8 +113,15 @@ SNAPSHOT_LAYOUT: Final = (
 )
 
 _NORMAL = EntryKind.NORMAL
+_APP = MsgType.APP
+# Decoding builds a Message per Raft message and an Entry per entry; a frozen
+# dataclass __init__ is the largest part of that (see `frozen_builder`).
+_new_entry = frozen_builder(Entry)
+_new_message = frozen_builder(Message)
 # Message defaults by position, for filling omitted trailing fields.
 _MSG_DEFAULTS: Final = (None, 0, 0, 0, 0, 0, [], 0, False, 0, b"", None)
+# _DEFAULT_TAILS[n]: the defaults of the fields after the first n (never mutated).
+_DEFAULT_TAILS: Final = tuple(list(_MSG_DEFAULTS[n:]) for n in range(13))
 
 
 def _bad(what: str, value: Any) -> RemoteProtocolError:
@@ -166,7 +174,7 @@ def decode_entry(obj: Any) -> Entry:
         raise _bad("entry index must be a uint64", index)
     if type(data) is not bytes:
         raise _bad("entry data must be bytes", data)
-    return Entry(term, index, kind, data)
+    return _new_entry(term, index, kind, data)
 
 
 def encode_snapshot(s: Snapshot) -> list[Any]:
@@ -252,7 +260,7 @@ def decode_message(obj: Any) -> Message:
     if not MIN_MESSAGE_FIELDS <= n <= 12:
         raise RemoteProtocolError(f"raft message: must have 4..12 fields, got {n}")
     if n < 12:
-        obj = obj + list(_MSG_DEFAULTS[n:])
+        obj = obj + _DEFAULT_TAILS[n]
     (
         t,
         to,
@@ -274,11 +282,24 @@ def decode_message(obj: Any) -> Message:
         raise _bad("to must be a node id >= 1", to)
     if type(from_) is not int or not 1 <= from_ <= U64_MAX:
         raise _bad("from must be a node id >= 1", from_)
-    _uint(term, "term")
-    _uint(log_term, "log_term")
-    _uint(index, "index")
-    _uint(commit, "commit")
-    _uint(reject_hint, "reject_hint")
+    if not (
+        type(term) is int
+        and type(log_term) is int
+        and type(index) is int
+        and type(commit) is int
+        and type(reject_hint) is int
+        and 0 <= term <= U64_MAX
+        and 0 <= log_term <= U64_MAX
+        and 0 <= index <= U64_MAX
+        and 0 <= commit <= U64_MAX
+        and 0 <= reject_hint <= U64_MAX
+    ):
+        # One combined test on the hot path; name the first bad field here.
+        _uint(term, "term")
+        _uint(log_term, "log_term")
+        _uint(index, "index")
+        _uint(commit, "commit")
+        _uint(reject_hint, "reject_hint")
     if type(reject) is not bool:
         raise _bad("reject must be a bool", reject)
     if type(context) is not bytes:
@@ -290,9 +311,15 @@ def decode_message(obj: Any) -> Message:
     if raw_entries:
         if mtype not in _CARRY_ENTRIES:
             raise RemoteProtocolError(f"raft message: {mtype.name} must not carry entries")
-        entries = tuple([decode_entry(e) for e in raw_entries])
-        if mtype is MsgType.APP:
-            _check_appended(entries, index, log_term, term)
+        fast = None
+        if mtype is _APP:
+            fast = _decode_appended(raw_entries, index, log_term, term)
+        if fast is not None:
+            entries = fast
+        else:
+            entries = tuple([decode_entry(e) for e in raw_entries])
+            if mtype is _APP:
+                _check_appended(entries, index, log_term, term)
 
     snapshot = None
     if mtype is MsgType.SNAP:
@@ -302,7 +329,7 @@ def decode_message(obj: Any) -> Message:
     elif raw_snapshot is not None:
         raise RemoteProtocolError(f"raft message: {mtype.name} must not carry a snapshot")
 
-    return Message(
+    return _new_message(
         mtype,
         to,
         from_,
@@ -316,6 +343,45 @@ def decode_message(obj: Any) -> Message:
         context,
         snapshot,
     )
+
+
+def _decode_appended(
+    raw: list[Any], index: int, log_term: int, term: int
+) -> tuple[Entry, ...] | None:
+    """Fast path for APP entries: the checks of `decode_entry` + `_check_appended` in one loop.
+
+    Only for the common shape, ``[term, index, data]`` (kind NORMAL, data
+    present); returns None at the first entry that is anything else, valid or
+    not, and the caller runs the strict path, which decides (and words the
+    error). Every entry it accepts passes the strict checks: ints and bytes
+    by exact type, index == previous + 1 starting at ``index + 1`` (so in
+    range once the last one is), term in ``max(log_term, 1)..term`` (so a
+    uint64), non-decreasing. Called with `index`, `log_term`, `term` already
+    checked as uint64s.
+    """
+    if index + len(raw) > U64_MAX:
+        return None
+    out = []
+    append = out.append
+    expect = index + 1
+    prev_term = log_term if log_term > 1 else 1
+    new_entry, normal = _new_entry, _NORMAL
+    for e in raw:
+        if type(e) is not list or len(e) != 3:
+            return None
+        e_term, e_index, data = e
+        if (
+            type(e_index) is not int
+            or e_index != expect
+            or type(e_term) is not int
+            or not prev_term <= e_term <= term
+            or type(data) is not bytes
+        ):
+            return None
+        append(new_entry(e_term, e_index, normal, data))
+        prev_term = e_term
+        expect += 1
+    return tuple(out)
 
 
 def _check_appended(entries: tuple[Entry, ...], index: int, log_term: int, term: int) -> None:

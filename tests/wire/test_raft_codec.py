@@ -19,6 +19,7 @@ from prkdb.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
+from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.raft_codec import (
     WIRE_MSG_TYPES,
@@ -28,6 +29,7 @@ from prkdb.wire.raft_codec import (
     encode_entry,
     encode_message,
 )
+from prkdb.wire.schema import frozen_builder
 from tests.wire.strategies import raft_messages
 
 SNAP = Snapshot(SnapshotMeta(10, 3, ConfState((1, 2, 3))), b"state")
@@ -150,3 +152,96 @@ def test_prop_entries_not_checked_for_contiguity() -> None:
 
 def test_decode_snapshot_direct() -> None:
     assert decode_snapshot([10, 3, [1, 2, 3], b"state"]) == SNAP
+
+
+# --- the APP fast path agrees with the strict path -----------------------------------
+
+U64 = 2**64 - 1
+_near_uint = st.one_of(
+    st.integers(0, 6), st.sampled_from([U64 - 1, U64, U64 + 1, -1]), st.booleans()
+)
+
+
+@st.composite
+def app_entries(draw: Any) -> tuple[list[Any], int, int, int]:
+    """(raw entries, index, log_term, term): mostly valid, each field sometimes off."""
+    index = draw(st.sampled_from([0, 1, 100, U64 - 3, U64 - 1, U64]))
+    log_term = draw(st.integers(0, 4))
+    term = draw(st.integers(0, 6) | st.just(U64))
+    raw: list[Any] = []
+    expect, t = index + 1, max(log_term, 1)
+
+    def off(good: Any, bad: st.SearchStrategy[Any]) -> Any:
+        return draw(bad) if draw(st.integers(0, 15)) == 0 else good
+
+    for _ in range(draw(st.integers(1, 5))):
+        t = off(draw(st.integers(t, t + 1)), _near_uint)
+        i = off(expect, _near_uint)
+        data = off(draw(st.binary(max_size=3)), st.sampled_from(["x", None, 0, bytearray()]))
+        shape = off(3, st.sampled_from([1, 2, 4, 5]))
+        item: Any = [t, i, data, draw(st.integers(0, 2))][:shape] + [0] * max(0, shape - 4)
+        raw.append(off(item, st.just(tuple(item))))
+        expect += 1
+    return raw, index, log_term, term
+
+
+def _strict_entries(raw: list[Any], index: int, log_term: int, term: int) -> Any:
+    try:
+        entries = tuple(decode_entry(e) for e in raw)
+        raft_codec._check_appended(entries, index, log_term, term)
+    except RemoteProtocolError as exc:
+        return ("error", exc.message)
+    return entries
+
+
+@settings(max_examples=500, deadline=None)
+@given(app_entries())
+def test_app_fast_path_accepts_only_what_strict_accepts(case: Any) -> None:
+    raw, index, log_term, term = case
+    fast = raft_codec._decode_appended(raw, index, log_term, term)
+    if fast is not None:
+        assert fast == _strict_entries(raw, index, log_term, term)
+
+
+@settings(max_examples=300, deadline=None)
+@given(app_entries())
+def test_decode_app_same_outcome_as_strict(case: Any) -> None:
+    """Through decode_message: the same message or the same error as entries-by-strict-path."""
+    raw, index, log_term, term = case
+    wire = [int(MsgType.APP), 2, 1, term, log_term, index, raw, 0]
+    strict = _strict_entries(raw, index, log_term, term)
+    try:
+        got: Any = decode_message(wire).entries
+    except RemoteProtocolError as exc:
+        got = ("error", exc.message)
+    assert got == strict
+
+
+def test_app_fast_path_takes_the_common_shape() -> None:
+    raw = [[2, 11, b"a"], [3, 12, b"b"]]
+    assert raft_codec._decode_appended(raw, 10, 2, 3) == (
+        Entry(2, 11, data=b"a"),
+        Entry(3, 12, data=b"b"),
+    )
+    # the leader's no-op has no data field: valid, but left to the strict path
+    assert raft_codec._decode_appended([[3, 11]], 10, 2, 3) is None
+    assert decode_message([3, 2, 1, 3, 2, 10, [[3, 11]], 0]).entries == (Entry(3, 11),)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raft_messages())
+def test_frozen_builder_builds_what_the_constructor_builds(msg: Message) -> None:
+    fields = [getattr(msg, f) for f in Message.__dataclass_fields__]
+    built = frozen_builder(Message)(*fields)
+    assert built == msg and type(built) is Message and hash(built) == hash(msg)
+    with pytest.raises(AttributeError):
+        built.term = 1  # type: ignore[misc]  # still frozen
+    for e in msg.entries:
+        assert frozen_builder(Entry)(e.term, e.index, e.kind, e.data) == e
+
+
+def test_frozen_builder_refuses_classes_it_would_get_wrong() -> None:
+    with pytest.raises(TypeError, match="__post_init__"):
+        frozen_builder(ConfState)
+    with pytest.raises(TypeError, match="slotted dataclass"):
+        frozen_builder(RemoteProtocolError)
