@@ -6,11 +6,12 @@ Every public call becomes an `_Op`: which partition (or node) it is for,
 whether it is a write, and how to build its message for a request id. One
 retry loop, `_execute`, runs every op within a per-call deadline:
 
-1. pick a target (`_pick_target`): the partition's cached leader for writes,
+1. pick a target (`_route`): the partition's cached leader for writes,
    LINEARIZABLE reads and admin calls; a non-leader round-robin for FOLLOWER
    reads (leader as fallback); any node for STALE reads and Status. An
    unknown leader triggers a topology refresh (a Status to another node);
-2. send on that node's shared connection and wait for the answer;
+2. send on that node's shared connection and wait for the answer, at most
+   ``attempt_timeout`` (the connection's timer enforces it);
 3. on NOT_LEADER follow the hint at once (or refresh when there is none);
    on UNAVAILABLE / TIMEOUT / OUTCOME_UNKNOWN / a lost connection back off
    (exponential, jittered, capped by the deadline) and try again; any other
@@ -25,6 +26,11 @@ hit while waiting). Retrying is the cure; only if the deadline ends the loop
 after an ambiguous attempt does the caller get `OutcomeUnknown`. Otherwise a
 spent deadline raises `Timeout` (an `Unavailable`) naming the partition and
 the last attempts.
+
+Cost: the common attempt (known target, live connection) does not await
+anything but its answer and opens no cancel scope; only a refresh or a dial
+runs under ``trio.move_on_at``. A load generator on the same cores as the
+servers measures this path (scripts/bench_client_cpu.py).
 
 All waiting uses trio time (`trio.current_time`), so tests drive it with
 `MockClock`; randomness (jitter, client ids) comes from an injectable
@@ -42,6 +48,7 @@ from typing import Any, Final, NamedTuple, final
 import trio
 
 from prkdb.client.connection import (
+    AttemptExpired,
     AttemptState,
     ConnectFailed,
     Connection,
@@ -150,12 +157,18 @@ class GetResult(NamedTuple):
 class _Op:
     """One logical request and how to route it."""
 
-    what: str  # for messages: "put key=b'k'"
+    # For messages ("put key=b'k'"); a function because most calls never
+    # need the text, and formatting it would cost more than the call itself.
+    describe: Callable[[], str]
     build: Callable[[int], WireMessage]
     partition: int | None = None  # routes by partition (leader or replicas)
     consistency: ReadConsistency = ReadConsistency.LINEARIZABLE
     write: bool = False  # carries a session: ambiguity -> OutcomeUnknown
     address: str | None = None  # a fixed node (Status to a node, Snapshot)
+
+    @property
+    def what(self) -> str:
+        return self.describe()
 
 
 def _backoff_delays(rng: random.Random) -> Generator[float, None, None]:
@@ -167,6 +180,8 @@ def _backoff_delays(rng: random.Random) -> Generator[float, None, None]:
 
 
 def _check_key(key: object, what: str = "key") -> bytes:
+    if type(key) is bytes and key:  # the common case, first and cheap
+        return key
     if isinstance(key, bytearray | memoryview):
         key = bytes(key)
     if not isinstance(key, bytes):
@@ -177,6 +192,8 @@ def _check_key(key: object, what: str = "key") -> bytes:
 
 
 def _check_value(value: object, what: str = "value") -> bytes:
+    if type(value) is bytes:
+        return value
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)
     if not isinstance(value, bytes):
@@ -340,15 +357,13 @@ class PrkDbClient:
 
     async def get(self, key: bytes, *, timeout: float | None = None) -> bytes | None:
         """The value of `key` (None if absent), linearizable: read at the leader."""
-        entry = await self.get_entry(key, consistency=ReadConsistency.LINEARIZABLE, timeout=timeout)
-        return entry.value
+        return (await self._get(key, ReadConsistency.LINEARIZABLE, timeout)).value
 
     async def get_with_consistency(
         self, key: bytes, consistency: ReadConsistency, *, timeout: float | None = None
     ) -> bytes | None:
         """The value of `key` at the given consistency (FOLLOWER/STALE spread load)."""
-        entry = await self.get_entry(key, consistency=consistency, timeout=timeout)
-        return entry.value
+        return (await self._get(key, consistency, timeout)).value
 
     async def get_entry(
         self,
@@ -363,18 +378,27 @@ class PrkDbClient:
             InvalidRequest: bad key.
             Timeout: no replica could answer before the deadline.
         """
+        reply = await self._get(key, consistency, timeout)
+        return GetResult(reply.value, reply.version, reply.mod_revision, reply.applied_index)
+
+    async def _get(
+        self, key: bytes, consistency: ReadConsistency, timeout: float | None
+    ) -> GetOk:
         key = _check_key(key)
-        consistency = ReadConsistency(consistency)
-        partition = await self._partition_of(key, timeout)
+        if type(consistency) is not ReadConsistency:
+            consistency = ReadConsistency(consistency)
+        partition = partition_for(
+            key, self.topology.partitions or await self._partition_count(timeout)
+        )
         op = _Op(
-            f"get key={key[:32]!r} ({consistency.name.lower()})",
+            lambda: f"get key={key[:32]!r} ({consistency.name.lower()})",
             lambda rid: Get(rid, key, consistency, partition),
             partition=partition,
             consistency=consistency,
         )
         reply = await self._execute(op, timeout, GetOk)
         assert isinstance(reply, GetOk)
-        return GetResult(reply.value, reply.version, reply.mod_revision, reply.applied_index)
+        return reply
 
     async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> WriteResult:
         """Store `value` under `key`, exactly once.
@@ -387,7 +411,7 @@ class PrkDbClient:
         key = _check_key(key)
         value = _check_value(value)
         return await self._write(
-            f"put key={key[:32]!r}",
+            lambda: f"put key={key[:32]!r}",
             key,
             lambda rid, s: Put(rid, key, value, s.client_id, s.next_seq),
             timeout,
@@ -397,7 +421,7 @@ class PrkDbClient:
         """Remove `key` (``prev_version`` 0 in the result: it was already absent)."""
         key = _check_key(key)
         return await self._write(
-            f"delete key={key[:32]!r}",
+            lambda: f"delete key={key[:32]!r}",
             key,
             lambda rid, s: Delete(rid, key, s.client_id, s.next_seq),
             timeout,
@@ -452,7 +476,7 @@ class PrkDbClient:
         stored = None if new_value is None else _check_value(new_value, "new_value")
         version = expected_version
         return await self._write(
-            f"cas key={key[:32]!r}",
+            lambda: f"cas key={key[:32]!r}",
             key,
             lambda rid, s: Cas(rid, key, wire_value, version, stored, s.client_id, s.next_seq),
             timeout,
@@ -489,7 +513,7 @@ class PrkDbClient:
         (partition,) = partitions
         frozen = tuple(parsed)
         return await self._write(
-            f"batch of {len(frozen)} ops",
+            lambda: f"batch of {len(frozen)} ops",
             frozen[0].key,
             lambda rid, s: Batch(rid, partition, frozen, s.client_id, s.next_seq),
             timeout,
@@ -511,7 +535,7 @@ class PrkDbClient:
             if address is None:
                 raise InvalidRequest(f"status: node {node_id} is not a member")
         op = _Op(
-            "status" if node_id is None else f"status of node {node_id}",
+            lambda: "status" if node_id is None else f"status of node {node_id}",
             lambda rid: Status(rid),
             address=address,
         )
@@ -542,7 +566,7 @@ class PrkDbClient:
         """Ask `partition`'s leader to hand leadership to `to_node` (0 = its pick)."""
         partition = await self._check_partition(partition, timeout)
         op = _Op(
-            f"transfer leader of partition {partition} to node {to_node or 'any'}",
+            lambda: f"transfer leader of partition {partition} to node {to_node or 'any'}",
             lambda rid: TransferLeader(rid, partition, to_node),
             partition=partition,
         )
@@ -574,7 +598,7 @@ class PrkDbClient:
             if address is None:
                 raise InvalidRequest(f"snapshot: node {node_id} is not a member")
         op = _Op(
-            f"snapshot of partition {'all' if partition is None else partition}",
+            lambda: f"snapshot of partition {'all' if partition is None else partition}",
             lambda rid: Snapshot(rid, partition),
             partition=partition,
             address=address,
@@ -597,9 +621,6 @@ class PrkDbClient:
             await self.refresh_topology(timeout=timeout)
         return self.topology.partitions
 
-    async def _partition_of(self, key: bytes, timeout: float | None) -> int:
-        return partition_for(key, await self._partition_count(timeout))
-
     async def _check_partition(self, partition: int, timeout: float | None) -> int:
         count = await self._partition_count(timeout)
         if not isinstance(partition, int) or not 0 <= partition < count:
@@ -608,16 +629,19 @@ class PrkDbClient:
 
     async def _write(
         self,
-        what: str,
+        what: Callable[[], str],
         key: bytes,
         build: Callable[[int, SessionSlot], WireMessage],
         timeout: float | None,
     ) -> WriteResult:
-        partition = await self._partition_of(key, timeout)
+        partition = partition_for(
+            key, self.topology.partitions or await self._partition_count(timeout)
+        )
         slot = self.sessions.acquire()
+        seq = slot.next_seq  # the text is made later, maybe after release() bumped it
         try:
             op = _Op(
-                f"{what} (partition {partition}, client {slot.client_id} seq {slot.next_seq})",
+                lambda: f"{what()} (partition {partition}, client {slot.client_id} seq {seq})",
                 lambda rid: build(rid, slot),
                 partition=partition,
                 write=True,
@@ -671,8 +695,12 @@ class PrkDbClient:
             self.refresh_problems = problems
             return False
 
-    async def _pick_target(self, op: _Op, failed: set[str]) -> str | None:
-        """The address to try next, or None if no leader is known even after a refresh."""
+    def _route(self, op: _Op, failed: set[str]) -> str | None:
+        """The address to try next from the cached topology; None if no leader is known.
+
+        Synchronous on purpose: the common case needs no await, so `_execute`
+        only pays for a cancel scope when a refresh or a dial is needed.
+        """
         topo = self.topology
         if op.address is not None:
             return op.address
@@ -681,27 +709,30 @@ class PrkDbClient:
             candidates = topo.candidate_addresses(self._round_robin)
             fresh = [a for a in candidates if a not in failed]
             return (fresh or candidates)[0]
-        leader = topo.leader_of(op.partition)
-        leader_addr = topo.address_of(leader) if leader else None
+        leader = topo.leaders.get(op.partition, 0)
+        leader_addr = topo.nodes.get(leader) if leader else None
         if op.consistency != ReadConsistency.LINEARIZABLE and topo.nodes:
             self._round_robin += 1
-            others = [topo.nodes[n] for n in sorted(topo.nodes) if topo.nodes[n] != leader_addr]
             if op.consistency == ReadConsistency.FOLLOWER:
                 # Spread over followers; the leader (if known) is the fallback.
+                others = [a for a in topo.addresses_by_id() if a != leader_addr]
                 pool = [a for a in others if a not in failed]
                 if not pool:
                     pool = [leader_addr] if leader_addr else others
             else:
-                pool = [a for a in topo.nodes.values() if a not in failed] or list(
-                    topo.nodes.values()
-                )
-                pool.sort()
+                pool = topo.sorted_addresses()
+                if failed:
+                    pool = [a for a in pool if a not in failed] or pool
             return pool[self._round_robin % len(pool)]
-        if leader_addr is None:
-            await self._refresh(avoid=failed, version=topo.version)
-            leader = topo.leader_of(op.partition)
-            leader_addr = topo.address_of(leader) if leader else None
         return leader_addr
+
+    async def _leader_after_refresh(self, op: _Op, failed: set[str]) -> str | None:
+        """Refresh the topology (no leader of `op.partition` is known) and look again."""
+        assert op.partition is not None
+        topo = self.topology
+        await self._refresh(avoid=failed, version=topo.version)
+        leader = topo.leader_of(op.partition)
+        return topo.address_of(leader) if leader else None
 
     async def _connection(self, address: str) -> Connection:
         if self._closed:
@@ -736,35 +767,50 @@ class PrkDbClient:
         """Run `op` until a definite answer or the deadline (module docstring)."""
         budget = self._timeout(timeout)
         deadline = trio.current_time() + budget
-        delays = _backoff_delays(self._rng)
+        delays: Generator[float, None, None] | None = None  # made on the first retry
         tried: list[str] = []
         failed: set[str] = set()  # addresses that failed during this call
         ambiguous = False
         hops = 0
         last_error: BaseException | None = None
-        while trio.current_time() < deadline:
+        while (now := trio.current_time()) < deadline:
             state = AttemptState()
             target: str | None = None
             reply: WireMessage | None = None
+            expired = False  # the attempt's time ran out
             # One attempt may not take the whole budget: a frozen or cut-off node
             # keeps its TCP connection open and would never answer.
-            attempt_end = min(deadline, trio.current_time() + self.attempt_timeout)
-            with trio.move_on_at(attempt_end) as scope:
-                try:
-                    target = await self._pick_target(op, failed)
-                    if target is None:
-                        why = "; ".join(self.refresh_problems[-3:]) or "nobody knows one"
-                        tried.append(f"no leader known ({why})")
-                    else:
-                        reply = await self._send(target, op.build, state)
-                except ConnectFailed as exc:
-                    tried.append(str(exc))
-                    last_error = exc
-                except ConnectionLost as exc:
-                    tried.append(str(exc))
-                    last_error = exc
-                    ambiguous |= op.write and state.sent
-            if scope.cancelled_caught:
+            attempt_end = min(deadline, now + self.attempt_timeout)
+            try:
+                target = self._route(op, failed)
+                conn = self._connections.get(target) if target is not None else None
+                if conn is None or conn.broken:
+                    # Only a refresh or a dial can block before the request is
+                    # queued; the request's own wait ends at attempt_end too.
+                    with trio.move_on_at(attempt_end) as scope:
+                        if target is None:
+                            target = await self._leader_after_refresh(op, failed)
+                        if target is not None:
+                            conn = await self._connection(target)
+                    expired = scope.cancelled_caught
+                if expired:
+                    pass
+                elif target is None:
+                    why = "; ".join(self.refresh_problems[-3:]) or "nobody knows one"
+                    tried.append(f"no leader known ({why})")
+                else:
+                    assert conn is not None
+                    reply = await conn.request(op.build, state, attempt_end)
+            except ConnectFailed as exc:
+                tried.append(str(exc))
+                last_error = exc
+            except ConnectionLost as exc:
+                tried.append(str(exc))
+                last_error = exc
+                ambiguous |= op.write and state.sent
+            except AttemptExpired:
+                expired = True
+            if expired:
                 ambiguous |= op.write and state.sent
                 if attempt_end >= deadline:
                     tried.append(f"{target or 'routing'}: no answer before the deadline")
@@ -799,6 +845,8 @@ class PrkDbClient:
                 else:
                     raise exc
             hops = 0
+            if delays is None:
+                delays = _backoff_delays(self._rng)
             pause = min(next(delays), deadline - trio.current_time())
             if pause > 0:
                 await trio.sleep(pause)

@@ -2,12 +2,24 @@
 
 Theory of operation
 -------------------
-`Connection.open` dials, sends `Hello`, waits for `HelloOk` and then starts a
-reader task. Any number of tasks then call `Connection.request` at once:
-each request gets a fresh ``request_id``, registers a `_Waiter`, writes its
-frame under a send lock (trio streams forbid concurrent ``send_all``) and
-sleeps until the reader hands it the response with that id. Responses may
-come in any order.
+`Connection.open` dials, sends `Hello`, waits for `HelloOk` and then starts
+three system tasks: a reader, a writer and an expiry timer. Any number of
+tasks then call `Connection.request` at once: each request gets a fresh
+``request_id``, registers its `AttemptState` in ``_waiters``, queues its frame
+in the outbox and parks until the reader hands it the response with that id.
+Responses may come in any order. The writer sends everything queued since its
+last write in one ``send_all`` (trio streams forbid concurrent ``send_all``,
+and one system call per batch is cheaper than one per request).
+
+Per-request cost matters: the load generator shares the CPU with the
+servers. So a request is one dict entry and one parked task, woken with
+`trio.lowlevel.reschedule` by whoever removes it from ``_waiters`` first
+(the reader with its reply, the timer at its deadline, `_mark_broken`, or
+trio's abort when the caller is cancelled): no Event and no CancelScope per
+request. The deadline of a request is enforced by the timer task, which
+sleeps until the earliest deadline in ``_waiters`` and fails those that have
+passed with `AttemptExpired`; a request only has to wake it when its own
+deadline is earlier than the one the timer sleeps towards.
 
 Failure: the first error on the stream (EOF, reset, a protocol violation,
 a connection-level `Error`, a send that was interrupted) marks the
@@ -17,18 +29,22 @@ Whether a failed request may have reached the server is recorded in the
 caller's `AttemptState.sent`, set just before the bytes go to the stream,
 so the retry loop can tell "surely not applied" from "maybe applied".
 
-Why a system task for the reader: ``await PrkDbClient.connect(...)`` must
-return a usable client without the caller handing us a nursery. The reader
-catches every ``Exception`` (a system task must not crash the run) and its
-cancel scope is cancelled by `aclose`, so it never outlives the client.
+Why system tasks: ``await PrkDbClient.connect(...)`` must return a usable
+client without the caller handing us a nursery. They catch every
+``Exception`` (a system task must not crash the run) and their cancel scopes
+are cancelled when the connection breaks or closes, so they never outlive it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import trio
+from outcome import Error as _Raise
+from outcome import Value as _Return
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from prkdb.errors import (
     ErrorCode,
@@ -62,6 +78,7 @@ from prkdb.wire.messages import (
 )
 
 __all__ = [
+    "AttemptExpired",
     "AttemptState",
     "ConnectFailed",
     "Connection",
@@ -98,16 +115,27 @@ class ConnectionLost(Exception):
         self.reason = reason
 
 
+class AttemptExpired(Exception):
+    """The attempt's deadline passed before an answer came (see `AttemptState.sent`)."""
+
+
 @final
 class AttemptState:
-    """What one attempt did, readable after it was cancelled or failed."""
+    """What one attempt did, readable after it was cancelled or failed.
 
-    __slots__ = ("sent",)
+    While the request waits, it is also the connection's handle on it (the
+    task to wake and its deadline), which saves one object per request.
+    """
+
+    __slots__ = ("deadline", "sent", "task")
 
     def __init__(self) -> None:
         #: True once the request's bytes were handed to the stream: from then
         #: on the server may have executed it.
         self.sent = False
+        #: The waiting task and its trio-time deadline (set by `Connection.request`).
+        self.task: Task | None = None
+        self.deadline = math.inf
 
 
 def error_from_frame(err: Error) -> PrkdbError:
@@ -116,16 +144,6 @@ def error_from_frame(err: Error) -> PrkdbError:
     exc = error_from_code(err.code, err.message, **details)
     exc.details = dict(err.details)
     return exc
-
-
-@final
-class _Waiter:
-    __slots__ = ("error", "event", "reply")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.reply: WireMessage | None = None
-        self.error: BaseException | None = None
 
 
 @final
@@ -143,12 +161,19 @@ class Connection:
         # Frames waiting for the writer task: requests queued while it writes
         # leave together in its next write (one system call, not one each).
         self._outbox: list[tuple[bytes, AttemptState]] = []
-        self._outbox_ready = trio.Event()
+        self._writer_parked: Task | None = None  # the writer, while it waits for frames
         self._writer_scope = trio.CancelScope()
-        self._waiters: dict[int, _Waiter] = {}
+        # request_id -> its waiting attempt. Invariant: an entry is removed
+        # exactly when its task is rescheduled (or aborted), never twice.
+        self._waiters: dict[int, AttemptState] = {}
         self._next_request_id = 1
         self._broken: BaseException | None = None
         self._reader_scope = trio.CancelScope()
+        self._timer_scope = trio.CancelScope()
+        # The deadline the timer sleeps towards (inf: none), and the scope it
+        # sleeps in; a request with an earlier deadline moves it forward.
+        self._next_expiry = math.inf
+        self._expiry_sleep = trio.CancelScope()
         self.max_frame = DEFAULT_MAX_FRAME
 
     @property
@@ -204,19 +229,25 @@ class Connection:
         conn = cls(address, stream, decoder, msg.node_id)
         trio.lowlevel.spawn_system_task(conn._read_loop, name=f"prkdb-client-reader[{address}]")
         trio.lowlevel.spawn_system_task(conn._write_loop, name=f"prkdb-client-writer[{address}]")
+        trio.lowlevel.spawn_system_task(conn._expiry_loop, name=f"prkdb-client-timer[{address}]")
         return conn
 
     async def request(
-        self, build: Callable[[int], WireMessage], state: AttemptState
+        self,
+        build: Callable[[int], WireMessage],
+        state: AttemptState,
+        deadline: float = math.inf,
     ) -> WireMessage:
         """Send one request and wait for its response (an `Error` frame is returned, not raised).
 
         Args:
             build: makes the message for a given request_id.
             state: ``state.sent`` is set once the bytes may reach the server.
+            deadline: trio time after which to stop waiting (`AttemptExpired`).
 
         Raises:
             ConnectionLost: the connection broke before an answer came.
+            AttemptExpired: no answer before `deadline`.
             TooLarge: the request does not fit in a frame (nothing sent).
         """
         if self._broken is not None:
@@ -229,27 +260,41 @@ class Connection:
             if exc.code == ErrorCode.TOO_LARGE:
                 raise TooLarge(exc.message, details=exc.details) from None
             raise
-        waiter = _Waiter()
-        self._waiters[request_id] = waiter
-        try:
-            self._outbox.append((frame, state))
-            self._outbox_ready.set()
-            await waiter.event.wait()
-        finally:
+        state.task = current_task()
+        state.deadline = deadline
+        self._waiters[request_id] = state
+        self._outbox.append((frame, state))
+        writer = self._writer_parked
+        if writer is not None:
+            self._writer_parked = None
+            reschedule(writer)
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
+            self._expiry_sleep.deadline = deadline
+
+        def abort(_: object) -> Abort:
+            # Cancelled while waiting: nobody may wake this task any more.
             del self._waiters[request_id]
-        if waiter.error is not None:
-            raise ConnectionLost(self.address, waiter.error)
-        assert waiter.reply is not None
-        return waiter.reply
+            return Abort.SUCCEEDED
+
+        # The frame stays queued if we are cancelled before the writer takes
+        # it: it may still be sent, as with any request whose caller gave up.
+        msg: WireMessage = await wait_task_rescheduled(abort)
+        return msg
 
     async def _write_loop(self) -> None:
         """Write queued frames, everything queued at once in one write."""
+
+        def abort(_: object) -> Abort:
+            self._writer_parked = None
+            return Abort.SUCCEEDED
+
         try:
             with self._writer_scope:
                 while self._broken is None:
                     if not self._outbox:
-                        await self._outbox_ready.wait()
-                        self._outbox_ready = trio.Event()
+                        self._writer_parked = current_task()
+                        await wait_task_rescheduled(abort)  # `request` wakes us
                         continue
                     batch, self._outbox = self._outbox, []
                     for _, state in batch:
@@ -259,6 +304,25 @@ class Connection:
             # A half-written frame poisons the stream for everyone (STYLE §8.11).
             self._mark_broken(exc)
 
+    async def _expiry_loop(self) -> None:
+        """Fail requests whose deadline passed, sleeping until the earliest one."""
+        with self._timer_scope:
+            while True:
+                with self._expiry_sleep:
+                    await trio.sleep_forever()  # until _next_expiry (or cancelled)
+                self._expiry_sleep = trio.CancelScope()
+                now = trio.current_time()
+                earliest = math.inf
+                for request_id, state in list(self._waiters.items()):
+                    if state.deadline <= now:
+                        del self._waiters[request_id]
+                        assert state.task is not None
+                        reschedule(state.task, _Raise(AttemptExpired()))
+                    elif state.deadline < earliest:
+                        earliest = state.deadline
+                self._next_expiry = earliest
+                self._expiry_sleep.deadline = earliest
+
     def close(self) -> None:
         """Break the connection (idempotent); the reader closes the stream."""
         self._mark_broken(ConnectionLost(self.address, "closed by the client"))
@@ -267,12 +331,13 @@ class Connection:
         if self._broken is not None:
             return
         self._broken = cause
-        for waiter in self._waiters.values():
-            if not waiter.event.is_set():
-                waiter.error = cause
-                waiter.event.set()
+        waiters, self._waiters = self._waiters, {}
+        for state in waiters.values():
+            assert state.task is not None
+            reschedule(state.task, _Raise(ConnectionLost(self.address, cause)))
         self._reader_scope.cancel()
         self._writer_scope.cancel()
+        self._timer_scope.cancel()
 
     def _dispatch(self, msg: WireMessage) -> None:
         if not isinstance(msg, _RESPONSES):
@@ -280,21 +345,27 @@ class Connection:
         if isinstance(msg, Error) and msg.request_id == 0:
             # About the connection, not a request: the server closes after it.
             raise error_from_frame(msg)
-        waiter = self._waiters.get(msg.request_id)
-        if waiter is None or waiter.event.is_set():
-            return  # its caller gave up (cancelled); the answer is not needed
-        waiter.reply = msg
-        waiter.event.set()
+        state = self._waiters.pop(msg.request_id, None)
+        if state is None:
+            return  # its caller gave up (cancelled or expired); the answer is not needed
+        assert state.task is not None
+        reschedule(state.task, _Return(msg))
 
     async def _read_loop(self) -> None:
+        stream = self._stream
+        decoder = self._decoder
         try:
             with self._reader_scope:
                 while True:
-                    item = await _receive_one(self._stream, self._decoder)
-                    if item is CLOSED:
-                        self._mark_broken(ConnectionLost(self.address, "closed by the server"))
-                        return
-                    self._dispatch(from_wire(item))
+                    # Dispatch every whole frame already buffered before reading again.
+                    item = decoder.next_frame()
+                    while item is not NEED_DATA:
+                        if item is CLOSED:
+                            self._mark_broken(ConnectionLost(self.address, "closed by the server"))
+                            return
+                        self._dispatch(from_wire(item))
+                        item = decoder.next_frame()
+                    decoder.receive_data(await stream.receive_some(_RECEIVE_SIZE))
         except (*_TRANSPORT_ERRORS, ProtocolError, PrkdbError) as exc:
             self._mark_broken(exc)
         except Exception as exc:  # a bug; a system task must not crash the whole run

@@ -16,8 +16,10 @@ The cache is only a hint. A NOT_LEADER reply corrects one partition
 partition that node led, so the next request asks another node for a fresh
 `Status` instead of knocking on a dead leader's door until the deadline.
 
-Invariant: ``leaders`` values are 0 or keys of ``nodes`` (a leader whose
-address we do not know is as good as unknown).
+Invariants: ``leaders`` values are 0 or keys of ``nodes`` (a leader whose
+address we do not know is as good as unknown). ``nodes`` changes only through
+`apply_status` and `set_leader`, which drop the cached address orders that
+every FOLLOWER/STALE read would otherwise sort again.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def split_address(address: str, *, original: str | None = None) -> tuple[str, in
 class Topology:
     """The client's cached view of members and partition leaders (a hint, never truth)."""
 
-    __slots__ = ("leaders", "nodes", "partitions", "seeds", "version")
+    __slots__ = ("_by_id", "_sorted", "leaders", "nodes", "partitions", "seeds", "version")
 
     def __init__(self, seeds: Iterable[str]) -> None:
         #: Normalized seed addresses, in the order given; never forgotten.
@@ -96,10 +98,14 @@ class Topology:
         self.partitions = 0
         #: Bumped on every `apply_status`, so waiters can tell a refresh happened.
         self.version = 0
+        # Node addresses by node id / by address, derived from `nodes`; None = stale.
+        self._by_id: tuple[str, ...] | None = None
+        self._sorted: tuple[str, ...] | None = None
 
     def apply_status(self, status: StatusOk) -> None:
         """Replace the cache with one node's answer (its view of every leader)."""
         self.nodes = {n.node_id: n.client_addr for n in status.nodes}
+        self._by_id = self._sorted = None
         self.partitions = len(status.partitions)
         self.leaders = {
             p.partition: (p.leader if p.leader in self.nodes else 0) for p in status.partitions
@@ -115,9 +121,22 @@ class Topology:
 
     def set_leader(self, partition: int, node_id: int, address: str | None) -> None:
         """Record a NOT_LEADER hint; an address also teaches us the node."""
-        if address:
+        if address and self.nodes.get(node_id) != address:
             self.nodes[node_id] = address
+            self._by_id = self._sorted = None
         self.leaders[partition] = node_id if node_id in self.nodes else 0
+
+    def addresses_by_id(self) -> tuple[str, ...]:
+        """Every node's address, in node id order."""
+        if self._by_id is None:
+            self._by_id = tuple(self.nodes[n] for n in sorted(self.nodes))
+        return self._by_id
+
+    def sorted_addresses(self) -> tuple[str, ...]:
+        """Every node's address, sorted by address."""
+        if self._sorted is None:
+            self._sorted = tuple(sorted(self.nodes.values()))
+        return self._sorted
 
     def forget_leader(self, partition: int) -> None:
         self.leaders[partition] = 0

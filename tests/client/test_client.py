@@ -25,6 +25,7 @@ from prkdb.client import (
     Unavailable,
     WrongCluster,
 )
+from prkdb.client.routing import Topology
 from prkdb.errors import ErrorCode, InternalError
 from prkdb.partitioning import partition_for
 from prkdb.wire.messages import Get, Put, Status
@@ -620,3 +621,68 @@ async def test_concurrent_requests_leave_in_few_writes(
     # 100 requests to one leader share a handful of writes, not one each.
     assert len(writes) <= 10, len(writes)
     await client.aclose()
+
+
+# --- per-request deadlines (one timer per connection, no cancel scope per request) ---
+
+
+async def test_short_deadline_is_kept_while_longer_ones_wait_on_the_same_connection(
+    cluster: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A call with a short timeout must not wait for the timer set by an earlier, longer one."""
+    client = await connect(cluster, attempt_timeout=10.0)
+    await client.put(b"k", b"v")
+
+    async def hang_gets(node: FakeNode, msg: Any) -> Any:
+        return HANG if isinstance(msg, Get) else None
+
+    cluster.hook = hang_gets
+    ended: dict[str, float] = {}
+    start = trio.current_time()
+
+    async def get(name: str, timeout: float) -> None:
+        with pytest.raises(Timeout):
+            await client.get(b"k", timeout=timeout)
+        ended[name] = trio.current_time() - start
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get, "long", 30.0)
+        await trio.sleep(0.01)  # the long one waits first: the timer sleeps towards 10 s
+        nursery.start_soon(get, "short", 0.5)
+    assert ended["short"] == pytest.approx(0.51)
+    assert ended["long"] == pytest.approx(30.0)
+    cluster.hook = None
+    assert await client.get(b"k") == b"v"  # expired requests left the connection usable
+    await client.aclose()
+
+
+async def test_expired_attempt_does_not_disturb_others_on_the_connection(
+    cluster: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    client = await connect(cluster, attempt_timeout=1.0)
+    slow, fast = key_in(0, 4, "slow"), key_in(0, 4, "fast")
+    await client.put(slow, b"s")
+    await client.put(fast, b"f")
+
+    async def hang_slow(node: FakeNode, msg: Any) -> Any:
+        return HANG if isinstance(msg, Get) and msg.key == slow else None
+
+    cluster.hook = hang_slow
+    with pytest.raises(Timeout, match="no answer"):
+        await client.get(slow, timeout=2.5)
+    for _ in range(3):
+        assert await client.get(fast) == b"f"
+    await client.aclose()
+
+
+def test_topology_address_orders_follow_membership_changes() -> None:
+    topo = Topology(["127.0.0.1:9"])
+    topo.set_leader(0, 3, "h:3")
+    topo.set_leader(1, 1, "z:1")
+    assert topo.addresses_by_id() == ("z:1", "h:3")
+    assert topo.sorted_addresses() == ("h:3", "z:1")
+    topo.set_leader(2, 2, "a:2")  # a hint teaches a new node
+    assert topo.addresses_by_id() == ("z:1", "a:2", "h:3")
+    assert topo.sorted_addresses() == ("a:2", "h:3", "z:1")
+    topo.set_leader(2, 2, "b:2")  # the node moved
+    assert topo.sorted_addresses() == ("b:2", "h:3", "z:1")
