@@ -62,6 +62,7 @@ from prkdb.wire import (
     FrameDecoder,
     LocalProtocolError,
     RemoteProtocolError,
+    encode_frame,
     encode_message,
     from_wire,
 )
@@ -234,14 +235,15 @@ class Connection:
 
     async def request(
         self,
-        build: Callable[[int], WireMessage],
+        build: Callable[[int], list[Any]],
         state: AttemptState,
         deadline: float = math.inf,
     ) -> WireMessage:
         """Send one request and wait for its response (an `Error` frame is returned, not raised).
 
         Args:
-            build: makes the message for a given request_id.
+            build: makes the request's plain wire array (what `to_wire` returns)
+                for a given request_id.
             state: ``state.sent`` is set once the bytes may reach the server.
             deadline: trio time after which to stop waiting (`AttemptExpired`).
 
@@ -255,7 +257,7 @@ class Connection:
         request_id = self._next_request_id
         self._next_request_id += 1
         try:
-            frame = encode_message(build(request_id), max_frame=self.max_frame)
+            frame = encode_frame(build(request_id), max_frame=self.max_frame)
         except LocalProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE:
                 raise TooLarge(exc.message, details=exc.details) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -28,7 +29,8 @@ from prkdb.client import (
 from prkdb.client.routing import Topology
 from prkdb.errors import ErrorCode, InternalError
 from prkdb.partitioning import partition_for
-from prkdb.wire.messages import Get, Put, Status
+from prkdb.wire import NEED_DATA, FrameDecoder, from_wire
+from prkdb.wire.messages import Delete, Get, Put, Status
 from tests.client.fake import (
     DROP_AFTER,
     DROP_BEFORE,
@@ -686,3 +688,41 @@ def test_topology_address_orders_follow_membership_changes() -> None:
     assert topo.sorted_addresses() == ("a:2", "h:3", "z:1")
     topo.set_leader(2, 2, "b:2")  # the node moved
     assert topo.sorted_addresses() == ("b:2", "h:3", "z:1")
+
+
+async def test_hand_built_requests_decode_as_the_messages_they_stand_for(
+    cluster: FakeCluster,
+) -> None:
+    """get/put/delete build their wire arrays without the dataclasses; check the bytes."""
+    sent = bytearray()
+
+    class Recording(_CountingStream):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            sent.extend(data)
+            await self.inner.send_all(data)
+
+    async def factory(host: str, port: int) -> trio.abc.Stream:
+        return Recording(await cluster.stream_factory(host, port), [])
+
+    client = await PrkDbClient.connect(
+        cluster.seeds, cluster_id=cluster.cluster_id, stream_factory=factory
+    )
+    key = key_in(2, 4)
+    await client.put(key, b"value")
+    for level in ReadConsistency:
+        await client.get_with_consistency(key, level)
+    await client.delete(key)
+    await client.aclose()
+
+    decoder = FrameDecoder()
+    decoder.receive_data(bytes(sent))
+    msgs = []
+    while (item := decoder.next_frame()) is not NEED_DATA:
+        msgs.append(from_wire(item))
+    requests = [m for m in msgs if isinstance(m, Get | Put | Delete)]
+    slot = client.client_id
+    assert [replace(m, request_id=0) for m in requests] == [
+        Put(0, key, b"value", slot, 1),
+        *(Get(0, key, level, 2) for level in ReadConsistency),
+        Delete(0, key, slot, 2),
+    ]
