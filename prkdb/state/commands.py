@@ -201,6 +201,17 @@ def encode_command(
             than Put/Delete.
         ValueError: only one of ``client_id``/``seq`` given, or either is ill-typed.
     """
+    if (
+        type(cmd) is Put
+        and type(client_id) is int
+        and type(seq) is int
+        and _CLIENT_ID_MIN <= client_id <= _U64_MAX
+        and 0 <= seq <= _U64_MAX
+    ):
+        # Fast path for what the server proposes most: a Put in a session with an
+        # int id (the SDK's). Same array as below, same bytes; the ids pass the
+        # checks `_check_session_ids` makes.
+        return cbor2.dumps([_SESSION, client_id, seq, [_PUT, cmd.key, cmd.value]])
     body = _op_to_cbor(cmd)
     if client_id is None and seq is None:
         return cbor2.dumps(body)
@@ -286,6 +297,8 @@ _PUT: Final = int(OpTag.PUT)
 _DELETE: Final = int(OpTag.DELETE)
 _CAS: Final = int(OpTag.COMPARE_AND_SET)
 _BATCH: Final = int(OpTag.BATCH)
+_U64_MAX: Final = 2**64 - 1
+_CLIENT_ID_MIN: Final = -(2**64)
 
 
 def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:

@@ -19,6 +19,7 @@ from prkdb.state import (
     decode_command,
     encode_command,
 )
+from prkdb.state.commands import OpTag, _check_session_ids, _op_to_cbor
 
 from .strategies import client_ids, commands
 
@@ -108,3 +109,24 @@ def test_encode_rejects_bad_arguments():
         encode_command("put")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="batch ops must be Put or Delete"):
         encode_command(Batch((CompareAndSet(b"k", expected_version=0, new_value=b"v"),)))  # type: ignore[arg-type]
+
+
+_ids = st.one_of(
+    st.integers(-(2**64), 2**64 - 1),
+    st.sampled_from([-(2**64) - 1, 2**64, True, b"c", 1.0]),
+)
+_seqs = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([-1, 2**64, True, 1.5]))
+
+
+@given(st.builds(Put, st.binary(max_size=30), st.binary(max_size=300)), _ids, _seqs)
+def test_session_put_fast_path_matches_general_encoding(cmd, client_id, seq):
+    """encode_command's Put-in-session shortcut: the general path's bytes, or its error."""
+    try:
+        _check_session_ids(client_id, seq, ValueError)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)[:20]):
+            encode_command(cmd, client_id, seq)
+        return
+    want = cbor2.dumps([OpTag.SESSION.value, client_id, seq, _op_to_cbor(cmd)])
+    assert encode_command(cmd, client_id, seq) == want
+    assert decode_command(want) == (cmd, client_id, seq)
