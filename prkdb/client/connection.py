@@ -27,7 +27,10 @@ connection *broken*, fails every waiter with `ConnectionLost` and closes the
 stream. A broken connection is never reused; the client dials again lazily.
 Whether a failed request may have reached the server is recorded in the
 caller's `AttemptState.sent`, set just before the bytes go to the stream,
-so the retry loop can tell "surely not applied" from "maybe applied".
+so the retry loop can tell "surely not applied" from "maybe applied". For
+that answer to stay true, a request whose caller stopped waiting (deadline,
+cancellation) before the writer took it is dropped from the outbox, never
+sent late.
 
 Why system tasks: ``await PrkDbClient.connect(...)`` must return a usable
 client without the caller handing us a nursery. They catch every
@@ -128,12 +131,15 @@ class AttemptState:
     task to wake and its deadline), which saves one object per request.
     """
 
-    __slots__ = ("deadline", "sent", "task")
+    __slots__ = ("abandoned", "deadline", "sent", "task")
 
     def __init__(self) -> None:
         #: True once the request's bytes were handed to the stream: from then
         #: on the server may have executed it.
         self.sent = False
+        #: True once the caller stopped waiting without an answer; if it was
+        #: not sent by then, it never will be (``sent`` stays False).
+        self.abandoned = False
         #: The waiting task and its trio-time deadline (set by `Connection.request`).
         self.task: Task | None = None
         self.deadline = math.inf
@@ -277,10 +283,9 @@ class Connection:
         def abort(_: object) -> Abort:
             # Cancelled while waiting: nobody may wake this task any more.
             del self._waiters[request_id]
+            state.abandoned = True
             return Abort.SUCCEEDED
 
-        # The frame stays queued if we are cancelled before the writer takes
-        # it: it may still be sent, as with any request whose caller gave up.
         msg: WireMessage = await wait_task_rescheduled(abort)
         return msg
 
@@ -299,9 +304,13 @@ class Connection:
                         await wait_task_rescheduled(abort)  # `request` wakes us
                         continue
                     batch, self._outbox = self._outbox, []
-                    for _, state in batch:
-                        state.sent = True  # from now on the server may execute it
-                    await self._stream.send_all(b"".join(f for f, _ in batch))
+                    frames = []
+                    for frame, state in batch:
+                        if not state.abandoned:  # else its caller was told "not sent"
+                            state.sent = True  # from now on the server may execute it
+                            frames.append(frame)
+                    if frames:
+                        await self._stream.send_all(b"".join(frames))
         except Exception as exc:  # transport errors, or a bug: the connection is done
             # A half-written frame poisons the stream for everyone (STYLE §8.11).
             self._mark_broken(exc)
@@ -318,6 +327,7 @@ class Connection:
                 for request_id, state in list(self._waiters.items()):
                     if state.deadline <= now:
                         del self._waiters[request_id]
+                        state.abandoned = True
                         assert state.task is not None
                         reschedule(state.task, _Raise(AttemptExpired()))
                     elif state.deadline < earliest:
