@@ -74,11 +74,12 @@ class Node:
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down)
-        self.raft_loop = RaftLoop(cfg, self.committer, self.log)
+        self.raft_loop = RaftLoop(cfg, self.committer, self.log, flush=self.transport.flush)
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,
-                                self.transport.send, self.log, self.raft_loop.inbox)
+                                self.transport.send, self.log, self.raft_loop.inbox,
+                                flush=self.transport.flush)
             )
         self.raft_loop.partitions = self.drivers
         me = cfg.me

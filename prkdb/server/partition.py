@@ -23,6 +23,7 @@ import heapq
 import itertools
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,13 +71,15 @@ class PartitionDriver:
         send: Any,
         log: Any,
         inbox: trio.MemorySendChannel[tuple],
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
         self.cfg = cfg
         self.partition = partition
         self.wal = wal
         self.snapshots = snapshots
         self.committer = committer
-        self.send = send  # transport.send(partition, msgs)
+        self.send = send  # transport.send(partition, msgs): collected until a flush
+        self.flush = flush  # transport.flush: the RaftLoop calls it in its passes
         self.log = log.bind(partition=partition)
         self.inbox = inbox  # the node's RaftLoop inbox, shared by all partitions
         self._proposals: list[Pending] = []
@@ -98,6 +101,7 @@ class PartitionDriver:
         # inbox items here; they are replayed, in order, when it is done.
         self.busy = False
         self.deferred: list[tuple] = []
+        self.touched = True  # got input since the loop last took its Ready
         self.restart_backoff = 0.1
         # Spread leaders at boot: partition p's preferred leader campaigns
         # early, before the randomized timeouts of the others expire.
@@ -374,8 +378,10 @@ class PartitionDriver:
     async def _process_snapshot_ready(self, rd: Ready) -> None:
         if rd.messages:
             self.send(self.partition, rd.messages)
+            self.flush()
         await self._persist(rd)
         self._after_persist(rd)
+        self.flush()
 
     async def _persist(self, rd: Ready) -> None:
         p = self.partition

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -55,9 +55,11 @@ class FatalStorageError(Exception):
 
 
 class RaftLoop:
-    def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any) -> None:
+    def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
+                 flush: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
         self.committer = committer
+        self.flush = flush  # the transport's: sends what the partitions produced
         self.log = log
         self.tick_s = cfg.raft.tick_ms / 1000
         self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
@@ -83,7 +85,9 @@ class RaftLoop:
         recv = self._recv
         next_tick = self._next_tick_after(trio.current_time())
         while True:
-            if not any(not p.busy and p.raw.has_ready() for p in parts):
+            # Only a partition something happened to can have a Ready: asking
+            # the 7 idle ones every pass cost more than the busy one's work.
+            if not any(p.touched and not p.busy and p.raw.has_ready() for p in parts):
                 with trio.move_on_at(next_tick):
                     self._dispatch(await recv.receive())
             for _ in range(MAX_DRAIN):
@@ -104,9 +108,12 @@ class RaftLoop:
                         p.expire(now)  # even when busy: a client's deadline is its own
                     if p.busy:
                         continue
-                    p.flush_proposals()
                     if tick:
                         p.tick()
+                    elif not p.touched:
+                        continue
+                    p.touched = False
+                    p.flush_proposals()
                     if p.raw.has_ready():
                         rd = p.begin_ready()
                         if rd is not None:
@@ -114,6 +121,7 @@ class RaftLoop:
                             must_sync = must_sync or rd.must_sync
                 except Exception as e:
                     self._failed(p, e)
+            self.flush()  # followers write their copy while we sync ours
             if must_sync:
                 try:
                     await self.committer.sync()
@@ -121,11 +129,13 @@ class RaftLoop:
                     self.log.critical("storage_failed", error=repr(e))
                     raise FatalStorageError(f"WAL sync failed: {e}") from e
             for p, rd in readies:
+                p.touched = True  # advancing may leave more to do (e.g. entries to apply)
                 try:
                     p.finish_ready(rd)
                     p.maybe_snapshot()
                 except Exception as e:
                     self._failed(p, e)
+            self.flush()
             if not readies:
                 for p in parts:
                     if p.has_snapshot_work and not p.busy:
@@ -133,7 +143,9 @@ class RaftLoop:
                             p.maybe_snapshot()
                         except Exception as e:
                             self._failed(p, e)
-                await trio.lowlevel.checkpoint()
+            # Let the connection tasks read what arrived meanwhile, so the next
+            # pass finds it queued (and a busy loop never starves them).
+            await trio.lowlevel.checkpoint()
 
     def _dispatch(self, item: tuple) -> None:
         p, kind, x = item
@@ -143,6 +155,7 @@ class RaftLoop:
             else:
                 p.deferred.append(item)
             return
+        p.touched = True
         try:
             p.handle(kind, x)
         except Exception as e:
@@ -150,6 +163,7 @@ class RaftLoop:
 
     def _slow_done(self, p: PartitionDriver, error: Exception | None) -> None:
         p.busy = False
+        p.touched = True
         if error is not None:
             self._failed(p, error)
             return

@@ -3,11 +3,18 @@
 Each node dials every other node once and keeps that connection for its
 outgoing messages (so a pair of nodes shares two connections, one per
 direction: simpler than multiplexing both directions on one, and it never
-needs a tie-break between simultaneous dials). Outgoing messages queue per
-peer, bounded: Raft tolerates loss, so a full queue drops rather than
-buffering without bound for a dead peer. One sender task per peer takes
-everything queued and writes it as one `RaftBatch` frame. It reconnects with
-capped exponential backoff and jitter.
+needs a tie-break between simultaneous dials).
+
+Outgoing: `send` only collects messages per peer; the RaftLoop calls `flush`
+at the points of its pass where messages must leave (before its WAL sync,
+so followers write while the leader does, and at the end of the pass).
+`flush` encodes each peer's messages as one `RaftBatch` frame and writes it
+straight to the socket when nothing is waiting for it (no task switch on
+the replication path); what the socket does not take at once is left to the
+peer's sender task, which also dials, says hello and reconnects with capped
+exponential backoff and jitter. Unsent bytes per peer are bounded: Raft
+tolerates loss, so past the bound we drop instead of buffering without end
+for a dead peer.
 
 Incoming connections must open with a peer Hello of this cluster; their
 `RaftBatch` frames are checked (known partition, sender matches the hello)
@@ -16,6 +23,7 @@ and handed to the partition drivers through `deliver`.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +34,10 @@ from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
 from prkdb.raft import Message
 from prkdb.server.framed import FramedStream, StreamClosed
-from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, from_wire
+from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, encode_message, from_wire
 from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, check_hello, error_for
 
-PEER_QUEUE = 8192  # messages per peer before we start dropping
+MAX_UNSENT_BYTES = 64 * 1024 * 1024  # per peer, past which new frames are dropped
 MAX_ITEMS_PER_BATCH = 4096
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # start a new frame past this (a snapshot may exceed it)
 HELLO_MAX_FRAME = 64 * 1024  # until a peer said a valid hello
@@ -48,29 +56,42 @@ class PeerTransport:
         self.deliver = deliver
         self.log = log
         self.on_peer_down = on_peer_down
-        self._queues: dict[int, tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]] = {}
-        for p in config.peers:
-            if p.id != config.node_id:
-                self._queues[p.id] = trio.open_memory_channel(PEER_QUEUE)
+        self._links = {p.id: _PeerLink() for p in config.peers if p.id != config.node_id}
+        self._dirty: list[_PeerLink] = []
         self.dropped = 0
-        self.connected: dict[int, bool] = dict.fromkeys(self._queues, False)
+
+    @property
+    def connected(self) -> dict[int, bool]:
+        return {peer: link.fd >= 0 for peer, link in self._links.items()}
 
     def send(self, partition: int, msgs: tuple[Message, ...] | list[Message]) -> None:
-        """Queue messages for their peers; never blocks (drops when a queue is full)."""
+        """Collect messages for their peers; they leave at the next `flush`."""
+        links = self._links
         for m in msgs:
-            q = self._queues.get(m.to)
-            if q is None:
+            link = links.get(m.to)
+            if link is None:
                 self.dropped += 1
                 continue
-            try:
-                q[0].send_nowait((partition, m))
-            except trio.WouldBlock:
-                self.dropped += 1
+            if not link.msgs:
+                self._dirty.append(link)
+            link.msgs.append((partition, m))
+
+    def flush(self) -> None:
+        """Write every peer's collected messages as one frame (never blocks)."""
+        dirty, self._dirty = self._dirty, []
+        me = self.cfg.node_id
+        max_frame = self.cfg.limits.max_peer_frame
+        for link in dirty:
+            items, link.msgs = link.msgs, []
+            for chunk in _chunks(items):
+                data = encode_message(RaftBatch(me, chunk), max_frame=max_frame)
+                if not link.write(data):
+                    self.dropped += len(chunk)
 
     async def run(self, listeners: list[trio.SocketListener], *, task_status: Any =
                   trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for peer_id in self._queues:
+            for peer_id in self._links:
                 nursery.start_soon(self._sender, peer_id)
             nursery.start_soon(self._serve, listeners)
             task_status.started()
@@ -84,7 +105,7 @@ class PeerTransport:
         peer = self.cfg.peer(peer_id)
         assert peer is not None
         host, port = parse_addr(peer.peer_addr)
-        recv = self._queues[peer_id][1]
+        link = self._links[peer_id]
         backoff = 0.05
         rng = random.Random()
         while True:
@@ -93,10 +114,11 @@ class PeerTransport:
             except OSError:
                 # Refused: nothing listens there, the process is gone.
                 self._peer_down(peer_id)
-                await self._backoff(peer_id, backoff, rng, recv)
+                await self._backoff(link, backoff, rng)
                 backoff = min(backoff * 2, 1.0)
                 continue
             framed = FramedStream(stream, self.cfg.limits.max_peer_frame)
+            connected = False
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
                     await framed.send_now(
@@ -108,46 +130,26 @@ class PeerTransport:
                     await framed.aclose()
                     await trio.sleep(1.0)
                     continue
-                self.connected[peer_id] = True
+                connected = True
                 self.log.info("peer_connected", peer=peer_id, addr=peer.peer_addr)
                 backoff = 0.05
-                await self._pump(framed, recv)
+                await link.run_writer(stream)
             except (StreamClosed, OSError, trio.TooSlowError, trio.BrokenResourceError,
                     PrkdbError) as e:
-                if self.connected.get(peer_id):
+                if connected:
                     why = str(e) or type(e).__name__
                     self.log.info("peer_disconnected", peer=peer_id, error=why)
                     self._peer_down(peer_id)
             finally:
-                self.connected[peer_id] = False
+                link.fd = -1  # before the close: the fd number may be reused at once
                 await framed.aclose()
-            await self._backoff(peer_id, backoff, rng, recv)
+            await self._backoff(link, backoff, rng)
 
-    async def _backoff(self, peer_id: int, delay: float, rng: random.Random,
-                       recv: trio.MemoryReceiveChannel) -> None:
+    async def _backoff(self, link: _PeerLink, delay: float, rng: random.Random) -> None:
         # Messages queued for an unreachable peer are stale by the time it is
         # back (Raft will resend what matters): drop them instead of flooding.
-        while True:
-            try:
-                recv.receive_nowait()
-                self.dropped += 1
-            except trio.WouldBlock:
-                break
+        link.out.clear()
         await trio.sleep(delay * (0.5 + rng.random()))
-
-    async def _pump(self, framed: FramedStream, recv: trio.MemoryReceiveChannel) -> None:
-        me = self.cfg.node_id
-        async for first in recv:
-            items = [first]
-            size = _approx_size(first[1])
-            while len(items) < MAX_ITEMS_PER_BATCH and size < MAX_BATCH_BYTES:
-                try:
-                    item = recv.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                items.append(item)
-                size += _approx_size(item[1])
-            await framed.send_now(RaftBatch(me, tuple(items)))
 
     # -- incoming -------------------------------------------------------------
     async def _serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -193,6 +195,66 @@ class PeerTransport:
             pass
         finally:
             await framed.aclose()
+
+
+class _PeerLink:
+    """The outgoing side of one peer: messages of this pass, bytes the socket has not taken."""
+
+    def __init__(self) -> None:
+        self.msgs: list[tuple[int, Message]] = []
+        self.out = bytearray()  # encoded frames waiting for the sender task
+        self.fd = -1  # the connected socket, while the sender task holds it open
+        self.writing = False  # the sender task is inside send_all: append, never write
+        self._wake = trio.Event()
+
+    def write(self, data: bytes) -> bool:
+        """Write `data` now if the socket is idle, else queue it; False if dropped."""
+        if self.fd < 0 or self.writing or self.out:
+            if len(self.out) + len(data) > MAX_UNSENT_BYTES:
+                return False
+            self.out += data
+            self._wake.set()
+            return True
+        try:
+            n = os.write(self.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            n = 0  # broken: the sender task's write will see it and reconnect
+        if n < len(data):
+            self.out += data[n:]
+            self._wake.set()
+        return True
+
+    async def run_writer(self, stream: trio.SocketStream) -> None:
+        """Write what `write` could not, until the connection fails (raises)."""
+        self.fd = stream.socket.fileno()
+        while True:
+            while self.out:
+                data = bytes(self.out)
+                self.out.clear()
+                self.writing = True
+                try:
+                    await stream.send_all(data)
+                finally:
+                    self.writing = False
+            await self._wake.wait()
+            self._wake = trio.Event()
+
+
+def _chunks(items: list[tuple[int, Message]]) -> list[list[tuple[int, Message]]]:
+    """Split one pass's messages into frames of bounded size (snapshots may exceed it)."""
+    out: list[list[tuple[int, Message]]] = []
+    chunk: list[tuple[int, Message]] = []
+    size = 0
+    for item in items:
+        if chunk and (len(chunk) >= MAX_ITEMS_PER_BATCH or size >= MAX_BATCH_BYTES):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += _approx_size(item[1])
+    out.append(chunk)
+    return out
 
 
 def _approx_size(m: Message) -> int:
