@@ -51,6 +51,10 @@ class StorageSettings:
     # false = do not fsync: an acknowledged write may be lost on power failure.
     # Named in every log line at start; never the default.
     unsafe_no_fsync: bool = False
+    # true = fdatasync in a helper thread while the event loop goes on reading
+    # connections; false = in the Raft loop itself, which waits for it anyway
+    # (cheaper: no thread hand-off per sync; measured in docs/benchmarks.md).
+    sync_thread: bool = False
 
 
 @dataclass(frozen=True, slots=True)

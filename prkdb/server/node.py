@@ -56,7 +56,8 @@ class Node:
             data / "wal", segment_size=cfg.storage.segment_size, logger=self.log
         )
         self.snapshots = SnapshotStore(data / "snapshots", logger=self.log)
-        self.committer = GroupCommitter(self.wal, fsync=not cfg.storage.unsafe_no_fsync)
+        self.committer = GroupCommitter(self.wal, fsync=not cfg.storage.unsafe_no_fsync,
+                                        in_thread=cfg.storage.sync_thread)
         if cfg.storage.unsafe_no_fsync:
             self.log.warning("fsync_disabled", detail="UNSAFE: acknowledged writes may be lost")
 

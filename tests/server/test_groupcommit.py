@@ -1,4 +1,8 @@
-"""Group commit: one fsync covers every append made before it started."""
+"""Group commit: one fsync covers every append made before it started.
+
+Both modes (in the event loop, the default, and in a helper thread) must make
+every append made before `sync()` durable by its return, and fail-stop.
+"""
 
 from __future__ import annotations
 
@@ -36,9 +40,29 @@ class FakeWal:
         self.durable = max(self.durable, snapshot)
 
 
-async def test_concurrent_callers_share_fsyncs_and_are_durable_on_return() -> None:
+MODES = pytest.mark.parametrize("in_thread", [False, True], ids=["inline", "thread"])
+
+
+@MODES
+async def test_every_append_is_durable_when_sync_returns(in_thread: bool) -> None:
+    wal = FakeWal(delay=0.001)
+    gc = GroupCommitter(wal, in_thread=in_thread)  # type: ignore[arg-type]
+
+    async def writer(n: int) -> None:
+        for _ in range(n):
+            mine = wal.append()
+            await gc.sync()
+            assert wal.durable >= mine
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(writer, 5)
+    assert wal.durable == 50
+
+
+async def test_concurrent_callers_share_fsyncs_in_thread_mode() -> None:
     wal = FakeWal()
-    gc = GroupCommitter(wal)  # type: ignore[arg-type]
+    gc = GroupCommitter(wal, in_thread=True)  # type: ignore[arg-type]
 
     async def writer(n: int) -> None:
         for _ in range(n):
@@ -55,9 +79,10 @@ async def test_concurrent_callers_share_fsyncs_and_are_durable_on_return() -> No
     assert wal.durable == 250
 
 
-async def test_sync_failure_is_raised_to_every_waiter_and_sticks() -> None:
+@MODES
+async def test_sync_failure_is_raised_and_sticks(in_thread: bool) -> None:
     wal = FakeWal(fail_after=1)
-    gc = GroupCommitter(wal)  # type: ignore[arg-type]
+    gc = GroupCommitter(wal, in_thread=in_thread)  # type: ignore[arg-type]
     wal.append()
     await gc.sync()
     wal.append()
@@ -66,6 +91,7 @@ async def test_sync_failure_is_raised_to_every_waiter_and_sticks() -> None:
     # A WAL that failed to sync is never trusted again (fail-stop).
     with pytest.raises(OSError, match="No space"):
         await gc.sync()
+    assert wal.syncs == 2  # ... not even retried
 
 
 async def test_no_fsync_mode_never_syncs() -> None:
