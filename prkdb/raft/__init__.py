@@ -1,6 +1,7 @@
 """The sans-IO Raft core: stdlib only, driven by `RawNode` (see rawnode.py)."""
 
 from prkdb.raft.config import RaftConfig
+from prkdb.raft.core import COMMIT_ONLY
 from prkdb.raft.errors import (
     Compacted,
     ConfigError,
@@ -29,6 +30,7 @@ from prkdb.raft.types import (
 )
 
 __all__ = [
+    "COMMIT_ONLY",
     "NONE",
     "Compacted",
     "ConfState",

@@ -75,7 +75,7 @@ class Node:
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down)
-        self.raft_loop = RaftLoop(cfg, self.committer, self.log, flush=self.transport.flush)
+        self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport)
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,

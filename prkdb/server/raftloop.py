@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import trio
 import trio.testing
@@ -52,16 +52,32 @@ SETTLE_S = 0.0005  # most time a pass waits for the connection tasks to go idle
 _TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
 
 
+class Outbox(Protocol):
+    """Where partitions' messages wait to leave (the peer transport)."""
+
+    @property
+    def lazy_pending(self) -> bool: ...
+
+    def flush(self, lazy: bool = False) -> None: ...
+
+
+class _NoOutbox:
+    lazy_pending = False
+
+    def flush(self, lazy: bool = False) -> None:
+        pass
+
+
 class FatalStorageError(Exception):
     """The WAL or a snapshot could not be made durable; the node must stop."""
 
 
 class RaftLoop:
     def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
-                 flush: Callable[[], None] = lambda: None) -> None:
+                 outbox: Outbox | None = None) -> None:
         self.cfg = cfg
         self.committer = committer
-        self.flush = flush  # the transport's: sends what the partitions produced
+        self.outbox = outbox or _NoOutbox()  # the transport: sends what partitions produced
         self.log = log
         self.tick_s = cfg.raft.tick_ms / 1000
         self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
@@ -86,18 +102,18 @@ class RaftLoop:
         parts = self.partitions
         recv = self._recv
         next_tick = self._next_tick_after(trio.current_time())
+        outbox = self.outbox
         while True:
             # Only a partition something happened to can have a Ready: asking
             # the 7 idle ones every pass cost more than the busy one's work.
             if not any(p.touched and not p.busy and p.raw.has_ready() for p in parts):
+                if outbox.lazy_pending:
+                    await self._settle()  # the client replies leave first
+                    outbox.flush(lazy=True)
                 with trio.move_on_at(next_tick):
                     self._dispatch(await recv.receive())
-            # Let every connection task read what has arrived before taking
-            # the batch: the bigger the batch, the less CPU per request (and
-            # with the sync in the loop, nothing was read while it ran).
-            # Bounded, so a flood of input cannot starve ticks and heartbeats.
-            with trio.move_on_after(SETTLE_S):
-                await trio.testing.wait_all_tasks_blocked()
+            await self._settle()
+            outbox.flush(lazy=True)
             for _ in range(MAX_DRAIN):
                 try:
                     item = recv.receive_nowait()
@@ -129,7 +145,7 @@ class RaftLoop:
                             must_sync = must_sync or rd.must_sync
                 except Exception as e:
                     self._failed(p, e)
-            self.flush()  # followers write their copy while we sync ours
+            outbox.flush()  # followers write their copy while we sync ours
             if must_sync:
                 try:
                     await self.committer.sync()
@@ -143,7 +159,7 @@ class RaftLoop:
                     p.maybe_snapshot()
                 except Exception as e:
                     self._failed(p, e)
-            self.flush()
+            outbox.flush()
             if not readies:
                 for p in parts:
                     if p.has_snapshot_work and not p.busy:
@@ -154,6 +170,17 @@ class RaftLoop:
             # Let the connection tasks read what arrived meanwhile, so the next
             # pass finds it queued (and a busy loop never starves them).
             await trio.lowlevel.checkpoint()
+
+    async def _settle(self) -> None:
+        """Let every connection task run until idle (bounded) before a batch.
+
+        They read what has arrived (with the sync in the loop, nothing was
+        read while it ran) and write the replies queued: bigger batches, less
+        CPU per request, replies before lazy messages. Bounded, so a flood of
+        input cannot starve ticks and heartbeats.
+        """
+        with trio.move_on_after(SETTLE_S):
+            await trio.testing.wait_all_tasks_blocked()
 
     def _dispatch(self, item: tuple) -> None:
         p, kind, x = item

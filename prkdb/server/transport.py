@@ -8,6 +8,11 @@ needs a tie-break between simultaneous dials).
 Outgoing: `send` only collects messages per peer; the RaftLoop calls `flush`
 at the points of its pass where messages must leave (before its WAL sync,
 so followers write while the leader does, and at the end of the pass).
+News of a commit index alone (COMMIT_ONLY appends) is lazy: it rides along
+with the next frame to that peer, or leaves once the loop has let the
+client replies go first (`flush(lazy=True)`). On a busy machine every write
+can hand the CPU to the process it wakes, so a write nobody waits for must
+not stand in front of a client's reply.
 `flush` encodes each peer's messages as one `RaftBatch` frame and writes it
 straight to the socket when nothing is waiting for it (no task switch on
 the replication path); what the socket does not take at once is left to the
@@ -32,7 +37,7 @@ import trio
 
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
-from prkdb.raft import Message
+from prkdb.raft import COMMIT_ONLY, Message, MsgType
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, encode_message, from_wire
 from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, check_hello, error_for
@@ -57,7 +62,8 @@ class PeerTransport:
         self.log = log
         self.on_peer_down = on_peer_down
         self._links = {p.id: _PeerLink() for p in config.peers if p.id != config.node_id}
-        self._dirty: list[_PeerLink] = []
+        self._dirty: list[_PeerLink] = []  # links with urgent messages
+        self._lazy_dirty: list[_PeerLink] = []  # links with lazy ones
         self.dropped = 0
 
     @property
@@ -72,17 +78,38 @@ class PeerTransport:
             if link is None:
                 self.dropped += 1
                 continue
+            if m.context == COMMIT_ONLY and m.type == MsgType.APP and not m.entries:
+                if not link.lazy:
+                    self._lazy_dirty.append(link)
+                link.lazy.append((partition, m))
+                continue
             if not link.msgs:
                 self._dirty.append(link)
             link.msgs.append((partition, m))
 
-    def flush(self) -> None:
-        """Write every peer's collected messages as one frame (never blocks)."""
+    @property
+    def lazy_pending(self) -> bool:
+        return any(link.lazy for link in self._lazy_dirty)
+
+    def flush(self, lazy: bool = False) -> None:
+        """Write each peer's collected messages as one frame (never blocks).
+
+        Lazy messages go along with urgent ones to the same peer; with
+        `lazy=True`, also on their own.
+        """
         dirty, self._dirty = self._dirty, []
+        if lazy:
+            dirty.extend(link for link in self._lazy_dirty if not link.msgs)
+            self._lazy_dirty = []
         me = self.cfg.node_id
         max_frame = self.cfg.limits.max_peer_frame
         for link in dirty:
             items, link.msgs = link.msgs, []
+            if link.lazy:
+                items.extend(link.lazy)
+                link.lazy = []
+            if not items:
+                continue
             for chunk in _chunks(items):
                 data = encode_message(RaftBatch(me, chunk), max_frame=max_frame)
                 if not link.write(data):
@@ -202,6 +229,7 @@ class _PeerLink:
 
     def __init__(self) -> None:
         self.msgs: list[tuple[int, Message]] = []
+        self.lazy: list[tuple[int, Message]] = []  # commit-index news: may wait a little
         self.out = bytearray()  # encoded frames waiting for the sender task
         self.fd = -1  # the connected socket, while the sender task holds it open
         self.writing = False  # the sender task is inside send_all: append, never write
