@@ -42,8 +42,9 @@ from __future__ import annotations
 import enum
 import io
 import struct
-from collections.abc import Iterable
-from typing import Any, Final, NoReturn
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NoReturn, final
 
 import cbor2
 
@@ -51,6 +52,9 @@ from prkdb.errors import ErrorCode
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "CBOR_ARRAY",
+    "CBOR_BYTES",
+    "CBOR_UINT",
     "CLOSED",
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
@@ -58,10 +62,13 @@ __all__ = [
     "NEED_DATA",
     "DecoderState",
     "FrameDecoder",
+    "PreEncoded",
+    "cbor_head",
     "decode_body",
     "encode_body",
     "encode_frame",
     "encode_frames",
+    "frame_of",
 ]
 
 HEADER_SIZE: Final = 4
@@ -172,16 +179,127 @@ def decode_body(body: bytes | bytearray | memoryview) -> Any:
     return _decode_with(_new_cbor_decoder(), io.BytesIO(body))
 
 
+@final
+class PreEncoded:
+    """One CBOR item that is already encoded; `encode_body` writes its bytes as they are.
+
+    Lets a sender encode a part shared by many frames once, e.g. the entries
+    a leader sends to every follower (`prkdb.wire.messages.RaftBatchEncoder`).
+    Trusted: the bytes must be exactly one well-formed item, as cbor2 would
+    write it, or the frame is garbage; only our own encoders make them.
+    """
+
+    __slots__ = ("cbor",)
+
+    def __init__(self, cbor: bytes) -> None:
+        self.cbor = cbor
+
+    def __repr__(self) -> str:
+        return f"PreEncoded({self.cbor[:16]!r}{'...' if len(self.cbor) > 16 else ''})"
+
+
+def _write_pre_encoded(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    """cbor2's hook for types it does not know: splice `PreEncoded`, refuse the rest.
+
+    The refusal is the error (class and text) cbor2 raises without a hook.
+    """
+    if type(value) is PreEncoded:
+        encoder.write(value.cbor)
+        return
+    raise cbor2.CBOREncodeError(f"cannot encode type {type(value)}")
+
+
+# One CBOR encoder per thread, reused for every body: `cbor2.dumps` builds a new
+# encoder per call, which costs a third of encoding a small reply. We call its
+# `encode_to_bytes`, which writes each item into a fresh buffer of its own
+# (swapped in, then back out even when encoding raises), so the encoder keeps
+# no bytes between calls: a failed encode cannot leave the next one dirty, a
+# large body is not kept alive, and a nested call would be safe too. Per
+# thread because snapshots are encoded in worker threads and an encoder
+# object is not meant to be shared. Same class and options as `cbor2.dumps`,
+# so the same bytes (tests/wire compare them); the `default` hook only adds
+# `PreEncoded`, and costs nothing for the types cbor2 knows.
+_local = threading.local()
+
+
+def _thread_encoder() -> Callable[[Any], bytes]:
+    """This thread's reusable `encode_to_bytes` (created on first use)."""
+    encoder = cbor2.CBOREncoder(io.BytesIO(), default=_write_pre_encoded)
+    encode: Callable[[Any], bytes] = encoder.encode_to_bytes
+    _local.encode = encode
+    return encode
+
+
 def encode_body(obj: Any) -> bytes:
-    """CBOR-encode one item (no length prefix).
+    """CBOR-encode one item (no length prefix); the same bytes as ``cbor2.dumps(obj)``.
+
+    `PreEncoded` items anywhere inside `obj` are written as they are.
 
     Raises:
         LocalProtocolError: INTERNAL if cbor2 cannot encode `obj` (our bug).
     """
     try:
-        return cbor2.dumps(obj)
+        encode = _local.encode
+    except AttributeError:
+        encode = _thread_encoder()
+    try:
+        return encode(obj)  # type: ignore[no-any-return]
     except cbor2.CBOREncodeError as exc:
         raise LocalProtocolError(f"cannot encode {type(obj).__name__} as cbor: {exc}") from None
+
+
+CBOR_UINT: Final = 0x00
+"""`cbor_head` major type: unsigned int (the argument is the value)."""
+CBOR_BYTES: Final = 0x40
+"""`cbor_head` major type: byte string (the argument is its length; the bytes follow)."""
+CBOR_ARRAY: Final = 0x80
+"""`cbor_head` major type: array (the argument is its item count; the items follow)."""
+
+_ONE_BYTE = tuple(bytes((i,)) for i in range(256))
+_HEAD_8 = struct.Struct(">BB").pack
+_HEAD_16 = struct.Struct(">BH").pack
+_HEAD_32 = struct.Struct(">BI").pack
+_HEAD_64 = struct.Struct(">BQ").pack
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type `major` with argument `n`, as cbor2 writes it.
+
+    For hand-built encodings of hot messages: a head plus the payload costs
+    less than building a list for cbor2, which pays a cycle check per array.
+
+    Args:
+        major: `CBOR_UINT`, `CBOR_BYTES` or `CBOR_ARRAY`.
+        n: an ``int`` (never a bool: cbor2 writes True as a simple value).
+
+    Raises:
+        struct.error: `n` is outside 0..2**64-1 (cbor2 would write a bignum
+            tag or a negative int there: callers fall back to cbor2).
+    """
+    if 0 <= n < 24:
+        return _ONE_BYTE[major | n]
+    if n < 0x100:
+        return _HEAD_8(major | 24, n)
+    if n < 0x10000:
+        return _HEAD_16(major | 25, n)
+    if n < 0x100000000:
+        return _HEAD_32(major | 26, n)
+    return _HEAD_64(major | 27, n)
+
+
+def frame_of(body: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Length prefix + `body`, after checking the size as `encode_frame` does.
+
+    Raises:
+        LocalProtocolError: TOO_LARGE if the body exceeds `max_frame`.
+    """
+    if len(body) > max_frame:
+        raise LocalProtocolError(
+            f"frame body of {len(body)} bytes exceeds max_frame ({max_frame})",
+            code=ErrorCode.TOO_LARGE,
+            details={"limit": max_frame, "size": len(body)},
+        )
+    return _HEADER.pack(len(body)) + body
 
 
 def encode_frame(obj: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -196,14 +314,7 @@ def encode_frame(obj: Any, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
         LocalProtocolError: TOO_LARGE if the body exceeds `max_frame`;
             INTERNAL if `obj` is not encodable.
     """
-    body = encode_body(obj)
-    if len(body) > max_frame:
-        raise LocalProtocolError(
-            f"frame body of {len(body)} bytes exceeds max_frame ({max_frame})",
-            code=ErrorCode.TOO_LARGE,
-            details={"limit": max_frame, "size": len(body)},
-        )
-    return _HEADER.pack(len(body)) + body
+    return frame_of(encode_body(obj), max_frame)
 
 
 def encode_frames(objs: Iterable[Any], *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
