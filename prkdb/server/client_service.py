@@ -96,7 +96,7 @@ class ClientService:
         self.connections = 0
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        framed = FramedStream(stream, HELLO_MAX_FRAME)
+        framed = FramedStream(stream, HELLO_MAX_FRAME, outbox=self.node.reply_outbox)
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
@@ -197,6 +197,7 @@ class ClientService:
         finally:
             limiter.release()
         framed.send_nowait(resp)
+        framed.flush()
 
     # -- requests -----------------------------------------------------------
     def _dispatch(self, req: Any, reply: Callable[[Any], None],

@@ -1,13 +1,18 @@
 """`FramedStream`: one owner of a trio stream and its frame decoder (STYLE §8.11).
 
-Reads go through a sans-IO `FrameDecoder`; writes are queued and a single
-writer task coalesces everything queued into one `send_all`, so many small
-responses (or Raft batches) leave in one syscall. A send that fails marks the
-stream broken and closes it.
+Reads go through a sans-IO `FrameDecoder`. Writes are queued as encoded
+frames and leave in one write per flush, so many small responses share a
+syscall. With a `ReplyOutbox`, the node's RaftLoop flushes every connection
+it answered at the end of its pass, straight to the socket when nothing is
+waiting for it (no task switch per reply); the reading task flushes its own
+replies before it waits for more input. What the socket does not take at
+once, and everything when there is no outbox, goes through the writer task.
+A send that fails marks the stream broken and closes it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import trio
@@ -16,6 +21,19 @@ from prkdb.wire import CLOSED, NEED_DATA, FrameDecoder, encode_message
 from prkdb.wire.messages import WireMessage
 
 READ_SIZE = 256 * 1024
+MAX_QUEUED_BYTES = 64 * 1024 * 1024  # unsent bytes per connection before we drop
+
+
+class ReplyOutbox:
+    """The connections with replies queued since the last `flush` (see module doc)."""
+
+    def __init__(self) -> None:
+        self.dirty: list[FramedStream] = []
+
+    def flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for stream in dirty:
+            stream.flush()
 
 
 class StreamClosed(Exception):
@@ -23,13 +41,21 @@ class StreamClosed(Exception):
 
 
 class FramedStream:
-    def __init__(self, stream: trio.abc.Stream, max_frame: int, queue: int = 4096) -> None:
+    def __init__(self, stream: trio.abc.Stream, max_frame: int,
+                 outbox: ReplyOutbox | None = None) -> None:
         self.stream = stream
         self.decoder = FrameDecoder(max_frame=max_frame)
         self.max_frame = max_frame
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](queue)
         self.broken = False
+        self._outbox = outbox
+        self._pending: list[bytes] = []  # frames queued since the last flush
+        self._out = bytearray()  # bytes the socket has not taken: the writer's
+        self._writing = False  # the writer task is inside send_all: queue, never write
+        self._closing = False
+        self._wake = trio.Event()
         self._writer_done = trio.Event()
+        sock = getattr(stream, "socket", None)
+        self._fd = sock.fileno() if sock is not None else -1
 
     async def receive(self) -> Any:
         """The next decoded CBOR item; raises StreamClosed at EOF or on a reset.
@@ -42,6 +68,8 @@ class FramedStream:
                 raise StreamClosed("peer closed the connection")
             if item is not NEED_DATA:
                 return item
+            if self._pending:
+                self.flush()  # our replies leave before we wait for more input
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -53,29 +81,62 @@ class FramedStream:
         return self.send_bytes_nowait(encode_message(msg, max_frame=self.max_frame))
 
     def send_bytes_nowait(self, data: bytes) -> bool:
-        if self.broken:
+        """Queue one encoded frame; False (dropped) if closed or too much is queued."""
+        if self.broken or self._closing:
             return False
+        if len(self._out) + len(data) > MAX_QUEUED_BYTES:
+            return False
+        if not self._pending:
+            if self._outbox is not None:
+                self._outbox.dirty.append(self)
+            else:
+                self._wake.set()
+        self._pending.append(data)
+        return True
+
+    def flush(self) -> None:
+        """Write the queued frames now if the socket is idle; else hand them to the writer."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        if self._fd < 0 or self._writing or self._out or self.broken:
+            self._out += data
+            self._wake.set()
+            return
         try:
-            self._out_send.send_nowait(data)
-            return True
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            n = 0  # broken: the writer's send_all sees it and ends the stream
+        if n < len(data):
+            self._out += data[n:]
+            self._wake.set()
 
     async def send_now(self, msg: WireMessage) -> None:
         """Send directly (used before the writer runs, e.g. for the hello)."""
         await self.stream.send_all(encode_message(msg, max_frame=self.max_frame))
 
     async def run_writer(self) -> None:
-        """Write queued frames, coalescing whatever is queued into one write."""
+        """Write what `flush` left (or everything, without an outbox) until closed."""
         try:
-            async for first in self._out_recv:
-                chunks = [first]
-                while len(chunks) < 1024:
+            while True:
+                while self._pending or self._out:
+                    if self._pending:
+                        self._out += b"".join(self._pending)
+                        self._pending.clear()
+                    data = bytes(self._out)
+                    self._out.clear()
+                    self._writing = True
                     try:
-                        chunks.append(self._out_recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self.stream.send_all(b"".join(chunks))
+                        await self.stream.send_all(data)
+                    finally:
+                        self._writing = False
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.broken = True
         finally:
@@ -84,12 +145,14 @@ class FramedStream:
 
     async def aclose(self, flush_timeout: float = 0.0) -> None:
         """Close; with `flush_timeout`, first let a running writer send what is queued."""
-        self._out_send.close()
+        self._closing = True
+        self._wake.set()
         if flush_timeout and not self.broken:
             with trio.move_on_after(flush_timeout) as cs:
                 cs.shield = True
                 await self._writer_done.wait()
         self.broken = True
+        self._fd = -1  # before the close: the fd number may be reused at once
         with trio.move_on_after(1) as cs:
             cs.shield = True
             await self.stream.aclose()

@@ -27,6 +27,7 @@ from prkdb.logging import get_logger
 from prkdb.raft import Message
 from prkdb.server import systemd
 from prkdb.server.client_service import ClientService
+from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
@@ -45,6 +46,7 @@ class Node:
         self.drivers: list[PartitionDriver] = []
         self.wal: WriteAheadLog | None = None
         self.stopping = False
+        self.reply_outbox = ReplyOutbox()  # client connections the RaftLoop answered
         self.client_port = 0
         self.peer_port = 0
 
@@ -75,7 +77,8 @@ class Node:
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down)
-        self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport)
+        self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport,
+                                  replies=self.reply_outbox)
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,

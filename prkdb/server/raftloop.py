@@ -42,6 +42,7 @@ import trio.testing
 
 from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
+from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.partition import PartitionDriver
 from prkdb.storage import StorageError
@@ -74,10 +75,11 @@ class FatalStorageError(Exception):
 
 class RaftLoop:
     def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
-                 outbox: Outbox | None = None) -> None:
+                 outbox: Outbox | None = None, replies: ReplyOutbox | None = None) -> None:
         self.cfg = cfg
         self.committer = committer
         self.outbox = outbox or _NoOutbox()  # the transport: sends what partitions produced
+        self.replies = replies or ReplyOutbox()  # client connections answered in a pass
         self.log = log
         self.tick_s = cfg.raft.tick_ms / 1000
         self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
@@ -103,13 +105,13 @@ class RaftLoop:
         recv = self._recv
         next_tick = self._next_tick_after(trio.current_time())
         outbox = self.outbox
+        replies = self.replies
         while True:
             # Only a partition something happened to can have a Ready: asking
             # the 7 idle ones every pass cost more than the busy one's work.
             if not any(p.touched and not p.busy and p.raw.has_ready() for p in parts):
                 if outbox.lazy_pending:
-                    await self._settle()  # the client replies leave first
-                    outbox.flush(lazy=True)
+                    outbox.flush(lazy=True)  # after the pass's replies, which left first
                 with trio.move_on_at(next_tick):
                     self._dispatch(await recv.receive())
             await self._settle()
@@ -159,6 +161,7 @@ class RaftLoop:
                     p.maybe_snapshot()
                 except Exception as e:
                     self._failed(p, e)
+            replies.flush()  # the clients' answers first: they are what someone waits for
             outbox.flush()
             if not readies:
                 for p in parts:
