@@ -38,6 +38,8 @@ Raft core is trusted, and the receiver validates anyway.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 from prkdb.raft.types import (
@@ -51,6 +53,7 @@ from prkdb.raft.types import (
     SnapshotMeta,
 )
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
+from prkdb.wire.frames import CBOR_ARRAY, CBOR_BYTES, CBOR_UINT, cbor_head, encode_body
 from prkdb.wire.schema import frozen_builder
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "decode_entry",
     "decode_message",
     "decode_snapshot",
+    "encode_entries_cbor",
     "encode_entry",
     "encode_message",
     "encode_snapshot",
@@ -146,6 +150,38 @@ def encode_entry(e: Entry) -> list[Any]:
     return [e.term, e.index]
 
 
+_ENTRY_3 = cbor_head(CBOR_ARRAY, 3)
+
+
+def encode_entries_cbor(entries: Sequence[Entry]) -> bytes:
+    """The CBOR array of `entries`, the bytes cbor2 writes for ``[encode_entry(e) ...]``.
+
+    Built by hand, which is ~30% cheaper than lists for cbor2 (cbor2 pays a
+    cycle check per array, and an APP has one per entry); and a leader can
+    encode a run of entries once for every follower (`PreEncoded`,
+    `prkdb.wire.messages.RaftBatchEncoder`). Entries of another shape than
+    the common ``[term, index, data]`` (a no-op, a conf change, a field not
+    of the declared type or not a uint64) go through `encode_entry` and cbor2, so the bytes match
+    the generic path for every input.
+    """
+    parts = [cbor_head(CBOR_ARRAY, len(entries))]
+    extend = parts.extend
+    head, normal, entry_3 = cbor_head, _NORMAL, _ENTRY_3
+    for e in entries:
+        data, term, index = e.data, e.term, e.index
+        if e.kind is normal and type(data) is bytes and data and type(term) is int \
+                and type(index) is int:
+            try:
+                # One join at the end beats concatenating per entry.
+                extend((entry_3, head(CBOR_UINT, term), head(CBOR_UINT, index),
+                        head(CBOR_BYTES, len(data)), data))
+                continue
+            except struct.error:
+                pass  # term or index is not a uint64 (nothing was added): let cbor2 decide
+        parts.append(encode_body(encode_entry(e)))
+    return b"".join(parts)
+
+
 def decode_entry(obj: Any) -> Entry:
     """Validate and build an Entry (types and ranges only; see `decode_message`).
 
@@ -208,8 +244,14 @@ def decode_snapshot(obj: Any) -> Snapshot:
     return Snapshot(SnapshotMeta(index, term, ConfState(tuple(voters))), data)
 
 
-def encode_message(m: Message) -> list[Any]:
+def encode_message(m: Message, *, entries: Any = None) -> list[Any]:
     """Message -> positional array with trailing defaults dropped.
+
+    Args:
+        m: a message that may cross the wire.
+        entries: what to put at the entries position instead of encoding
+            ``m.entries`` (e.g. ``PreEncoded(encode_entries_cbor(m.entries))``);
+            only for a message with entries, whose position is never dropped.
 
     Raises:
         LocalProtocolError: `m` is a local-only message (a driver bug: those
@@ -224,7 +266,7 @@ def encode_message(m: Message) -> list[Any]:
         m.term,
         m.log_term,
         m.index,
-        [encode_entry(e) for e in m.entries],
+        [encode_entry(e) for e in m.entries] if entries is None else entries,
         m.commit,
         m.reject,
         m.reject_hint,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from dataclasses import replace
 from typing import Any
 
 import cbor2
@@ -17,6 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prkdb.errors import ErrorCode
+from prkdb.raft.types import Entry, EntryKind, Message, MsgType
+from prkdb.wire import messages as m
+from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError
 from prkdb.wire.frames import (
     CBOR_ARRAY,
@@ -27,6 +31,8 @@ from prkdb.wire.frames import (
     encode_body,
     encode_frame,
 )
+from prkdb.wire.messages import to_wire
+from tests.wire.strategies import raft_batches, raft_messages
 
 # Plain CBOR data as our messages use it, plus the odd corners cbor2 handles
 # (negative ints, bignums, floats, text, maps).
@@ -142,3 +148,159 @@ def test_pre_encoded_is_spliced_in_place(a: Any, b: Any) -> None:
     obj = [a, [b, a], {"k": b}]
     spliced = [PreEncoded(cbor2.dumps(a)), [b, PreEncoded(cbor2.dumps(a))], {"k": b}]
     assert encode_body(spliced) == cbor2.dumps(obj)
+
+
+# --- hand-built message encoders ---------------------------------------------------------
+
+def generic(msg: m.WireMessage, max_frame: int = 16 * 1024 * 1024) -> bytes:
+    """The reference: the schema path every fast encoder must match."""
+    return encode_frame(to_wire(msg), max_frame=max_frame)
+
+
+# Ints at every head-size boundary, plus values the fast paths must hand back
+# to the generic path (negative, past 64 bits, bool).
+edge_int = st.sampled_from(BOUNDARIES) | st.integers(0, 2**64 - 1)
+odd_int = st.sampled_from([-1, 2**64, 2**70, True, False])
+any_int = edge_int | odd_int
+edge_bytes = st.binary(max_size=40) | st.sampled_from([b"x" * 23, b"x" * 24, b"x" * 256])
+any_bytes = edge_bytes | st.sampled_from([bytearray(b"ab"), "text"])
+
+
+@given(any_int, any_bytes, st.sampled_from([*m.ReadConsistency, 0, 2, True]), any_int)
+def test_get_request(rid: Any, key: Any, level: Any, partition: Any) -> None:
+    fast = m.encode_get_request(rid, key, level, partition)
+    assert fast == generic(m.Get(rid, key, level, partition))
+    assert m.encode_message(m.Get(rid, key, level, partition)) == fast
+
+
+@given(any_int, any_bytes, any_bytes, any_int, any_int)
+def test_put_request(rid: Any, key: Any, value: Any, client_id: Any, seq: Any) -> None:
+    fast = m.encode_put_request(rid, key, value, client_id, seq)
+    assert fast == generic(m.Put(rid, key, value, client_id, seq))
+    assert m.encode_message(m.Put(rid, key, value, client_id, seq)) == fast
+
+
+@given(any_int, any_bytes, any_int, any_int)
+def test_delete_request(rid: Any, key: Any, client_id: Any, seq: Any) -> None:
+    fast = m.encode_delete_request(rid, key, client_id, seq)
+    assert fast == generic(m.Delete(rid, key, client_id, seq))
+    assert m.encode_message(m.Delete(rid, key, client_id, seq)) == fast
+
+
+@given(any_int, st.none() | any_bytes, any_int, any_int, any_int)
+def test_get_ok(rid: Any, value: Any, version: Any, mod: Any, applied: Any) -> None:
+    fast = m.encode_get_ok(rid, value, version, mod, applied)
+    assert fast == generic(m.GetOk(rid, value, version, mod, applied))
+    assert m.encode_message(m.GetOk(rid, value, version, mod, applied)) == fast
+
+
+@given(any_int, st.booleans() | st.sampled_from([0, 1]), any_int, any_int, any_int)
+def test_write_ok(rid: Any, ok: Any, revision: Any, version: Any, prev: Any) -> None:
+    fast = m.encode_write_ok(rid, ok, revision, version, prev)
+    assert fast == generic(m.WriteOk(rid, ok, revision, version, prev))
+    assert m.encode_message(m.WriteOk(rid, ok, revision, version, prev)) == fast
+
+
+def test_write_ok_with_ops_takes_the_generic_path() -> None:
+    msg = m.WriteOk(7, True, 10, 0, 0, (m.OpResult(1, 0), m.OpResult(0, 3)))
+    assert m.encode_message(msg) == generic(msg)
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda mf: m.encode_put_request(1, b"k", b"v" * 100, 1, 1, max_frame=mf),
+        lambda mf: m.encode_get_request(1, b"k" * 100, m.ReadConsistency.STALE, 0, max_frame=mf),
+        lambda mf: m.encode_delete_request(1, b"k" * 100, 1, 1, max_frame=mf),
+        lambda mf: m.encode_get_ok(1, b"v" * 100, 1, 1, 1, max_frame=mf),
+        lambda mf: m.encode_write_ok(1, True, 2**40, 1, 1, max_frame=mf),
+    ],
+)
+def test_fast_encoders_refuse_oversize_like_encode_frame(encode: Any) -> None:
+    size = len(encode(10**6)) - 4
+    assert len(encode(size)) == size + 4
+    with pytest.raises(LocalProtocolError) as info:
+        encode(size - 1)
+    assert info.value.code == ErrorCode.TOO_LARGE
+    assert info.value.details == {"limit": size - 1, "size": size}
+
+
+def test_fast_encoder_unencodable_is_the_generic_error() -> None:
+    with pytest.raises(LocalProtocolError) as fast:
+        m.encode_put_request(1, b"k", _Unencodable(), 1, 1)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError) as slow:
+        generic(m.Put(1, b"k", _Unencodable(), 1, 1))  # type: ignore[arg-type]
+    assert (fast.value.code, fast.value.message) == (slow.value.code, slow.value.message)
+
+
+# --- Raft entries and batches ------------------------------------------------------------
+
+
+odd_entry = st.builds(
+    Entry,
+    any_int,
+    any_int,
+    st.sampled_from(EntryKind),
+    any_bytes | st.just(b""),
+)
+
+
+@given(st.lists(odd_entry, max_size=6))
+def test_entries_cbor_equals_cbor2(entries: list[Entry]) -> None:
+    expected = cbor2.dumps([raft_codec.encode_entry(e) for e in entries])
+    assert raft_codec.encode_entries_cbor(entries) == expected
+
+
+@given(raft_batches())
+def test_raft_batch_fast_paths_equal_generic(batch: m.RaftBatch) -> None:
+    expected = generic(batch)
+    assert m.encode_message(batch) == expected
+    assert m.encode_raft_batch(batch.from_node, batch.items) == expected
+    assert m.RaftBatchEncoder(batch.from_node).encode(batch.items) == expected
+
+
+@given(st.lists(raft_messages(MsgType.APP), min_size=1, max_size=4), st.data())
+def test_shared_encoder_over_a_round_equals_per_frame_encoding(
+    apps: list[Message], data: st.DataObject
+) -> None:
+    """A leader's round: the same runs of entries to several peers, in any mix of partitions."""
+    enc = m.RaftBatchEncoder(1)
+    for to in (2, 3, 4):
+        items = tuple(
+            (data.draw(st.integers(0, 2)), replace(a, to=to, from_=1, entries=tuple(a.entries)))
+            for a in apps
+        )
+        assert enc.encode(items) == generic(m.RaftBatch(1, items))
+
+
+def _app(partition: int, data: bytes, to: int = 2) -> tuple[int, Message]:
+    entries = tuple(Entry(5, 101 + i, data=data) for i in range(3))
+    return (partition, Message(MsgType.APP, to=to, from_=1, term=5, log_term=5, index=100,
+                               entries=entries, commit=99))
+
+
+def test_shared_encoder_never_mixes_up_equal_looking_runs() -> None:
+    """Same partition/index/count but other data (a new leader's log) must be re-encoded."""
+    enc = m.RaftBatchEncoder(1)
+    first = (_app(0, b"old"), _app(1, b"other"))
+    assert enc.encode(first) == generic(m.RaftBatch(1, first))
+    later = (_app(0, b"new", to=3), _app(1, b"other", to=3))
+    assert enc.encode(later) == generic(m.RaftBatch(1, later))
+
+
+def test_shared_encoder_keeps_the_frame_limit() -> None:
+    items = (_app(0, b"v" * 1000),)
+    size = len(generic(m.RaftBatch(1, items))) - 4
+    assert len(m.RaftBatchEncoder(1, max_frame=size).encode(items)) == size + 4
+    with pytest.raises(LocalProtocolError) as info:
+        m.RaftBatchEncoder(1, max_frame=size - 1).encode(items)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+def test_local_message_is_refused_like_the_generic_path() -> None:
+    beat = Message(MsgType.BEAT, to=1, from_=1, term=1)
+    with pytest.raises(LocalProtocolError) as slow:
+        generic(m.RaftBatch(1, ((0, beat),)))
+    with pytest.raises(LocalProtocolError) as fast:
+        m.RaftBatchEncoder(1).encode(((0, beat),))
+    assert fast.value.message == slow.value.message
