@@ -14,6 +14,10 @@ Paths (what a server does per client write / per replication round):
 * peers: a ``RaftBatch`` holding one APP with 1, 8 and 64 entries of ~130 bytes
   (the size of a session-tagged Put command of a 16-byte key and 100-byte
   value), encoded and decoded; an APP_RESP and a HEARTBEAT batch likewise.
+  "2 peers" rows: a leader's round to two followers (same entries, separate
+  tuples as the Raft core slices them), per peer through the generic
+  ``encode_frame(to_wire(...))`` path, and through one ``RaftBatchEncoder``
+  (entries encoded once); µs per round.
 * state machine: ``encode_command`` (with session), ``decode_command``, and
   ``KVStateMachine.apply`` of session-tagged Puts (64 sessions, like 64
   pipelined SDK slots; keys cycle over 10,000 so updates dominate).
@@ -28,6 +32,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 # Run from a checkout without installing: make the repo root importable.
@@ -35,15 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prkdb.raft.types import Entry, Message, MsgType
 from prkdb.state import KVStateMachine, Put, decode_command, encode_command
-from prkdb.wire.frames import FrameDecoder
+from prkdb.wire.frames import FrameDecoder, encode_frame
 from prkdb.wire.messages import (
     Get,
     GetOk,
     RaftBatch,
+    RaftBatchEncoder,
     ReadConsistency,
     WriteOk,
     encode_message,
     from_wire,
+    to_wire,
 )
 from prkdb.wire.messages import Put as PutRequest
 
@@ -99,6 +106,33 @@ def _app_batch(n_entries: int) -> RaftBatch:
         MsgType.APP, to=2, from_=1, term=5, log_term=5, index=100, entries=entries, commit=99
     )
     return RaftBatch(1, ((3, msg),))
+
+
+def _two_peer_batches(n_entries: int) -> list[RaftBatch]:
+    """One APP each to followers 2 and 3: equal entries in separate tuples, as the core slices."""
+    app = _app_batch(n_entries).items[0][1]
+    return [
+        RaftBatch(1, ((3, replace(app, to=to, entries=tuple(app.entries))),)) for to in (2, 3)
+    ]
+
+
+def _encode_generic(batches: list[RaftBatch]) -> Body:
+    def body(n: int) -> None:
+        for _ in range(n):
+            for b in batches:
+                encode_frame(to_wire(b))
+
+    return body
+
+
+def _encode_shared(batches: list[RaftBatch]) -> Body:
+    def body(n: int) -> None:
+        for _ in range(n):
+            enc = RaftBatchEncoder(1)  # one per flush, as the transport would
+            for b in batches:
+                enc.encode(b.items)
+
+    return body
 
 
 def _small_batch(kind: MsgType) -> RaftBatch:
@@ -159,6 +193,10 @@ def main() -> None:
         batch = _app_batch(n)
         paths.append((f"raft: encode APP x{n}", _encode(batch)))
         paths.append((f"raft: decode APP x{n}", _decode_frames(encode_message(batch))))
+    for n in (8, 64):
+        two = _two_peer_batches(n)
+        paths.append((f"raft: encode APP x{n} 2 peers generic", _encode_generic(two)))
+        paths.append((f"raft: encode APP x{n} 2 peers shared", _encode_shared(two)))
     for kind in (MsgType.APP_RESP, MsgType.HEARTBEAT):
         batch = _small_batch(kind)
         paths.append((f"raft: encode {kind.name}", _encode(batch)))
@@ -175,7 +213,7 @@ def main() -> None:
         if args.only and args.only not in name:
             continue
         us = _timed(body, args.ops, args.repeats)
-        print(f"{name:<36} {us:8.2f}")
+        print(f"{name:<40} {us:8.2f}")
 
 
 if __name__ == "__main__":
