@@ -4,7 +4,9 @@ Nothing here does I/O or knows about trio: the server's `FramedStream` and
 the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
 
 - `frames`: 4-byte length + one CBOR item; `FrameDecoder`, `encode_frame`.
-- `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`.
+- `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`,
+  and hand-built encoders for the per-operation messages (`encode_put_request`,
+  `encode_write_ok`, ..., `RaftBatchEncoder`), byte-identical to the generic path.
 - `raft_codec`: compact positional arrays for `prkdb.raft.types.Message`.
 - `errors`: `RemoteProtocolError` (the peer's fault) / `LocalProtocolError` (ours).
 
@@ -24,8 +26,15 @@ from prkdb.wire.frames import (
 from prkdb.wire.messages import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    RaftBatchEncoder,
+    encode_delete_request,
+    encode_get_ok,
+    encode_get_request,
     encode_message,
     encode_messages,
+    encode_put_request,
+    encode_raft_batch,
+    encode_write_ok,
     from_wire,
     to_wire,
 )
@@ -39,11 +48,18 @@ __all__ = [
     "DecoderState",
     "FrameDecoder",
     "LocalProtocolError",
+    "RaftBatchEncoder",
     "RemoteProtocolError",
+    "encode_delete_request",
     "encode_frame",
     "encode_frames",
+    "encode_get_ok",
+    "encode_get_request",
     "encode_message",
     "encode_messages",
+    "encode_put_request",
+    "encode_raft_batch",
+    "encode_write_ok",
     "from_wire",
     "to_wire",
 ]
