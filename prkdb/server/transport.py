@@ -39,7 +39,7 @@ from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
 from prkdb.raft import COMMIT_ONLY, Message, MsgType
 from prkdb.server.framed import FramedStream, StreamClosed
-from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, encode_message, from_wire
+from prkdb.wire import PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
 from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, check_hello, error_for
 
 MAX_UNSENT_BYTES = 64 * 1024 * 1024  # per peer, past which new frames are dropped
@@ -101,8 +101,11 @@ class PeerTransport:
         if lazy:
             dirty.extend(link for link in self._lazy_dirty if not link.msgs)
             self._lazy_dirty = []
-        me = self.cfg.node_id
-        max_frame = self.cfg.limits.max_peer_frame
+        if not dirty:
+            return
+        # One encoder per flush: the same new entries go to every follower
+        # and are encoded once (it keeps them alive, so never longer).
+        encoder = RaftBatchEncoder(self.cfg.node_id, max_frame=self.cfg.limits.max_peer_frame)
         for link in dirty:
             items, link.msgs = link.msgs, []
             if link.lazy:
@@ -111,7 +114,7 @@ class PeerTransport:
             if not items:
                 continue
             for chunk in _chunks(items):
-                data = encode_message(RaftBatch(me, chunk), max_frame=max_frame)
+                data = encoder.encode(chunk)
                 if not link.write(data):
                     self.dropped += len(chunk)
 
