@@ -101,6 +101,9 @@ class RaftCore:
         self.votes: dict[int, bool] = {}
         self.msgs: list[Message] = []
         self.msgs_after_persist: list[Message] = []
+        # The commit index advanced since followers were last told (see
+        # flush_commit_news): the news leaves once per batch of messages.
+        self.commit_news = False
         self.read_states: list[ReadState] = []
         self.read_only = ReadOnly()
         # A read arrived since the last heartbeat round (see flush_read_round).
@@ -557,7 +560,7 @@ class RaftCore:
             return
         pr = self.progress.get(self.id)
         if pr is not None and pr.maybe_update(index) and self._maybe_commit():
-            self._broadcast_append()
+            self.commit_news = True
 
     def _maybe_commit(self) -> bool:
         match = {v: pr.match for v, pr in self.progress.items()}
@@ -600,7 +603,7 @@ class RaftCore:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._broadcast_append()
+            self.commit_news = True
         elif old_paused:
             self._send_append(m.from_)
         while self._send_append(m.from_, send_if_empty=False):
@@ -837,7 +840,30 @@ class RaftCore:
         return True
 
     # -- outputs ---------------------------------------------------------------
+    def flush_commit_news(self) -> None:
+        """Tell the followers of a new commit index, once per batch of messages.
+
+        The acks of one batch may advance the commit several times, and a busy
+        batch also carries new entries for the followers, whose appends carry
+        the commit index anyway. So instead of an append per advance (etcd's
+        bcastAppend in maybeCommit), the news goes out when the messages are
+        taken, and only to followers that no append of this batch told of
+        this commit already. Commit news is a pure notification: when it
+        leaves changes no safety property, only how soon followers apply.
+        """
+        if not self.commit_news:
+            return
+        self.commit_news = False
+        if self.role != Role.LEADER:
+            return
+        committed = self.log.committed
+        told = {m.to for m in self.msgs if m.type == MsgType.APP and m.commit >= committed}
+        for p in self._peers():
+            if p not in told:
+                self._send_append(p)
+
     def take_messages(self) -> tuple[list[Message], list[Message]]:
+        self.flush_commit_news()
         msgs, after = self.msgs, self.msgs_after_persist
         self.msgs, self.msgs_after_persist = [], []
         return msgs, after

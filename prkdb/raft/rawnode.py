@@ -181,6 +181,7 @@ class RawNode:
         core.flush_read_round()
         return bool(
             core.msgs
+            or core.commit_news
             or core.msgs_after_persist
             or core.read_states
             or core.log.unstable.entries

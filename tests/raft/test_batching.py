@@ -5,6 +5,8 @@
   regular heartbeat.
 - A follower in sync does not acknowledge a commit-only append, but still
   rejects one that does not match its log.
+- News of a new commit index leaves once per batch of messages, and not at
+  all to a follower that an append of the same batch already told.
 """
 
 from __future__ import annotations
@@ -100,3 +102,56 @@ def test_a_mismatched_commit_only_append_is_still_rejected() -> None:
     net.tick_all(10)
     assert net.committed(follower) == net.committed(lead)
     assert core.progress[follower].state == ProgressState.REPLICATE
+
+
+def _acks_in_one_batch(net: Network, lead: int) -> None:
+    """Deliver the queued appends to the followers and step all their acks
+    into the leader without letting it take a Ready in between."""
+    apps, net.queue = net.queue, []
+    for m in apps:
+        net.deliver_one(m)
+    acks, net.queue = net.queue, []
+    assert acks and {m.type for m in acks} == {MsgType.APP_RESP}
+    for m in acks:
+        net.nodes[lead].raw.step(m)
+
+
+def test_commit_news_leaves_once_per_batch() -> None:
+    net = Network(3, seed=25)
+    lead = _stable_leader(net)
+    followers = sorted(i for i in net.ids if i != lead)
+    net.propose(lead, b"a")
+    _, last = net.propose(lead, b"b")  # two rounds of appends in flight
+    _acks_in_one_batch(net, lead)  # the commit advances twice in this batch
+    rd = net.nodes[lead].raw.ready()
+    apps = [m for m in rd.messages if m.type == MsgType.APP]
+    # One commit-only append per follower (etcd's bcastAppend per advance
+    # would send four), carrying the newest commit index.
+    assert sorted(m.to for m in apps) == followers
+    assert all(m.context == COMMIT_ONLY and not m.entries and m.commit == last for m in apps)
+
+
+def test_no_commit_news_to_a_follower_an_append_already_told() -> None:
+    net = Network(3, seed=26)
+    lead = _stable_leader(net)
+    followers = sorted(i for i in net.ids if i != lead)
+    _, first = net.propose(lead, b"x")
+    _acks_in_one_batch(net, lead)  # commit -> x ...
+    net.nodes[lead].raw.propose(b"y")  # ... and new entries in the same batch
+    rd = net.nodes[lead].raw.ready()
+    apps = [m for m in rd.messages if m.type == MsgType.APP]
+    # Just the appends of y, which carry the commit index of x.
+    assert sorted(m.to for m in apps) == followers
+    assert all(m.entries and m.commit == first and m.context != COMMIT_ONLY for m in apps)
+    # And nothing is lost: once delivered, everyone commits both.
+    node = net.nodes[lead]
+    net.send_all(rd.messages)
+    node._persist(rd)
+    net.send_all(rd.messages_after_persist)
+    node._apply(rd)
+    node.raw.advance(rd)
+    node._after_advance()
+    node.process()
+    net.deliver()
+    net.tick_all(3)
+    assert {net.committed(i) for i in net.ids} == {first + 1}
