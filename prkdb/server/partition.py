@@ -2,7 +2,7 @@
 
 It does not run a task of its own: the node's `RaftLoop` drives every
 partition in one loop (see prkdb/server/raftloop.py), calling, per pass,
-`handle` for each queued item, `flush_proposals`, `tick`, then
+`handle` for each queued item, `flush_queued`, `tick`, then
 `begin_ready` (send `messages`, append to the shared WAL), one WAL sync for
 all partitions, and `finish_ready` (mirror into MemoryStorage, send
 `messages_after_persist`, apply committed entries, serve reads, advance).
@@ -57,7 +57,7 @@ from prkdb.storage import SnapshotStore, WriteAheadLog
 class _ReadWait:
     index: int
     seq: int
-    pending: Pending = field(compare=False)
+    pending: list[Pending] = field(compare=False)
 
 
 class PartitionDriver:
@@ -84,7 +84,8 @@ class PartitionDriver:
         self.inbox = inbox  # the node's RaftLoop inbox, shared by all partitions
         self._proposals: list[Pending] = []
         self._by_index: dict[int, Pending] = {}
-        self._reads: dict[bytes, Pending] = {}
+        self._read_batch: list[Pending] = []  # reads of this pass: one ReadIndex for all
+        self._reads: dict[bytes, list[Pending]] = {}  # ReadIndex context -> its reads
         self._read_waits: list[_ReadWait] = []
         self._read_seq = itertools.count(1)
         # (deadline, seq, request): requests are failed here when they expire.
@@ -163,6 +164,7 @@ class PartitionDriver:
             self.sm.restore(snap.data)
         self._proposals.clear()
         self._by_index.clear()
+        self._read_batch.clear()
         self._reads.clear()
         self._read_waits.clear()
         self._deadlines.clear()
@@ -264,18 +266,8 @@ class PartitionDriver:
             if not x.done:  # (expired while queued)
                 self._proposals.append(x)
         elif kind == "read":
-            if x.done:
-                return
-            ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
-            try:
-                self.raw.read_index(ctx)
-            except RaftNotLeader:
-                x.finish(error=self._not_leader())
-                return
-            except ProposalDropped as e:
-                x.finish(error=Unavailable(f"partition {self.partition}: {e}"))
-                return
-            self._reads[ctx] = x
+            if not x.done:
+                self._read_batch.append(x)
         elif kind == "peer_down":
             self.raw.report_peer_down(x)
         elif kind == "transfer":
@@ -319,9 +311,33 @@ class PartitionDriver:
             partition=self.partition,
         )
 
-    def flush_proposals(self) -> None:
-        if not self._proposals:
+    def flush_queued(self) -> None:
+        """Hand the pass's proposals and reads to the core, one call for each kind."""
+        if self._proposals:
+            self._flush_proposals()
+        if self._read_batch:
+            self._flush_reads()
+
+    def _flush_reads(self) -> None:
+        # One ReadIndex for every read of the pass: its index is the commit
+        # index when the last of them had arrived, which is all each of them
+        # needs (>= every commit before it arrived), and the core does the
+        # bookkeeping of one request instead of one per read.
+        reads, self._read_batch = self._read_batch, []
+        ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
+        try:
+            self.raw.read_index(ctx)
+        except RaftNotLeader:
+            err: PrkdbError = self._not_leader()
+        except ProposalDropped as e:
+            err = Unavailable(f"partition {self.partition}: {e}")
+        else:
+            self._reads[ctx] = reads
             return
+        for r in reads:
+            r.finish(error=err)
+
+    def _flush_proposals(self) -> None:
         props, self._proposals = self._proposals, []
         try:
             term, first = self.raw.propose_many([p.data for p in props])
@@ -438,8 +454,9 @@ class PartitionDriver:
         if was_leader and ss.role != Role.LEADER:
             # Reads waiting for a heartbeat round we led will never be confirmed.
             err = self._not_leader()
-            for w in self._reads.values():
-                w.finish(error=err)
+            for reads in self._reads.values():
+                for w in reads:
+                    w.finish(error=err)
             self._reads.clear()
 
     def _apply(self, rd: Ready) -> None:
@@ -467,16 +484,17 @@ class PartitionDriver:
                             )
                         )
         for rs in rd.read_states:
-            w = self._reads.pop(rs.context, None)
-            if w is not None and not w.done:
-                heapq.heappush(self._read_waits, _ReadWait(rs.index, next(self._read_seq), w))
+            reads = self._reads.pop(rs.context, None)
+            if reads is not None:
+                heapq.heappush(self._read_waits, _ReadWait(rs.index, next(self._read_seq), reads))
         # A read confirmed at index i may be served once we applied i (thesis §6.4).
         applied = max(sm.applied_index, self.raw.core.log.applied)
         if rd.committed_entries:
             applied = max(applied, rd.committed_entries[-1].index)
         waits = self._read_waits
         while waits and waits[0].index <= applied:
-            heapq.heappop(waits).pending.finish(result=applied)
+            for w in heapq.heappop(waits).pending:
+                w.finish(result=applied)
 
     def maybe_snapshot(self) -> None:
         """Finish a snapshot the background task wrote, or start one if due.
@@ -545,10 +563,14 @@ class PartitionDriver:
             p.finish(error=err)
         for p in self._proposals:
             p.finish(error=err)
-        for w in self._reads.values():
+        for w in self._read_batch:
             w.finish(error=err)
+        for reads in self._reads.values():
+            for w in reads:
+                w.finish(error=err)
         for rw in self._read_waits:
-            rw.pending.finish(error=err)
+            for w in rw.pending:
+                w.finish(error=err)
         for _, _, p in self._deadlines:
             p.finish(error=err)
         for w in self._snapshot_waiters:

@@ -139,7 +139,7 @@ class RaftLoop:
                     elif not p.touched:
                         continue
                     p.touched = False
-                    p.flush_proposals()
+                    p.flush_queued()
                     if p.raw.has_ready():
                         rd = p.begin_ready()
                         if rd is not None:
