@@ -161,7 +161,17 @@ class RaftCore:
     # -- sending -------------------------------------------------------------
     def _send(self, m: Message) -> None:
         if m.type in _AFTER_PERSIST:
-            self.msgs_after_persist.append(m)
+            after = self.msgs_after_persist
+            if m.type == MsgType.APP_RESP and not m.reject and after:
+                prev = after[-1]
+                if (prev.type == MsgType.APP_RESP and not prev.reject and prev.to == m.to
+                        and prev.term == m.term):
+                    # Acks are cumulative ("my log matches yours up to index"):
+                    # of two in a row, the higher says everything both said.
+                    if m.index >= prev.index:
+                        after[-1] = m
+                    return
+            after.append(m)
         else:
             self.msgs.append(m)
 

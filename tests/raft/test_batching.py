@@ -7,9 +7,13 @@
   rejects one that does not match its log.
 - News of a new commit index leaves once per batch of messages, and not at
   all to a follower that an append of the same batch already told.
+- A follower sends one ack for consecutive appends of one batch (acks are
+  cumulative), and never folds a rejection into it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from prkdb.raft import MsgType
 from prkdb.raft.core import COMMIT_ONLY
@@ -155,3 +159,37 @@ def test_no_commit_news_to_a_follower_an_append_already_told() -> None:
     net.deliver()
     net.tick_all(3)
     assert {net.committed(i) for i in net.ids} == {first + 1}
+
+
+def test_consecutive_acks_of_one_batch_become_one() -> None:
+    net = Network(3, seed=27)
+    lead = _stable_leader(net)
+    f = next(i for i in net.ids if i != lead)
+    net.propose(lead, b"a")
+    _, last = net.propose(lead, b"b")
+    apps = [m for m in net.queue if m.to == f and m.type == MsgType.APP]
+    net.queue = [m for m in net.queue if m.to != f]
+    assert len(apps) == 2
+    for m in apps:  # both arrive before the follower takes a Ready
+        net.nodes[f].raw.step(m)
+    rd = net.nodes[f].raw.ready()
+    acks = [m for m in rd.messages_after_persist if m.type == MsgType.APP_RESP]
+    assert [(m.to, m.index, m.reject) for m in acks] == [(lead, last, False)]
+
+
+def test_a_rejection_is_never_folded_into_an_ack() -> None:
+    net = Network(3, seed=28)
+    lead = _stable_leader(net)
+    f = next(i for i in net.ids if i != lead)
+    _, idx = net.propose(lead, b"a")
+    app = next(m for m in net.queue if m.to == f and m.type == MsgType.APP)
+    net.queue = [m for m in net.queue if m.to != f]
+    follower = net.nodes[f].raw
+    follower.step(app)  # accepted: ack for idx
+    # An append whose previous entry the follower does not have: rejected.
+    gap = dataclasses.replace(app, index=idx + 5, log_term=app.log_term, entries=())
+    follower.step(gap)
+    rd = follower.ready()
+    acks = [(m.index, m.reject) for m in rd.messages_after_persist
+            if m.type == MsgType.APP_RESP]
+    assert acks[0] == (idx, False) and acks[-1][1] is True and len(acks) == 2
