@@ -48,7 +48,7 @@ from prkdb.server.partition import PartitionDriver
 from prkdb.storage import StorageError
 
 INBOX_SIZE = 65536  # items for all partitions; beyond it requests get Unavailable
-MAX_DRAIN = 8192  # items taken per pass, so ticks and Readies are never starved
+MAX_DRAIN = 2048  # items taken per pass (~60 ms of work), so ticks are never starved
 SETTLE_S = 0.0005  # most time a pass waits for the connection tasks to go idle
 _TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
 
