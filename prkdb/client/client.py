@@ -68,19 +68,16 @@ from prkdb.errors import (
     Timeout,
 )
 from prkdb.partitioning import partition_for
+from prkdb.wire import encode_delete_request, encode_get_request, encode_put_request
 from prkdb.wire.messages import (
-    SCHEMAS,
     AdminOk,
     Batch,
     BatchOp,
     Cas,
-    Delete,
     Error,
-    Get,
     GetOk,
     OpKind,
     OpResult,
-    Put,
     ReadConsistency,
     Snapshot,
     Status,
@@ -177,9 +174,6 @@ class _Op:
 # directly: skipping the dataclass and the generic `to_wire` saves about a
 # microsecond per request. Field order as in prkdb.wire.messages (tests/client
 # decode what the client sends and compare).
-_GET: Final = SCHEMAS[Get].type_id  # [_GET, request_id, key, consistency, partition]
-_PUT: Final = SCHEMAS[Put].type_id  # [_PUT, request_id, key, value, client_id, seq]
-_DELETE: Final = SCHEMAS[Delete].type_id  # [_DELETE, request_id, key, client_id, seq]
 
 
 def _status_array(request_id: int) -> list[Any]:
@@ -408,7 +402,7 @@ class PrkDbClient:
         )
         op = _Op(
             lambda: f"get key={key[:32]!r} ({consistency.name.lower()})",
-            lambda rid: [_GET, rid, key, level, partition],
+            lambda rid: encode_get_request(rid, key, level, partition),
             partition=partition,
             consistency=consistency,
         )
@@ -429,7 +423,7 @@ class PrkDbClient:
         return await self._write(
             lambda: f"put key={key[:32]!r}",
             key,
-            lambda rid, s: [_PUT, rid, key, value, s.client_id, s.next_seq],
+            lambda rid, s: encode_put_request(rid, key, value, s.client_id, s.next_seq),
             timeout,
         )
 
@@ -439,7 +433,7 @@ class PrkDbClient:
         return await self._write(
             lambda: f"delete key={key[:32]!r}",
             key,
-            lambda rid, s: [_DELETE, rid, key, s.client_id, s.next_seq],
+            lambda rid, s: encode_delete_request(rid, key, s.client_id, s.next_seq),
             timeout,
         )
 

@@ -248,8 +248,9 @@ class Connection:
         """Send one request and wait for its response (an `Error` frame is returned, not raised).
 
         Args:
-            build: makes the request's plain wire array (what `to_wire` returns)
-                for a given request_id.
+            build: makes, for a given request_id, the request's plain wire
+                array (what `to_wire` returns) or its finished frame (the
+                hot-path encoders of `prkdb.wire`, e.g. `encode_put_request`).
             state: ``state.sent`` is set once the bytes may reach the server.
             deadline: trio time after which to stop waiting (`AttemptExpired`).
 
@@ -263,7 +264,9 @@ class Connection:
         request_id = self._next_request_id
         self._next_request_id += 1
         try:
-            frame = encode_frame(build(request_id), max_frame=self.max_frame)
+            built = build(request_id)
+            frame = (built if type(built) is bytes
+                     else encode_frame(built, max_frame=self.max_frame))
         except LocalProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE:
                 raise TooLarge(exc.message, details=exc.details) from None
