@@ -205,6 +205,8 @@ class PartitionDriver:
     def expire(self, now: float) -> None:
         """Fail every request whose deadline passed (the driver owns all deadlines)."""
         dl = self._deadlines
+        if not dl or dl[0][0] > now:
+            return
         while dl and dl[0][0] <= now:
             p = heapq.heappop(dl)[2]
             if p.done:

@@ -130,8 +130,7 @@ class RaftLoop:
             must_sync = False
             for p in parts:
                 try:
-                    if p._deadlines and p._deadlines[0][0] <= now:
-                        p.expire(now)  # even when busy: a client's deadline is its own
+                    p.expire(now)  # even when busy: a client's deadline is its own
                     if p.busy:
                         continue
                     if tick:
@@ -161,18 +160,14 @@ class RaftLoop:
                     p.maybe_snapshot()
                 except Exception as e:
                     self._failed(p, e)
+            for p in parts:  # a snapshot written in the background, or asked for
+                if p.has_snapshot_work and not p.busy:
+                    try:
+                        p.maybe_snapshot()
+                    except Exception as e:
+                        self._failed(p, e)
             replies.flush()  # the clients' answers first: they are what someone waits for
             outbox.flush()
-            if not readies:
-                for p in parts:
-                    if p.has_snapshot_work and not p.busy:
-                        try:
-                            p.maybe_snapshot()
-                        except Exception as e:
-                            self._failed(p, e)
-            # Let the connection tasks read what arrived meanwhile, so the next
-            # pass finds it queued (and a busy loop never starves them).
-            await trio.lowlevel.checkpoint()
 
     async def _settle(self) -> None:
         """Let every connection task run until idle (bounded) before a batch.

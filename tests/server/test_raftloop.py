@@ -212,3 +212,23 @@ async def test_the_reads_of_one_pass_share_one_read_index(tmp_path: Path) -> Non
         assert len(calls) == 1
         # Each is confirmed at an index covering the write acknowledged before it.
         assert all(a >= write_index for a in applied)
+
+
+async def test_a_snapshot_finishes_while_other_partitions_are_busy(tmp_path: Path) -> None:
+    async with running_node(tmp_path) as node:
+        quiet, busy = node.drivers[0], node.drivers[1]
+        await put(quiet, b"q", b"1")
+        stop = trio.Event()
+
+        async def writer(i: int) -> None:
+            while not stop.is_set():
+                await put(busy, b"b-%d" % i, b"x")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):  # every pass of the loop has a Ready of `busy`
+                nursery.start_soon(writer, i)
+            await trio.sleep(0.2)
+            with trio.fail_after(10):
+                index = await quiet.snapshot_now()
+            stop.set()
+        assert index >= 2 and quiet._snapshot_index == index
