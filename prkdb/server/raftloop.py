@@ -48,6 +48,7 @@ from prkdb.server.partition import PartitionDriver
 from prkdb.storage import StorageError
 
 INBOX_SIZE = 65536  # items for all partitions; beyond it requests get Unavailable
+MAX_DEFERRED_MSGS = 10_000  # peer messages parked for a busy partition, then dropped
 MAX_DRAIN = 2048  # items taken per pass (~60 ms of work), so ticks are never starved
 SETTLE_S = 0.0005  # most time a pass waits for the connection tasks to go idle
 _TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
@@ -185,6 +186,8 @@ class RaftLoop:
         if p.busy:
             if kind == "done":
                 self._slow_done(p, x)
+            elif kind == "msg" and len(p.deferred) >= MAX_DEFERRED_MSGS:
+                p.dropped_inbox += 1  # Raft resends what matters; memory stays bounded
             else:
                 p.deferred.append(item)
             return
