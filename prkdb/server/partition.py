@@ -71,7 +71,7 @@ class PartitionDriver:
         send: Any,
         log: Any,
         inbox: trio.MemorySendChannel[tuple],
-        flush: Callable[[], None] = lambda: None,
+        flush: Callable[[], None],
     ) -> None:
         self.cfg = cfg
         self.partition = partition

@@ -63,24 +63,17 @@ class Outbox(Protocol):
     def flush(self, lazy: bool = False) -> None: ...
 
 
-class _NoOutbox:
-    lazy_pending = False
-
-    def flush(self, lazy: bool = False) -> None:
-        pass
-
-
 class FatalStorageError(Exception):
     """The WAL or a snapshot could not be made durable; the node must stop."""
 
 
 class RaftLoop:
     def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
-                 outbox: Outbox | None = None, replies: ReplyOutbox | None = None) -> None:
+                 outbox: Outbox, replies: ReplyOutbox) -> None:
         self.cfg = cfg
         self.committer = committer
-        self.outbox = outbox or _NoOutbox()  # the transport: sends what partitions produced
-        self.replies = replies or ReplyOutbox()  # client connections answered in a pass
+        self.outbox = outbox  # the transport: sends what partitions produced
+        self.replies = replies  # client connections answered in a pass
         self.log = log
         self.tick_s = cfg.raft.tick_ms / 1000
         self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
