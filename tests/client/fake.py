@@ -362,3 +362,22 @@ def key_in(partition: int, partitions: int, prefix: str = "k") -> bytes:
         if partition_for(key, partitions) == partition:
             return key
     raise AssertionError(f"no key for partition {partition}")
+
+
+class WrappedStream(trio.abc.Stream):
+    """A stream that passes everything to `inner`: subclasses watch `send_all`."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -38,6 +38,7 @@ from tests.client.fake import (
     Delay,
     FakeCluster,
     FakeNode,
+    WrappedStream,
     connect,
     error,
     key_in,
@@ -578,25 +579,16 @@ async def test_silent_leader_is_abandoned_after_attempt_timeout(
     await client.aclose()
 
 
-class _CountingStream(trio.abc.Stream):
+class _CountingStream(WrappedStream):
     """Counts the client's writes (one per send_all) on a real stream."""
 
     def __init__(self, inner: trio.abc.Stream, counter: list[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.counter = counter
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.counter.append(len(data))
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_concurrent_requests_leave_in_few_writes(

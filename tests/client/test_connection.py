@@ -9,13 +9,14 @@ import trio.testing
 from prkdb.client.connection import AttemptExpired, AttemptState, Connection
 from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire, to_wire
 from prkdb.wire.messages import GetOk, Hello, HelloOk, Status, WireMessage
+from tests.client.fake import WrappedStream
 
 
-class _GatedStream(trio.abc.Stream):
+class _GatedStream(WrappedStream):
     """Records what the client sends; after the hello, sends wait for `gate`."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = trio.Event()
         self.sent: list[WireMessage] = []
         self._decoder = FrameDecoder()
@@ -28,15 +29,6 @@ class _GatedStream(trio.abc.Stream):
                 await self.gate.wait()
             self.sent.append(msg)
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def _open(nursery: trio.Nursery) -> tuple[Connection, _GatedStream, trio.abc.Stream]:

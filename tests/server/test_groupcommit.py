@@ -43,37 +43,33 @@ class FakeWal:
 MODES = pytest.mark.parametrize("in_thread", [False, True], ids=["inline", "thread"])
 
 
-@MODES
-async def test_every_append_is_durable_when_sync_returns(in_thread: bool) -> None:
-    wal = FakeWal(delay=0.001)
-    gc = GroupCommitter(wal, in_thread=in_thread)  # type: ignore[arg-type]
+async def _writers(wal: FakeWal, gc: GroupCommitter, writers: int, each: int) -> None:
+    """Concurrent callers that append, sync, and check their append is durable."""
 
-    async def writer(n: int) -> None:
-        for _ in range(n):
-            mine = wal.append()
-            await gc.sync()
-            assert wal.durable >= mine
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(10):
-            nursery.start_soon(writer, 5)
-    assert wal.durable == 50
-
-
-async def test_concurrent_callers_share_fsyncs_in_thread_mode() -> None:
-    wal = FakeWal()
-    gc = GroupCommitter(wal, in_thread=True)  # type: ignore[arg-type]
-
-    async def writer(n: int) -> None:
-        for _ in range(n):
+    async def writer() -> None:
+        for _ in range(each):
             mine = wal.append()
             await gc.sync()
             # Everything appended before sync() was called is durable now.
             assert wal.durable >= mine
 
     async with trio.open_nursery() as nursery:
-        for _ in range(50):
-            nursery.start_soon(writer, 5)
+        for _ in range(writers):
+            nursery.start_soon(writer)
+
+
+@MODES
+async def test_every_append_is_durable_when_sync_returns(in_thread: bool) -> None:
+    wal = FakeWal(delay=0.001)
+    gc = GroupCommitter(wal, in_thread=in_thread)  # type: ignore[arg-type]
+    await _writers(wal, gc, writers=10, each=5)
+    assert wal.durable == 50
+
+
+async def test_concurrent_callers_share_fsyncs_in_thread_mode() -> None:
+    wal = FakeWal()
+    gc = GroupCommitter(wal, in_thread=True)  # type: ignore[arg-type]
+    await _writers(wal, gc, writers=50, each=5)
     # 250 durable appends, far fewer fsyncs: the whole point of group commit.
     assert wal.syncs < 50
     assert wal.durable == 250
