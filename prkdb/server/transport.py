@@ -9,10 +9,11 @@ Outgoing: `send` only collects messages per peer; the RaftLoop calls `flush`
 at the points of its pass where messages must leave (before its WAL sync,
 so followers write while the leader does, and at the end of the pass).
 News of a commit index alone (COMMIT_ONLY appends) is lazy: it rides along
-with the next frame to that peer, or leaves once the loop has let the
-client replies go first (`flush(lazy=True)`). On a busy machine every write
-can hand the CPU to the process it wakes, so a write nobody waits for must
-not stand in front of a client's reply.
+with the next frame to that peer, or leaves on its own when the loop says
+so (`flush(lazy=True)`, a couple of milliseconds later). On a busy machine
+every write can hand the CPU to the process it wakes, so a write nobody
+waits for must not stand in front of a client's reply, and a frame that
+only says "apply" is a follower's whole pass spent on it.
 `flush` encodes each peer's messages as one `RaftBatch` frame and writes it
 straight to the socket when nothing is waiting for it (no task switch on
 the replication path); what the socket does not take at once is left to the
