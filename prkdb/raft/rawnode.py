@@ -31,9 +31,11 @@ from prkdb.raft.types import (
     NONE,
     Entry,
     EntryKind,
+    HardState,
     Message,
     MsgType,
     Role,
+    SoftState,
 )
 
 # Kinds a peer may never send us: local inputs, and requests we do not forward.
@@ -177,18 +179,34 @@ class RawNode:
 
     # -- outputs -----------------------------------------------------------
     def has_ready(self) -> bool:
+        """Is there anything to persist, send or apply (or a state change to report)?
+
+        Called by the driver several times per loop pass for every touched
+        partition, so it compares plain fields with the last reported
+        soft/hard state instead of building `SoftState`/`HardState` values
+        (same result as `soft_state() != prev or hard_state() != prev`).
+        """
         core = self.core
-        core.flush_read_round()
-        return bool(
-            core.msgs
-            or core.commit_news
-            or core.msgs_after_persist
-            or core.read_states
-            or core.log.unstable.entries
-            or core.log.unstable.snapshot is not None
-            or core.log.has_next_committed_ents()
-            or core.soft_state() != self._prev_soft
-            or core.hard_state() != self._prev_hard
+        if core.read_round_pending:
+            core.flush_read_round()
+        if core.msgs or core.commit_news or core.msgs_after_persist or core.read_states:
+            return True
+        log = core.log
+        unstable = log.unstable
+        if unstable.entries or unstable.snapshot is not None:
+            return True
+        committed = log.committed
+        # log.has_next_committed_ents(), inlined: committed > max(applying, first - 1).
+        if committed > log.applying and committed >= log.first_index():
+            return True
+        soft = self._prev_soft
+        hard = self._prev_hard
+        return (
+            core.lead != soft.leader
+            or core.role != soft.role
+            or core.term != hard.term
+            or core.vote != hard.vote
+            or committed != hard.commit
         )
 
     def ready(self) -> Ready:
@@ -196,30 +214,40 @@ class RawNode:
         if self._outstanding is not None:
             raise RaftError("call advance() for the previous Ready first")
         core = self.core
-        core.flush_read_round()
-        soft = core.soft_state()
-        hard = core.hard_state()
-        entries = tuple(core.log.unstable_entries())
-        snap = core.log.unstable.snapshot
-        committed = tuple(core.log.next_committed_ents())
+        if core.read_round_pending:
+            core.flush_read_round()
+        log = core.log
+        prev_soft = self._prev_soft
+        prev_hard = self._prev_hard
+        term, vote, commit = core.term, core.vote, log.committed
+        soft = None
+        if core.lead != prev_soft.leader or core.role != prev_soft.role:
+            soft = SoftState(core.lead, core.role)
+        hard = None
+        if term != prev_hard.term or vote != prev_hard.vote or commit != prev_hard.commit:
+            hard = HardState(term, vote, commit)
+        unstable = log.unstable
+        entries = tuple(unstable.entries)
+        snap = unstable.snapshot
+        committed = tuple(log.next_committed_ents()) if commit > log.applying else ()
         if committed:
-            core.log.applying = committed[-1].index
+            log.applying = committed[-1].index
         msgs, after = core.take_messages()
         self._number += 1
         rd = Ready(
-            number=self._number,
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
-            entries=entries,
-            snapshot=snap,
-            committed_entries=committed,
-            messages=tuple(msgs),
-            messages_after_persist=tuple(after),
-            read_states=tuple(core.take_read_states()),
-            must_sync=bool(entries)
+            self._number,
+            soft,
+            hard,
+            entries,
+            snap,
+            committed,
+            tuple(msgs),
+            tuple(after),
+            tuple(core.take_read_states()) if core.read_states else (),
+            bool(entries)
             or snap is not None
-            or hard.term != self._prev_hard.term
-            or hard.vote != self._prev_hard.vote,
+            or term != prev_hard.term
+            or vote != prev_hard.vote,
         )
         self._outstanding = rd
         return rd
