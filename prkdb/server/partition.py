@@ -49,7 +49,7 @@ from prkdb.raft import (
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.recovery import recover_partition
-from prkdb.state import KVStateMachine
+from prkdb.state import DecodedSnapshot, KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
 
 
@@ -96,6 +96,7 @@ class PartitionDriver:
         self._snapshot_waiters: list[Pending] = []
         self._snapshot_running = False  # a background snapshot is being written
         self._saved_snapshot: Snapshot | None = None  # written, not yet in the WAL
+        self._decoded: DecodedSnapshot | None = None  # a leader's snapshot, decoded off the loop
         self.background: trio.Nursery  # set by the RaftLoop: snapshots, slow Readies
         # While a slow step (a snapshot install or finish, a restart) runs in
         # the background, the loop leaves this partition alone and parks its
@@ -397,7 +398,16 @@ class PartitionDriver:
         if rd.messages:
             self.send(self.partition, rd.messages)
             self.flush()
+        # Decoding a large partition's state takes about a second per million
+        # keys: in a worker thread, so the node's other partitions keep
+        # ticking and heartbeating meanwhile (on the loop, a leader elsewhere
+        # could lose its followers to an election). Before anything is made
+        # durable, so a snapshot that does not decode is never kept.
+        # Installing it, after the sync, is instant.
+        assert rd.snapshot is not None
+        decoded = await trio.to_thread.run_sync(self.sm.decode_snapshot, rd.snapshot.data)
         await self._persist(rd)
+        self._decoded = decoded
         self._after_persist(rd)
         self.flush()
 
@@ -464,7 +474,11 @@ class PartitionDriver:
     def _apply(self, rd: Ready) -> None:
         sm = self.sm
         if rd.snapshot is not None:
-            sm.restore(rd.snapshot.data)
+            decoded, self._decoded = self._decoded, None
+            if decoded is not None:
+                sm.install(decoded)
+            else:
+                sm.restore(rd.snapshot.data)
             self.log.info("installed_snapshot", index=rd.snapshot.meta.index)
             for idx in [i for i in self._by_index if i <= rd.snapshot.meta.index]:
                 self._by_index.pop(idx).finish(

@@ -31,7 +31,7 @@ from prkdb.state.errors import (
     StateError,
     StateInvariantError,
 )
-from prkdb.state.kv import SNAPSHOT_FORMAT, KeyRecord, KVStateMachine
+from prkdb.state.kv import SNAPSHOT_FORMAT, DecodedSnapshot, KeyRecord, KVStateMachine
 from prkdb.state.limits import DEFAULT_LIMITS, Limits, Violation, check_command, validate_command
 from prkdb.state.results import OpResult, ResultCode, WriteResult
 from prkdb.state.sessions import (
@@ -52,6 +52,7 @@ __all__ = [
     "Command",
     "CommandDecodeError",
     "CompareAndSet",
+    "DecodedSnapshot",
     "Delete",
     "InvalidCommand",
     "KVStateMachine",

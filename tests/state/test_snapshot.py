@@ -104,3 +104,25 @@ def test_restore_rejects_corrupt_snapshot_and_keeps_state(data, message):
     with pytest.raises(SnapshotDecodeError, match=message):
         m.restore(data)
     assert m.snapshot() == before
+
+
+@settings(max_examples=50)
+@given(st.lists(entries(), max_size=30), st.lists(entries(), max_size=10))
+def test_decode_changes_nothing_until_install(log, later):
+    # The driver decodes a leader's snapshot in a worker thread while this
+    # machine keeps serving (and applying), then installs it on the loop.
+    source = _machine()
+    for index, entry in enumerate(log, 1):
+        source.apply(index, entry)
+    snap = source.snapshot()
+
+    m = _machine()
+    m.apply(1, encode_command(Put(b"mine", b"before")))
+    before = m.snapshot()
+    decoded = m.decode_snapshot(snap)
+    assert m.snapshot() == before  # decoding alone touched nothing
+    m.install(decoded)
+    assert m == source and m.snapshot() == snap
+    for index, entry in enumerate(later, len(log) + 1):
+        assert m.apply(index, entry) == source.apply(index, entry)
+    assert m == source
