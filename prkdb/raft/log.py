@@ -39,25 +39,52 @@ class RaftLog:
         self.max_committed_size = max_committed_size
 
     # -- positions ---------------------------------------------------------
+    # These three run hundreds of thousands of times per second: they read the
+    # unstable layer's fields directly instead of going through its maybe_*
+    # helpers (same answers; tests/raft/test_fast_paths.py checks them).
     def first_index(self) -> int:
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.meta.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return u.offset + len(u.entries) - 1
+        if u.snapshot is not None:
+            return u.snapshot.meta.index
+        return self.storage.last_index()
 
     def last_term(self) -> int:
         return self.term(self.last_index())
 
     def term(self, i: int) -> int:
         """Term of entry `i`; 0 if `i` is out of range (compacted or beyond the end)."""
-        dummy = self.first_index() - 1
-        if i < dummy or i > self.last_index():
+        u = self.unstable
+        snap = u.snapshot
+        if snap is not None:
+            if i < snap.meta.index:
+                return 0
+        elif i < self.storage.first_index() - 1:
             return 0
-        t = self.unstable.maybe_term(i)
-        if t is not None:
-            return t
+        off = u.offset
+        if i >= off:
+            # An unstable entry, past the last one, past a pending snapshot
+            # (offset == its index + 1), or without either layer in storage.
+            k = i - off
+            ents = u.entries
+            if k < len(ents):
+                return ents[k].term
+            if ents or snap is not None or i > self.storage.last_index():
+                return 0
+        elif snap is not None:
+            if i == snap.meta.index:
+                return snap.meta.term
+            if not u.entries:
+                return 0  # past the snapshot, which is the end of the log
+        elif not u.entries and i > self.storage.last_index():
+            return 0
         try:
             return self.storage.term(i)
         except (Compacted, Unavailable):
@@ -201,8 +228,14 @@ class RaftLog:
             raise RaftInvariantError(f"slice [{lo},{hi}) past last {self.last_index()}")
         if lo == hi:
             return []
+        u = self.unstable
+        off = u.offset
+        if lo >= off:
+            # All unstable (a leader sending what it just appended): one list slice.
+            if hi > off + len(u.entries):
+                u.slice(lo, hi)  # raises the invariant error
+            return limit_size(u.entries[lo - off : hi - off], max_size)
         ents: list[Entry] = []
-        off = self.unstable.offset
         if lo < off:
             ents = self.storage.entries(lo, min(hi, off), max_size)
             if len(ents) < min(hi, off) - lo:

@@ -75,6 +75,10 @@ RESPONSE_MSGS = frozenset(
 )
 
 
+ENTRY_OVERHEAD = 16
+"""Bytes `Entry.size` adds to the data for the term, index and kind."""
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -87,7 +91,7 @@ class Entry:
 
     def size(self) -> int:
         """Approximate encoded size in bytes, used for flow control."""
-        return len(self.data) + 16
+        return len(self.data) + ENTRY_OVERHEAD
 
 
 @final
