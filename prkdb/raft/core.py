@@ -53,6 +53,7 @@ from prkdb.raft.storage import Storage
 from prkdb.raft.tracker import Inflights, Progress, ProgressState
 from prkdb.raft.types import (
     CAMPAIGN_TRANSFER,
+    ENTRY_OVERHEAD,
     LOCAL_MSGS,
     NONE,
     Entry,
@@ -71,6 +72,22 @@ COMMIT_ONLY = b"commit"
 
 # Messages that promise durable state: they may leave only after the persist.
 _AFTER_PERSIST = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP})
+
+# Enum members as module names for the per-message paths: on Python 3.11 an
+# Enum class attribute (`MsgType.APP`) goes through EnumType.__getattr__ and
+# costs about 5x a global name, and a message meets a dozen such comparisons.
+_APP = MsgType.APP
+_APP_RESP = MsgType.APP_RESP
+_HUP = MsgType.HUP
+_VOTE_REQUESTS = frozenset({MsgType.VOTE, MsgType.PRE_VOTE})
+_LEADER = Role.LEADER
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+_SNAPSHOT = ProgressState.SNAPSHOT
+# Inputs the leader serves itself, before looking up a peer's progress.
+_LEADER_INPUTS = frozenset(
+    {MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.PROP, MsgType.READ_INDEX, MsgType.TRANSFER_LEADER}
+)
 
 
 class CampaignKind(enum.Enum):
@@ -162,9 +179,9 @@ class RaftCore:
     def _send(self, m: Message) -> None:
         if m.type in _AFTER_PERSIST:
             after = self.msgs_after_persist
-            if m.type == MsgType.APP_RESP and not m.reject and after:
+            if m.type == _APP_RESP and not m.reject and after:
                 prev = after[-1]
-                if (prev.type == MsgType.APP_RESP and not prev.reject and prev.to == m.to
+                if (prev.type == _APP_RESP and not prev.reject and prev.to == m.to
                         and prev.term == m.term):
                     # Acks are cumulative ("my log matches yours up to index"):
                     # of two in a row, the higher says everything both said.
@@ -184,36 +201,45 @@ class RaftCore:
         pr = self.progress[to]
         if pr.is_paused():
             return False
-        prev_index = pr.next - 1
+        log = self.log
+        nxt = pr.next
+        last = log.last_index()
+        if nxt > last and not send_if_empty:
+            # Nothing to send (and prev_index >= last >= first - 1: no snapshot due).
+            return False
+        prev_index = nxt - 1
+        # log.term_or_raise(prev_index) and log.entries_from(nxt), inlined.
         try:
-            prev_term = self.log.term_or_raise(prev_index)
-            ents = self.log.entries_from(pr.next, self.cfg.max_size_per_msg)
+            if prev_index < log.first_index() - 1:
+                raise Compacted(f"index {prev_index} is compacted")
+            prev_term = log.term(prev_index)
+            ents = log.slice(nxt, last + 1, self.cfg.max_size_per_msg) if nxt <= last else []
         except Compacted:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
         context = b""
-        if pr.state == ProgressState.REPLICATE:
+        if pr.state == _REPLICATE:
             if ents:
-                last = ents[-1].index
-                pr.update_optimistic(last)
-                pr.inflights.add(last, sum(e.size() for e in ents))
+                size = 0
+                for e in ents:
+                    size += len(e.data) + ENTRY_OVERHEAD  # Entry.size()
+                last_sent = ents[-1].index
+                pr.update_optimistic(last_sent)
+                pr.inflights.add(last_sent, size)
             else:
                 # Only news of the commit index: a follower in sync need not
                 # answer it (its acks of the entries themselves are what
                 # counts); a mismatch is still answered with a rejection.
                 context = COMMIT_ONLY
-        elif pr.state == ProgressState.PROBE:
+        elif pr.state == _PROBE:
             pr.msg_app_flow_paused = True
+        # Message fields in order: type, to, from_, term, log_term, index,
+        # entries, commit, reject, reject_hint, context, snapshot.
         self._send(
-            self._msg(
-                MsgType.APP,
-                to,
-                index=prev_index,
-                log_term=prev_term,
-                entries=tuple(ents),
-                commit=self.log.committed,
-                context=context,
+            Message(
+                _APP, to, self.id, self.term, prev_term, prev_index, tuple(ents),
+                log.committed, False, 0, context, None,
             )
         )
         return True
@@ -469,11 +495,12 @@ class RaftCore:
                 self._send(self._msg(MsgType.PRE_VOTE_RESP, m.from_, reject=True))
             return self._dropped(m, "stale term")
 
-        if m.type == MsgType.HUP:
+        t = m.type
+        if t == _HUP:
             kind = CampaignKind.PRE_ELECTION if self.cfg.pre_vote else CampaignKind.ELECTION
             self._hup(kind)
             return None
-        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
+        if t in _VOTE_REQUESTS:
             self._handle_vote_request(m)
             return None
         match self.role:
@@ -490,24 +517,8 @@ class RaftCore:
 
     # -- leader ----------------------------------------------------------------
     def _step_leader(self, m: Message) -> str | None:
-        match m.type:
-            case MsgType.BEAT:
-                self._broadcast_heartbeat()
-                return None
-            case MsgType.CHECK_QUORUM:
-                if not self.quorum_active():
-                    self.log_.warning("stepped_down", reason="quorum not active", term=self.term)
-                    self._become_follower(self.term, NONE)
-                return None
-            case MsgType.PROP:
-                self._propose(m)
-                return None
-            case MsgType.READ_INDEX:
-                self._leader_read_index(m)
-                return None
-            case MsgType.TRANSFER_LEADER:
-                self._transfer_leader(m.from_)
-                return None
+        if m.type in _LEADER_INPUTS:
+            return self._step_leader_input(m)
         pr = self.progress.get(m.from_)
         if pr is None:
             return self._dropped(m, "unknown peer")
@@ -533,6 +544,22 @@ class RaftCore:
             case _:
                 return self._dropped(m, "unexpected message for a leader")
         return None
+
+    def _step_leader_input(self, m: Message) -> None:
+        """The leader's own inputs (`_LEADER_INPUTS`): ticks, proposals, reads, transfers."""
+        match m.type:
+            case MsgType.BEAT:
+                self._broadcast_heartbeat()
+            case MsgType.CHECK_QUORUM:
+                if not self.quorum_active():
+                    self.log_.warning("stepped_down", reason="quorum not active", term=self.term)
+                    self._become_follower(self.term, NONE)
+            case MsgType.PROP:
+                self._propose(m)
+            case MsgType.READ_INDEX:
+                self._leader_read_index(m)
+            case MsgType.TRANSFER_LEADER:
+                self._transfer_leader(m.from_)
 
     def _propose(self, m: Message) -> None:
         if not m.entries:
@@ -566,7 +593,7 @@ class RaftCore:
 
     def on_persisted(self, index: int) -> None:
         """The driver made entries up to `index` durable; a leader counts itself now."""
-        if self.role != Role.LEADER:
+        if self.role != _LEADER:
             return
         pr = self.progress.get(self.id)
         if pr is not None and pr.maybe_update(index) and self._maybe_commit():
@@ -605,13 +632,14 @@ class RaftCore:
         old_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return
-        if pr.state == ProgressState.PROBE:
+        state = pr.state
+        if state == _REPLICATE:
+            pr.inflights.free_le(m.index)
+        elif state == _PROBE:
             pr.become_replicate()
-        elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+        elif state == _SNAPSHOT and pr.match + 1 >= self.log.first_index():
             pr.become_probe()
             pr.become_replicate()
-        elif pr.state == ProgressState.REPLICATE:
-            pr.inflights.free_le(m.index)
         if self._maybe_commit():
             self.commit_news = True
         elif old_paused:
@@ -743,13 +771,14 @@ class RaftCore:
 
     # -- follower ----------------------------------------------------------------
     def _step_follower(self, m: Message) -> str | None:
+        # The cases are disjoint; the most frequent comes first.
         match m.type:
-            case MsgType.PROP | MsgType.TRANSFER_LEADER:
-                raise NotLeader(self.lead)
             case MsgType.APP:
                 self.election_elapsed = 0
                 self.lead = m.from_
                 self._handle_append(m)
+            case MsgType.PROP | MsgType.TRANSFER_LEADER:
+                raise NotLeader(self.lead)
             case MsgType.HEARTBEAT:
                 self.election_elapsed = 0
                 self.lead = m.from_
@@ -803,8 +832,9 @@ class RaftCore:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            if not (m.context == COMMIT_ONLY and not m.entries):
-                self._send(self._msg(MsgType.APP_RESP, m.from_, index=last_new))
+            if m.entries or m.context != COMMIT_ONLY:
+                # Fields in order: type, to, from_, term, log_term, index, ...
+                self._send(Message(_APP_RESP, m.from_, self.id, self.term, 0, last_new))
             return
         # Reject with a hint: the largest index <= m.index whose term is <= the
         # leader's term there; the leader resumes probing from it.
@@ -864,10 +894,10 @@ class RaftCore:
         if not self.commit_news:
             return
         self.commit_news = False
-        if self.role != Role.LEADER:
+        if self.role != _LEADER:
             return
         committed = self.log.committed
-        told = {m.to for m in self.msgs if m.type == MsgType.APP and m.commit >= committed}
+        told = {m.to for m in self.msgs if m.type == _APP and m.commit >= committed}
         for p in self._peers():
             if p not in told:
                 self._send_append(p)

@@ -23,6 +23,12 @@ class ProgressState(enum.IntEnum):
     SNAPSHOT = 2
 
 
+# Module names for the per-message paths (an Enum class attribute lookup is
+# slow on Python 3.11: it goes through EnumType.__getattr__).
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+
+
 class Progress:
     __slots__ = (
         "inflights",
@@ -97,9 +103,10 @@ class Progress:
         return True
 
     def is_paused(self) -> bool:
-        if self.state == ProgressState.PROBE:
+        state = self.state
+        if state == _PROBE:
             return self.msg_app_flow_paused
-        if self.state == ProgressState.REPLICATE:
+        if state == _REPLICATE:
             return self.inflights.full()
         return True
 
