@@ -125,8 +125,11 @@ class RaftLog:
 
     def find_conflict(self, ents: tuple[Entry, ...] | list[Entry]) -> int:
         """First index whose term differs from ours, or that we lack; 0 if none."""
+        last = self.last_index()
         for e in ents:
-            if not self.match_term(e.index, e.term):
+            # Past our last index nothing matches (term() is 0 there and the
+            # index is neither 0 nor the dummy), so skip the term lookup.
+            if e.index > last or not self.match_term(e.index, e.term):
                 return e.index
         return 0
 

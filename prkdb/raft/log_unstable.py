@@ -40,8 +40,8 @@ class Unstable:
 
     def stable_to(self, index: int, term: int) -> None:
         """Entries up to `index` (of `term`) are durable now; forget them."""
-        t = self.maybe_term(index)
-        if t is None or t != term or index < self.offset:
+        k = index - self.offset
+        if k < 0 or k >= len(self.entries) or self.entries[k].term != term:
             return  # superseded since it was handed out
         del self.entries[: index + 1 - self.offset]
         self.offset = index + 1

@@ -40,6 +40,12 @@ from prkdb.raft.types import (
 
 # Kinds a peer may never send us: local inputs, and requests we do not forward.
 _NOT_FROM_PEERS = LOCAL_MSGS | {MsgType.PROP, MsgType.TRANSFER_LEADER}
+# Module names for enum members used per message or per entry (an Enum class
+# attribute lookup goes through EnumType.__getattr__ on Python 3.11).
+_APP = MsgType.APP
+_READ_INDEX = MsgType.READ_INDEX
+_SNAP = MsgType.SNAP
+_NORMAL = EntryKind.NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ class RawNode:
         """Append several entries in one go; returns (term, index of the first)."""
         if not datas:
             raise ProposalDropped("empty proposal")
-        ents = tuple(Entry(0, 0, EntryKind.NORMAL, bytes(d)) for d in datas)
+        ents = tuple([Entry(0, 0, _NORMAL, bytes(d)) for d in datas])
         before = self.core.log.last_index()
         self.core.step(Message(MsgType.PROP, from_=self.core.id, entries=ents))
         return self.core.term, before + 1
@@ -156,20 +162,21 @@ class RawNode:
             return f"sender {m.from_} is not a peer of {core.id}"
         if min(m.term, m.log_term, m.index, m.commit, m.reject_hint) < 0:
             return "negative field"
-        if m.type == MsgType.READ_INDEX:
+        t = m.type
+        if t == _READ_INDEX:
             if m.term != 0 or not m.context:
                 return "forwarded read must have term 0 and a context"
         elif m.term == 0:
             return f"{m.type.name} without a term"
         if m.entries:
-            if m.type != MsgType.APP:
+            if t != _APP:
                 return f"{m.type.name} may not carry entries"
             prev_index, prev_term = m.index, m.log_term
             for e in m.entries:
                 if e.index != prev_index + 1 or e.term < prev_term or e.term > m.term:
                     return "entries are not contiguous or have impossible terms"
                 prev_index, prev_term = e.index, e.term
-        if m.type == MsgType.SNAP:
+        if t == _SNAP:
             s = m.snapshot
             if s is None or s.meta.index <= 0 or s.meta.term <= 0 or s.meta.term > m.term:
                 return "snapshot message with an impossible snapshot"
