@@ -46,3 +46,41 @@ class Ready:
     read_states: tuple[ReadState, ...]
     # True if entries, term or vote changed: an fsync is required.
     must_sync: bool
+
+    # Hand-written for speed (one Ready per partition per loop pass); see the
+    # note on fast constructors in prkdb/raft/types.py.
+    def __init__(
+        self,
+        number: int,
+        soft_state: SoftState | None,
+        hard_state: HardState | None,
+        entries: tuple[Entry, ...],
+        snapshot: Snapshot | None,
+        committed_entries: tuple[Entry, ...],
+        messages: tuple[Message, ...],
+        messages_after_persist: tuple[Message, ...],
+        read_states: tuple[ReadState, ...],
+        must_sync: bool,
+    ) -> None:
+        _number(self, number)
+        _soft_state(self, soft_state)
+        _hard_state(self, hard_state)
+        _entries(self, entries)
+        _snapshot(self, snapshot)
+        _committed_entries(self, committed_entries)
+        _messages(self, messages)
+        _messages_after_persist(self, messages_after_persist)
+        _read_states(self, read_states)
+        _must_sync(self, must_sync)
+
+
+_number = Ready.number.__set__  # type: ignore[attr-defined]
+_soft_state = Ready.soft_state.__set__  # type: ignore[attr-defined]
+_hard_state = Ready.hard_state.__set__  # type: ignore[attr-defined]
+_entries = Ready.entries.__set__  # type: ignore[attr-defined]
+_snapshot = Ready.snapshot.__set__  # type: ignore[attr-defined]
+_committed_entries = Ready.committed_entries.__set__  # type: ignore[attr-defined]
+_messages = Ready.messages.__set__  # type: ignore[attr-defined]
+_messages_after_persist = Ready.messages_after_persist.__set__  # type: ignore[attr-defined]
+_read_states = Ready.read_states.__set__  # type: ignore[attr-defined]
+_must_sync = Ready.must_sync.__set__  # type: ignore[attr-defined]

@@ -10,11 +10,22 @@ path that diverges in some corner fails loudly.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import random
 
 import pytest
 
-from prkdb.raft import Entry, HardState, MemoryStorage, RaftConfig, RawNode, Role
+from prkdb.raft import (
+    Entry,
+    HardState,
+    MemoryStorage,
+    Message,
+    RaftConfig,
+    RawNode,
+    Ready,
+    Role,
+)
 from prkdb.raft.core import RaftCore
 from prkdb.raft.errors import Compacted, Unavailable
 from prkdb.raft.log import RaftLog
@@ -168,3 +179,37 @@ def test_has_ready_matches_definition_for_every_field_alone() -> None:
         core.lead, core.role, core.term, core.vote, log.committed, log.applying = saved
         if compact:
             storage.ents = saved_ents
+
+
+@pytest.mark.parametrize("cls", [Entry, Message, Ready], ids=lambda c: c.__name__)
+def test_hand_written_init_matches_the_generated_one(cls: type) -> None:
+    """Entry/Message/Ready store their fields by hand (types.py); same as dataclass would."""
+    fields = dataclasses.fields(cls)
+    ref = dataclasses.make_dataclass(
+        cls.__name__,
+        [
+            (f.name, f.type)
+            if f.default is dataclasses.MISSING
+            else (f.name, f.type, dataclasses.field(default=f.default))
+            for f in fields
+        ],
+        frozen=True,
+        slots=True,
+    )
+    ours, theirs = inspect.signature(cls.__init__), inspect.signature(ref.__init__)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+    assert not hasattr(cls, "__post_init__")
+    rng = random.Random(3)
+    required = [f for f in fields if f.default is dataclasses.MISSING]
+    for _ in range(50):
+        args = [object() for _ in required]
+        kwargs = {f.name: object() for f in fields[len(required):] if rng.random() < 0.5}
+        a, b = cls(*args, **kwargs), ref(*args, **kwargs)
+        assert [getattr(a, f.name) for f in fields] == [getattr(b, f.name) for f in fields]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.__setattr__(fields[0].name, 1)
+    assert dataclasses.replace(a, **{fields[-1].name: 7}) == cls(
+        *[getattr(a, f.name) for f in fields[:-1]], 7
+    )
