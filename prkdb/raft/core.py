@@ -518,7 +518,8 @@ class RaftCore:
     # -- leader ----------------------------------------------------------------
     def _step_leader(self, m: Message) -> str | None:
         if m.type in _LEADER_INPUTS:
-            return self._step_leader_input(m)
+            self._step_leader_input(m)
+            return None
         pr = self.progress.get(m.from_)
         if pr is None:
             return self._dropped(m, "unknown peer")
