@@ -4,9 +4,10 @@ and whatever is queued at close still leaves."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
-from prkdb.server.framed import FramedStream, ReplyOutbox
+from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire
 from prkdb.wire.messages import Error
 
@@ -88,3 +89,37 @@ async def test_the_reader_flushes_its_own_replies_before_waiting() -> None:
         assert [m.request_id for m in await _read_frames(peer, 1)] == [7]
         await peer.send_all(encode_message(_msg(8)))
     assert from_wire(received[0]).request_id == 8
+
+
+async def test_reads_decode_frames_in_order_across_any_split_then_eof() -> None:
+    framed, peer = _pair(None)
+    data = b"".join(encode_message(_msg(i, size=i)) for i in range(1, 41))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            async def send_in_odd_pieces() -> None:
+                for cut in range(0, len(data), 7):  # frames split mid-header and mid-body
+                    await peer.send_all(data[cut : cut + 7])
+                    if cut % 5 == 0:
+                        await trio.sleep(0.001)  # so some reads find nothing and wait
+                await peer.send_eof()
+
+            n.start_soon(send_in_odd_pieces)
+            got = [from_wire(await framed.receive()).request_id for _ in range(40)]
+            assert got == list(range(1, 41))
+            with pytest.raises(StreamClosed):
+                await framed.receive()
+
+
+async def test_a_reader_waiting_for_input_is_woken_by_close() -> None:
+    framed, _peer = _pair(None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            async def close_soon() -> None:
+                await trio.sleep(0.05)
+                await framed.aclose()
+
+            n.start_soon(close_soon)
+            with pytest.raises(StreamClosed):
+                await framed.receive()
+    with pytest.raises(StreamClosed):  # and later calls fail too, never read another fd
+        await framed.receive()
