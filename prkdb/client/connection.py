@@ -57,6 +57,7 @@ from prkdb.errors import (
     WrongCluster,
     error_from_code,
 )
+from prkdb.netio import SocketReader
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -164,6 +165,7 @@ class Connection:
         #: The node id the server announced in HelloOk.
         self.node_id = node_id
         self._stream = stream
+        self._reader = SocketReader(stream)  # no failed recv per answer (prkdb.netio)
         self._decoder = decoder
         # Frames waiting for the writer task: requests queued while it writes
         # leave together in its next write (one system call, not one each).
@@ -367,7 +369,7 @@ class Connection:
         reschedule(state.task, _Return(msg))
 
     async def _read_loop(self) -> None:
-        stream = self._stream
+        read = self._reader.read
         decoder = self._decoder
         try:
             with self._reader_scope:
@@ -380,13 +382,14 @@ class Connection:
                             return
                         self._dispatch(from_wire(item))
                         item = decoder.next_frame()
-                    decoder.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+                    decoder.receive_data(await read(_RECEIVE_SIZE))
         except (*_TRANSPORT_ERRORS, ProtocolError, PrkdbError) as exc:
             self._mark_broken(exc)
         except Exception as exc:  # a bug; a system task must not crash the whole run
             self._mark_broken(exc)
         finally:
             self._mark_broken(ConnectionLost(self.address, "reader stopped"))
+            self._reader.detach()  # before the close: the fd number may be reused
             await trio.aclose_forcefully(self._stream)
 
 
