@@ -96,7 +96,6 @@ class PartitionDriver:
         self._snapshot_waiters: list[Pending] = []
         self._snapshot_running = False  # a background snapshot is being written
         self._saved_snapshot: Snapshot | None = None  # written, not yet in the WAL
-        self._decoded: DecodedSnapshot | None = None  # a leader's snapshot, decoded off the loop
         self.background: trio.Nursery  # set by the RaftLoop: snapshots, slow Readies
         # While a slow step (a snapshot install or finish, a restart) runs in
         # the background, the loop leaves this partition alone and parks its
@@ -386,12 +385,12 @@ class PartitionDriver:
             self.storage.set_hard_state(rd.hard_state)
         self._after_persist(rd)
 
-    def _after_persist(self, rd: Ready) -> None:
+    def _after_persist(self, rd: Ready, decoded: DecodedSnapshot | None = None) -> None:
         if rd.messages_after_persist:
             self.send(self.partition, rd.messages_after_persist)
         if rd.soft_state is not None:
             self._on_soft_state(rd)
-        self._apply(rd)
+        self._apply(rd, decoded)
         self.raw.advance(rd)
 
     async def _process_snapshot_ready(self, rd: Ready) -> None:
@@ -407,8 +406,7 @@ class PartitionDriver:
         assert rd.snapshot is not None
         decoded = await trio.to_thread.run_sync(self.sm.decode_snapshot, rd.snapshot.data)
         await self._persist(rd)
-        self._decoded = decoded
-        self._after_persist(rd)
+        self._after_persist(rd, decoded)
         self.flush()
 
     async def _persist(self, rd: Ready) -> None:
@@ -471,14 +469,12 @@ class PartitionDriver:
                     w.finish(error=err)
             self._reads.clear()
 
-    def _apply(self, rd: Ready) -> None:
+    def _apply(self, rd: Ready, decoded: DecodedSnapshot | None) -> None:
         sm = self.sm
         if rd.snapshot is not None:
-            decoded, self._decoded = self._decoded, None
-            if decoded is not None:
-                sm.install(decoded)
-            else:
-                sm.restore(rd.snapshot.data)
+            # Every snapshot Ready takes the slow path, which decoded it off the loop.
+            assert decoded is not None
+            sm.install(decoded)
             self.log.info("installed_snapshot", index=rd.snapshot.meta.index)
             for idx in [i for i in self._by_index if i <= rd.snapshot.meta.index]:
                 self._by_index.pop(idx).finish(

@@ -84,13 +84,13 @@ async def test_a_bug_restarts_only_its_partition(tmp_path: Path) -> None:
         real_apply = sick._apply
         calls = 0
 
-        def buggy_apply(rd: Any) -> None:
+        def buggy_apply(rd: Any, decoded: Any) -> None:
             nonlocal calls
             if rd.committed_entries:
                 calls += 1
                 if calls == 1:
                     raise ValueError("injected bug")
-            real_apply(rd)
+            real_apply(rd, decoded)
 
         sick._apply = buggy_apply  # type: ignore[method-assign]
         with pytest.raises(Unavailable, match="partition 1 restarted"):
