@@ -14,7 +14,6 @@ These run a real single-node Node in-process on 127.0.0.1 (ephemeral ports).
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -31,12 +30,7 @@ from prkdb.server.pending import Waiter
 from prkdb.server.raftloop import _leaves
 from prkdb.state.commands import Put, encode_command
 from prkdb.storage import StorageError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server.helpers import eventually, free_addr
 
 
 def _config(tmp_path: Path) -> NodeConfig:
@@ -44,16 +38,9 @@ def _config(tmp_path: Path) -> NodeConfig:
         NodeConfig.default(),
         data_dir=tmp_path / "data",
         partitions=3,
-        peers=(PeerConfig(1, f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"),),
+        peers=(PeerConfig(1, free_addr(), free_addr()),),
         log_level="warning",
     )
-
-
-async def eventually(cond: Any, timeout: float = 10.0) -> None:
-    """Poll `cond()` until true (the node changes state in its own task)."""
-    with trio.fail_after(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state the loop owns
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager

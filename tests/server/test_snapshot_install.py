@@ -14,7 +14,6 @@ configured address nobody listens on, so no partition elects itself and
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,7 @@ from prkdb.config import NodeConfig, PeerConfig
 from prkdb.raft import ConfState, Message, MsgType, Snapshot, SnapshotMeta
 from prkdb.server.node import Node
 from prkdb.state import KVStateMachine, Put, encode_command
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _addr() -> str:
-    return f"127.0.0.1:{_free_port()}"
-
-
-async def eventually(cond: Any, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state the loop owns
-            await trio.sleep(0.01)
+from tests.server.helpers import eventually, free_addr
 
 
 async def test_a_snapshot_is_decoded_off_the_loop(
@@ -51,7 +35,7 @@ async def test_a_snapshot_is_decoded_off_the_loop(
         NodeConfig.default(),
         data_dir=tmp_path / "data",
         partitions=2,
-        peers=(PeerConfig(1, _addr(), _addr()), PeerConfig(2, _addr(), _addr())),
+        peers=(PeerConfig(1, free_addr(), free_addr()), PeerConfig(2, free_addr(), free_addr())),
         log_level="warning",
     )
     source = KVStateMachine()
