@@ -36,6 +36,12 @@ class RaftConfig:
     # Upper bound on the bytes of committed entries handed out in one Ready.
     max_committed_size_per_ready: int = 64 * 1024 * 1024
     pre_vote: bool = True
+    # This replica lost its durable state (a rebuilt node): until the driver
+    # calls `RawNode.end_recovery`, it never grants a vote or pre-vote and never
+    # campaigns, because it no longer remembers the votes it cast or the
+    # entries it acknowledged. It still accepts and acknowledges entries
+    # (those acks are true). See prkdb/server/rebuild.py.
+    recovering: bool = False
     check_quorum: bool = True
     # Index already applied to the state machine at start (0 = snapshot index).
     applied: int = 0

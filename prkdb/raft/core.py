@@ -113,6 +113,8 @@ class RaftCore:
         self.term = 0
         self.vote = NONE
         self.lead = NONE
+        # A rebuilt replica: no votes, no campaigns (RaftConfig.recovering).
+        self.recovering = config.recovering
         self.role = Role.FOLLOWER
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
@@ -153,6 +155,7 @@ class RaftCore:
             applied=self.log.applied,
             last_index=self.log.last_index(),
             voters=list(self.voters),
+            recovering=self.recovering,
         )
 
     def _load_hard_state(self, hs: HardState) -> None:
@@ -173,7 +176,7 @@ class RaftCore:
         return HardState(self.term, self.vote, self.log.committed)
 
     def promotable(self) -> bool:
-        return self.id in self.voters
+        return self.id in self.voters and not self.recovering
 
     # -- sending -------------------------------------------------------------
     def _send(self, m: Message) -> None:
@@ -394,6 +397,14 @@ class RaftCore:
             or (m.type == MsgType.PRE_VOTE and m.term > self.term)
         )
         resp = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
+        if self.recovering:
+            # Our log may lack entries we once acknowledged, so "at least as
+            # up to date as ours" proves nothing: granting could elect a
+            # leader without a committed entry.
+            self._send(self._msg(resp, m.from_, reject=True))
+            self.log_.info("rejected_vote", kind=m.type.name, to=m.from_, term=m.term,
+                           reason="recovering")
+            return
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             # Answer with the message's term: a pre-candidate compares it to its own.
             self._send(self._msg(resp, m.from_, term=m.term))

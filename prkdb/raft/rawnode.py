@@ -128,6 +128,18 @@ class RawNode:
         """Hand leadership to `to` once it is caught up (leader only)."""
         self.core.step(Message(MsgType.TRANSFER_LEADER, from_=to))
 
+    @property
+    def recovering(self) -> bool:
+        """True while this rebuilt replica may not vote or campaign (RaftConfig.recovering)."""
+        return self.core.recovering
+
+    def end_recovery(self) -> None:
+        """The log now holds everything that was committed when the rebuild began: vote again."""
+        if self.core.recovering:
+            self.core.recovering = False
+            self.core.log_.info("recovery_ended", term=self.core.term,
+                                commit=self.core.log.committed)
+
     def report_unreachable(self, node: int) -> None:
         self.core.step(Message(MsgType.UNREACHABLE, from_=node))
 
