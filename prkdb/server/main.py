@@ -39,9 +39,13 @@ def cli() -> None:
 @click.option("--peer-listen", help="Override this node's peer address (host:port).")
 @click.option("--log-format", type=click.Choice(["json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--rebuild", is_flag=True,
+              help="This node lost its data dir: start from an empty one, get the data "
+                   "back from the other nodes, and vote only once it has it "
+                   "(docs/operations.md). Needs every other node up.")
 def serve(config_path: Path | None, node_id: int | None, data_dir: Path | None,
           client_listen: str | None, peer_listen: str | None, log_format: str | None,
-          log_level: str | None) -> None:
+          log_level: str | None, rebuild: bool) -> None:
     """Run one node until SIGTERM/SIGINT (then hand off leadership and exit 0)."""
     try:
         cfg = NodeConfig.from_toml(config_path) if config_path else NodeConfig.default()
@@ -49,7 +53,25 @@ def serve(config_path: Path | None, node_id: int | None, data_dir: Path | None,
                               log_format, log_level)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    run_node(cfg)
+    if rebuild:
+        check_rebuild_dir(cfg)
+    run_node(cfg, rebuild=rebuild)
+
+
+def check_rebuild_dir(cfg: NodeConfig) -> None:
+    """--rebuild starts from nothing: refuse (exit 2) a data dir that holds data."""
+    from prkdb.server.rebuild import MARKER, data_dir_is_empty
+
+    d = cfg.data_dir
+    if data_dir_is_empty(d) or (d / MARKER).exists():  # empty, or resuming a rebuild
+        return
+    click.echo(
+        f"prkdb: --rebuild needs an empty data dir, and {d} is not empty. If this "
+        f"node's data is really lost, move {d} away (keep it until the rebuild is "
+        f"done) and start again; if it is intact, start without --rebuild.",
+        err=True,
+    )
+    sys.exit(2)
 
 
 def apply_overrides(cfg: NodeConfig, node_id: int | None, data_dir: Path | None,
@@ -75,11 +97,12 @@ def apply_overrides(cfg: NodeConfig, node_id: int | None, data_dir: Path | None,
     return cfg.validate()
 
 
-def run_node(cfg: NodeConfig) -> None:
+def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     import trio
 
     from prkdb.logging import configure_logging
     from prkdb.server.node import FatalStorageError, Node
+    from prkdb.server.rebuild import RebuildError
     from prkdb.server.recovery import RecoveryError
     from prkdb.storage import StorageError
 
@@ -90,8 +113,8 @@ def run_node(cfg: NodeConfig) -> None:
     # collector still runs, and reference counting frees almost everything).
     gc.set_threshold(50_000, 20, 100)
     try:
-        trio.run(Node(cfg).run)
-    except* (FatalStorageError, StorageError, RecoveryError, OSError) as eg:
+        trio.run(Node(cfg, rebuild=rebuild).run)
+    except* (FatalStorageError, StorageError, RecoveryError, RebuildError, OSError) as eg:
         for e in eg.exceptions:
             click.echo(f"prkdb: node {cfg.node_id} stopped: {e}", err=True)
         sys.exit(1)

@@ -31,6 +31,8 @@ from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
+from prkdb.server.rebuild import RebuildTracker
+from prkdb.server.rebuild import prepare as prepare_rebuild
 from prkdb.server.transport import PeerTransport
 from prkdb.storage import SnapshotStore, WriteAheadLog
 
@@ -40,8 +42,9 @@ SHUTDOWN_HANDOFF_S = 4.0
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, *, rebuild: bool = False) -> None:
         self.cfg = cfg
+        self.rebuild_requested = rebuild  # --rebuild: this node's data dir was lost
         self.log = get_logger(node=cfg.node_id)
         self.drivers: list[PartitionDriver] = []
         self.wal: WriteAheadLog | None = None
@@ -73,6 +76,12 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
+        # Before the WAL exists: a node that lost its data must learn from its
+        # peers what it may have promised, and must not vote until it has
+        # its log back (rebuild.py).
+        targets = await prepare_rebuild(cfg, self.log, requested=self.rebuild_requested)
+        tracker = RebuildTracker(cfg.data_dir, cfg.node_id, targets, self.log) if targets \
+            else None
         self._open_storage()
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
@@ -83,7 +92,7 @@ class Node:
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,
                                 self.transport.send, self.log, self.raft_loop.inbox,
-                                flush=self.transport.flush)
+                                flush=self.transport.flush, rebuild=tracker)
             )
         self.raft_loop.partitions = self.drivers
         me = cfg.me

@@ -48,6 +48,7 @@ from prkdb.raft import (
 )
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.pending import Callback, Pending, Waiter
+from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import recover_partition
 from prkdb.state import DecodedSnapshot, KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
@@ -72,8 +73,11 @@ class PartitionDriver:
         log: Any,
         inbox: trio.MemorySendChannel[tuple],
         flush: Callable[[], None],
+        rebuild: RebuildTracker | None = None,
     ) -> None:
         self.cfg = cfg
+        # Set while this partition of a rebuilt node may not vote (rebuild.py).
+        self.rebuild = rebuild if rebuild is not None and rebuild.target(partition) else None
         self.partition = partition
         self.wal = wal
         self.snapshots = snapshots
@@ -152,6 +156,7 @@ class PartitionDriver:
             pre_vote=rf.pre_vote,
             check_quorum=rf.check_quorum,
             applied=applied,
+            recovering=self.rebuild is not None,
             rng=random.Random(os.urandom(8)),
             logger=self.log,
         )
@@ -392,6 +397,19 @@ class PartitionDriver:
             self._on_soft_state(rd)
         self._apply(rd, decoded)
         self.raw.advance(rd)
+        if self.rebuild is not None and rd.hard_state is not None:
+            self._check_rebuilt(rd.hard_state.commit)
+
+    def _check_rebuilt(self, durable_commit: int) -> None:
+        # The commit index just made durable covers everything the peers knew
+        # committed when the rebuild began: our log holds it all again.
+        assert self.rebuild is not None
+        target = self.rebuild.target(self.partition)
+        if target is not None and durable_commit < target:
+            return
+        self.raw.end_recovery()
+        self.rebuild.caught_up(self.partition, durable_commit)
+        self.rebuild = None
 
     async def _process_snapshot_ready(self, rd: Ready) -> None:
         if rd.messages:

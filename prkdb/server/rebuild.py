@@ -1,0 +1,315 @@
+"""Rebuilding a node that lost its data dir, without breaking Raft's promises.
+
+Theory of operation
+-------------------
+A voter keeps two promises on disk: the vote it cast in each term, and every
+entry it acknowledged. A node restarted on an empty disk with the same id has
+forgotten both, and plain Raft then loses data: its acknowledgement helped
+commit entries it no longer holds, so with it a majority can elect a leader
+without them (tests/raft/test_recovering.py plays that story); and it may
+vote a second time in a term it already voted in (two leaders in a term).
+
+So a rebuilding node, before it runs any partition:
+
+1. writes the marker file `REBUILDING` (fsynced) into its data dir, so a
+   crash at any later point restarts the rebuild instead of a normal start;
+2. asks EVERY other node (client port, `Status`) for each partition's term
+   and commit index, and waits until all of them answered. The highest term
+   bounds every term it could have voted in (a candidate stores the term it
+   asked votes for), and the highest commit index covers every entry anyone
+   knows committed, including an acknowledged write whose leader has not
+   told anyone yet;
+3. stores, per partition, the hard state (term = that highest term, vote =
+   itself, commit = 0): it never grants a vote in that term or below;
+4. records the per-partition commit targets in the marker, then starts.
+
+Each partition then runs as a *recovering* replica (RaftConfig.recovering):
+it accepts and acknowledges entries (those acks are true) but never votes or
+campaigns, until its commit index reaches the target; then it ends the
+recovery and the marker forgets the partition; with none left the marker
+is deleted. Waiting for every peer costs availability only while another
+node is down too, and then the cluster had no spare replica anyway.
+
+A node started on an empty data dir without `--rebuild` asks the peers it can
+reach within a moment: if any of them already has Raft state, this is a
+rebuild (a wiped disk, or a node joining late), and it proceeds as if
+`--rebuild` was given. For a late first start that costs nothing: it never
+voted, and it catches up before voting, which it had to do anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from prkdb.config import NodeConfig, parse_addr
+from prkdb.errors import PrkdbError
+from prkdb.raft.types import HardState
+from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.storage import WriteAheadLog
+from prkdb.storage.segment import fsync_dir
+from prkdb.wire import PROTOCOL_VERSION, from_wire
+from prkdb.wire.messages import ROLE_CLIENT, Hello, HelloOk, Status, StatusOk
+
+MARKER = "REBUILDING"
+MARKER_FORMAT = 1
+SURVEY_TIMEOUT_S = 3.0  # per attempt and peer
+DETECT_TIMEOUT_S = 1.0  # the quick look of a node started on an empty dir
+RETRY_S = 1.0
+WAIT_LOG_EVERY_S = 2.0
+_MAX_FRAME = 16 * 1024 * 1024
+
+
+class RebuildError(Exception):
+    """The rebuild cannot go on (bad marker, peers of another cluster or layout)."""
+
+
+def data_dir_is_empty(data_dir: Path) -> bool:
+    """No files at all (a missing dir counts): nothing of a previous life to lose."""
+    return not data_dir.exists() or not any(data_dir.iterdir())
+
+
+@dataclass
+class Marker:
+    """What `REBUILDING` says: None targets = the survey is still to be done."""
+
+    node_id: int
+    targets: dict[int, int] | None  # partition -> commit index to reach before voting
+
+    @classmethod
+    def load(cls, data_dir: Path) -> Marker | None:
+        path = data_dir / MARKER
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != MARKER_FORMAT:
+                raise ValueError(f"format {raw.get('format')!r}, expected {MARKER_FORMAT}")
+            targets = raw["targets"]
+            return cls(
+                int(raw["node_id"]),
+                None if targets is None else {int(p): int(c) for p, c in targets.items()},
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RebuildError(
+                f"{path}: unreadable rebuild marker ({e}); the rebuild it records is not "
+                f"finished: move the data dir away and start again with --rebuild"
+            ) from None
+
+    def save(self, data_dir: Path) -> None:
+        """Replace the marker atomically and durably (temp file, fsync, rename, dir fsync)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        body = {
+            "format": MARKER_FORMAT,
+            "node_id": self.node_id,
+            "targets": None if self.targets is None
+            else {str(p): c for p, c in sorted(self.targets.items())},
+        }
+        tmp = data_dir / (MARKER + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, data_dir / MARKER)
+        fsync_dir(data_dir)
+
+    @staticmethod
+    def remove(data_dir: Path) -> None:
+        (data_dir / MARKER).unlink(missing_ok=True)
+        fsync_dir(data_dir)
+
+
+# -- asking the peers --------------------------------------------------------
+
+
+async def fetch_status(cfg: NodeConfig, peer_id: int) -> StatusOk:
+    """One peer's Status over its client port (raises OSError/PrkdbError/TooSlow)."""
+    peer = cfg.peer(peer_id)
+    assert peer is not None
+    host, port = parse_addr(peer.client_addr)
+    stream = await trio.open_tcp_stream(host, port)
+    framed = FramedStream(stream, _MAX_FRAME)
+    try:
+        await framed.send_now(Hello(PROTOCOL_VERSION, cfg.cluster_id, ROLE_CLIENT, 0))
+        reply = from_wire(await framed.receive())
+        if not isinstance(reply, HelloOk):
+            raise RebuildError(f"node {peer_id} refused our hello: {reply!r:.200}")
+        await framed.send_now(Status(1))
+        status = from_wire(await framed.receive())
+        if not isinstance(status, StatusOk):
+            raise RebuildError(f"node {peer_id} answered Status with {status!r:.200}")
+        return status
+    finally:
+        await framed.aclose()
+
+
+def _check_status(cfg: NodeConfig, peer_id: int, st: StatusOk) -> None:
+    if st.node_id != peer_id or st.cluster_id != cfg.cluster_id:
+        raise RebuildError(
+            f"{cfg.peer(peer_id).client_addr} is node {st.node_id} of cluster "  # type: ignore[union-attr]
+            f"{st.cluster_id!r}, expected node {peer_id} of {cfg.cluster_id!r}"
+        )
+    parts = {p.partition for p in st.partitions}
+    if parts != set(range(cfg.partitions)):
+        raise RebuildError(
+            f"node {peer_id} has partitions {sorted(parts)}, this node's config says "
+            f"{cfg.partitions}: the configs disagree"
+        )
+
+
+async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, out: dict[int, StatusOk],
+               errors: dict[int, str], fatal: list[RebuildError]) -> None:
+    try:
+        with trio.fail_after(timeout):
+            st = await fetch_status(cfg, peer_id)
+        _check_status(cfg, peer_id, st)
+    except RebuildError as e:
+        fatal.append(e)
+    except (OSError, PrkdbError, StreamClosed, trio.TooSlowError,
+            trio.BrokenResourceError) as e:
+        errors[peer_id] = str(e) or type(e).__name__
+    else:
+        out[peer_id] = st
+
+
+async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float
+                      ) -> tuple[dict[int, StatusOk], dict[int, str]]:
+    """Ask `peer_ids` in parallel: (answers, why the others did not answer).
+
+    Raises RebuildError if a peer answered for another cluster or layout.
+    """
+    out: dict[int, StatusOk] = {}
+    errors: dict[int, str] = {}
+    fatal: list[RebuildError] = []
+    async with trio.open_nursery() as nursery:
+        for pid in peer_ids:
+            nursery.start_soon(_ask, cfg, pid, timeout, out, errors, fatal)
+    if fatal:
+        raise fatal[0]
+    return out, errors
+
+
+async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
+    """Every other node's Status; waits (logging who is missing) until all answered."""
+    others = [p.id for p in cfg.peers if p.id != cfg.node_id]
+    got: dict[int, StatusOk] = {}
+    last_log = -WAIT_LOG_EVERY_S
+    while True:
+        missing = [p for p in others if p not in got]
+        answers, errors = await survey_once(cfg, missing, SURVEY_TIMEOUT_S)
+        got.update(answers)
+        if len(got) == len(others):
+            return got
+        now = trio.current_time()
+        if now - last_log >= WAIT_LOG_EVERY_S:
+            last_log = now
+            log.warning("rebuild_waiting_for_peers", missing=sorted(errors),
+                        errors={str(k): v[:120] for k, v in sorted(errors.items())},
+                        detail="a rebuild needs every other node's terms and commit indexes")
+        await trio.sleep(RETRY_S)
+
+
+def floors_and_targets(cfg: NodeConfig, answers: dict[int, StatusOk]
+                       ) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition: the highest term and the highest commit index any peer reported."""
+    floors = dict.fromkeys(range(cfg.partitions), 0)
+    targets = dict.fromkeys(range(cfg.partitions), 0)
+    for st in answers.values():
+        for ps in st.partitions:
+            floors[ps.partition] = max(floors[ps.partition], ps.term)
+            targets[ps.partition] = max(targets[ps.partition], ps.commit)
+    return floors, targets
+
+
+# -- the start-up step ---------------------------------------------------------
+
+
+async def prepare(cfg: NodeConfig, log: Any, *, requested: bool) -> dict[int, int] | None:
+    """Run before the node opens its WAL: the commit targets if rebuilding, else None.
+
+    `requested`: started with --rebuild (the caller checked the dir was empty).
+    """
+    data_dir = cfg.data_dir
+    marker = Marker.load(data_dir)
+    if marker is not None and marker.node_id != cfg.node_id:
+        raise RebuildError(
+            f"{data_dir / MARKER} belongs to node {marker.node_id}, this is node {cfg.node_id}"
+        )
+    others = [p.id for p in cfg.peers if p.id != cfg.node_id]
+    if marker is None:
+        if not others:
+            if requested:
+                raise RebuildError("a one-node cluster has no peer to rebuild from")
+            return None
+        if not requested:
+            if not data_dir_is_empty(data_dir):
+                return None
+            answers, _ = await survey_once(cfg, others, DETECT_TIMEOUT_S)
+            seen = {pid: max((p.term for p in st.partitions), default=0)
+                    for pid, st in answers.items()}
+            if not any(seen.values()):
+                return None  # a new cluster: every node we reached is empty too
+            log.warning("rebuild_detected", peer_terms={str(k): v for k, v in seen.items()},
+                        detail="empty data dir, but the cluster has Raft state: "
+                               "rebuilding as if started with --rebuild")
+        marker = Marker(cfg.node_id, None)
+        marker.save(data_dir)
+        log.info("rebuild_started", data_dir=str(data_dir))
+    if marker.targets is None:
+        answers = await survey_all(cfg, log)
+        floors, targets = floors_and_targets(cfg, answers)
+        _store_floors(cfg, floors)
+        marker.targets = {p: c for p, c in targets.items() if c > 0}
+        marker.save(data_dir)
+        log.info("rebuild_prepared", term_floors={str(p): t for p, t in floors.items()},
+                 commit_targets={str(p): c for p, c in marker.targets.items()})
+    if not marker.targets:
+        Marker.remove(data_dir)
+        log.info("rebuild_complete")
+        return None
+    return dict(marker.targets)
+
+
+def _store_floors(cfg: NodeConfig, floors: dict[int, int]) -> None:
+    """Per partition: hard state (floor, self, 0) unless a higher term is stored."""
+    wal = WriteAheadLog.open(cfg.data_dir / "wal", segment_size=cfg.storage.segment_size)
+    try:
+        recovered = wal.recovered()
+        for p, floor in floors.items():
+            plog = recovered.get(p)
+            if plog is not None and plog.hard_state.term >= floor:
+                continue
+            wal.append_hard_state(p, HardState(floor, cfg.node_id, 0))
+        wal.sync()
+    finally:
+        wal.close()
+
+
+class RebuildTracker:
+    """The partitions still recovering; forgets each (in the marker) once it caught up."""
+
+    def __init__(self, data_dir: Path, node_id: int, targets: dict[int, int], log: Any) -> None:
+        self.data_dir = data_dir
+        self.node_id = node_id
+        self.targets = dict(targets)
+        self.log = log
+
+    def target(self, partition: int) -> int | None:
+        return self.targets.get(partition)
+
+    def caught_up(self, partition: int, commit: int) -> None:
+        """Partition's durable commit index reached its target: it may vote again."""
+        if self.targets.pop(partition, None) is None:
+            return
+        self.log.info("partition_rebuilt", partition=partition, commit=commit,
+                      left=len(self.targets))
+        if self.targets:
+            Marker(self.node_id, dict(self.targets)).save(self.data_dir)
+        else:
+            Marker.remove(self.data_dir)
+            self.log.info("rebuild_complete")

@@ -1,0 +1,207 @@
+"""The rebuild start-up step (prkdb/server/rebuild.py) against fake peers, in process."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from prkdb.config import NodeConfig, PeerConfig
+from prkdb.raft import Role
+from prkdb.server import rebuild
+from prkdb.server.framed import FramedStream
+from prkdb.server.main import cli
+from prkdb.server.rebuild import (
+    MARKER,
+    Marker,
+    RebuildError,
+    RebuildTracker,
+    floors_and_targets,
+)
+from prkdb.storage import WriteAheadLog
+from prkdb.wire import from_wire
+from prkdb.wire.messages import HelloOk, NodeInfo, PartitionStatus, StatusOk
+from tests.integration.cluster import free_ports
+from tests.server.helpers import eventually
+
+CLUSTER = "rb-test"
+
+
+class _Log:
+    """Collects structlog-style calls: (event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def _rec(self, event: str, **kw: object) -> None:
+        self.events.append((event, kw))
+
+    info = warning = error = debug = _rec
+
+    def names(self) -> list[str]:
+        return [e for e, _ in self.events]
+
+
+def _cfg(tmp_path: Path, n: int = 3, partitions: int = 2) -> NodeConfig:
+    ports = free_ports(2 * n)
+    peers = tuple(PeerConfig(i, f"127.0.0.1:{ports[i - 1]}", f"127.0.0.1:{ports[n + i - 1]}")
+                  for i in range(1, n + 1))
+    return NodeConfig(node_id=1, cluster_id=CLUSTER, data_dir=tmp_path / "data",
+                      partitions=partitions, peers=peers)
+
+
+def _status(node: int, parts: list[tuple[int, int]], cluster: str = CLUSTER) -> StatusOk:
+    return StatusOk(1, node, cluster, (NodeInfo(node, "a:1", "a:2"),), tuple(
+        PartitionStatus(p, 0, term, commit, commit, Role.FOLLOWER)
+        for p, (term, commit) in enumerate(parts)))
+
+
+async def _fake_peer(cfg: NodeConfig, node: int, status: StatusOk,
+                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer Hello and Status on `node`'s client port, as a live node would."""
+    port = int(cfg.peer(node).client_addr.rsplit(":", 1)[1])  # type: ignore[union-attr]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, 1 << 20)
+        try:
+            from_wire(await framed.receive())
+            await framed.send_now(HelloOk(node, CLUSTER))
+            from_wire(await framed.receive())
+            await framed.send_now(status)
+            await framed.receive()
+        except Exception:
+            pass
+        finally:
+            await framed.aclose()
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+def test_marker_round_trip_and_corruption(tmp_path: Path) -> None:
+    assert Marker.load(tmp_path) is None
+    Marker(3, None).save(tmp_path)
+    assert Marker.load(tmp_path) == Marker(3, None)
+    Marker(3, {0: 10, 5: 2}).save(tmp_path)
+    assert Marker.load(tmp_path) == Marker(3, {0: 10, 5: 2})
+    (tmp_path / MARKER).write_text("{not json")
+    with pytest.raises(RebuildError, match="unreadable rebuild marker"):
+        Marker.load(tmp_path)
+    Marker.remove(tmp_path)
+    assert Marker.load(tmp_path) is None
+
+
+def test_floors_and_targets_take_the_highest_of_every_peer(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    floors, targets = floors_and_targets(cfg, {
+        2: _status(2, [(3, 10), (7, 0)]),
+        3: _status(3, [(4, 7), (6, 5)]),
+    })
+    assert floors == {0: 4, 1: 7}
+    assert targets == {0: 10, 1: 5}
+
+
+async def test_rebuild_waits_for_every_peer_then_stores_floors(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    log = _Log()
+    result: dict = {}
+
+    async def run_prepare() -> None:
+        result["targets"] = await rebuild.prepare(cfg, log, requested=True)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_fake_peer, cfg, 2, _status(2, [(3, 10), (2, 0)]))
+        nursery.start_soon(run_prepare)
+        # Node 3 is down: the rebuild must wait for it, saying so.
+        await eventually(lambda: "rebuild_waiting_for_peers" in log.names())
+        waiting = dict(log.events)["rebuild_waiting_for_peers"]
+        assert waiting["missing"] == [3]
+        assert "targets" not in result
+        assert Marker.load(cfg.data_dir) == Marker(1, None)  # a crash now resumes the rebuild
+        await nursery.start(_fake_peer, cfg, 3, _status(3, [(4, 7), (5, 0)]))
+        await eventually(lambda: "targets" in result)
+        nursery.cancel_scope.cancel()
+    assert result["targets"] == {0: 10}  # partition 1 has nothing committed: no wait
+    assert Marker.load(cfg.data_dir) == Marker(1, {0: 10})
+    wal = WriteAheadLog.open(cfg.data_dir / "wal")
+    try:
+        hs = {p: wal.recovered()[p].hard_state for p in (0, 1)}
+    finally:
+        wal.close()
+    assert (hs[0].term, hs[0].vote, hs[0].commit) == (4, 1, 0)
+    assert (hs[1].term, hs[1].vote, hs[1].commit) == (5, 1, 0)
+
+
+async def test_an_empty_node_of_a_cluster_with_state_detects_the_rebuild(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    log = _Log()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_fake_peer, cfg, 2, _status(2, [(2, 4), (2, 4)]))
+        await nursery.start(_fake_peer, cfg, 3, _status(3, [(2, 4), (2, 3)]))
+        with trio.fail_after(10):
+            targets = await rebuild.prepare(cfg, log, requested=False)
+        nursery.cancel_scope.cancel()
+    assert "rebuild_detected" in log.names()
+    assert targets == {0: 4, 1: 4}
+
+
+async def test_a_new_cluster_starts_normally(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    log = _Log()
+    async with trio.open_nursery() as nursery:
+        # One peer is up but empty (term 0), the other not listening yet.
+        await nursery.start(_fake_peer, cfg, 2, _status(2, [(0, 0), (0, 0)]))
+        with trio.fail_after(10):
+            assert await rebuild.prepare(cfg, log, requested=False) is None
+        nursery.cancel_scope.cancel()
+    assert log.names() == []
+    assert not (cfg.data_dir / MARKER).exists()
+
+
+async def test_peers_of_another_cluster_or_layout_stop_the_rebuild(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_fake_peer, cfg, 2, _status(2, [(1, 1)]))  # one partition, not 2
+        await nursery.start(_fake_peer, cfg, 3, _status(3, [(1, 1), (1, 1)]))
+        with trio.fail_after(10), pytest.raises(RebuildError, match="configs disagree"):
+            await rebuild.prepare(cfg, _Log(), requested=True)
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_node_cluster_cannot_rebuild_and_marker_must_be_ours(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, n=1)
+    with pytest.raises(RebuildError, match="no peer"):
+        await rebuild.prepare(cfg, _Log(), requested=True)
+    cfg3 = _cfg(tmp_path)
+    Marker(2, None).save(cfg3.data_dir)
+    with pytest.raises(RebuildError, match="belongs to node 2"):
+        await rebuild.prepare(cfg3, _Log(), requested=False)
+
+
+def test_tracker_forgets_partitions_then_deletes_the_marker(tmp_path: Path) -> None:
+    Marker(1, {0: 5, 1: 9}).save(tmp_path)
+    log = _Log()
+    t = RebuildTracker(tmp_path, 1, {0: 5, 1: 9}, log)
+    t.caught_up(0, 6)
+    assert Marker.load(tmp_path) == Marker(1, {1: 9})
+    t.caught_up(0, 7)  # twice is harmless
+    t.caught_up(1, 9)
+    assert Marker.load(tmp_path) is None
+    assert log.names() == ["partition_rebuilt", "partition_rebuilt", "rebuild_complete"]
+
+
+def test_serve_rebuild_refuses_a_data_dir_with_data(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "n.toml"
+    data = tmp_path / "data"
+    cfg_path.write_text(f'[node]\nid = 1\ndata_dir = "{data}"\n')
+    data.mkdir()
+    (data / "keep").write_bytes(b"precious")
+    before = hashlib.sha256((data / "keep").read_bytes()).hexdigest()
+    result = CliRunner().invoke(cli, ["serve", "--config", str(cfg_path), "--rebuild"])
+    assert result.exit_code == 2
+    assert "--rebuild needs an empty data dir" in result.output and str(data) in result.output
+    assert hashlib.sha256((data / "keep").read_bytes()).hexdigest() == before
