@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -96,10 +97,11 @@ class NodeProcesses:
     def _cwd(self) -> Path | None:
         return None
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, extra_args: Sequence[str] = ()) -> None:
+        """Launch node i; `extra_args` are appended to its command line (e.g. --rebuild)."""
         log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 - the child keeps it open
         self.procs[i] = subprocess.Popen(
-            self._command(i), stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+            [*self._command(i), *extra_args], stdout=log, stderr=subprocess.STDOUT, env=self._env(),
             cwd=self._cwd(),
         )
         log.close()
