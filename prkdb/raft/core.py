@@ -822,6 +822,20 @@ class RaftCore:
                 return self._dropped(m, "unexpected message for a follower")
         return None
 
+    def forget_acks(self, node: int) -> None:
+        """`node` restarted on an empty disk: what its old process acknowledged is void.
+
+        Leader only (nobody else counts acks). Its match drops to 0, so no
+        commit is ever computed from those acks again, and it is probed from
+        the start. Lowering a match is safe: the commit index never moves back.
+        """
+        pr = self.progress.get(node) if self.role == Role.LEADER else None
+        if pr is None or node == self.id:
+            return
+        self.log_.info("forgot_acks", node=node, match=pr.match, term=self.term)
+        pr.match = 0
+        pr.become_probe()
+
     def _forget_dead_leader(self) -> None:
         """Fast failover: our leader's process died (its connection closed).
 

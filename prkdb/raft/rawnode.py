@@ -140,6 +140,10 @@ class RawNode:
             self.core.log_.info("recovery_ended", term=self.core.term,
                                 commit=self.core.log.committed)
 
+    def forget_acks(self, node: int) -> None:
+        """`node` is being rebuilt on an empty disk: ignore what its old process acknowledged."""
+        self.core.forget_acks(node)
+
     def report_unreachable(self, node: int) -> None:
         self.core.step(Message(MsgType.UNREACHABLE, from_=node))
 

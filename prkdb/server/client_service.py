@@ -63,6 +63,7 @@ from prkdb.wire.messages import (
     PartitionStatus,
     Put,
     ReadConsistency,
+    RebuildFence,
     ReplicaProgress,
     Snapshot,
     Status,
@@ -228,6 +229,12 @@ class ClientService:
         match req:
             case Status():
                 return self._status(req)
+            case RebuildFence():
+                if req.node_id == self.cfg.node_id or self.cfg.peer(req.node_id) is None:
+                    raise InvalidRequest(
+                        f"node {req.node_id} is not another member of this cluster")
+                await self.node.fence_peer(req.node_id)
+                return self._status(req)
             case TransferLeader():
                 return await self._transfer(req)
             case Snapshot():
@@ -322,7 +329,7 @@ class ClientService:
         cmd = BatchCmd(tuple(ops))
         self._write(req, ops[0].key if ops else b"", cmd, reply, fail, partition=req.partition)
 
-    def _status(self, req: Status) -> StatusOk:
+    def _status(self, req: Status | RebuildFence) -> StatusOk:
         nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in self.cfg.peers)
         parts = []
         for d in self.node.drivers:

@@ -127,6 +127,29 @@ class Node:
         finally:
             self._close_storage()
 
+    async def fence_peer(self, node_id: int) -> None:
+        """Forget every ack of `node_id`'s previous process (it is being rebuilt).
+
+        First its incoming connections go, with whatever they hold unread;
+        then a fence item per partition, queued behind every message of it
+        already delivered, makes each leader drop the node's progress. When
+        this returns no ack of that process can raise a commit index again.
+        """
+        self.transport.fence(node_id)
+        remaining = len(self.drivers)
+        all_done = trio.Event()
+
+        def one_done() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                all_done.set()
+
+        for d in self.drivers:
+            await self.raft_loop.inbox.send((d, "fence", (node_id, one_done)))
+        await all_done.wait()
+        self.log.info("fenced_peer", node=node_id)
+
     async def _watchdog(self, interval: float) -> None:
         while True:
             systemd.notify("WATCHDOG=1")

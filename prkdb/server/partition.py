@@ -282,6 +282,12 @@ class PartitionDriver:
             self._transfer(to, w)
         elif kind == "snapshot":
             self._snapshot_waiters.append(x)
+        elif kind == "fence":  # x = (node id, callback): see Node.fence_peer
+            node, done = x
+            try:
+                self.raw.forget_acks(node)
+            finally:
+                done()
         # "wake": a background snapshot finished; the loop looks at it after the pass
 
     def tick(self) -> None:

@@ -54,7 +54,7 @@ from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.storage import WriteAheadLog
 from prkdb.storage.segment import fsync_dir
 from prkdb.wire import PROTOCOL_VERSION, from_wire
-from prkdb.wire.messages import ROLE_CLIENT, Hello, HelloOk, Status, StatusOk
+from prkdb.wire.messages import ROLE_CLIENT, Hello, HelloOk, RebuildFence, Status, StatusOk
 
 MARKER = "REBUILDING"
 MARKER_FORMAT = 1
@@ -127,8 +127,13 @@ class Marker:
 # -- asking the peers --------------------------------------------------------
 
 
-async def fetch_status(cfg: NodeConfig, peer_id: int) -> StatusOk:
-    """One peer's Status over its client port (raises OSError/PrkdbError/TooSlow)."""
+async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool) -> StatusOk:
+    """One peer's Status over its client port (raises OSError/PrkdbError/TooSlow).
+
+    `fence`: ask with RebuildFence, so the peer first forgets every ack of
+    our previous process (an ack still unread there could otherwise raise
+    its commit index above what it tells us).
+    """
     peer = cfg.peer(peer_id)
     assert peer is not None
     host, port = parse_addr(peer.client_addr)
@@ -139,7 +144,7 @@ async def fetch_status(cfg: NodeConfig, peer_id: int) -> StatusOk:
         reply = from_wire(await framed.receive())
         if not isinstance(reply, HelloOk):
             raise RebuildError(f"node {peer_id} refused our hello: {reply!r:.200}")
-        await framed.send_now(Status(1))
+        await framed.send_now(RebuildFence(1, cfg.node_id) if fence else Status(1))
         status = from_wire(await framed.receive())
         if not isinstance(status, StatusOk):
             raise RebuildError(f"node {peer_id} answered Status with {status!r:.200}")
@@ -162,11 +167,12 @@ def _check_status(cfg: NodeConfig, peer_id: int, st: StatusOk) -> None:
         )
 
 
-async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, out: dict[int, StatusOk],
-               errors: dict[int, str], fatal: list[RebuildError]) -> None:
+async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, fence: bool,
+               out: dict[int, StatusOk], errors: dict[int, str],
+               fatal: list[RebuildError]) -> None:
     try:
         with trio.fail_after(timeout):
-            st = await fetch_status(cfg, peer_id)
+            st = await fetch_status(cfg, peer_id, fence=fence)
         _check_status(cfg, peer_id, st)
     except RebuildError as e:
         fatal.append(e)
@@ -177,8 +183,8 @@ async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, out: dict[int, Sta
         out[peer_id] = st
 
 
-async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float
-                      ) -> tuple[dict[int, StatusOk], dict[int, str]]:
+async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
+                      fence: bool = False) -> tuple[dict[int, StatusOk], dict[int, str]]:
     """Ask `peer_ids` in parallel: (answers, why the others did not answer).
 
     Raises RebuildError if a peer answered for another cluster or layout.
@@ -188,7 +194,7 @@ async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float
     fatal: list[RebuildError] = []
     async with trio.open_nursery() as nursery:
         for pid in peer_ids:
-            nursery.start_soon(_ask, cfg, pid, timeout, out, errors, fatal)
+            nursery.start_soon(_ask, cfg, pid, timeout, fence, out, errors, fatal)
     if fatal:
         raise fatal[0]
     return out, errors
@@ -201,7 +207,7 @@ async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
     last_log = -WAIT_LOG_EVERY_S
     while True:
         missing = [p for p in others if p not in got]
-        answers, errors = await survey_once(cfg, missing, SURVEY_TIMEOUT_S)
+        answers, errors = await survey_once(cfg, missing, SURVEY_TIMEOUT_S, fence=True)
         got.update(answers)
         if len(got) == len(others):
             return got

@@ -66,6 +66,12 @@ class PeerTransport:
         self._dirty: list[_PeerLink] = []  # links with urgent messages
         self._lazy_dirty: list[_PeerLink] = []  # links with lazy ones
         self.dropped = 0
+        self._incoming: dict[int, set[trio.CancelScope]] = {}  # peer -> its readers
+
+    def fence(self, peer_id: int) -> None:
+        """Close `peer_id`'s incoming connections now; what they hold unread is never delivered."""
+        for scope in self._incoming.get(peer_id, ()):
+            scope.cancel()
 
     @property
     def connected(self) -> dict[int, bool]:
@@ -206,13 +212,21 @@ class PeerTransport:
             framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_peer_frame
             await framed.send_now(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
             partitions = self.cfg.partitions
-            while True:
-                batch = from_wire(await framed.receive())
-                if not isinstance(batch, RaftBatch) or batch.from_node != peer_id:
-                    raise RemoteProtocolError("peers may only send RaftBatch frames of their own")
-                for partition, msg in batch.items:
-                    if 0 <= partition < partitions:
-                        self.deliver(partition, msg)
+            readers = self._incoming.setdefault(peer_id, set())
+            with trio.CancelScope() as scope:
+                readers.add(scope)
+                try:
+                    while True:
+                        batch = from_wire(await framed.receive())
+                        if not isinstance(batch, RaftBatch) or batch.from_node != peer_id:
+                            raise RemoteProtocolError(
+                                "peers may only send RaftBatch frames of their own")
+                        for partition, msg in batch.items:
+                            if 0 <= partition < partitions:
+                                self.deliver(partition, msg)
+                finally:
+                    readers.discard(scope)
+            self.log.info("peer_fenced", peer=peer_id)
         except RemoteProtocolError as e:
             self.log.warning("bad_peer_input", peer=peer_id, error=e.message)
             with trio.move_on_after(1):

@@ -210,7 +210,8 @@ def _messages() -> list[str]:
         ("2.5 Handshake and errors", [m.Hello, m.HelloOk, m.Error]),
         (
             "2.6 Client requests",
-            [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot],
+            [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
+             m.RebuildFence],
         ),
         ("2.7 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk]),
     ]

@@ -98,6 +98,7 @@ __all__ = [
     "RaftBatch",
     "RaftBatchEncoder",
     "ReadConsistency",
+    "RebuildFence",
     "ReplicaProgress",
     "Snapshot",
     "Status",
@@ -260,6 +261,22 @@ class Status:
 
 @final
 @dataclass(frozen=True, slots=True)
+class RebuildFence:
+    """Sent by a node rebuilding on an empty disk, to every other node; answered with StatusOk.
+
+    The answering node first forgets everything `node_id`'s previous process
+    acknowledged: it drops that node's incoming peer connections (unread
+    acks with them) and, as leader, its replication progress. The commit
+    indexes in the answer are then final for that process: no ack of it can
+    raise them later (docs/operations.md, "Rebuild one node").
+    """
+
+    request_id: int
+    node_id: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class TransferLeader:
     """Ask the partition's leader to hand leadership to `to_node` (0 = pick one)."""
 
@@ -389,6 +406,7 @@ WireMessage: TypeAlias = (
     | Cas
     | Batch
     | Status
+    | RebuildFence
     | TransferLeader
     | Snapshot
     | GetOk
@@ -617,6 +635,7 @@ _ALL = (
         ),
     ),
     Schema(Snapshot, 17, (_rid(), Field("partition", Optional(_U32), "null = every partition"))),
+    Schema(RebuildFence, 18, (_rid(), Field("node_id", _U64, "the rebuilding node (>= 1)"))),
     Schema(
         GetOk,
         30,
@@ -668,7 +687,9 @@ SCHEMAS: Final[dict[type, Schema]] = {s.cls: s for s in _ALL}
 SCHEMAS_BY_ID: Final[dict[int, Schema]] = {s.type_id: s for s in _ALL}
 assert len(SCHEMAS_BY_ID) == len(_ALL), "duplicate type id"
 
-REQUEST_TYPES: Final = frozenset({Get, Put, Delete, Cas, Batch, Status, TransferLeader, Snapshot})
+REQUEST_TYPES: Final = frozenset(
+    {Get, Put, Delete, Cas, Batch, Status, RebuildFence, TransferLeader, Snapshot}
+)
 """Messages a client may send after Hello; each gets one response."""
 RESPONSE_TYPES: Final = frozenset({GetOk, WriteOk, StatusOk, AdminOk, Error})
 """Messages a server sends to clients after HelloOk."""

@@ -138,6 +138,7 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         **session,
     ),
     m.Status: st.builds(m.Status, rid),
+    m.RebuildFence: st.builds(m.RebuildFence, rid, uint),
     m.TransferLeader: st.builds(m.TransferLeader, rid, st.integers(0, 2**32 - 1), uint),
     m.Snapshot: st.builds(m.Snapshot, rid, st.none() | st.integers(0, 2**32 - 1)),
     m.GetOk: st.builds(m.GetOk, rid, st.none() | small_bytes, uint, uint, uint),

@@ -31,6 +31,7 @@ SAMPLES: dict[type, Any] = {
         1, 0, (m.BatchOp(m.OpKind.PUT, b"a", b"1"), m.BatchOp(m.OpKind.DELETE, b"b")), 9, 4
     ),
     m.Status: m.Status(1),
+    m.RebuildFence: m.RebuildFence(1, 3),
     m.TransferLeader: m.TransferLeader(1, 2, 3),
     m.Snapshot: m.Snapshot(1, None),
     m.GetOk: m.GetOk(1, b"v", 2, 10, 12),
@@ -295,6 +296,7 @@ def test_type_ids_are_stable() -> None:
         "Status": 15,
         "TransferLeader": 16,
         "Snapshot": 17,
+        "RebuildFence": 18,
         "GetOk": 30,
         "WriteOk": 31,
         "StatusOk": 32,
