@@ -261,8 +261,9 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool) -> dict[int, in
             if not any(seen.values()):
                 return None  # a new cluster: every node we reached is empty too
             log.warning("rebuild_detected", peer_terms={str(k): v for k, v in seen.items()},
-                        detail="empty data dir, but the cluster has Raft state: "
-                               "rebuilding as if started with --rebuild")
+                        detail="empty data dir in a cluster that has Raft state (a wiped "
+                               "node, or a first start after the others): rebuilding as "
+                               "with --rebuild, which is safe either way")
         marker = Marker(cfg.node_id, None)
         marker.save(data_dir)
         log.info("rebuild_started", data_dir=str(data_dir))
