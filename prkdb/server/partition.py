@@ -47,6 +47,7 @@ from prkdb.raft import (
     NotLeader as RaftNotLeader,
 )
 from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.inbox import Inbox
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import recover_partition
@@ -71,7 +72,7 @@ class PartitionDriver:
         committer: GroupCommitter,
         send: Any,
         log: Any,
-        inbox: trio.MemorySendChannel[tuple],
+        inbox: Inbox,
         flush: Callable[[], None],
         rebuild: RebuildTracker | None = None,
     ) -> None:

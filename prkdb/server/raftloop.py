@@ -44,6 +44,7 @@ from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.inbox import Inbox
 from prkdb.server.partition import PartitionDriver
 from prkdb.storage import StorageError
 
@@ -79,7 +80,7 @@ class RaftLoop:
         self.replies = replies  # client connections answered in a pass
         self.log = log
         self.tick_s = cfg.raft.tick_ms / 1000
-        self.inbox, self._recv = trio.open_memory_channel[tuple](INBOX_SIZE)
+        self.inbox = Inbox(INBOX_SIZE)
         self.partitions: list[PartitionDriver] = []
         self.restarts = 0
 
@@ -87,6 +88,7 @@ class RaftLoop:
         async with trio.open_nursery() as background:
             for p in self.partitions:
                 p.background = background
+            background.start_soon(self.inbox.run_timer)
             task_status.started()
             await self._loop()
 
@@ -99,7 +101,7 @@ class RaftLoop:
 
     async def _loop(self) -> None:
         parts = self.partitions
-        recv = self._recv
+        inbox = self.inbox
         next_tick = self._next_tick_after(trio.current_time())
         outbox = self.outbox
         replies = self.replies
@@ -108,9 +110,12 @@ class RaftLoop:
         while True:
             # Only a partition something happened to can have a Ready: asking
             # the 7 idle ones every pass cost more than the busy one's work.
-            if not any(p.touched and not p.busy and p.raw.has_ready() for p in parts):
-                with trio.move_on_at(min(next_tick, lazy_due)):
-                    self._dispatch(await recv.receive())
+            if not inbox and not any(p.touched and not p.busy and p.raw.has_ready()
+                                     for p in parts):
+                await inbox.wait(min(next_tick, lazy_due))
+                woken_by_item = len(inbox) > 0
+            else:
+                woken_by_item = False
             # Settling pays off when passes carry many items (a batch gathers
             # in the meantime); when they carry one or two (a lone writer) it
             # only adds a scheduler round to the latency.
@@ -121,12 +126,12 @@ class RaftLoop:
             n = 0
             for _ in range(MAX_DRAIN):
                 try:
-                    item = recv.receive_nowait()
+                    item = inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
                 self._dispatch(item)
                 n += 1
-            load = load * 0.75 + n * 0.25
+            load = load * 0.75 + (n - woken_by_item) * 0.25  # beyond the one that woke us
             now = trio.current_time()
             if now >= lazy_due:
                 outbox.flush(lazy=True)
