@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A segment is created under a temporary name, preallocated to its full size
-(`posix_fallocate`, so later writes never hit ENOSPC or SIGBUS), given its
+(`posix_fallocate`, or zeros written where it is unsupported; never a sparse
+file, so later writes never hit ENOSPC or SIGBUS), given its
 header, fsynced, renamed to ``<seq as 16 hex digits>.wal`` and the directory
 fsynced. So a file with a final name always has a valid header; a crash
 during creation leaves only a ``.tmp`` file, which `open` deletes.
@@ -20,6 +21,7 @@ Invariants: SEGMENT_HEADER_SIZE <= synced_off <= write_off <= size; bytes in
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -52,6 +54,30 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_ZEROS = bytes(1 << 20)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give the file `size` bytes of real blocks, or raise (ENOSPC) now.
+
+    A sparse file would do until the disk fills: then a write to the mapping
+    (or even a read, on tmpfs) gets SIGBUS and the process dies with no word
+    of why. Where fallocate is not supported we write zeros instead; any
+    other error, ENOSPC above all, is the caller's (fail-stop, named).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as e:
+        if e.errno not in _NO_FALLOCATE:
+            raise
+    off = 0
+    while off < size:
+        n = os.pwrite(fd, _ZEROS[: min(len(_ZEROS), size - off)], off)
+        off += n
 
 
 class Segment:
@@ -87,10 +113,7 @@ class Segment:
         final = directory / segment_name(seq)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError:  # filesystems without fallocate (tmpfs on old kernels)
-                os.ftruncate(fd, size)
+            _preallocate(fd, size)
             os.pwrite(fd, encode_segment_header(seq), 0)
             os.fsync(fd)
             os.rename(tmp, final)
