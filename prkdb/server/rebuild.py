@@ -47,14 +47,26 @@ from typing import Any
 
 import trio
 
+from prkdb import __version__
 from prkdb.config import NodeConfig, parse_addr
-from prkdb.errors import PrkdbError
+from prkdb.errors import ErrorCode, PrkdbError
+from prkdb.raft import Role
 from prkdb.raft.types import HardState
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.storage import WriteAheadLog
 from prkdb.storage.segment import fsync_dir
 from prkdb.wire import PROTOCOL_VERSION, from_wire
-from prkdb.wire.messages import ROLE_CLIENT, Hello, HelloOk, RebuildFence, Status, StatusOk
+from prkdb.wire.messages import (
+    ROLE_CLIENT,
+    Error,
+    Hello,
+    HelloOk,
+    NodeInfo,
+    PartitionStatus,
+    RebuildFence,
+    Status,
+    StatusOk,
+)
 
 MARKER = "REBUILDING"
 MARKER_FORMAT = 1
@@ -200,6 +212,48 @@ async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
     return out, errors
 
 
+async def answer_while_rebuilding(cfg: NodeConfig, *,
+                                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve our client port during the survey: Status says "nothing here yet".
+
+    Two nodes rebuilding at once (or two nodes of a new cluster starting
+    after the others) each wait for every other node's answer: without this
+    neither would ever open its port. An empty answer adds nothing to the
+    floors and targets; every other request is refused as UNAVAILABLE.
+    """
+    host, port = parse_addr(cfg.me.client_addr)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    empty = tuple(PartitionStatus(p, 0, 0, 0, 0, Role.FOLLOWER) for p in range(cfg.partitions))
+    nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in cfg.peers)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, 64 * 1024)
+        try:
+            with trio.fail_after(SURVEY_TIMEOUT_S):
+                hello = from_wire(await framed.receive())
+            if not isinstance(hello, Hello) or hello.cluster_id != cfg.cluster_id:
+                return
+            await framed.send_now(HelloOk(cfg.node_id, cfg.cluster_id))
+            while True:
+                req = from_wire(await framed.receive())
+                rid = getattr(req, "request_id", 0)
+                if isinstance(req, Status | RebuildFence):
+                    await framed.send_now(StatusOk(rid, cfg.node_id, cfg.cluster_id, nodes,
+                                                   empty, __version__))
+                else:
+                    await framed.send_now(Error(rid, ErrorCode.UNAVAILABLE,
+                                                "this node is rebuilding its data dir"))
+        except (PrkdbError, StreamClosed, trio.TooSlowError, trio.BrokenResourceError,
+                OSError):
+            pass
+        finally:
+            await framed.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started()
+
+
 async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
     """Every other node's Status; waits (logging who is missing) until all answered."""
     others = [p.id for p in cfg.peers if p.id != cfg.node_id]
@@ -268,7 +322,17 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool) -> dict[int, in
         marker.save(data_dir)
         log.info("rebuild_started", data_dir=str(data_dir))
     if marker.targets is None:
-        answers = await survey_all(cfg, log)
+        failed: list[RebuildError] = []
+        answers: dict[int, StatusOk] = {}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(answer_while_rebuilding, cfg)
+            try:
+                answers = await survey_all(cfg, log)
+            except RebuildError as e:
+                failed.append(e)  # raised below, not wrapped in the nursery's group
+            nursery.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
         floors, targets = floors_and_targets(cfg, answers)
         _store_floors(cfg, floors)
         marker.targets = {p: c for p, c in targets.items() if c > 0}

@@ -6,8 +6,9 @@ The interface under test (docs/operations.md, "Backups and rebuilding a node"):
   error on stderr naming "--rebuild" and the data dir, and the dir untouched;
 - the node writes `<data_dir>/REBUILDING`, asks every other node for each
   partition's term and commit (Status over their client ports) and, until all
-  answered, logs `rebuild_waiting_for_peers missing=[ids]` every ~2 s without
-  opening its client port; then `rebuild_prepared`, then it starts normally
+  answered, logs `rebuild_waiting_for_peers missing=[ids]` every ~2 s while
+  its client port answers only Status (empty: term and commit 0) and refuses
+  everything else as UNAVAILABLE; then `rebuild_prepared`, then it starts normally
   except that no partition votes or campaigns before it caught up to the
   highest commit the peers reported (`partition_rebuilt`); when every
   partition did, `rebuild_complete` and the marker is deleted;
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -38,9 +38,9 @@ from pathlib import Path
 import pytest
 
 from prkdb.client import OutcomeUnknown, ReadConsistency, SyncClient
-from prkdb.errors import PrkdbError
+from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.partitioning import partition_for
-from prkdb.wire.messages import Get, GetOk, HelloOk
+from prkdb.wire.messages import Error, Get, GetOk, HelloOk, Status, StatusOk
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
 
 pytestmark = pytest.mark.slow
@@ -260,15 +260,24 @@ def _tree_digest(d: Path) -> dict[str, str]:
     }
 
 
-def _assert_port_refuses(c: LocalCluster, node: int) -> None:
+def _assert_not_serving(c: LocalCluster, node: int) -> None:
+    """While its survey waits, the node answers no data request (only Status, empty)."""
     port = c.client_ports[node - 1]
     try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn = WireConn(port, timeout=10)
     except ConnectionRefusedError:
-        return
-    s.close()
-    raise AssertionError(f"node {node} accepts client connections on {port} while rebuilding:\n"
-                         f"{c.log(node)[-3000:]}")
+        return  # not even listening yet
+    try:
+        key = _key_in(0, c.partitions, b"probe")
+        reply = conn.call(Get(1, key, ReadConsistency.STALE, 0))
+        assert isinstance(reply, Error) and reply.code == ErrorCode.UNAVAILABLE, (
+            f"node {node} served {reply!r} while rebuilding:\n{c.log(node)[-3000:]}")
+        assert "rebuilding" in reply.message
+        status = conn.call(Status(2))
+        assert isinstance(status, StatusOk)
+        assert all(p.term == 0 and p.commit == 0 for p in status.partitions), status
+    finally:
+        conn.close()
 
 
 def _lead(c: LocalCluster, client: SyncClient, partition: int, node: int,
@@ -394,7 +403,7 @@ def test_rebuild_waits_for_every_peer(tmp_path: Path) -> None:
                 + "\n".join(waits[-5:]))
             time.sleep(0.2)
         assert (c.root / "data3" / MARKER).exists(), "no REBUILDING marker while rebuilding"
-        _assert_port_refuses(c, 3)
+        _assert_not_serving(c, 3)
         # Still waiting a report later (they come every ~2 s), still not serving.
         n_waits = len(waits)
         deadline = time.monotonic() + EVENT_TIMEOUT
@@ -407,7 +416,7 @@ def test_rebuild_waits_for_every_peer(tmp_path: Path) -> None:
         assert not _lines(text, "rebuild_prepared"), f"prepared without node 2:\n{text[-3000:]}"
         assert all(_missing(line) == [2] for line in _lines(text, "rebuild_waiting_for_peers")
                    [n_waits:]), text[-3000:]
-        _assert_port_refuses(c, 3)
+        _assert_not_serving(c, 3)
         assert c.alive(3)
 
         c.start(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -205,3 +206,22 @@ def test_serve_rebuild_refuses_a_data_dir_with_data(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--rebuild needs an empty data dir" in result.output and str(data) in result.output
     assert hashlib.sha256((data / "keep").read_bytes()).hexdigest() == before
+
+
+async def test_two_nodes_rebuilding_at_once_answer_each_other(tmp_path: Path) -> None:
+    # Each waits for every other node; a rebuilding node must therefore answer
+    # Status itself (empty) or the two would wait for each other forever.
+    cfg1 = _cfg(tmp_path)
+    cfg2 = dataclasses.replace(cfg1, node_id=2, data_dir=tmp_path / "data2")
+    results: dict[int, dict | None] = {}
+
+    async def rebuild_node(cfg: NodeConfig) -> None:
+        results[cfg.node_id] = await rebuild.prepare(cfg, _Log(), requested=True)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_fake_peer, cfg1, 3, _status(3, [(5, 20), (5, 30)]))
+        nursery.start_soon(rebuild_node, cfg1)
+        nursery.start_soon(rebuild_node, cfg2)
+        await eventually(lambda: len(results) == 2, timeout=20)
+        nursery.cancel_scope.cancel()
+    assert results == {1: {0: 20, 1: 30}, 2: {0: 20, 1: 30}}
