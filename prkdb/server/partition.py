@@ -46,6 +46,7 @@ from prkdb.raft import (
 from prkdb.raft import (
     NotLeader as RaftNotLeader,
 )
+from prkdb.raft.errors import StorageError as RaftStorageError
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.inbox import Inbox
 from prkdb.server.pending import Callback, Pending, Waiter
@@ -408,11 +409,14 @@ class PartitionDriver:
             self._check_rebuilt(rd.hard_state.commit)
 
     def _check_rebuilt(self, durable_commit: int) -> None:
-        # The commit index just made durable covers everything the peers knew
-        # committed when the rebuild began: our log holds it all again.
+        # The commit index just made durable covers everything committed when
+        # the rebuild began (rebuild.py says why): our log holds it all again.
         assert self.rebuild is not None
-        target = self.rebuild.target(self.partition)
-        if target is not None and durable_commit < target:
+        try:
+            term = self.storage.term(durable_commit)
+        except RaftStorageError:
+            return  # not in the mirror (compacted under us): the next Ready decides
+        if not self.rebuild.reached(self.partition, durable_commit, term, self.raw.core.term):
             return
         self.raw.end_recovery()
         self.rebuild.caught_up(self.partition, durable_commit)

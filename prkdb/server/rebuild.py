@@ -13,22 +13,43 @@ So a rebuilding node, before it runs any partition:
 
 1. writes the marker file `REBUILDING` (fsynced) into its data dir, so a
    crash at any later point restarts the rebuild instead of a normal start;
-2. asks EVERY other node (client port, `Status`) for each partition's term
-   and commit index, and waits until all of them answered. The highest term
-   bounds every term it could have voted in (a candidate stores the term it
-   asked votes for), and the highest commit index covers every entry anyone
-   knows committed, including an acknowledged write whose leader has not
-   told anyone yet;
+2. asks EVERY other node (client port, `RebuildFence`) for each
+   partition's term, commit index and leader, and waits until all of them
+   answered (meanwhile answering the same question itself, with nothing,
+   so that two nodes rebuilding at once do not wait for each other). The
+   highest term bounds every term it could have voted in (a candidate
+   stores the term it asked votes for). Each peer first forgets every ack
+   of our previous process (it drops that process's connections, and its
+   leaders reset our progress), so none can commit anything after it
+   answered;
 3. stores, per partition, the hard state (term = that highest term, vote =
    itself, commit = 0): it never grants a vote in that term or below;
-4. records the per-partition commit targets in the marker, then starts.
+4. records the per-partition targets in the marker, then starts.
 
 Each partition then runs as a *recovering* replica (RaftConfig.recovering):
 it accepts and acknowledges entries (those acks are true) but never votes or
-campaigns, until its commit index reaches the target; then it ends the
-recovery and the marker forgets the partition; with none left the marker
-is deleted. Waiting for every peer costs availability only while another
-node is down too, and then the cluster had no spare replica anyway.
+campaigns, until its durable commit index reaches the target; then it ends
+the recovery and the marker forgets the partition; with none left the
+marker is deleted.
+
+The target is not just the highest commit index reported: an entry can be
+committed (and answered) while no survivor knows it yet, because a new
+leader learns the commit index late, or because the lost process was the
+leader. What every committed entry is sure to be in is the log of a leader
+elected without our vote. So the recovery ends when the durable commit index
+covers either (a) the last index of the surviving leader of the highest
+term, if a node reported being one (its log holds every committed entry,
+and the fence stops the old process's acks from committing more), or
+(b) an entry of a leader elected after the survey: of a term above that
+floor, or of the floor term itself when nobody led it at the survey and we
+follow it now (only one leader per term, and the lost process is gone).
+Such a leader was elected without us (we gave no vote). Then our log
+matches one that holds every committed entry, and every committed entry
+has a true copy here again (tests/sim wipes disks in its random schedules:
+trusting the highest commit index alone lost acknowledged entries).
+
+Waiting for every peer costs availability only while another node is down
+too, and then the cluster had no spare replica anyway.
 
 A node started on an empty data dir without `--rebuild` asks the peers it can
 reach within a moment: if any of them already has Raft state, this is a
@@ -43,7 +64,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -86,12 +107,35 @@ def data_dir_is_empty(data_dir: Path) -> bool:
     return not data_dir.exists() or not any(data_dir.iterdir())
 
 
+class Target(NamedTuple):
+    """When a rebuilt partition may vote again (module doc).
+
+    Done once the durable commit index is >= `commit` and either >= `index`
+    (when nonzero), or at an entry of a term above `floor`, or (no leader of
+    `floor` at the survey) at an entry of `floor` while we follow that term:
+    its leader was elected after the survey, so it is a survivor.
+    """
+
+    commit: int  # the highest commit index any peer reported
+    index: int  # last index of the surviving leader of the floor term, 0 if none
+    floor: int  # the highest term any peer reported
+
+    def reached(self, durable_commit: int, term_at_commit: int, current_term: int) -> bool:
+        if durable_commit < self.commit:
+            return False
+        if self.index:
+            return durable_commit >= self.index or term_at_commit > self.floor
+        return term_at_commit > self.floor or (
+            term_at_commit == self.floor == current_term)
+
+
 @dataclass
 class Marker:
     """What `REBUILDING` says: None targets = the survey is still to be done."""
 
     node_id: int
-    targets: dict[int, int] | None  # partition -> commit index to reach before voting
+    # partition -> Target before voting; None = the survey is still to be done.
+    targets: dict[int, Target] | None
 
     @classmethod
     def load(cls, data_dir: Path) -> Marker | None:
@@ -103,7 +147,8 @@ class Marker:
             targets = raw["targets"]
             return cls(
                 int(raw["node_id"]),
-                None if targets is None else {int(p): int(c) for p, c in targets.items()},
+                None if targets is None
+                else {int(p): Target(*map(int, t)) for p, t in targets.items()},
             )
         except FileNotFoundError:
             return None
@@ -120,7 +165,7 @@ class Marker:
             "format": MARKER_FORMAT,
             "node_id": self.node_id,
             "targets": None if self.targets is None
-            else {str(p): c for p, c in sorted(self.targets.items())},
+            else {str(p): list(ct) for p, ct in sorted(self.targets.items())},
         }
         tmp = data_dir / (MARKER + ".tmp")
         with open(tmp, "w") as f:
@@ -275,22 +320,30 @@ async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
 
 
 def floors_and_targets(cfg: NodeConfig, answers: dict[int, StatusOk]
-                       ) -> tuple[dict[int, int], dict[int, int]]:
-    """Per partition: the highest term and the highest commit index any peer reported."""
+                       ) -> tuple[dict[int, int], dict[int, Target]]:
+    """Per partition: the term floor, and the Target of its recovery (module doc)."""
     floors = dict.fromkeys(range(cfg.partitions), 0)
-    targets = dict.fromkeys(range(cfg.partitions), 0)
+    commits = dict.fromkeys(range(cfg.partitions), 0)
     for st in answers.values():
         for ps in st.partitions:
             floors[ps.partition] = max(floors[ps.partition], ps.term)
-            targets[ps.partition] = max(targets[ps.partition], ps.commit)
+            commits[ps.partition] = max(commits[ps.partition], ps.commit)
+    leader_last = dict.fromkeys(range(cfg.partitions), 0)
+    for pid, st in answers.items():
+        for ps in st.partitions:
+            if ps.role == Role.LEADER and ps.term == floors[ps.partition]:
+                own = [r.match for r in ps.progress if r.node_id == pid]
+                leader_last[ps.partition] = own[0] if own else 0
+    targets = {p: Target(commits[p], leader_last[p], floors[p]) for p in floors}
     return floors, targets
 
 
 # -- the start-up step ---------------------------------------------------------
 
 
-async def prepare(cfg: NodeConfig, log: Any, *, requested: bool) -> dict[int, int] | None:
-    """Run before the node opens its WAL: the commit targets if rebuilding, else None.
+async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
+                  ) -> dict[int, Target] | None:
+    """Run before the node opens its WAL: the targets if rebuilding, else None.
 
     `requested`: started with --rebuild (the caller checked the dir was empty).
     """
@@ -335,10 +388,11 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool) -> dict[int, in
             raise failed[0]
         floors, targets = floors_and_targets(cfg, answers)
         _store_floors(cfg, floors)
-        marker.targets = {p: c for p, c in targets.items() if c > 0}
+        # A partition that never had a term has nothing to recover.
+        marker.targets = {p: t for p, t in targets.items() if t.floor > 0}
         marker.save(data_dir)
         log.info("rebuild_prepared", term_floors={str(p): t for p, t in floors.items()},
-                 commit_targets={str(p): c for p, c in marker.targets.items()})
+                 targets={str(p): list(t) for p, t in marker.targets.items()})
     if not marker.targets:
         Marker.remove(data_dir)
         log.info("rebuild_complete")
@@ -364,14 +418,21 @@ def _store_floors(cfg: NodeConfig, floors: dict[int, int]) -> None:
 class RebuildTracker:
     """The partitions still recovering; forgets each (in the marker) once it caught up."""
 
-    def __init__(self, data_dir: Path, node_id: int, targets: dict[int, int], log: Any) -> None:
+    def __init__(self, data_dir: Path, node_id: int, targets: dict[int, Target],
+                 log: Any) -> None:
         self.data_dir = data_dir
         self.node_id = node_id
         self.targets = dict(targets)
         self.log = log
 
-    def target(self, partition: int) -> int | None:
+    def target(self, partition: int) -> Target | None:
+        """What the partition must reach before it votes, or None if done."""
         return self.targets.get(partition)
+
+    def reached(self, partition: int, durable_commit: int, term_at_commit: int,
+                current_term: int) -> bool:
+        target = self.targets.get(partition)
+        return target is None or target.reached(durable_commit, term_at_commit, current_term)
 
     def caught_up(self, partition: int, commit: int) -> None:
         """Partition's durable commit index reached its target: it may vote again."""

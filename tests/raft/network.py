@@ -210,6 +210,8 @@ class SimNode:
     def _after_advance(self) -> None:
         core = self.raw.core
         self.net.checker.on_commit(core.log.committed)
+        if self.net.advance_hook is not None:
+            self.net.advance_hook(self)
         new_term = core.term != self._last_term
         if core.role == Role.LEADER and (self._last_role != Role.LEADER or new_term):
             self.net.checker.on_leader(self)
@@ -267,6 +269,8 @@ class Network:
         self.drop_rate = 0.0
         self.dup_rate = 0.0
         self.msg_hook: Callable[[Message], bool] | None = None  # False drops the message
+        # Called after every Ready a node advances (the driver's post-persist step).
+        self.advance_hook: Callable[[SimNode], None] | None = None
         self.sent: Counter[MsgType] = Counter()
         self.trace: list[str] = []
         self.trace_enabled = False

@@ -20,11 +20,12 @@ from prkdb.server.rebuild import (
     Marker,
     RebuildError,
     RebuildTracker,
+    Target,
     floors_and_targets,
 )
 from prkdb.storage import WriteAheadLog
 from prkdb.wire import from_wire
-from prkdb.wire.messages import HelloOk, NodeInfo, PartitionStatus, StatusOk
+from prkdb.wire.messages import HelloOk, NodeInfo, PartitionStatus, ReplicaProgress, StatusOk
 from tests.integration.cluster import free_ports
 from tests.server.helpers import eventually
 
@@ -54,8 +55,13 @@ def _cfg(tmp_path: Path, n: int = 3, partitions: int = 2) -> NodeConfig:
                       partitions=partitions, peers=peers)
 
 
-def _status(node: int, parts: list[tuple[int, int]], cluster: str = CLUSTER) -> StatusOk:
+def _status(node: int, parts: list[tuple[int, int]], cluster: str = CLUSTER,
+            leads: tuple[int, ...] = ()) -> StatusOk:
+    """`node`'s Status: (term, commit) per partition; it leads the partitions in `leads`."""
+    # A leader's progress lists itself with its last index (here commit + 2).
     return StatusOk(1, node, cluster, (NodeInfo(node, "a:1", "a:2"),), tuple(
+        PartitionStatus(p, node, term, commit, commit, Role.LEADER,
+                        (ReplicaProgress(node, commit + 2),)) if p in leads else
         PartitionStatus(p, 0, term, commit, commit, Role.FOLLOWER)
         for p, (term, commit) in enumerate(parts)))
 
@@ -87,8 +93,8 @@ def test_marker_round_trip_and_corruption(tmp_path: Path) -> None:
     assert Marker.load(tmp_path) is None
     Marker(3, None).save(tmp_path)
     assert Marker.load(tmp_path) == Marker(3, None)
-    Marker(3, {0: 10, 5: 2}).save(tmp_path)
-    assert Marker.load(tmp_path) == Marker(3, {0: 10, 5: 2})
+    Marker(3, {0: Target(10, 12, 3), 5: Target(2, 0, 7)}).save(tmp_path)
+    assert Marker.load(tmp_path) == Marker(3, {0: Target(10, 12, 3), 5: Target(2, 0, 7)})
     (tmp_path / MARKER).write_text("{not json")
     with pytest.raises(RebuildError, match="unreadable rebuild marker"):
         Marker.load(tmp_path)
@@ -103,7 +109,21 @@ def test_floors_and_targets_take_the_highest_of_every_peer(tmp_path: Path) -> No
         3: _status(3, [(4, 7), (6, 5)]),
     })
     assert floors == {0: 4, 1: 7}
-    assert targets == {0: 10, 1: 5}
+    # Nobody leads the highest term: the lost process may have been its
+    # leader, so only a committed entry of a later term will do (index 0).
+    assert targets == {0: Target(10, 0, 4), 1: Target(5, 0, 7)}
+
+
+def test_a_surviving_leader_of_the_highest_term_makes_the_commit_index_enough(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(tmp_path)
+    _, targets = floors_and_targets(cfg, {
+        2: _status(2, [(4, 10), (7, 3)], leads=(0,)),  # leads partition 0 at its top term
+        3: _status(3, [(4, 7), (6, 5)], leads=(1,)),  # leads partition 1 at a stale term
+    })
+    # Partition 0: reaching its leader's last index (12) is enough.
+    assert targets == {0: Target(10, 12, 4), 1: Target(5, 0, 7)}
 
 
 async def test_rebuild_waits_for_every_peer_then_stores_floors(tmp_path: Path) -> None:
@@ -126,8 +146,9 @@ async def test_rebuild_waits_for_every_peer_then_stores_floors(tmp_path: Path) -
         await nursery.start(_fake_peer, cfg, 3, _status(3, [(4, 7), (5, 0)]))
         await eventually(lambda: "targets" in result)
         nursery.cancel_scope.cancel()
-    assert result["targets"] == {0: 10}  # partition 1 has nothing committed: no wait
-    assert Marker.load(cfg.data_dir) == Marker(1, {0: 10})
+    # Nobody reported leading: each partition waits for a later term too.
+    assert result["targets"] == {0: Target(10, 0, 4), 1: Target(0, 0, 5)}
+    assert Marker.load(cfg.data_dir) == Marker(1, {0: Target(10, 0, 4), 1: Target(0, 0, 5)})
     wal = WriteAheadLog.open(cfg.data_dir / "wal")
     try:
         hs = {p: wal.recovered()[p].hard_state for p in (0, 1)}
@@ -147,7 +168,7 @@ async def test_an_empty_node_of_a_cluster_with_state_detects_the_rebuild(tmp_pat
             targets = await rebuild.prepare(cfg, log, requested=False)
         nursery.cancel_scope.cancel()
     assert "rebuild_detected" in log.names()
-    assert targets == {0: 4, 1: 4}
+    assert targets == {0: Target(4, 0, 2), 1: Target(4, 0, 2)}
 
 
 async def test_a_new_cluster_starts_normally(tmp_path: Path) -> None:
@@ -184,11 +205,16 @@ async def test_one_node_cluster_cannot_rebuild_and_marker_must_be_ours(tmp_path:
 
 
 def test_tracker_forgets_partitions_then_deletes_the_marker(tmp_path: Path) -> None:
-    Marker(1, {0: 5, 1: 9}).save(tmp_path)
+    targets = {0: Target(5, 5, 2), 1: Target(9, 0, 3)}
+    Marker(1, targets).save(tmp_path)
     log = _Log()
-    t = RebuildTracker(tmp_path, 1, {0: 5, 1: 9}, log)
+    t = RebuildTracker(tmp_path, 1, targets, log)
+    assert not t.reached(0, 4, 9, 9) and t.reached(0, 5, 1, 2)  # the leader's last index
+    assert not t.reached(1, 9, 3, 4) and not t.reached(1, 8, 4, 4) and t.reached(1, 9, 4, 4)
+    # No leader of term 3 at the survey: one elected later (we follow term 3) will do.
+    assert t.reached(1, 9, 3, 3) and not t.reached(1, 9, 2, 3)
     t.caught_up(0, 6)
-    assert Marker.load(tmp_path) == Marker(1, {1: 9})
+    assert Marker.load(tmp_path) == Marker(1, {1: Target(9, 0, 3)})
     t.caught_up(0, 7)  # twice is harmless
     t.caught_up(1, 9)
     assert Marker.load(tmp_path) is None
@@ -224,4 +250,5 @@ async def test_two_nodes_rebuilding_at_once_answer_each_other(tmp_path: Path) ->
         nursery.start_soon(rebuild_node, cfg2)
         await eventually(lambda: len(results) == 2, timeout=20)
         nursery.cancel_scope.cancel()
-    assert results == {1: {0: 20, 1: 30}, 2: {0: 20, 1: 30}}
+    both = {0: Target(20, 0, 5), 1: Target(30, 0, 5)}
+    assert results == {1: both, 2: both}

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prkdb.raft import ProposalDropped
-from tests.raft.network import Network
+from prkdb.raft import HardState, MemoryStorage, ProposalDropped, Role
+from prkdb.server.rebuild import Target
+from tests.raft.network import Network, SimNode
 
 
 @dataclass
@@ -22,6 +23,8 @@ class ScheduleStats:
     proposals: int = 0
     reads_served: int = 0
     crashes: int = 0
+    wipes: int = 0
+    rebuilt: int = 0
     partitions: int = 0
     max_term: int = 0
     committed: int = 0
@@ -32,12 +35,70 @@ class ScheduleFailure(AssertionError):
     pass
 
 
+def wipe_and_rebuild(net: Network, victim: int, targets: dict[int, Target], *,
+                     safely: bool = True) -> None:
+    """`victim` loses its disk and restarts empty, as prkdb/server/rebuild.py does it.
+
+    The survey needs every other node (callers only wipe when all are up):
+    each first fences the old process (leaders forget its acks; its unread
+    messages go with the connection), then reports term and commit. The
+    victim stores (max term, vote for itself, 0) and stays a recovering
+    replica until its durable commit reaches its `Target` (rebuild.py). `safely=False`
+    is plain Raft's "restart on an empty disk", for the checker's teeth.
+    """
+    node = net.nodes[victim]
+    if node.alive:
+        net.crash(victim)
+    others = [net.nodes[i] for i in net.ids if i != victim]
+    floor = 0
+    target = Target(0, 0, 0)
+    if safely:
+        net.queue = [m for m in net.queue if m.from_ != victim]
+        for o in others:
+            o.raw.forget_acks(victim)
+            o.process()
+        floor = max(o.raw.core.term for o in others)
+        commit = max(o.raw.core.log.committed for o in others)
+        index = 0
+        for o in others:
+            core = o.raw.core
+            if core.role == Role.LEADER and core.term == floor:
+                index = core.progress[o.id].match
+        target = Target(commit, index, floor)
+    node.storage = MemoryStorage(node.voters)
+    if floor:
+        node.storage.set_hard_state(HardState(floor, victim, 0))
+    recovering = safely and floor > 0
+    node.config_kw = {**node.config_kw, "recovering": recovering}
+    if recovering:
+        targets[victim] = target
+    net.restart(victim)
+
+
+def _end_recoveries(targets: dict[int, Target], stats: ScheduleStats) -> object:
+    """The driver's check after each persisted Ready (PartitionDriver._check_rebuilt)."""
+
+    def hook(node: SimNode) -> None:
+        target = targets.get(node.id)
+        if target is None:
+            return
+        durable = node.storage.hard_state.commit
+        if target.reached(durable, node.storage.term(durable), node.raw.core.term):
+            node.raw.end_recovery()
+            node.config_kw = {**node.config_kw, "recovering": False}
+            del targets[node.id]
+            stats.rebuilt += 1
+    return hook
+
+
 def run_schedule(
     seed: int,
     *,
     nodes: int = 5,
     events: int = 600,
     compact_every: int = 20,
+    wipes: bool = True,
+    wipe_safely: bool = True,
 ) -> ScheduleStats:
     net = Network(
         nodes,
@@ -52,6 +113,8 @@ def run_schedule(
     net.dup_rate = rng.choice([0.0, 0.02])
     stats = ScheduleStats(seed)
     max_down = (nodes - 1) // 2
+    recovering: dict[int, Target] = {}  # rebuilt node -> its target
+    net.advance_hook = _end_recoveries(recovering, stats)  # type: ignore[assignment]
     proposal = 0
     try:
         for step in range(events):
@@ -130,6 +193,15 @@ def run_schedule(
                 for i in alive:
                     net.nodes[i].maybe_compact(compact_every)
                 stats.trace.append(f"{step}: compact")
+            elif r < 0.975:
+                # A disk lost: only while every other node is up (the survey
+                # waits for all of them) and nobody else is rebuilding.
+                victim = rng.choice(net.ids)
+                others_up = all(net.nodes[i].alive for i in net.ids if i != victim)
+                if wipes and others_up and not recovering:
+                    wipe_and_rebuild(net, victim, recovering, safely=wipe_safely)
+                    stats.wipes += 1
+                    stats.trace.append(f"{step}: wipe {victim} (target {recovering.get(victim)})")
             else:
                 lead = net.leader()
                 if lead:
@@ -165,6 +237,9 @@ def run_schedule(
                     f"node {i} did not converge: applied {node.applied_index} "
                     f"vs leader {final.applied_index}"
                 )
+        # Liveness of a rebuild: once healed, every recovering node gets there.
+        if recovering:
+            raise AssertionError(f"rebuilt nodes still recovering after settling: {recovering}")
         stats.max_term = max(net.term(i) for i in net.ids)
         stats.committed = net.committed(lead)
         stats.reads_served = len(net.checker.reads)

@@ -11,6 +11,8 @@ import pytest
 
 from prkdb.raft import core as raft_core
 from prkdb.raft import log as raft_log
+from prkdb.server.rebuild import Target
+from tests.sim import schedule
 from tests.sim.schedule import ScheduleFailure, run_schedule
 
 CHUNKS = 10
@@ -66,3 +68,41 @@ def test_checker_catches_reads_without_a_heartbeat_round(
 
     monkeypatch.setattr(raft_core.RaftCore, "_leader_read_index", unconfirmed)
     assert _breaks_safety(range(100)) > 0
+
+
+def test_checker_catches_wipes_rebuilt_as_plain_raft_restarts() -> None:
+    # A node back on an empty disk that votes at once (no floor, no recovery).
+    failures = []
+    for s in range(20):
+        try:
+            run_schedule(s, nodes=3, wipe_safely=False)
+        except ScheduleFailure as e:
+            failures.append(str(e))
+    assert failures
+    assert any("leader completeness" in f or "election safety" in f for f in failures)
+
+
+def test_checker_catches_a_rebuild_that_trusts_the_commit_index_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An entry can be committed (and answered) before any survivor knows it
+    # is: a new leader learns the commit index late, or the lost process was
+    # the leader. Waiting for the highest reported commit index is not enough.
+    real = schedule.wipe_and_rebuild
+
+    def commit_only(net, victim, targets, *, safely=True):  # type: ignore[no-untyped-def]
+        real(net, victim, targets, safely=safely)
+        if victim in targets:
+            # "Done at the highest reported commit index": index = commit.
+            commit = targets[victim].commit
+            targets[victim] = Target(commit, max(commit, 1), targets[victim].floor)
+
+    monkeypatch.setattr(schedule, "wipe_and_rebuild", commit_only)
+    failures = []
+    for s in range(40):
+        try:
+            run_schedule(s, nodes=3)
+        except ScheduleFailure as e:
+            failures.append(str(e))
+    assert failures
+    assert all("leader completeness" in f for f in failures), failures[0][:500]
