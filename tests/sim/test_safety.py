@@ -99,10 +99,14 @@ def test_checker_catches_a_rebuild_that_trusts_the_commit_index_alone(
 
     monkeypatch.setattr(schedule, "wipe_and_rebuild", commit_only)
     failures = []
-    for s in range(40):
+    # About one schedule in a thousand reaches it (1067 and 1704 did when this
+    # was written); stop at the first. If a change to the schedules moves
+    # them, widen the range rather than weaken the test.
+    for s in range(1000, 3000):
         try:
             run_schedule(s, nodes=3)
         except ScheduleFailure as e:
             failures.append(str(e))
-    assert failures
-    assert all("leader completeness" in f for f in failures), failures[0][:500]
+            break
+    assert failures, "the checker no longer catches a rebuild trusting the commit index"
+    assert "leader completeness" in failures[0], failures[0][:500]
