@@ -241,9 +241,22 @@ class NetnsCluster(NodeProcesses):
     def _cwd(self) -> Path | None:
         return REPO
 
-    def start(self, i: int) -> None:
-        super().start(i)
+    def start(self, i: int, extra_args: Sequence[str] = ()) -> None:
+        super().start(i, extra_args)
         self.paused.discard(i)
+
+    def wipe(self, i: int) -> None:
+        """kill -9 node i and lose its disk: its data dir is moved aside (kept for forensics)."""
+        self.kill(i)
+        d = self.data_dirs[i]
+        n = sum(1 for _ in d.parent.glob(d.name + ".lost*"))
+        if d.exists():
+            d.rename(d.with_name(f"{d.name}.lost{n}"))
+        self.faults.append(f"wipe {i}")
+
+    def rebuilding(self) -> list[int]:
+        """Nodes whose rebuild (after a wipe) has not completed yet."""
+        return [i for i in self.ids if (self.data_dirs[i] / "REBUILDING").exists()]
 
     def kill(self, i: int) -> None:
         """kill -9: no handoff, no flush."""

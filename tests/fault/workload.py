@@ -134,7 +134,8 @@ def current_leaders(c: NetnsCluster) -> set[int]:
     return leaders
 
 
-FAULTS = ["partition", "isolate-leader", "bridge", "kill", "pause", "split-all", "pause-majority"]
+FAULTS = ["partition", "isolate-leader", "bridge", "kill", "pause", "split-all", "pause-majority",
+          "wipe"]
 
 
 async def random_nemesis(c: NetnsCluster, stop: trio.Event, rng: random.Random,
@@ -143,7 +144,10 @@ async def random_nemesis(c: NetnsCluster, stop: trio.Event, rng: random.Random,
 
     Never more than a minority is killed at once (so acknowledged data always
     survives on a majority); "split-all" and "pause-majority" stop progress
-    for a while, which turns in-flight writes into info ops.
+    for a while, which turns in-flight writes into info ops. "wipe" kills one
+    node and loses its disk; it comes back with `--rebuild` (at most one
+    rebuild at a time: a node still rebuilding is never wiped again, nor
+    another one).
     """
     minority = (c.n - 1) // 2
     try:
@@ -173,6 +177,12 @@ async def random_nemesis(c: NetnsCluster, stop: trio.Event, rng: random.Random,
             down = nodes[: rng.randint(1, minority)]
             for i in down:
                 c.kill(i)
+        elif kind == "wipe":
+            if c.rebuilding():
+                await trio.sleep(0.1)
+                continue  # one lost disk at a time
+            down = nodes[:1]
+            c.wipe(down[0])
         elif kind == "split-all":  # no majority anywhere: writes must stall, not succeed
             singles = [[i] for i in nodes]
             await trio.to_thread.run_sync(lambda: c.partition(*singles))  # noqa: B023
@@ -190,5 +200,7 @@ async def random_nemesis(c: NetnsCluster, stop: trio.Event, rng: random.Random,
         if kind == "kill":
             for i in down:
                 c.start(i)
+        elif kind == "wipe":
+            c.start(down[0], ["--rebuild"])
         log.events.append(f"{time.monotonic() - t0:6.2f}s heal")
         await trio.sleep(rng.uniform(0.5, 1.5))
