@@ -29,6 +29,7 @@ from prkdb.server import systemd
 from prkdb.server.client_service import ClientService
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
+from prkdb.server.layout import check_peer_layouts
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
 from prkdb.server.rebuild import RebuildTracker
@@ -111,6 +112,7 @@ class Node:
                 nursery.start_soon(trio.serve_listeners, self.service.handle_connection,
                                    client_listeners)
                 nursery.start_soon(self._watch_signals)
+                nursery.start_soon(check_peer_layouts, cfg, self.transport, self.log)
                 interval = systemd.watchdog_interval()
                 if interval:
                     nursery.start_soon(self._watchdog, interval)

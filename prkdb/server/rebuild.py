@@ -74,6 +74,7 @@ from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft import Role
 from prkdb.raft.types import HardState
 from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.server.layout import layout_problem
 from prkdb.storage import WriteAheadLog
 from prkdb.storage.segment import fsync_dir
 from prkdb.wire import PROTOCOL_VERSION, from_wire
@@ -211,26 +212,19 @@ async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool) -> StatusO
 
 
 def _check_status(cfg: NodeConfig, peer_id: int, st: StatusOk) -> None:
-    if st.node_id != peer_id or st.cluster_id != cfg.cluster_id:
-        raise RebuildError(
-            f"{cfg.peer(peer_id).client_addr} is node {st.node_id} of cluster "  # type: ignore[union-attr]
-            f"{st.cluster_id!r}, expected node {peer_id} of {cfg.cluster_id!r}"
-        )
-    parts = {p.partition for p in st.partitions}
-    if parts != set(range(cfg.partitions)):
-        raise RebuildError(
-            f"node {peer_id} has partitions {sorted(parts)}, this node's config says "
-            f"{cfg.partitions}: the configs disagree"
-        )
+    problem = layout_problem(cfg, peer_id, st)
+    if problem is not None:
+        raise RebuildError(f"{problem}: the configs disagree")
 
 
-async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, fence: bool,
+async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, fence: bool, check: bool,
                out: dict[int, StatusOk], errors: dict[int, str],
                fatal: list[RebuildError]) -> None:
     try:
         with trio.fail_after(timeout):
             st = await fetch_status(cfg, peer_id, fence=fence)
-        _check_status(cfg, peer_id, st)
+        if check:
+            _check_status(cfg, peer_id, st)
     except RebuildError as e:
         fatal.append(e)
     except (OSError, PrkdbError, StreamClosed, trio.TooSlowError,
@@ -241,17 +235,19 @@ async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, fence: bool,
 
 
 async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
-                      fence: bool = False) -> tuple[dict[int, StatusOk], dict[int, str]]:
+                      fence: bool = False, check: bool = True
+                      ) -> tuple[dict[int, StatusOk], dict[int, str]]:
     """Ask `peer_ids` in parallel: (answers, why the others did not answer).
 
-    Raises RebuildError if a peer answered for another cluster or layout.
+    Raises RebuildError if a peer answered for another cluster or layout
+    (unless `check` is False: then the caller looks at the answers).
     """
     out: dict[int, StatusOk] = {}
     errors: dict[int, str] = {}
     fatal: list[RebuildError] = []
     async with trio.open_nursery() as nursery:
         for pid in peer_ids:
-            nursery.start_soon(_ask, cfg, pid, timeout, fence, out, errors, fatal)
+            nursery.start_soon(_ask, cfg, pid, timeout, fence, check, out, errors, fatal)
     if fatal:
         raise fatal[0]
     return out, errors
@@ -362,9 +358,10 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
         if not requested:
             if not data_dir_is_empty(data_dir):
                 return None
-            answers, _ = await survey_once(cfg, others, DETECT_TIMEOUT_S)
+            answers, _ = await survey_once(cfg, others, DETECT_TIMEOUT_S, check=False)
+            # A peer whose layout differs is layout.py's business (quarantine).
             seen = {pid: max((p.term for p in st.partitions), default=0)
-                    for pid, st in answers.items()}
+                    for pid, st in answers.items() if layout_problem(cfg, pid, st) is None}
             if not any(seen.values()):
                 return None  # a new cluster: every node we reached is empty too
             log.warning("rebuild_detected", peer_terms={str(k): v for k, v in seen.items()},

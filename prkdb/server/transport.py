@@ -67,6 +67,21 @@ class PeerTransport:
         self._lazy_dirty: list[_PeerLink] = []  # links with lazy ones
         self.dropped = 0
         self._incoming: dict[int, set[trio.CancelScope]] = {}  # peer -> its readers
+        # Peers whose config disagrees with ours (layout.py): no traffic either way.
+        self.quarantined: dict[int, str] = {}
+
+    def quarantine(self, peer_id: int, reason: str) -> None:
+        """Stop all Raft traffic with `peer_id` for good (its layout differs from ours)."""
+        if peer_id in self.quarantined:
+            return
+        self.quarantined[peer_id] = reason
+        link = self._links.pop(peer_id, None)  # send() drops what is addressed to it
+        if link is not None:
+            link.msgs.clear()
+            link.lazy.clear()
+            link.out.clear()
+            link.quarantined = True
+        self.fence(peer_id)
 
     def fence(self, peer_id: int) -> None:
         """Close `peer_id`'s incoming connections now; what they hold unread is never delivered."""
@@ -145,7 +160,7 @@ class PeerTransport:
         link = self._links[peer_id]
         backoff = 0.05
         rng = random.Random()
-        while True:
+        while not link.quarantined:
             try:
                 stream = await trio.open_tcp_stream(host, port)
             except OSError:
@@ -209,6 +224,10 @@ class PeerTransport:
                 await framed.send_now(err)
                 return
             peer_id = hello.node_id
+            if peer_id in self.quarantined:
+                await framed.send_now(Error(0, 4, f"node {peer_id} is quarantined here: "
+                                                  f"{self.quarantined[peer_id]}"))
+                return
             framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_peer_frame
             await framed.send_now(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
             partitions = self.cfg.partitions
@@ -250,6 +269,7 @@ class _PeerLink:
         self.lazy: list[tuple[int, Message]] = []  # commit-index news: may wait a little
         self.out = bytearray()  # encoded frames waiting for the sender task
         self.fd = -1  # the connected socket, while the sender task holds it open
+        self.quarantined = False  # the peer's config disagrees: the sender task stops
         self.writing = False  # the sender task is inside send_all: append, never write
         self._wake = trio.Event()
 

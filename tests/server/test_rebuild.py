@@ -59,7 +59,8 @@ def _status(node: int, parts: list[tuple[int, int]], cluster: str = CLUSTER,
             leads: tuple[int, ...] = ()) -> StatusOk:
     """`node`'s Status: (term, commit) per partition; it leads the partitions in `leads`."""
     # A leader's progress lists itself with its last index (here commit + 2).
-    return StatusOk(1, node, cluster, (NodeInfo(node, "a:1", "a:2"),), tuple(
+    nodes = tuple(NodeInfo(i, "a:1", "a:2") for i in (1, 2, 3))
+    return StatusOk(1, node, cluster, nodes, tuple(
         PartitionStatus(p, node, term, commit, commit, Role.LEADER,
                         (ReplicaProgress(node, commit + 2),)) if p in leads else
         PartitionStatus(p, 0, term, commit, commit, Role.FOLLOWER)
