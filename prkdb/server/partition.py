@@ -122,6 +122,8 @@ class PartitionDriver:
         self.role = Role.FOLLOWER
         self._role_changed = trio.Event()  # set (and replaced) on every role change
         self._recover()
+        if self.rebuild is not None:  # a resumed rebuild may have got there before its crash
+            self._check_rebuilt(self.storage.hard_state.commit)
 
     # -- recovery --------------------------------------------------------------
     def _recover(self) -> None:

@@ -253,3 +253,26 @@ async def test_two_nodes_rebuilding_at_once_answer_each_other(tmp_path: Path) ->
         nursery.cancel_scope.cancel()
     both = {0: Target(20, 0, 5), 1: Target(30, 0, 5)}
     assert results == {1: both, 2: both}
+
+
+async def test_a_resumed_rebuild_that_got_there_before_its_crash_ends_at_start(
+    tmp_path: Path,
+) -> None:
+    # Crash after the durable commit reached the target but before the marker
+    # forgot the partition: with no write coming, nothing else would end it.
+    from prkdb.raft import Entry, HardState
+    from prkdb.server.node import Node
+
+    cfg = dataclasses.replace(_cfg(tmp_path), log_level="warning")
+    wal = WriteAheadLog.open(cfg.data_dir / "wal")
+    wal.append_entries(0, [Entry(3, i, data=b"") for i in range(1, 6)])
+    wal.append_hard_state(0, HardState(3, 1, 5))
+    wal.sync()
+    wal.close()
+    Marker(1, {0: Target(5, 0, 3)}).save(cfg.data_dir)
+    node = Node(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await eventually(lambda: not node.drivers[0].raw.recovering)
+        assert Marker.load(cfg.data_dir) is None
+        nursery.cancel_scope.cancel()
