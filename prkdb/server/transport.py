@@ -81,6 +81,7 @@ class PeerTransport:
             link.lazy.clear()
             link.out.clear()
             link.quarantined = True
+            link._wake.set()
         self.fence(peer_id)
 
     def fence(self, peer_id: int) -> None:
@@ -306,6 +307,8 @@ class _PeerLink:
                     self.writing = False
             await self._wake.wait()
             self._wake = trio.Event()
+            if self.quarantined:
+                return  # the sender task closes the connection and stops
 
 
 def _chunks(items: list[tuple[int, Message]]) -> list[list[tuple[int, Message]]]:
