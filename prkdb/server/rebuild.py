@@ -73,6 +73,7 @@ from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft import Role
 from prkdb.raft.types import HardState
+from prkdb.server import systemd
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.layout import layout_problem
 from prkdb.storage import WriteAheadLog
@@ -96,6 +97,7 @@ SURVEY_TIMEOUT_S = 3.0  # per attempt and peer
 DETECT_TIMEOUT_S = 1.0  # the quick look of a node started on an empty dir
 RETRY_S = 1.0
 WAIT_LOG_EVERY_S = 2.0
+EXTEND_START_S = 30.0  # systemd start timeout granted per survey round while waiting
 _MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -306,6 +308,10 @@ async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
         got.update(answers)
         if len(got) == len(others):
             return got
+        # Under systemd, READY=1 waits for the rebuild: say why, and keep
+        # the start timeout from killing a node that waits for a peer.
+        systemd.notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_START_S * 1e6)}\n"
+                       f"STATUS=rebuilding: waiting for node(s) {sorted(errors)}")
         now = trio.current_time()
         if now - last_log >= WAIT_LOG_EVERY_S:
             last_log = now

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -127,10 +131,26 @@ def test_a_surviving_leader_of_the_highest_term_makes_the_commit_index_enough(
     assert targets == {0: Target(10, 12, 4), 1: Target(5, 0, 7)}
 
 
-async def test_rebuild_waits_for_every_peer_then_stores_floors(tmp_path: Path) -> None:
+async def test_rebuild_waits_for_every_peer_then_stores_floors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cfg = _cfg(tmp_path)
     log = _Log()
     result: dict = {}
+    # A fake systemd: while it waits, the node must say why and extend its start timeout.
+    sd_path = f"/tmp/prkdb-rb-notify-{time.monotonic_ns()}.sock"
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sd.bind(sd_path)
+    sd.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", sd_path)
+    notes: list[str] = []
+
+    def notified() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                notes.append(sd.recv(4096).decode())
+        return any("EXTEND_TIMEOUT_USEC=" in n and "waiting for node(s) [3]" in n
+                   for n in notes)
 
     async def run_prepare() -> None:
         result["targets"] = await rebuild.prepare(cfg, log, requested=True)
@@ -142,6 +162,9 @@ async def test_rebuild_waits_for_every_peer_then_stores_floors(tmp_path: Path) -
         await eventually(lambda: "rebuild_waiting_for_peers" in log.names())
         waiting = dict(log.events)["rebuild_waiting_for_peers"]
         assert waiting["missing"] == [3]
+        await eventually(notified)
+        sd.close()
+        os.unlink(sd_path)
         assert "targets" not in result
         assert Marker.load(cfg.data_dir) == Marker(1, None)  # a crash now resumes the rebuild
         await nursery.start(_fake_peer, cfg, 3, _status(3, [(4, 7), (5, 0)]))
