@@ -11,20 +11,34 @@ it is delivered, and an error log names the difference. A peer
 that cannot be asked yet (down, or its client port unreachable) is asked
 again with backoff; meanwhile it is treated as agreeing (the handshake's
 cluster-id check still holds), so a slow peer never costs availability.
+
+`ask_peers` is also how a rebuilding node surveys the others (rebuild.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from prkdb.config import NodeConfig
-from prkdb.wire.messages import StatusOk
+from prkdb.config import NodeConfig, parse_addr
+from prkdb.errors import PrkdbError
+from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.wire import PROTOCOL_VERSION, from_wire
+from prkdb.wire.messages import (
+    ROLE_CLIENT,
+    Hello,
+    HelloOk,
+    RebuildFence,
+    Status,
+    StatusOk,
+)
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 ASK_TIMEOUT_S = 3.0
+_MAX_FRAME = 16 * 1024 * 1024
 
 
 def layout_problem(cfg: NodeConfig, peer_id: int, st: StatusOk) -> str | None:
@@ -44,26 +58,87 @@ def layout_problem(cfg: NodeConfig, peer_id: int, st: StatusOk) -> str | None:
     return None
 
 
+class _Refused(Exception):
+    """The peer's address answered, but not as a node of our cluster."""
+
+
+async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False) -> StatusOk:
+    """One peer's Status over its client port (raises OSError, PrkdbError, ...).
+
+    `fence`: ask with RebuildFence (rebuild.py), so the peer first forgets
+    every ack of our previous process before it answers.
+    """
+    peer = cfg.peer(peer_id)
+    assert peer is not None
+    host, port = parse_addr(peer.client_addr)
+    stream = await trio.open_tcp_stream(host, port)
+    framed = FramedStream(stream, _MAX_FRAME)
+    try:
+        await framed.send_now(Hello(PROTOCOL_VERSION, cfg.cluster_id, ROLE_CLIENT, 0))
+        reply = from_wire(await framed.receive())
+        if not isinstance(reply, HelloOk):
+            raise _Refused(f"node {peer_id} refused our hello: {reply!r:.200}")
+        await framed.send_now(RebuildFence(1, cfg.node_id) if fence else Status(1))
+        status = from_wire(await framed.receive())
+        if not isinstance(status, StatusOk):
+            raise _Refused(f"node {peer_id} answered Status with {status!r:.200}")
+        return status
+    finally:
+        await framed.aclose()
+
+
+@dataclass
+class Survey:
+    """What asking some peers gave: agreeing answers, layouts that differ, silence."""
+
+    answers: dict[int, StatusOk] = field(default_factory=dict)
+    mismatched: dict[int, str] = field(default_factory=dict)  # peer -> what differs
+    unreachable: dict[int, str] = field(default_factory=dict)  # peer -> why no answer
+
+
+async def ask_peers(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
+                    fence: bool = False) -> Survey:
+    """Ask `peer_ids` for their Status in parallel, each within `timeout`."""
+    survey = Survey()
+
+    async def ask(peer_id: int) -> None:
+        try:
+            with trio.fail_after(timeout):
+                st = await fetch_status(cfg, peer_id, fence=fence)
+        except _Refused as e:
+            survey.mismatched[peer_id] = str(e)
+        except (OSError, PrkdbError, StreamClosed, trio.TooSlowError,
+                trio.BrokenResourceError) as e:
+            survey.unreachable[peer_id] = str(e) or type(e).__name__
+        else:
+            problem = layout_problem(cfg, peer_id, st)
+            if problem is None:
+                survey.answers[peer_id] = st
+            else:
+                survey.mismatched[peer_id] = problem
+
+    async with trio.open_nursery() as nursery:
+        for pid in peer_ids:
+            nursery.start_soon(ask, pid)
+    return survey
+
+
 class Quarantine(Protocol):
     def quarantine(self, peer_id: int, reason: str) -> None: ...
 
 
 async def check_peer_layouts(cfg: NodeConfig, transport: Quarantine, log: Any) -> None:
     """Ask every peer once (retrying the ones that cannot be reached); quarantine disagreement."""
-    from prkdb.server.rebuild import survey_once  # the same Status round trip (import cycle)
-
     pending = [p.id for p in cfg.peers if p.id != cfg.node_id]
     delay = RETRY_FIRST_S
     while pending:
-        answers, _ = await survey_once(cfg, pending, ASK_TIMEOUT_S, check=False)
-        for peer_id, st in answers.items():
-            problem = layout_problem(cfg, peer_id, st)
-            if problem is not None:
-                transport.quarantine(peer_id, problem)
-                log.error("config_mismatch", peer=peer_id, problem=problem,
-                          detail="no Raft messages to or from this node until the configs "
-                                 "agree (fix the config, restart the wrong node)")
-        pending = [p for p in pending if p not in answers]
+        survey = await ask_peers(cfg, pending, ASK_TIMEOUT_S)
+        for peer_id, problem in survey.mismatched.items():
+            transport.quarantine(peer_id, problem)
+            log.error("config_mismatch", peer=peer_id, problem=problem,
+                      detail="no Raft messages to or from this node until the configs "
+                             "agree (fix the config, restart the wrong node)")
+        pending = list(survey.unreachable)
         if pending:
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)

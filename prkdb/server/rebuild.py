@@ -75,12 +75,11 @@ from prkdb.raft import Role
 from prkdb.raft.types import HardState
 from prkdb.server import systemd
 from prkdb.server.framed import FramedStream, StreamClosed
-from prkdb.server.layout import layout_problem
+from prkdb.server.layout import ask_peers
 from prkdb.storage import WriteAheadLog
 from prkdb.storage.segment import fsync_dir
-from prkdb.wire import PROTOCOL_VERSION, from_wire
+from prkdb.wire import from_wire
 from prkdb.wire.messages import (
-    ROLE_CLIENT,
     Error,
     Hello,
     HelloOk,
@@ -98,7 +97,6 @@ DETECT_TIMEOUT_S = 1.0  # the quick look of a node started on an empty dir
 RETRY_S = 1.0
 WAIT_LOG_EVERY_S = 2.0
 EXTEND_START_S = 30.0  # systemd start timeout granted per survey round while waiting
-_MAX_FRAME = 16 * 1024 * 1024
 
 
 class RebuildError(Exception):
@@ -184,75 +182,7 @@ class Marker:
         fsync_dir(data_dir)
 
 
-# -- asking the peers --------------------------------------------------------
-
-
-async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool) -> StatusOk:
-    """One peer's Status over its client port (raises OSError/PrkdbError/TooSlow).
-
-    `fence`: ask with RebuildFence, so the peer first forgets every ack of
-    our previous process (an ack still unread there could otherwise raise
-    its commit index above what it tells us).
-    """
-    peer = cfg.peer(peer_id)
-    assert peer is not None
-    host, port = parse_addr(peer.client_addr)
-    stream = await trio.open_tcp_stream(host, port)
-    framed = FramedStream(stream, _MAX_FRAME)
-    try:
-        await framed.send_now(Hello(PROTOCOL_VERSION, cfg.cluster_id, ROLE_CLIENT, 0))
-        reply = from_wire(await framed.receive())
-        if not isinstance(reply, HelloOk):
-            raise RebuildError(f"node {peer_id} refused our hello: {reply!r:.200}")
-        await framed.send_now(RebuildFence(1, cfg.node_id) if fence else Status(1))
-        status = from_wire(await framed.receive())
-        if not isinstance(status, StatusOk):
-            raise RebuildError(f"node {peer_id} answered Status with {status!r:.200}")
-        return status
-    finally:
-        await framed.aclose()
-
-
-def _check_status(cfg: NodeConfig, peer_id: int, st: StatusOk) -> None:
-    problem = layout_problem(cfg, peer_id, st)
-    if problem is not None:
-        raise RebuildError(f"{problem}: the configs disagree")
-
-
-async def _ask(cfg: NodeConfig, peer_id: int, timeout: float, fence: bool, check: bool,
-               out: dict[int, StatusOk], errors: dict[int, str],
-               fatal: list[RebuildError]) -> None:
-    try:
-        with trio.fail_after(timeout):
-            st = await fetch_status(cfg, peer_id, fence=fence)
-        if check:
-            _check_status(cfg, peer_id, st)
-    except RebuildError as e:
-        fatal.append(e)
-    except (OSError, PrkdbError, StreamClosed, trio.TooSlowError,
-            trio.BrokenResourceError) as e:
-        errors[peer_id] = str(e) or type(e).__name__
-    else:
-        out[peer_id] = st
-
-
-async def survey_once(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
-                      fence: bool = False, check: bool = True
-                      ) -> tuple[dict[int, StatusOk], dict[int, str]]:
-    """Ask `peer_ids` in parallel: (answers, why the others did not answer).
-
-    Raises RebuildError if a peer answered for another cluster or layout
-    (unless `check` is False: then the caller looks at the answers).
-    """
-    out: dict[int, StatusOk] = {}
-    errors: dict[int, str] = {}
-    fatal: list[RebuildError] = []
-    async with trio.open_nursery() as nursery:
-        for pid in peer_ids:
-            nursery.start_soon(_ask, cfg, pid, timeout, fence, check, out, errors, fatal)
-    if fatal:
-        raise fatal[0]
-    return out, errors
+# -- asking the peers (layout.ask_peers) -----------------------------------------
 
 
 async def answer_while_rebuilding(cfg: NodeConfig, *,
@@ -304,8 +234,11 @@ async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
     last_log = -WAIT_LOG_EVERY_S
     while True:
         missing = [p for p in others if p not in got]
-        answers, errors = await survey_once(cfg, missing, SURVEY_TIMEOUT_S, fence=True)
-        got.update(answers)
+        survey = await ask_peers(cfg, missing, SURVEY_TIMEOUT_S, fence=True)
+        for problem in survey.mismatched.values():
+            raise RebuildError(f"{problem}: the configs disagree")
+        got.update(survey.answers)
+        errors = survey.unreachable
         if len(got) == len(others):
             return got
         # Under systemd, READY=1 waits for the rebuild: say why, and keep
@@ -364,10 +297,10 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
         if not requested:
             if not data_dir_is_empty(data_dir):
                 return None
-            answers, _ = await survey_once(cfg, others, DETECT_TIMEOUT_S, check=False)
-            # A peer whose layout differs is layout.py's business (quarantine).
+            # A peer whose layout differs is not counted: layout.py quarantines it.
+            survey = await ask_peers(cfg, others, DETECT_TIMEOUT_S)
             seen = {pid: max((p.term for p in st.partitions), default=0)
-                    for pid, st in answers.items() if layout_problem(cfg, pid, st) is None}
+                    for pid, st in survey.answers.items()}
             if not any(seen.values()):
                 return None  # a new cluster: every node we reached is empty too
             log.warning("rebuild_detected", peer_terms={str(k): v for k, v in seen.items()},

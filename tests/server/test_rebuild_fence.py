@@ -15,8 +15,8 @@ import trio
 
 from prkdb.config import NodeConfig, PeerConfig
 from prkdb.raft import Role
+from prkdb.server.layout import fetch_status
 from prkdb.server.node import Node
-from prkdb.server.rebuild import fetch_status
 from prkdb.state import Put, encode_command
 from tests.server.helpers import eventually, free_addr
 
