@@ -33,7 +33,9 @@ import hashlib
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,56 +300,58 @@ def _lead(c: LocalCluster, client: SyncClient, partition: int, node: int,
         time.sleep(0.1)
 
 
-# --- tests -----------------------------------------------------------------------------
-
-
-def test_rebuilt_node_gets_every_acknowledged_write_back(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path, 3, partitions=4)
+@contextlib.contextmanager
+def _cluster_with_data(tmp_path: Path, prefix: bytes, n: int,
+                       **kw: Any) -> Iterator[tuple[LocalCluster, SyncClient, Expected]]:
+    """A started 3-node cluster holding `n` acknowledged keys; killed (by PID) on the way out."""
+    c = LocalCluster(tmp_path, 3, **kw)
     try:
         c.start_all()
         c.wait_ready()
         expected: Expected = {}
         with _client(c) as client:
-            _populate(client, c, expected, b"a", 300)
-            c.kill(3)
-            _lose_disk(c, 3)
-            # Writes node 3 never saw, then the fence (module docstring).
-            _populate(client, c, expected, b"b", 40)
-            _fence(client, c, expected, b"1")
-            targets = _commit_targets(c, [1, 2])
-
-            since = len(c.log(3))
-            c.start(3, ["--rebuild"])
-            text = _wait_event(c, 3, "rebuild_complete", since=since)
-            _assert_rebuild_sequence(text, c.partitions)
-            _assert_commit_reached(c, 3, targets)
-            _wait_marker_gone(c, 3)
-            _wait_applied(c, 3, targets)  # applying may trail the commit index a moment
-            _assert_serves(c, 3, expected)
-
-            # A full member again: new writes commit, and node 3 campaigns
-            # (it takes over a partition when asked) and serves as its leader.
-            c.wait_ready()
-            _fence(client, c, expected, b"2")
-            _lead(c, client, 0, 3)
-            key = _key_in(0, c.partitions, b"after")
-            client.put(key, b"led-by-3")
-            expected[key] = {b"led-by-3"}
-            assert client.get(key) == b"led-by-3"
-            _wait_applied(c, 3, _commit_targets(c, [1, 2]))
-            _assert_serves(c, 3, expected)
+            _populate(client, c, expected, prefix, n)
+            yield c, client, expected
     finally:
         c.close()
 
 
-def test_rebuild_refuses_a_data_dir_that_has_data(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path, 3)
-    try:
-        c.start_all()
+# --- tests -----------------------------------------------------------------------------
+
+
+def test_rebuilt_node_gets_every_acknowledged_write_back(tmp_path: Path) -> None:
+    with _cluster_with_data(tmp_path, b"a", 300, partitions=4) as (c, client, expected):
+        c.kill(3)
+        _lose_disk(c, 3)
+        # Writes node 3 never saw, then the fence (module docstring).
+        _populate(client, c, expected, b"b", 40)
+        _fence(client, c, expected, b"1")
+        targets = _commit_targets(c, [1, 2])
+
+        since = len(c.log(3))
+        c.start(3, ["--rebuild"])
+        text = _wait_event(c, 3, "rebuild_complete", since=since)
+        _assert_rebuild_sequence(text, c.partitions)
+        _assert_commit_reached(c, 3, targets)
+        _wait_marker_gone(c, 3)
+        _wait_applied(c, 3, targets)  # applying may trail the commit index a moment
+        _assert_serves(c, 3, expected)
+
+        # A full member again: new writes commit, and node 3 campaigns
+        # (it takes over a partition when asked) and serves as its leader.
         c.wait_ready()
-        expected: Expected = {}
-        with _client(c) as client:
-            _populate(client, c, expected, b"k", 40)
+        _fence(client, c, expected, b"2")
+        _lead(c, client, 0, 3)
+        key = _key_in(0, c.partitions, b"after")
+        client.put(key, b"led-by-3")
+        expected[key] = {b"led-by-3"}
+        assert client.get(key) == b"led-by-3"
+        _wait_applied(c, 3, _commit_targets(c, [1, 2]))
+        _assert_serves(c, 3, expected)
+
+
+def test_rebuild_refuses_a_data_dir_that_has_data(tmp_path: Path) -> None:
+    with _cluster_with_data(tmp_path, b"k", 40) as (c, _, expected):
         assert c.terminate(3) == 0
         data = c.root / "data3"
         assert any(data.glob("wal/*.wal")), f"no WAL in {data}: {sorted(data.rglob('*'))}"
@@ -372,18 +376,10 @@ def test_rebuild_refuses_a_data_dir_that_has_data(tmp_path: Path) -> None:
         c.wait_ready()
         _wait_applied(c, 3, _commit_targets(c, [1, 2]))
         _assert_serves(c, 3, expected)
-    finally:
-        c.close()
 
 
 def test_rebuild_waits_for_every_peer(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path, 3)
-    try:
-        c.start_all()
-        c.wait_ready()
-        expected: Expected = {}
-        with _client(c) as client:
-            _populate(client, c, expected, b"w", 120)
+    with _cluster_with_data(tmp_path, b"w", 120) as (c, _, expected):
         assert c.terminate(2) == 0
         assert c.terminate(3) == 0
         _lose_disk(c, 3)
@@ -428,47 +424,38 @@ def test_rebuild_waits_for_every_peer(tmp_path: Path) -> None:
             _fence(client, c, expected, b"1")
         _wait_applied(c, 3, _commit_targets(c, [1, 2]))
         _assert_serves(c, 3, expected)
-    finally:
-        c.close()
 
 
 def test_wiped_node_without_flag_is_detected(tmp_path: Path) -> None:
     # Unlike the first test, node 3 can only catch up from snapshots here: both
     # peers snapshot (and compact their logs) while it is gone.
-    c = LocalCluster(tmp_path, 3, snapshot_entries=100)
-    try:
-        c.start_all()
-        c.wait_ready()
-        expected: Expected = {}
-        with _client(c) as client:
-            _populate(client, c, expected, b"d", 300)
-            c.kill(3)
-            _lose_disk(c, 3)
-            _fence(client, c, expected, b"1")
-            for node in (1, 2):
-                client.snapshot(node_id=node)
-            targets = _commit_targets(c, [1, 2])
+    with _cluster_with_data(tmp_path, b"d", 300, snapshot_entries=100) as (
+            c, client, expected):
+        c.kill(3)
+        _lose_disk(c, 3)
+        _fence(client, c, expected, b"1")
+        for node in (1, 2):
+            client.snapshot(node_id=node)
+        targets = _commit_targets(c, [1, 2])
 
-            since = len(c.log(3))
-            c.start(3)  # no --rebuild: an operator who forgot it
-            text = _wait_event(c, 3, "rebuild_detected", since=since)
-            text = _wait_event(c, 3, "rebuild_complete", since=since)
-            detected = text.find(_lines(text, "rebuild_detected")[0])
-            prepared = text.find(_lines(text, "rebuild_prepared")[0]) if _lines(
-                text, "rebuild_prepared") else -1
-            assert 0 <= detected < prepared, (
-                f"expected rebuild_detected, then rebuild_prepared:\n{text[-3000:]}")
-            _assert_rebuild_sequence(text, c.partitions)
-            assert _lines(text, "installed_snapshot"), (
-                f"node 3 caught up without a snapshot although its peers compacted:\n"
-                f"{text[-3000:]}")
-            _assert_commit_reached(c, 3, targets)
-            _wait_marker_gone(c, 3)
-            _wait_applied(c, 3, targets)
-            _assert_serves(c, 3, expected)
-            c.wait_ready()
-            _fence(client, c, expected, b"2")
-            _wait_applied(c, 3, _commit_targets(c, [1, 2]))
-            _assert_serves(c, 3, expected)
-    finally:
-        c.close()
+        since = len(c.log(3))
+        c.start(3)  # no --rebuild: an operator who forgot it
+        text = _wait_event(c, 3, "rebuild_detected", since=since)
+        text = _wait_event(c, 3, "rebuild_complete", since=since)
+        detected = text.find(_lines(text, "rebuild_detected")[0])
+        prepared = text.find(_lines(text, "rebuild_prepared")[0]) if _lines(
+            text, "rebuild_prepared") else -1
+        assert 0 <= detected < prepared, (
+            f"expected rebuild_detected, then rebuild_prepared:\n{text[-3000:]}")
+        _assert_rebuild_sequence(text, c.partitions)
+        assert _lines(text, "installed_snapshot"), (
+            f"node 3 caught up without a snapshot although its peers compacted:\n"
+            f"{text[-3000:]}")
+        _assert_commit_reached(c, 3, targets)
+        _wait_marker_gone(c, 3)
+        _wait_applied(c, 3, targets)
+        _assert_serves(c, 3, expected)
+        c.wait_ready()
+        _fence(client, c, expected, b"2")
+        _wait_applied(c, 3, _commit_targets(c, [1, 2]))
+        _assert_serves(c, 3, expected)

@@ -5,11 +5,24 @@ On pytest-trio's `autojump_clock`, so deadlines are exact and instant.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 import trio
 import trio.testing
 
 from prkdb.server.inbox import Inbox
+
+
+@contextlib.asynccontextmanager
+async def _timed(box: Inbox) -> AsyncIterator[trio.Nursery]:
+    """`box` with its timer task and a watchdog running; both stop on the way out."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run_timer)
+        nursery.start_soon(_watchdog)
+        yield nursery
+        nursery.cancel_scope.cancel()
 
 
 async def _watchdog() -> None:
@@ -36,9 +49,7 @@ def test_items_come_out_in_order_and_the_bound_holds() -> None:
 
 async def test_wait_ends_at_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
     box = Inbox(10)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(box.run_timer)
-        nursery.start_soon(_watchdog)
+    async with _timed(box):
         t0 = trio.current_time()
         await box.wait(t0 + 5)
         assert trio.current_time() == pytest.approx(t0 + 5)
@@ -48,7 +59,6 @@ async def test_wait_ends_at_the_deadline(autojump_clock: trio.testing.MockClock)
         box.send_nowait("x")
         await box.wait(t0 + 100)
         assert trio.current_time() == pytest.approx(t0 + 5)
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_item_wakes_the_wait_and_the_next_deadline_is_its_own(
@@ -56,9 +66,7 @@ async def test_an_item_wakes_the_wait_and_the_next_deadline_is_its_own(
 ) -> None:
     box = Inbox(10)
     woke: list[float] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(box.run_timer)
-        nursery.start_soon(_watchdog)
+    async with _timed(box) as nursery:
         t0 = trio.current_time()
 
         async def producer() -> None:
@@ -79,7 +87,6 @@ async def test_an_item_wakes_the_wait_and_the_next_deadline_is_its_own(
         # An earlier deadline than the one still armed (20): honoured.
         await box.wait(t0 + 12)
         woke.append(trio.current_time() - t0)
-        nursery.cancel_scope.cancel()
     assert woke == pytest.approx([1, 8, 9, 12])
 
 
@@ -87,9 +94,7 @@ async def test_a_deadline_that_fires_while_nobody_waits_is_harmless(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = Inbox(10)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(box.run_timer)
-        nursery.start_soon(_watchdog)
+    async with _timed(box):
         t0 = trio.current_time()
         await box.wait(t0 + 1)
         box.send_nowait("busy")
@@ -98,19 +103,15 @@ async def test_a_deadline_that_fires_while_nobody_waits_is_harmless(
         box.receive_nowait()
         await box.wait(t0 + 10)
         assert trio.current_time() == pytest.approx(t0 + 10)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_cancelled_wait_leaves_the_inbox_usable(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     box = Inbox(10)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(box.run_timer)
-        nursery.start_soon(_watchdog)
+    async with _timed(box):
         with trio.move_on_after(1):
             await box.wait(trio.current_time() + 100)
         box.send_nowait("after")  # must not try to wake the cancelled wait
         await box.wait(trio.current_time() + 100)
         assert box.receive_nowait() == "after"
-        nursery.cancel_scope.cancel()
