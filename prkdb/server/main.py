@@ -105,6 +105,7 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     from prkdb.server.rebuild import RebuildError
     from prkdb.server.recovery import RecoveryError
     from prkdb.storage import StorageError
+    from prkdb.storage.identity import IdentityMismatch
 
     configure_logging(cfg.log_format, cfg.log_level)
     # The server allocates many short-lived objects per request and few
@@ -114,6 +115,11 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     gc.set_threshold(50_000, 20, 100)
     try:
         trio.run(Node(cfg, rebuild=rebuild).run)
+    except* IdentityMismatch as eg:
+        # The configuration does not fit the data dir: a usage error (exit 2).
+        for e in eg.exceptions:
+            click.echo(f"prkdb: node {cfg.node_id} refused to start: {e}", err=True)
+        sys.exit(2)
     except* (FatalStorageError, StorageError, RecoveryError, RebuildError, OSError) as eg:
         for e in eg.exceptions:
             click.echo(f"prkdb: node {cfg.node_id} stopped: {e}", err=True)

@@ -32,10 +32,12 @@ from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.layout import check_peer_layouts
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
-from prkdb.server.rebuild import RebuildTracker
+from prkdb.server.datadir import ensure_identity, open_storage
+from prkdb.server.rebuild import RebuildTracker, data_dir_is_empty
 from prkdb.server.rebuild import prepare as prepare_rebuild
 from prkdb.server.transport import PeerTransport
-from prkdb.storage import SnapshotStore, WriteAheadLog
+from prkdb.storage import WriteAheadLog
+from prkdb.storage.identity import DataDirIdentity
 
 __all__ = ["FatalStorageError", "Node"]
 
@@ -54,14 +56,9 @@ class Node:
         self.client_port = 0
         self.peer_port = 0
 
-    def _open_storage(self) -> None:
+    def _open_storage(self, identity: DataDirIdentity) -> None:
         cfg = self.cfg
-        data = cfg.data_dir
-        data.mkdir(parents=True, exist_ok=True)
-        self.wal = WriteAheadLog.open(
-            data / "wal", segment_size=cfg.storage.segment_size, logger=self.log
-        )
-        self.snapshots = SnapshotStore(data / "snapshots", logger=self.log)
+        self.wal, self.snapshots = open_storage(cfg, identity, self.log)
         self.committer = GroupCommitter(self.wal, fsync=not cfg.storage.unsafe_no_fsync,
                                         in_thread=cfg.storage.sync_thread)
         if cfg.storage.unsafe_no_fsync:
@@ -77,13 +74,17 @@ class Node:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
-        # Before the WAL exists: a node that lost its data must learn from its
-        # peers what it may have promised, and must not vote until it has
-        # its log back (rebuild.py).
-        targets = await prepare_rebuild(cfg, self.log, requested=self.rebuild_requested)
+        # Whose dir is this? Checked before anything is written into it.
+        empty = data_dir_is_empty(cfg.data_dir)
+        identity = ensure_identity(cfg, self.log)
+        # Before the WAL is opened: a node that lost its data must learn from
+        # its peers what it may have promised, and must not vote until it
+        # has its log back (rebuild.py).
+        targets = await prepare_rebuild(cfg, self.log, requested=self.rebuild_requested,
+                                        empty=empty, identity=identity)
         tracker = RebuildTracker(cfg.data_dir, cfg.node_id, targets, self.log) if targets \
             else None
-        self._open_storage()
+        self._open_storage(identity)
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down)

@@ -77,6 +77,7 @@ from prkdb.server import systemd
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.layout import ask_peers
 from prkdb.storage import WriteAheadLog
+from prkdb.storage.identity import DataDirIdentity
 from prkdb.storage.segment import fsync_dir
 from prkdb.wire import from_wire
 from prkdb.wire.messages import (
@@ -276,11 +277,12 @@ def floors_and_targets(cfg: NodeConfig, answers: dict[int, StatusOk]
 # -- the start-up step ---------------------------------------------------------
 
 
-async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
-                  ) -> dict[int, Target] | None:
+async def prepare(cfg: NodeConfig, log: Any, *, requested: bool, empty: bool,
+                  identity: DataDirIdentity) -> dict[int, Target] | None:
     """Run before the node opens its WAL: the targets if rebuilding, else None.
 
     `requested`: started with --rebuild (the caller checked the dir was empty).
+    `empty`: the data dir held nothing before this start wrote its identity.
     """
     data_dir = cfg.data_dir
     marker = Marker.load(data_dir)
@@ -295,7 +297,7 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
                 raise RebuildError("a one-node cluster has no peer to rebuild from")
             return None
         if not requested:
-            if not data_dir_is_empty(data_dir):
+            if not empty:
                 return None
             # A peer whose layout differs is not counted: layout.py quarantines it.
             survey = await ask_peers(cfg, others, DETECT_TIMEOUT_S)
@@ -323,7 +325,7 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
         if failed:
             raise failed[0]
         floors, targets = floors_and_targets(cfg, answers)
-        _store_floors(cfg, floors)
+        _store_floors(cfg, floors, identity)
         # A partition that never had a term has nothing to recover.
         marker.targets = {p: t for p, t in targets.items() if t.floor > 0}
         marker.save(data_dir)
@@ -336,9 +338,10 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool
     return dict(marker.targets)
 
 
-def _store_floors(cfg: NodeConfig, floors: dict[int, int]) -> None:
+def _store_floors(cfg: NodeConfig, floors: dict[int, int], identity: DataDirIdentity) -> None:
     """Per partition: hard state (floor, self, 0) unless a higher term is stored."""
-    wal = WriteAheadLog.open(cfg.data_dir / "wal", segment_size=cfg.storage.segment_size)
+    wal = WriteAheadLog.open(cfg.data_dir / "wal", segment_size=cfg.storage.segment_size,
+                             data_dir_id=identity.dir_id_bytes)
     try:
         recovered = wal.recovered()
         for p, floor in floors.items():

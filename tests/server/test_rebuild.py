@@ -28,6 +28,7 @@ from prkdb.server.rebuild import (
     floors_and_targets,
 )
 from prkdb.storage import WriteAheadLog
+from prkdb.storage.identity import DataDirIdentity
 from prkdb.wire import from_wire
 from prkdb.wire.messages import HelloOk, NodeInfo, PartitionStatus, ReplicaProgress, StatusOk
 from tests.integration.cluster import free_ports
@@ -49,6 +50,10 @@ class _Log:
 
     def names(self) -> list[str]:
         return [e for e, _ in self.events]
+
+
+def _identity(cfg: NodeConfig) -> DataDirIdentity:
+    return DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions)
 
 
 def _cfg(tmp_path: Path, n: int = 3, partitions: int = 2) -> NodeConfig:
@@ -153,7 +158,8 @@ async def test_rebuild_waits_for_every_peer_then_stores_floors(
                    for n in notes)
 
     async def run_prepare() -> None:
-        result["targets"] = await rebuild.prepare(cfg, log, requested=True)
+        result["targets"] = await rebuild.prepare(cfg, log, requested=True, empty=True,
+                                                     identity=_identity(cfg))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_fake_peer, cfg, 2, _status(2, [(3, 10), (2, 0)]))
@@ -189,7 +195,8 @@ async def test_an_empty_node_of_a_cluster_with_state_detects_the_rebuild(tmp_pat
         await nursery.start(_fake_peer, cfg, 2, _status(2, [(2, 4), (2, 4)]))
         await nursery.start(_fake_peer, cfg, 3, _status(3, [(2, 4), (2, 3)]))
         with trio.fail_after(10):
-            targets = await rebuild.prepare(cfg, log, requested=False)
+            targets = await rebuild.prepare(cfg, log, requested=False, empty=True,
+                                          identity=_identity(cfg))
         nursery.cancel_scope.cancel()
     assert "rebuild_detected" in log.names()
     assert targets == {0: Target(4, 0, 2), 1: Target(4, 0, 2)}
@@ -202,7 +209,8 @@ async def test_a_new_cluster_starts_normally(tmp_path: Path) -> None:
         # One peer is up but empty (term 0), the other not listening yet.
         await nursery.start(_fake_peer, cfg, 2, _status(2, [(0, 0), (0, 0)]))
         with trio.fail_after(10):
-            assert await rebuild.prepare(cfg, log, requested=False) is None
+            assert await rebuild.prepare(cfg, log, requested=False, empty=True,
+                                          identity=_identity(cfg)) is None
         nursery.cancel_scope.cancel()
     assert log.names() == []
     assert not (cfg.data_dir / MARKER).exists()
@@ -214,18 +222,21 @@ async def test_peers_of_another_cluster_or_layout_stop_the_rebuild(tmp_path: Pat
         await nursery.start(_fake_peer, cfg, 2, _status(2, [(1, 1)]))  # one partition, not 2
         await nursery.start(_fake_peer, cfg, 3, _status(3, [(1, 1), (1, 1)]))
         with trio.fail_after(10), pytest.raises(RebuildError, match="configs disagree"):
-            await rebuild.prepare(cfg, _Log(), requested=True)
+            await rebuild.prepare(cfg, _Log(), requested=True, empty=True,
+                              identity=_identity(cfg))
         nursery.cancel_scope.cancel()
 
 
 async def test_one_node_cluster_cannot_rebuild_and_marker_must_be_ours(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, n=1)
     with pytest.raises(RebuildError, match="no peer"):
-        await rebuild.prepare(cfg, _Log(), requested=True)
+        await rebuild.prepare(cfg, _Log(), requested=True, empty=True,
+                              identity=_identity(cfg))
     cfg3 = _cfg(tmp_path)
     Marker(2, None).save(cfg3.data_dir)
     with pytest.raises(RebuildError, match="belongs to node 2"):
-        await rebuild.prepare(cfg3, _Log(), requested=False)
+        await rebuild.prepare(cfg3, _Log(), requested=False, empty=True,
+                              identity=_identity(cfg3))
 
 
 def test_tracker_forgets_partitions_then_deletes_the_marker(tmp_path: Path) -> None:
@@ -266,7 +277,8 @@ async def test_two_nodes_rebuilding_at_once_answer_each_other(tmp_path: Path) ->
     results: dict[int, dict | None] = {}
 
     async def rebuild_node(cfg: NodeConfig) -> None:
-        results[cfg.node_id] = await rebuild.prepare(cfg, _Log(), requested=True)
+        results[cfg.node_id] = await rebuild.prepare(cfg, _Log(), requested=True, empty=True,
+                              identity=_identity(cfg))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_fake_peer, cfg1, 3, _status(3, [(5, 20), (5, 30)]))

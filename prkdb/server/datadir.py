@@ -1,0 +1,81 @@
+"""Opening a node's data dir: check whose it is, then open the WAL and snapshots.
+
+One place does this, in this order, for `prkdb serve` (node.py), for the
+rebuild's survey step and for the tests that check what a node would do
+with a damaged dir:
+
+1. `ensure_identity`: read IDENTITY and compare it with the configuration
+   (a mismatch refuses to start); on a first start write it.
+2. `open_storage`: replay the WAL (segments must carry this dir's id), and
+   check that it holds no partition the configuration does not have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prkdb import __version__
+from prkdb.config import NodeConfig
+from prkdb.storage import SnapshotStore, WriteAheadLog
+from prkdb.storage.identity import (
+    IDENTITY_FILE,
+    DataDirIdentity,
+    IdentityMismatch,
+    read_identity,
+    write_identity,
+)
+from prkdb.storage.recovery import list_segments
+
+WAL_DIR = "wal"
+SNAPSHOT_DIR = "snapshots"
+
+
+def ensure_identity(cfg: NodeConfig, log: Any) -> DataDirIdentity:
+    """The data dir's identity, checked against `cfg`; written on a first start.
+
+    A dir that already holds a WAL but no IDENTITY was written by a prkdb
+    from before identities existed: it is adopted (identity written from the
+    configuration, logged as a warning); its WAL is still checked for
+    partitions beyond the configured count when it is opened.
+
+    Raises:
+        IdentityMismatch: cluster id, node id or partition count differ.
+        IdentityError: the IDENTITY file is damaged or from a newer format.
+    """
+    path = cfg.data_dir / IDENTITY_FILE
+    ident = read_identity(cfg.data_dir)
+    if ident is not None:
+        ident.check(path, cfg.cluster_id, cfg.node_id, cfg.partitions)
+        return ident
+    wal_dir = cfg.data_dir / WAL_DIR
+    legacy = wal_dir.is_dir() and bool(list_segments(wal_dir))
+    ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__)
+    write_identity(cfg.data_dir, ident)
+    if legacy:
+        log.warning("data_dir_identity_adopted", file=str(path), cluster_id=cfg.cluster_id,
+                    node_id=cfg.node_id, partitions=cfg.partitions,
+                    detail="a data dir from before identities: now bound to this "
+                           "configuration")
+    else:
+        log.info("data_dir_identity_created", file=str(path), data_dir_id=ident.data_dir_id)
+    return ident
+
+
+def open_storage(cfg: NodeConfig, ident: DataDirIdentity, log: Any
+                 ) -> tuple[WriteAheadLog, SnapshotStore]:
+    """Replay the WAL and open the snapshot store of a checked data dir.
+
+    Raises:
+        WalCorruptionError: damage that is not a provable torn tail.
+        IdentityMismatch: the WAL holds partitions the configuration lacks.
+    """
+    wal = WriteAheadLog.open(cfg.data_dir / WAL_DIR, segment_size=cfg.storage.segment_size,
+                             data_dir_id=ident.dir_id_bytes, logger=log)
+    extra = sorted(p for p in wal.recovered() if p >= cfg.partitions)
+    if extra:
+        wal.close()
+        raise IdentityMismatch(cfg.data_dir / IDENTITY_FILE, [
+            ("cluster.partitions", f"at least {extra[-1] + 1} (the WAL holds partition "
+                                   f"{extra[-1]})", cfg.partitions)])
+    snapshots = SnapshotStore(cfg.data_dir / SNAPSHOT_DIR, logger=log)
+    return wal, snapshots
