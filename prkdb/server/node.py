@@ -27,13 +27,13 @@ from prkdb.logging import get_logger
 from prkdb.raft import Message
 from prkdb.server import systemd
 from prkdb.server.client_service import ClientService
+from prkdb.server.datadir import ensure_identity, open_storage
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.layout import check_peer_layouts
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
-from prkdb.server.datadir import ensure_identity, open_storage
-from prkdb.server.rebuild import RebuildTracker, data_dir_is_empty
+from prkdb.server.rebuild import RebuildTracker, data_dir_is_empty, log_lost
 from prkdb.server.rebuild import prepare as prepare_rebuild
 from prkdb.server.transport import PeerTransport
 from prkdb.storage import WriteAheadLog
@@ -42,6 +42,8 @@ from prkdb.storage.identity import DataDirIdentity
 __all__ = ["FatalStorageError", "Node"]
 
 SHUTDOWN_HANDOFF_S = 4.0
+# How often an idle node makes its last sync mark durable (prkdb/storage/wal.py).
+MARK_SYNC_S = 0.2
 
 
 class Node:
@@ -80,8 +82,14 @@ class Node:
         # Before the WAL is opened: a node that lost its data must learn from
         # its peers what it may have promised, and must not vote until it
         # has its log back (rebuild.py).
-        targets = await prepare_rebuild(cfg, self.log, requested=self.rebuild_requested,
-                                        empty=empty, identity=identity)
+        rebuild = self.rebuild_requested
+        if not rebuild and log_lost(cfg.data_dir):
+            self.log.error("wal_missing", data_dir=str(cfg.data_dir),
+                           detail="this node's WAL (its votes and acknowledged entries) is "
+                                  "gone: rebuilding from the other nodes before it votes")
+            rebuild = True
+        targets = await prepare_rebuild(cfg, self.log, requested=rebuild, empty=empty,
+                                        identity=identity)
         tracker = RebuildTracker(cfg.data_dir, cfg.node_id, targets, self.log) if targets \
             else None
         self._open_storage(identity)
@@ -114,6 +122,7 @@ class Node:
                                    client_listeners)
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(check_peer_layouts, cfg, self.transport, self.log)
+                nursery.start_soon(self._sync_marks)
                 interval = systemd.watchdog_interval()
                 if interval:
                     nursery.start_soon(self._watchdog, interval)
@@ -152,6 +161,20 @@ class Node:
             await self.raft_loop.inbox.send((d, "fence", (node_id, one_done)))
         await all_done.wait()
         self.log.info("fenced_peer", node=node_id)
+
+    async def _sync_marks(self) -> None:
+        """Make the WAL's last sync mark durable once the writes pause.
+
+        Each sync leaves a mark saying how far the WAL is durable, and the
+        next sync makes it durable; after the last write of a burst there is
+        no next sync, so the acknowledged batch before it would otherwise
+        stay unprovable after a power loss (docs/storage.md).
+        """
+        assert self.wal is not None
+        while True:
+            await trio.sleep(MARK_SYNC_S)
+            if self.wal.needs_sync():
+                await self.committer.sync()
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -77,7 +77,8 @@ from prkdb.server import systemd
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.layout import ask_peers
 from prkdb.storage import WriteAheadLog
-from prkdb.storage.identity import DataDirIdentity
+from prkdb.storage.identity import IDENTITY_FILE, DataDirIdentity
+from prkdb.storage.recovery import list_segments
 from prkdb.storage.segment import fsync_dir
 from prkdb.wire import from_wire
 from prkdb.wire.messages import (
@@ -105,8 +106,24 @@ class RebuildError(Exception):
 
 
 def data_dir_is_empty(data_dir: Path) -> bool:
-    """No files at all (a missing dir counts): nothing of a previous life to lose."""
-    return not data_dir.exists() or not any(data_dir.iterdir())
+    """Nothing of a previous life to lose: no files (a missing dir counts) but the identity."""
+    return not data_dir.exists() or all(p.name in _NOT_STATE for p in data_dir.iterdir())
+
+
+_NOT_STATE = {IDENTITY_FILE, IDENTITY_FILE + ".tmp"}
+
+
+def log_lost(data_dir: Path) -> bool:
+    """A used data dir (not empty) without a WAL: its votes and acked entries are gone.
+
+    Such a node must not start as a normal voter: it rebuilds (module doc),
+    as after `--rebuild`. An unfinished rebuild (marker present) is not
+    "lost": `prepare` resumes it.
+    """
+    if data_dir_is_empty(data_dir) or (data_dir / MARKER).exists():
+        return False
+    wal = data_dir / "wal"
+    return not wal.is_dir() or not list_segments(wal)
 
 
 class Target(NamedTuple):

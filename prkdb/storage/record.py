@@ -6,14 +6,21 @@ A segment file is a 32-byte header followed by records packed back to back
 (no alignment padding) and then zeros up to the preallocated size. All
 integers are little-endian.
 
-Segment header (32 bytes)::
+Segment header, version 2 (64 bytes; version 1, 32 bytes, is still read)::
 
     0  8s  magic  b"PRKDBWAL"
-    8  u32 version (1)
+    8  u32 version (2)
     12 u32 reserved (0)
     16 u64 sequence number (also the file name, hex)
-    24 u32 reserved (0)
-    28 u32 crc32 of bytes 0..28
+    24 u64 size of the file in bytes, as preallocated (a shorter or longer
+           file was truncated or extended behind our back)
+    32 16s data dir id (identity.py): a segment copied from another data dir
+           or node is recognised
+    48 12x reserved (0)
+    60 u32 crc32 of bytes 0..60
+
+Version 1 headers (data dirs from before identities) have no size and no
+data dir id: magic, version, u32 0, u64 seq, u32 0, u32 crc32 of 0..28.
 
 Record (16-byte header + payload)::
 
@@ -40,6 +47,13 @@ detected. Payloads by kind:
   <= index are kept only as history for an older-snapshot fallback.
 - SEAL: empty; the last record of every segment but the newest. A non-last
   segment without a seal lost its tail, which is corruption, not a torn write.
+  A seal is written only once the next segment exists on disk, so a newest
+  segment that is sealed lost its successor.
+- SYNC_MARK (partition field 0xFFFFFFFF): ``u64 seq, u64 synced_end``:
+  written right after an fdatasync of this segment returned, it says that
+  bytes [0, synced_end) of segment ``seq`` are durable. A bad record below
+  the highest such claim (read before it, or found by scanning past it) was
+  acknowledged, so it is corruption and never a torn tail.
 """
 
 from __future__ import annotations
@@ -47,15 +61,20 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prkdb.raft.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
 
 MAGIC = b"PRKDBWAL"
-VERSION = 1
+VERSION = 2
+VERSION_1 = 1
 
-SEGMENT_HEADER = struct.Struct("<8sIIQII")
-SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 32
+SEGMENT_HEADER_V1 = struct.Struct("<8sIIQII")
+SEGMENT_HEADER_V1_SIZE = SEGMENT_HEADER_V1.size  # 32
+SEGMENT_HEADER = struct.Struct("<8sIIQQ16s12xI")
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 64
+NO_DIR_ID = bytes(16)
 
 RECORD_HEADER = struct.Struct("<IIIBBH")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
@@ -71,6 +90,9 @@ FLAG_RESTORE = 0x01
 
 MAX_RECORD_PAYLOAD = 0xFFFF_FFFF
 
+MARK_PARTITION = 0xFFFF_FFFF
+SYNC_MARK = struct.Struct("<QQ")
+
 
 class RecordKind(enum.IntEnum):
     """What a record holds. 0 is reserved: a zeroed header means end of data."""
@@ -79,25 +101,55 @@ class RecordKind(enum.IntEnum):
     HARD_STATE = 2
     SNAPSHOT_MARKER = 3
     SEAL = 4
+    SYNC_MARK = 5
 
 
 ENTRY_KINDS: tuple[EntryKind, ...] = tuple(EntryKind)
 """EntryKind by value, a tuple lookup is cheaper than the enum call at replay."""
 
 
-def encode_segment_header(seq: int) -> bytes:
-    head = SEGMENT_HEADER.pack(MAGIC, VERSION, 0, seq, 0, 0)[:28]
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """A decoded segment header; `size` and `dir_id` are None for version 1."""
+
+    version: int
+    seq: int
+    size: int | None
+    dir_id: bytes | None
+
+    @property
+    def length(self) -> int:
+        """Bytes the header occupies (records start here)."""
+        return SEGMENT_HEADER_SIZE if self.version == VERSION else SEGMENT_HEADER_V1_SIZE
+
+
+def encode_segment_header(seq: int, size: int, dir_id: bytes = NO_DIR_ID) -> bytes:
+    head = SEGMENT_HEADER.pack(MAGIC, VERSION, 0, seq, size, dir_id, 0)[:60]
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def decode_segment_header(buf: bytes | memoryview) -> int | None:
-    """Return the sequence number, or None if the header is not valid."""
-    if len(buf) < SEGMENT_HEADER_SIZE:
+def encode_segment_header_v1(seq: int) -> bytes:
+    """A version 1 header (for tests of reading old data dirs)."""
+    head = SEGMENT_HEADER_V1.pack(MAGIC, VERSION_1, 0, seq, 0, 0)[:28]
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+def decode_segment_header(buf: bytes | memoryview) -> SegmentHeader | None:
+    """The header at the start of `buf`, or None if it is not a valid one."""
+    if len(buf) < SEGMENT_HEADER_V1_SIZE or bytes(buf[:8]) != MAGIC:
         return None
-    magic, version, _, seq, _, crc = SEGMENT_HEADER.unpack_from(buf, 0)
-    if magic != MAGIC or version != VERSION or zlib.crc32(bytes(buf[:28])) != crc:
+    (version,) = struct.unpack_from("<I", buf, 8)
+    if version == VERSION_1:
+        _, _, _, seq, _, crc = SEGMENT_HEADER_V1.unpack_from(buf, 0)
+        if zlib.crc32(bytes(buf[:28])) != crc:
+            return None
+        return SegmentHeader(VERSION_1, int(seq), None, None)
+    if version != VERSION or len(buf) < SEGMENT_HEADER_SIZE:
         return None
-    return int(seq)
+    _, _, reserved, seq, size, dir_id, crc = SEGMENT_HEADER.unpack_from(buf, 0)
+    if zlib.crc32(bytes(buf[:60])) != crc or reserved != 0 or any(buf[48:60]):
+        return None
+    return SegmentHeader(VERSION, int(seq), int(size), bytes(dir_id))
 
 
 def frame(partition: int, kind: RecordKind, payload: bytes, flags: int = 0) -> bytes:
@@ -133,6 +185,42 @@ def encode_marker(partition: int, meta: SnapshotMeta, last_index: int, restore: 
 
 def encode_seal() -> bytes:
     return frame(0, RecordKind.SEAL, b"")
+
+
+def encode_sync_mark(seq: int, synced_end: int) -> bytes:
+    return frame(MARK_PARTITION, RecordKind.SYNC_MARK, SYNC_MARK.pack(seq, synced_end))
+
+
+SYNC_MARK_SIZE = RECORD_HEADER_SIZE + SYNC_MARK.size
+# Bytes 8..16 of every SYNC_MARK record (partition, kind, flags, reserved):
+# what a scan past a bad record looks for.
+SYNC_MARK_SIGNATURE = _CRC_HEAD.pack(MARK_PARTITION, RecordKind.SYNC_MARK, 0, 0)
+
+
+def decode_sync_mark(buf: bytes | memoryview, start: int) -> tuple[int, int]:
+    """(seq, synced_end) of a SYNC_MARK payload."""
+    seq, end = SYNC_MARK.unpack_from(buf, start)
+    return int(seq), int(end)
+
+
+def find_sync_marks(buf: bytes, start: int, seq: int) -> Iterator[tuple[int, int]]:
+    """(offset, synced_end) of every CRC-valid SYNC_MARK of segment `seq` at or after `start`.
+
+    Used only after a bad record: the bytes there cannot be parsed in order,
+    so this looks for the marks' fixed signature and checks each candidate's
+    length and CRC (a false match needs a 32-bit CRC collision as well).
+    """
+    pos = buf.find(SYNC_MARK_SIGNATURE, start + 8)
+    while pos != -1:
+        off = pos - 8
+        length, crc = struct.unpack_from("<II", buf, off)
+        pend = pos + 8 + SYNC_MARK.size
+        if length == SYNC_MARK.size and pend <= len(buf) and zlib.crc32(
+                buf[pos + 8:pend], zlib.crc32(buf[pos:pos + 8])) == crc:
+            mseq, end = SYNC_MARK.unpack_from(buf, pos + 8)
+            if mseq == seq and end <= off:
+                yield off, int(end)
+        pos = buf.find(SYNC_MARK_SIGNATURE, pos + 1)
 
 
 def decode_entries(buf: bytes | memoryview, start: int, end: int) -> list[Entry]:

@@ -50,6 +50,7 @@ from prkdb.storage.segment import TMP_SUFFIX, parse_segment_name
 
 _ZERO_HEADER = bytes(rec.RECORD_HEADER_SIZE)
 _KINDS = {k.value: k for k in RecordKind}
+_SEGMENT_KINDS = (RecordKind.SEAL, RecordKind.SYNC_MARK)  # not of one partition
 
 
 @dataclass
@@ -190,6 +191,12 @@ class SegmentScan:
     sealed: bool = False
     problem: tuple[int, str] | None = None  # (offset, reason)
     max_index: dict[int, int] = field(default_factory=dict)
+    header: rec.SegmentHeader | None = None
+    # Highest synced end claimed by a SYNC_MARK of this segment: read in
+    # order before the stop, or found by scanning past a bad record. Bytes
+    # below it were durable, so damage there is never a torn write.
+    claim: int = 0
+    claim_at: int = 0  # offset of the mark that made the claim
 
 
 def list_segments(directory: Path) -> list[tuple[int, Path]]:
@@ -203,42 +210,58 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def read_segment(path: Path, seq: int, replayer: Replayer | None, visit: Any = None) -> SegmentScan:
+def read_segment(path: Path, seq: int, replayer: Replayer | None, visit: Any = None,
+                 dir_id: bytes | None = None) -> SegmentScan:
     """Read one segment, feeding good records to `replayer` (and `visit`).
 
     `visit(offset, kind, partition, value)` receives decoded values; it is how
     `dump` sees records. Reading stops at the first bad record, recorded in
-    `scan.problem`.
+    `scan.problem`. `dir_id`: the data dir's id; a version-2 segment carrying
+    another one is refused (copied from another data dir or node).
     """
-    size = os.path.getsize(path)
-    scan = SegmentScan(path, seq, size)
-    if size < rec.SEGMENT_HEADER_SIZE:
-        scan.problem = (0, f"file of {size} bytes is shorter than a segment header")
-        return scan
+    scan = SegmentScan(path, seq, 0)
     # read(), not mmap: a page fault on a hole of a sparse file on a full
     # tmpfs is SIGBUS (the process dies unexplained); read() just gets zeros.
     with open(path, "rb") as f:
         data = f.read()
     scan.size = size = len(data)
-    if size < rec.SEGMENT_HEADER_SIZE:
-        scan.problem = (0, f"file of {size} bytes is shorter than a segment header")
+    header = rec.decode_segment_header(data)
+    if header is None:
+        scan.problem = (0, f"bad segment header (magic, version or crc; file of {size} bytes)")
         return scan
-    _read_records(memoryview(data), scan, replayer, visit)
+    scan.header = header
+    if header.seq != seq:
+        scan.problem = (0, f"segment header says sequence {header.seq}, file name says {seq}: "
+                           "a renamed or copied segment")
+        return scan
+    if header.size is not None and header.size != size:
+        scan.problem = (0, f"file is {size} bytes but was preallocated to {header.size}: "
+                           "truncated or extended after it was written")
+        return scan
+    if (dir_id is not None and header.dir_id is not None and header.dir_id != rec.NO_DIR_ID
+            and header.dir_id != dir_id):
+        scan.problem = (0, f"segment belongs to data dir {header.dir_id.hex()}, this data dir is "
+                           f"{dir_id.hex()}: copied from another node or data dir")
+        return scan
+    _read_records(data, header.length, scan, replayer, visit)
+    if scan.problem is None and not scan.sealed:
+        # Stopped at a zero header: the end of the data, unless nonzero bytes
+        # follow (a zeroed page, or the unwritten part of an unsynced batch).
+        rest = size - scan.end
+        if rest and data.count(0, scan.end) != rest:
+            nz = len(data) - len(data[scan.end:].lstrip(b"\0"))
+            scan.problem = (scan.end, f"zeroed record header, but nonzero bytes follow at {nz}")
+    if scan.problem is not None:
+        for at, claim in rec.find_sync_marks(data, scan.problem[0], seq):
+            if claim > scan.claim:
+                scan.claim, scan.claim_at = claim, at
     return scan
 
 
 def _read_records(
-    buf: memoryview, scan: SegmentScan, replayer: Replayer | None, visit: Any
+    buf: bytes, off: int, scan: SegmentScan, replayer: Replayer | None, visit: Any
 ) -> None:
-    hdr_seq = rec.decode_segment_header(buf[: rec.SEGMENT_HEADER_SIZE])
-    if hdr_seq is None:
-        scan.problem = (0, "bad segment header (magic, version or crc)")
-        return
-    if hdr_seq != scan.seq:
-        scan.problem = (0, f"segment header says sequence {hdr_seq}, file name says {scan.seq}")
-        return
     size = scan.size
-    off = rec.SEGMENT_HEADER_SIZE
     unpack_header = rec.RECORD_HEADER.unpack_from
     crc32 = zlib.crc32
     hsize = rec.RECORD_HEADER_SIZE
@@ -252,7 +275,7 @@ def _read_records(
             break
         length, crc, part, kind, flags, reserved = unpack_header(buf, off)
         if length == 0 and kind == 0 and buf[off : off + hsize] == _ZERO_HEADER:
-            break  # zeros: end of data
+            break  # zeros: end of data (read_segment checks that only zeros follow)
         pstart = off + hsize
         pend = pstart + length
         if kind not in _KINDS:
@@ -285,6 +308,13 @@ def _read_records(
                 value = (meta, last, restore)
                 if replayer is not None:
                     replayer.marker(part, meta, last, restore)
+            elif kind == RecordKind.SYNC_MARK:
+                mseq, claim = rec.decode_sync_mark(buf, pstart)
+                if length != rec.SYNC_MARK.size or mseq != scan.seq or claim > off:
+                    raise ValueError(f"sync mark of segment {mseq} claims {claim}")
+                if claim > scan.claim:
+                    scan.claim, scan.claim_at = claim, off
+                value = claim
             else:
                 value = None
         except (ValueError, IndexError, OverflowError) as exc:  # struct.error is a ValueError
@@ -301,20 +331,63 @@ def _read_records(
     scan.end = off
 
 
+def holds_no_record(path: Path) -> bool:
+    """A valid segment header followed only by zeros (a crash right after rollover)."""
+    with open(path, "rb") as f:
+        head = f.read(rec.SEGMENT_HEADER_SIZE + rec.RECORD_HEADER_SIZE)
+    header = rec.decode_segment_header(head)
+    if header is None:
+        return False
+    first = head[header.length : header.length + rec.RECORD_HEADER_SIZE]
+    return len(first) == rec.RECORD_HEADER_SIZE and first == _ZERO_HEADER
+
+
+def classify(scan: SegmentScan, *, tail: bool, newest: bool) -> Problem | None:
+    """What is wrong with a segment, as a Problem (tail=True: a torn write), or None.
+
+    `tail`: this is the segment a crash may have torn: the newest, or the
+    one before it when the newest holds no record yet and this one is not
+    sealed (a crash during rollover, after the new file was created but
+    before the old one was sealed). The rules of docs/storage.md,
+    "Recovery rules": damage is a torn tail only in the tail segment, past
+    its header, and past every byte a sync mark says was durable. Anything
+    else is corruption.
+    """
+    path = str(scan.path)
+    v1 = scan.header is not None and scan.header.version == rec.VERSION_1
+    if scan.problem is not None:
+        off, reason = scan.problem
+        if tail and off != 0 and off >= scan.claim:
+            return Problem(path, off, reason, tail=True)
+        if off != 0 and off < scan.claim:
+            reason += (f"; bytes up to offset {scan.claim} were durable (sync mark at "
+                       f"{scan.claim_at}), so this is damage, not a torn write")
+        return Problem(path, off, reason, tail=False)
+    if not tail and not newest and not scan.sealed:
+        return Problem(path, scan.end, "segment ends without a seal record (its tail was lost)",
+                       tail=False)
+    if newest and scan.sealed and not v1:
+        return Problem(path, scan.end,
+                       f"the newest segment is sealed, but segment {scan.seq + 1}, which a "
+                       f"seal promises, is missing (deleted?)", tail=False)
+    return None
+
+
 @dataclass
 class Recovered:
     """Everything `WriteAheadLog.open` needs from recovery."""
 
     partitions: dict[int, PartitionLog]
     scans: list[SegmentScan]  # surviving segments, oldest first
-    append_offset: int  # where the newest segment continues (if not sealed)
+    tail: int  # index in scans of the segment that continues (-1: none)
 
 
-def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER) -> Recovered:
+def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER,
+            dir_id: bytes | None = None) -> Recovered:
     """Replay the WAL in `directory`, cutting a torn tail (this MODIFIES files).
 
     Raises:
-        WalCorruptionError: damage outside the newest segment's tail (unless
+        WalCorruptionError: damage that is not a provable torn tail (unless
             repair=True, which truncates there loudly instead).
     """
     for name in os.listdir(directory):
@@ -324,45 +397,41 @@ def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER) -> R
     segs = list_segments(directory)
     replayer = Replayer()
     scans: list[SegmentScan] = []
+    n = len(segs)
+    newest_empty = n >= 2 and holds_no_record(segs[-1][1])
+    tail = n - 1
     for i, (seq, path) in enumerate(segs):
-        scan = read_segment(path, seq, replayer)
+        scan = read_segment(path, seq, replayer, dir_id=dir_id)
         scans.append(scan)
-        newest = i == len(segs) - 1
-        if newest:
-            if scan.problem is not None:
-                off, reason = scan.problem
-                if off == 0:
-                    # Segments get their header before they are renamed into
-                    # place, so a bad header is never a torn write.
-                    _fail_or_repair(directory, scans, segs[i + 1 :], off, reason, repair, logger)
-                else:
-                    _cut_tail(path, off, reason, logger)
-                    scan.end = off
-                    scan.problem = None
+        if i == n - 2 and newest_empty and not scan.sealed:
+            tail = i  # a crash during rollover: this one's end may be torn
+        problem = classify(scan, tail=i == tail, newest=i == n - 1)
+        if problem is None:
             continue
-        if scan.problem is None and not scan.sealed:
-            scan.problem = (scan.end, "segment ends without a seal record (its tail was lost)")
-        if scan.problem is not None:
-            off, reason = scan.problem
-            _fail_or_repair(directory, scans, segs[i + 1 :], off, reason, repair, logger)
-            break
+        if problem.tail:
+            _cut_tail(scan.path, problem.offset, problem.reason, logger)
+            scan.end = problem.offset
+            scan.problem = None
+            continue
+        _fail_or_repair(directory, scans, segs[i + 1 :], problem, repair, logger)
+        tail = len(scans) - 1
+        break
     partitions, problem = replayer.finish()
     if problem is not None:
         raise WalCorruptionError(problem.file or directory, problem.offset, problem.reason)
-    append_offset = scans[-1].end if scans else 0
-    return Recovered(partitions, scans, append_offset)
+    return Recovered(partitions, scans, min(tail, len(scans) - 1))
 
 
 def _fail_or_repair(
     directory: Path,
     scans: list[SegmentScan],
     later: list[tuple[int, Path]],
-    off: int,
-    reason: str,
+    problem: Problem,
     repair: bool,
     logger: Logger,
 ) -> None:
     scan = scans[-1]
+    off, reason = problem.offset, problem.reason
     if not repair:
         raise WalCorruptionError(scan.path, off, reason)
     backup = scan.path.with_name(scan.path.name + ".bak")
@@ -382,6 +451,8 @@ def _fail_or_repair(
     if off == 0:  # unusable header: set the whole file aside
         scan.path.rename(scan.path.with_name(scan.path.name + ".discarded"))
         scans.pop()
+        return
+    if scan.sealed and off >= scan.end:  # a lost successor: nothing here to cut
         return
     _zero_from(scan.path, off)
     scan.end = off
@@ -458,28 +529,36 @@ class VerifyReport:
         return self.problem is None or self.problem.tail
 
 
-def verify(directory: str | Path) -> VerifyReport:
-    """Check every segment like `open` would, without modifying anything."""
+def verify(directory: str | Path, dir_id: bytes | None = None) -> VerifyReport:
+    """Check every segment like `open` would, without modifying anything.
+
+    `dir_id`: the data dir's id (IDENTITY); segments of another dir are then
+    reported as corruption, as `open` does.
+    """
     directory = Path(directory)
     segs = list_segments(directory)
     replayer = Replayer()
     reports: list[SegmentReport] = []
     problem: Problem | None = None
+    torn: Problem | None = None
+    n = len(segs)
+    newest_empty = n >= 2 and holds_no_record(segs[-1][1])
+    tail = n - 1
     for i, (seq, path) in enumerate(segs):
-        scan = read_segment(path, seq, replayer)
+        scan = read_segment(path, seq, replayer, dir_id=dir_id)
         reports.append(
             SegmentReport(str(path), seq, scan.size, scan.records, scan.end, scan.sealed)
         )
-        newest = i == len(segs) - 1
-        if scan.problem is None and not newest and not scan.sealed:
-            scan.problem = (scan.end, "segment ends without a seal record (its tail was lost)")
-        if scan.problem is not None:
-            off, reason = scan.problem
-            problem = Problem(str(path), off, reason, tail=newest and off != 0)
+        if i == n - 2 and newest_empty and not scan.sealed:
+            tail = i
+        found = classify(scan, tail=i == tail, newest=i == n - 1)
+        if found is not None and found.tail:
+            torn = found
+        elif found is not None:
+            problem = found
             break
     parts, replay_problem = replayer.finish()
-    if problem is None:
-        problem = replay_problem
+    problem = problem or replay_problem or torn
     preports = {}
     for p, plog in parts.items():
         preports[p] = PartitionReport(
@@ -506,6 +585,7 @@ class DumpedRecord:
     snapshot: SnapshotMeta | None = None
     last_index: int = 0
     restore: bool = False
+    synced_end: int = 0
 
     def __str__(self) -> str:
         where = f"{Path(self.file).name}@{self.offset}"
@@ -527,6 +607,8 @@ class DumpedRecord:
                 f"last={self.last_index} voters={list(m.conf_state.voters)}"
                 + (" restore" if self.restore else "")
             )
+        if self.kind == RecordKind.SYNC_MARK:
+            return f"{where} SYNC_MARK durable_to={self.synced_end}"
         return f"{where} SEAL"
 
 
@@ -553,7 +635,7 @@ def dump(
             path: Path = path,
             out: list[DumpedRecord] = out,
         ) -> None:
-            if partition is not None and part != partition and kind != RecordKind.SEAL:
+            if partition is not None and part != partition and kind not in _SEGMENT_KINDS:
                 return
             f = str(path)
             if kind == RecordKind.ENTRY:
@@ -569,6 +651,8 @@ def dump(
                         f, off, kind, part, snapshot=meta, last_index=last, restore=restore
                     )
                 )
+            elif kind == RecordKind.SYNC_MARK:
+                out.append(DumpedRecord(f, off, kind, part, synced_end=value))
             else:
                 out.append(DumpedRecord(f, off, kind, part))
 

@@ -14,7 +14,11 @@ from `os.fdatasync(fd)` on the same file (the kernel writes back dirty mapped
 pages; unlike `mmap.flush` it releases the GIL). `synced_off` is the offset up
 to which an fdatasync is known to have completed.
 
-Invariants: SEGMENT_HEADER_SIZE <= synced_off <= write_off <= size; bytes in
+After an fdatasync the WAL writes a SYNC_MARK record saying how far the
+segment is durable (record.py); `mark_end` is the offset just after the
+newest one, so a sync that covered nothing but that mark writes no other.
+
+Invariants: header length <= synced_off <= write_off <= size; bytes in
 [write_off, size) are zero.
 """
 
@@ -26,7 +30,7 @@ import mmap
 import os
 from pathlib import Path
 
-from prkdb.storage.record import SEGMENT_HEADER_SIZE, encode_segment_header
+from prkdb.storage.record import NO_DIR_ID, SEGMENT_HEADER_SIZE, encode_segment_header
 
 SUFFIX = ".wal"
 TMP_SUFFIX = ".wal.tmp"
@@ -87,7 +91,8 @@ class Segment:
     the WAL reads them once at recovery and afterwards only deletes them.
     """
 
-    __slots__ = ("fd", "max_index", "mm", "path", "pins", "seq", "size", "synced_off", "write_off")
+    __slots__ = ("fd", "mark_end", "max_index", "mm", "path", "pins", "seq", "size",
+                 "synced_off", "write_off")
 
     def __init__(self, path: Path, seq: int, size: int, write_off: int) -> None:
         self.path = path
@@ -95,6 +100,7 @@ class Segment:
         self.size = size  # bytes, whole file
         self.write_off = write_off  # next byte to write
         self.synced_off = write_off  # everything before it is durable
+        self.mark_end = 0  # offset just after the newest SYNC_MARK (0: none yet)
         self.fd: int | None = None
         self.mm: mmap.mmap | None = None
         # partition -> highest entry index stored in this segment. A segment
@@ -105,8 +111,12 @@ class Segment:
         self.pins = 0
 
     @classmethod
-    def create(cls, directory: Path, seq: int, size: int) -> Segment:
-        """Create, preallocate and durably name a new, empty segment."""
+    def create(cls, directory: Path, seq: int, size: int,
+               dir_id: bytes = NO_DIR_ID) -> Segment:
+        """Create, preallocate and durably name a new, empty segment.
+
+        The header records the size and the data dir id (record.py).
+        """
         size = max(size, PAGE)
         size = -(-size // PAGE) * PAGE
         tmp = directory / (segment_name(seq) + ".tmp")
@@ -114,7 +124,7 @@ class Segment:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _preallocate(fd, size)
-            os.pwrite(fd, encode_segment_header(seq), 0)
+            os.pwrite(fd, encode_segment_header(seq, size, dir_id), 0)
             os.fsync(fd)
             os.rename(tmp, final)
             fsync_dir(directory)

@@ -22,10 +22,15 @@ Threading contract
   is durable. A segment being synced is pinned so it cannot be closed or
   deleted meanwhile.
 - The one slow step under `_lock` is segment rollover (once per
-  `segment_size` bytes): the old segment is sealed and fdatasynced, the new
-  one created (preallocated, fsynced, renamed, dir fsynced) and its preamble
-  fdatasynced. Rollover ordering is what lets recovery treat damage in any
-  segment but the newest as corruption rather than a torn write.
+  `segment_size` bytes): the new segment is created (preallocated, fsynced,
+  renamed, dir fsynced), then the old one sealed and fdatasynced, then the
+  new one's preamble fdatasynced. Rollover ordering is what lets recovery
+  treat damage in any segment but the newest as corruption rather than a
+  torn write, and a sealed newest segment as a lost successor.
+- When an fdatasync returns, `sync()` writes a SYNC_MARK into the active
+  segment saying how far it is durable (it becomes durable with the next
+  sync; a node that goes idle syncs it on its own, `needs_sync()`). Damage
+  below a mark's claim is corruption, never a torn tail (recovery.py).
 - After an fdatasync error the WAL is *failed*: the page cache state is
   unknown (fsyncgate), so every later call raises `StorageError` and the node
   must restart and recover.
@@ -119,8 +124,10 @@ class WriteAheadLog:
         logger: Logger,
         recovered: dict[int, PartitionLog],
         segments: list[Segment],
+        dir_id: bytes = rec.NO_DIR_ID,
     ) -> None:
         self._dir = directory
+        self._dir_id = dir_id
         self._segment_size = segment_size
         self._log = logger
         self._recovered = recovered
@@ -143,6 +150,7 @@ class WriteAheadLog:
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         repair: bool = False,
         logger: Any = None,
+        data_dir_id: bytes | None = None,
     ) -> WriteAheadLog:
         """Open (creating if needed) the WAL in `directory` and replay it.
 
@@ -151,6 +159,8 @@ class WriteAheadLog:
             repair: on corruption outside the newest segment's tail, truncate
                 there (backing files up, warning loudly) instead of raising.
             logger: object with .info/.warning(event, **kw); default no-op.
+            data_dir_id: the 16-byte id of the data dir (identity.py): new
+                segments carry it, and a segment carrying another is refused.
 
         Raises:
             WalCorruptionError: damaged record outside the tolerated torn tail.
@@ -161,24 +171,32 @@ class WriteAheadLog:
         log: Logger = logger if logger is not None else NULL_LOGGER
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        rv = recover(directory, repair=repair, logger=log)
+        rv = recover(directory, repair=repair, logger=log, dir_id=data_dir_id)
         segments: list[Segment] = []
         for scan in rv.scans:
             seg = Segment(scan.path, scan.seq, scan.size, scan.end)
             seg.max_index = scan.max_index
+            if scan.claim_at:
+                seg.mark_end = scan.claim_at + rec.SYNC_MARK_SIZE
             segments.append(seg)
-        last = rv.scans[-1] if rv.scans else None
-        if last is not None and not last.sealed:
-            active = Segment.open_for_append(last.path, last.seq, rv.append_offset)
-            active.max_index = last.max_index
+        tail = rv.tail
+        if tail >= 0 and not rv.scans[tail].sealed:
+            old = segments[tail]
+            active = Segment.open_for_append(old.path, old.seq, old.write_off)
+            active.max_index, active.mark_end = old.max_index, old.mark_end
             # What we replayed may have been only in the page cache (a
             # process crash): make it durable before acting on it.
             active.datasync()
-            segments[-1] = active
-        wal = cls(directory, segment_size, log, rv.partitions, segments)
-        if last is None or last.sealed:
-            with wal._lock:
+            segments[tail] = active
+        wal = cls(directory, segment_size, log, rv.partitions, segments,
+                  data_dir_id or rec.NO_DIR_ID)
+        with wal._lock:
+            if 0 <= tail < len(segments) - 1:
+                wal._finish_rollover(tail)
+            elif tail < 0 or rv.scans[tail].sealed:
                 wal._roll(0)
+            else:
+                wal._mark(segments[tail])
         log.info(
             "wal_opened",
             directory=str(directory),
@@ -283,11 +301,8 @@ class WriteAheadLog:
         seg.write(data)
         return seg
 
-    def _roll(self, need: int) -> None:
-        """Seal+sync the active segment and start a new one with the preamble.
-
-        Caller holds _lock. Slow (several fsyncs) but rare.
-        """
+    def _preamble(self) -> bytes:
+        """Every partition's latest hard state and snapshot marker, as records."""
         preamble = []
         for p in sorted(self._parts):
             t = self._parts[p]
@@ -296,24 +311,28 @@ class WriteAheadLog:
             if t.snap is not None:
                 restore = t.hist_from > t.snap.index
                 preamble.append(rec.encode_marker(p, t.snap, t.last, restore))
-        pre = b"".join(preamble)
+        return b"".join(preamble)
+
+    def _roll(self, need: int) -> None:
+        """Start a new segment with the preamble, then seal+sync the active one.
+
+        Caller holds _lock. Slow (several fsyncs) but rare. The new file
+        exists (durably named) before the old one's seal is written, so a
+        sealed newest segment at recovery means its successor was lost.
+        """
+        pre = self._preamble()
         try:
-            # Seal the active segment, unless it was sealed already: at open,
-            # a newest segment sealed before a crash (or before ENOSPC stopped
-            # the next one from being created) is kept metadata-only (mm None).
-            if self._segments and self._segments[-1].mm is not None:
-                old = self._segments[-1]
-                old.write(_SEAL)
-                old.datasync()
-                old.synced_off = old.write_off
-                if old.pins == 0:
-                    old.close()
             seq = self._segments[-1].seq + 1 if self._segments else 1
             size = max(
                 self._segment_size,
-                rec.SEGMENT_HEADER_SIZE + len(pre) + need + 2 * len(_SEAL),
+                rec.SEGMENT_HEADER_SIZE + len(pre) + need + 2 * len(_SEAL) + rec.SYNC_MARK_SIZE,
             )
-            new = Segment.create(self._dir, seq, size)
+            new = Segment.create(self._dir, seq, size, self._dir_id)
+            # Seal the active segment, unless it was sealed already: at open,
+            # a newest segment sealed before a crash is kept metadata-only
+            # (mm None).
+            if self._segments and self._segments[-1].mm is not None:
+                self._seal(self._segments[-1])
             self._segments.append(new)
             if pre:
                 new.write(pre)
@@ -323,6 +342,50 @@ class WriteAheadLog:
             self._failed = exc
             raise StorageError(f"wal rollover failed: {exc}") from exc
         self._log.info("wal_segment_rolled", file=str(new.path), size=size, preamble=len(pre))
+
+    def _seal(self, old: Segment) -> None:
+        old.write(_SEAL)
+        old.datasync()
+        old.synced_off = old.write_off
+        if old.pins == 0:
+            old.close()
+
+    def _finish_rollover(self, tail: int) -> None:
+        """At open, after a crash between creating a segment and sealing the one before.
+
+        The newest segment holds no record: seal the tail segment (its torn
+        end was cut by recovery), then give the newest its preamble.
+        """
+        try:
+            self._seal(self._segments[tail])
+            newest = self._segments[-1]
+            active = Segment.open_for_append(newest.path, newest.seq, newest.write_off)
+            self._segments[-1] = active
+            pre = self._preamble()
+            if pre:
+                active.write(pre)
+                active.datasync()
+                active.synced_off = active.write_off
+        except OSError as exc:
+            self._failed = exc
+            raise StorageError(f"wal rollover (resumed at open) failed: {exc}") from exc
+        self._log.info("wal_rollover_finished", sealed=str(self._segments[tail].path),
+                       active=str(self._segments[-1].path))
+
+    def _mark(self, seg: Segment) -> None:
+        """Note in `seg` that it is durable up to synced_off (caller holds _lock).
+
+        Only when bytes other than the previous mark were synced (so a sync
+        of nothing but a mark writes none), and only while the segment has
+        room for the mark and its seal.
+        """
+        end = seg.synced_off
+        if seg.mm is None or end <= seg.mark_end:
+            return
+        if seg.room() < rec.SYNC_MARK_SIZE + len(_SEAL):
+            return
+        seg.write(rec.encode_sync_mark(seg.seq, end))
+        seg.mark_end = seg.write_off
 
     # ------------------------------------------------------------------ sync
 
@@ -363,6 +426,17 @@ class WriteAheadLog:
                             s.synced_off = off
                         if s is not active and s.pins == 0 and s.fd is not None:
                             s.close()
+                    if ok and active is not None and not self._closed:
+                        self._mark(active)
+
+    def needs_sync(self) -> bool:
+        """Bytes were appended (a sync mark, at least) that no sync covered yet.
+
+        A node that goes idle after a burst calls `sync()` when this is true,
+        so the mark of its last batch is durable too (recovery.py).
+        """
+        with self._lock:
+            return any(s.fd is not None and s.write_off > s.synced_off for s in self._segments)
 
     # --------------------------------------------------------------- release
 
@@ -417,6 +491,7 @@ class WriteAheadLog:
             return
         if self._failed is None:
             self.sync()
+            self.sync()  # the mark the first one wrote
         with self._sync_lock, self._lock:
             for s in self._segments:
                 s.close()

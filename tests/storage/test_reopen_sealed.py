@@ -1,7 +1,8 @@
-"""A WAL whose newest segment was sealed before the next one existed reopens.
+"""A WAL whose rollover failed (the next segment could not be created) reopens.
 
-That happens when the disk fills up (or the process dies) between sealing
-the full segment and creating the next one. Found by tests/fault/test_disk_full.py.
+That happens when the disk fills up at rollover. The new segment is created
+before the full one is sealed, so the full one is left unsealed and simply
+continues. Found by tests/fault/test_disk_full.py.
 """
 
 from __future__ import annotations

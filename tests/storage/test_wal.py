@@ -176,23 +176,22 @@ def test_flipped_length_field_is_detected(tmp_path: Path) -> None:
     assert info.value.offset == bad
 
 
-def test_flipped_bit_in_last_record_is_cut_and_logged(tmp_path: Path) -> None:
+def test_flipped_bit_in_a_synced_record_of_the_newest_segment_is_corruption(
+        tmp_path: Path) -> None:
+    # The WAL was closed cleanly: every record is below a sync mark's claim,
+    # so a bad one is damage, never a torn write (issue 13).
     segs = _three_segment_wal(tmp_path)
     last = segs[-1]
-    offsets = record_offsets(tmp_path, last)
-    flip_bit(last, offsets[-1] + 18)
-    assert verify(tmp_path).ok and verify(tmp_path).problem.tail  # type: ignore[union-attr]
-    expected = [e for r in dump(tmp_path) for e in r.entries]  # dump stops at the bad one
-    assert expected[-1].index == 399
-    log = RecordingLogger()
-    with WriteAheadLog.open(tmp_path, segment_size=SEG, logger=log) as wal:
-        assert wal.recovered()[1].entries == expected
-        (cut,) = log.named("wal_torn_tail_truncated")
-        assert cut["file"] == str(last) and cut["offset"] == offsets[-1]
-        assert cut["cut_bytes"] > 0
-        wal.append_entries(1, ents(400, 1, term=2))
-    with WriteAheadLog.open(tmp_path, segment_size=SEG) as wal:
-        assert wal.recovered()[1].entries == expected + ents(400, 1, term=2)
+    entry_offsets = [r.offset for r in dump(tmp_path)
+                     if r.file == str(last) and r.kind == RecordKind.ENTRY]
+    bad = entry_offsets[-1]
+    flip_bit(last, bad + 18)
+    report = verify(tmp_path)
+    assert not report.ok and report.problem is not None and not report.problem.tail
+    assert (report.problem.file, report.problem.offset) == (str(last), bad)
+    with pytest.raises(WalCorruptionError, match="durable") as info:
+        WriteAheadLog.open(tmp_path, segment_size=SEG)
+    assert info.value.path == last and info.value.offset == bad
 
 
 def test_repair_truncates_at_the_bad_record(tmp_path: Path) -> None:
@@ -231,12 +230,15 @@ def test_dump_filters_and_describes(tmp_path: Path) -> None:
         wal.append_entries(2, ents(1, 3))
         wal.append_hard_state(1, HardState(1, 1, 2))
         wal.append_snapshot_marker(1, SnapshotMeta(2, 1, ConfState((1, 2))))
-    recs = list(dump(tmp_path, partition=1, from_index=2))
+    recs = [r for r in dump(tmp_path, partition=1, from_index=2)
+            if r.kind != RecordKind.SYNC_MARK]
     kinds = [r.kind for r in recs]
     assert kinds == [RecordKind.ENTRY, RecordKind.HARD_STATE, RecordKind.SNAPSHOT_MARKER]
     assert [e.index for e in recs[0].entries] == [2, 3]
     assert "p1 ENTRY [1/2:20B 1/3:20B]" in str(recs[0])
     assert "voters=[1, 2]" in str(recs[2])
     report = verify(tmp_path)
-    assert report.ok and report.records == 4
+    marks = [r for r in dump(tmp_path) if r.kind == RecordKind.SYNC_MARK]
+    assert marks and "SYNC_MARK durable_to=" in str(marks[-1])
+    assert report.ok and report.records == 4 + len(marks)
     assert report.partitions[1].snapshot_index == 2 and report.partitions[2].last_index == 3
