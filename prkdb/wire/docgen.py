@@ -211,9 +211,10 @@ def _messages() -> list[str]:
         (
             "2.6 Client requests",
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
-             m.RebuildFence],
+             m.RebuildFence, m.BackupBegin, m.BackupRead],
         ),
-        ("2.7 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk]),
+        ("2.7 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
+                               m.BackupChunk]),
     ]
     out = ["### Type ids", "", "| id | message | kind |", "|---|---|---|"]
     for schema in sorted(m.SCHEMAS.values(), key=lambda s: s.type_id):

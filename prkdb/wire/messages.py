@@ -71,6 +71,7 @@ from prkdb.wire.schema import (
 )
 
 __all__ = [
+    "BACKUP_CHUNK_MAX",
     "PROTOCOL_VERSION",
     "RECORDS",
     "REQUEST_TYPES",
@@ -81,6 +82,10 @@ __all__ = [
     "SCHEMAS_BY_ID",
     "SUPPORTED_VERSIONS",
     "AdminOk",
+    "BackupBegin",
+    "BackupBeginOk",
+    "BackupChunk",
+    "BackupRead",
     "Batch",
     "BatchOp",
     "Cas",
@@ -294,6 +299,40 @@ class Snapshot:
     partition: int | None
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class BackupBegin:
+    """Ask the partition's leader for a backup snapshot (answered with `BackupBeginOk`).
+
+    The leader confirms its leadership and waits until it has applied its
+    commit index as of the request (a ReadIndex round, as for a linearizable
+    read), so the snapshot covers every write acknowledged before the request;
+    then it snapshots the partition (or reuses a snapshot at or past that
+    index) and keeps the file open for `BackupRead` (prkdb/server/backup.py).
+    """
+
+    request_id: int
+    partition: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BackupRead:
+    """Read bytes of the snapshot file a `BackupBegin` named, from the node that answered it.
+
+    Answered with `BackupChunk`; BAD_REQUEST with details ``backup_gone: true``
+    when that node no longer has the file (restarted, or the file was
+    retained away after the hand-out expired): start over with BackupBegin.
+    """
+
+    request_id: int
+    partition: int
+    index: int
+    term: int
+    offset: int
+    length: int
+
+
 # --- responses -----------------------------------------------------------------------
 
 
@@ -384,6 +423,31 @@ class AdminOk:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class BackupBeginOk:
+    """The snapshot file a `BackupBegin` got: read it with `BackupRead` from `node_id`."""
+
+    request_id: int
+    partition: int
+    node_id: int  # the node that holds the file open: send BackupRead there
+    index: int  # snapshot index (>= the leader's commit index when the request came)
+    term: int  # term of the entry at `index`
+    size: int  # bytes of the snapshot file
+    sha256: bytes  # SHA-256 of the whole file (32 bytes)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BackupChunk:
+    """Bytes ``[offset, offset + len(data))`` of a snapshot file; `size` is its total length."""
+
+    request_id: int
+    offset: int
+    data: bytes
+    size: int
+
+
 # --- peers ---------------------------------------------------------------------------
 
 
@@ -409,10 +473,14 @@ WireMessage: TypeAlias = (
     | RebuildFence
     | TransferLeader
     | Snapshot
+    | BackupBegin
+    | BackupRead
     | GetOk
     | WriteOk
     | StatusOk
     | AdminOk
+    | BackupBeginOk
+    | BackupChunk
     | RaftBatch
 )
 
@@ -427,6 +495,8 @@ _BYTES = Bytes()
 _CLIENT_ID = UInt(lo=1)
 _SEQ = UInt(lo=1)
 _ADDR = Text(max_len=255)
+BACKUP_CHUNK_MAX: Final = 4 * 1024 * 1024
+"""Most bytes one `BackupRead` may ask for (a `BackupChunk` stays far below a frame)."""
 
 
 def _rid(
@@ -636,6 +706,19 @@ _ALL = (
     ),
     Schema(Snapshot, 17, (_rid(), Field("partition", Optional(_U32), "null = every partition"))),
     Schema(RebuildFence, 18, (_rid(), Field("node_id", _U64, "the rebuilding node (>= 1)"))),
+    Schema(BackupBegin, 19, (_rid(), Field("partition", _U32, "partition id"))),
+    Schema(
+        BackupRead,
+        20,
+        (
+            _rid(),
+            Field("partition", _U32, "partition id, as in BackupBeginOk"),
+            Field("index", _U64, "snapshot index, as in BackupBeginOk"),
+            Field("term", _U64, "snapshot term, as in BackupBeginOk"),
+            Field("offset", _U64, "first byte to read"),
+            Field("length", UInt(lo=1, hi=BACKUP_CHUNK_MAX), "most bytes to return"),
+        ),
+    ),
     Schema(
         GetOk,
         30,
@@ -673,6 +756,29 @@ _ALL = (
     ),
     Schema(AdminOk, 33, (_rid("the admin request's id"), Field("details", Details(), "extras"))),
     Schema(
+        BackupBeginOk,
+        34,
+        (
+            _rid("the BackupBegin's request id"),
+            Field("partition", _U32, "partition id"),
+            Field("node_id", _NODE_ID, "the node holding the file: send BackupRead there"),
+            Field("index", _U64, "snapshot index (>= the commit index at the request)"),
+            Field("term", _U64, "term of the entry at index"),
+            Field("size", _U64, "bytes in the snapshot file"),
+            Field("sha256", Bytes(min_len=32), "SHA-256 of the whole file"),
+        ),
+    ),
+    Schema(
+        BackupChunk,
+        35,
+        (
+            _rid("the BackupRead's request id"),
+            Field("offset", _U64, "offset of data in the file"),
+            Field("data", _BYTES, "empty only at or past the end"),
+            Field("size", _U64, "the file's total length"),
+        ),
+    ),
+    Schema(
         RaftBatch,
         50,
         (
@@ -688,10 +794,13 @@ SCHEMAS_BY_ID: Final[dict[int, Schema]] = {s.type_id: s for s in _ALL}
 assert len(SCHEMAS_BY_ID) == len(_ALL), "duplicate type id"
 
 REQUEST_TYPES: Final = frozenset(
-    {Get, Put, Delete, Cas, Batch, Status, RebuildFence, TransferLeader, Snapshot}
+    {Get, Put, Delete, Cas, Batch, Status, RebuildFence, TransferLeader, Snapshot,
+     BackupBegin, BackupRead}
 )
 """Messages a client may send after Hello; each gets one response."""
-RESPONSE_TYPES: Final = frozenset({GetOk, WriteOk, StatusOk, AdminOk, Error})
+RESPONSE_TYPES: Final = frozenset(
+    {GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error}
+)
 """Messages a server sends to clients after HelloOk."""
 
 

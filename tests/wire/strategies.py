@@ -141,6 +141,16 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.RebuildFence: st.builds(m.RebuildFence, rid, uint),
     m.TransferLeader: st.builds(m.TransferLeader, rid, st.integers(0, 2**32 - 1), uint),
     m.Snapshot: st.builds(m.Snapshot, rid, st.none() | st.integers(0, 2**32 - 1)),
+    m.BackupBegin: st.builds(m.BackupBegin, rid, st.integers(0, 2**32 - 1)),
+    m.BackupRead: st.builds(
+        m.BackupRead, rid, st.integers(0, 2**32 - 1), uint, uint, uint,
+        st.integers(1, m.BACKUP_CHUNK_MAX),
+    ),
+    m.BackupBeginOk: st.builds(
+        m.BackupBeginOk, rid, st.integers(0, 2**32 - 1), node, uint, uint, uint,
+        st.binary(min_size=32, max_size=32),
+    ),
+    m.BackupChunk: st.builds(m.BackupChunk, rid, uint, small_bytes, uint),
     m.GetOk: st.builds(m.GetOk, rid, st.none() | small_bytes, uint, uint, uint),
     m.WriteOk: st.builds(
         m.WriteOk,

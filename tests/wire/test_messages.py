@@ -34,6 +34,10 @@ SAMPLES: dict[type, Any] = {
     m.RebuildFence: m.RebuildFence(1, 3),
     m.TransferLeader: m.TransferLeader(1, 2, 3),
     m.Snapshot: m.Snapshot(1, None),
+    m.BackupBegin: m.BackupBegin(1, 3),
+    m.BackupRead: m.BackupRead(2, 3, 120, 4, 1 << 20, 1 << 20),
+    m.BackupBeginOk: m.BackupBeginOk(1, 3, 2, 120, 4, 5000, bytes(range(32))),
+    m.BackupChunk: m.BackupChunk(2, 1 << 20, b"snap", 5000),
     m.GetOk: m.GetOk(1, b"v", 2, 10, 12),
     m.WriteOk: m.WriteOk(1, True, 11, 1, 0, (m.OpResult(1, 0),)),
     m.StatusOk: m.StatusOk(
@@ -297,10 +301,14 @@ def test_type_ids_are_stable() -> None:
         "TransferLeader": 16,
         "Snapshot": 17,
         "RebuildFence": 18,
+        "BackupBegin": 19,
+        "BackupRead": 20,
         "GetOk": 30,
         "WriteOk": 31,
         "StatusOk": 32,
         "AdminOk": 33,
+        "BackupBeginOk": 34,
+        "BackupChunk": 35,
         "RaftBatch": 50,
     }
 
