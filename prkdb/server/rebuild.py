@@ -60,11 +60,8 @@ voted, and it catches up before voting, which it had to do anyway.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 
@@ -78,8 +75,8 @@ from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.layout import ask_peers
 from prkdb.storage import WriteAheadLog
 from prkdb.storage.identity import IDENTITY_FILE, DataDirIdentity
+from prkdb.storage.rebuild_marker import MARKER, MARKER_FORMAT, Marker, MarkerError, Target
 from prkdb.storage.recovery import list_segments
-from prkdb.storage.segment import fsync_dir
 from prkdb.wire import from_wire
 from prkdb.wire.messages import (
     Error,
@@ -92,8 +89,8 @@ from prkdb.wire.messages import (
     StatusOk,
 )
 
-MARKER = "REBUILDING"
-MARKER_FORMAT = 1
+__all__ = ["MARKER", "MARKER_FORMAT", "Marker", "MarkerError", "RebuildError", "Target"]
+
 SURVEY_TIMEOUT_S = 3.0  # per attempt and peer
 DETECT_TIMEOUT_S = 1.0  # the quick look of a node started on an empty dir
 RETRY_S = 1.0
@@ -124,80 +121,6 @@ def log_lost(data_dir: Path) -> bool:
         return False
     wal = data_dir / "wal"
     return not wal.is_dir() or not list_segments(wal)
-
-
-class Target(NamedTuple):
-    """When a rebuilt partition may vote again (module doc).
-
-    Done once the durable commit index is >= `commit` and either >= `index`
-    (when nonzero), or at an entry of a term above `floor`, or (no leader of
-    `floor` at the survey) at an entry of `floor` while we follow that term:
-    its leader was elected after the survey, so it is a survivor.
-    """
-
-    commit: int  # the highest commit index any peer reported
-    index: int  # last index of the surviving leader of the floor term, 0 if none
-    floor: int  # the highest term any peer reported
-
-    def reached(self, durable_commit: int, term_at_commit: int, current_term: int) -> bool:
-        if durable_commit < self.commit:
-            return False
-        if self.index:
-            return durable_commit >= self.index or term_at_commit > self.floor
-        return term_at_commit > self.floor or (
-            term_at_commit == self.floor == current_term)
-
-
-@dataclass
-class Marker:
-    """What `REBUILDING` says: None targets = the survey is still to be done."""
-
-    node_id: int
-    # partition -> Target before voting; None = the survey is still to be done.
-    targets: dict[int, Target] | None
-
-    @classmethod
-    def load(cls, data_dir: Path) -> Marker | None:
-        path = data_dir / MARKER
-        try:
-            raw = json.loads(path.read_text())
-            if raw.get("format") != MARKER_FORMAT:
-                raise ValueError(f"format {raw.get('format')!r}, expected {MARKER_FORMAT}")
-            targets = raw["targets"]
-            return cls(
-                int(raw["node_id"]),
-                None if targets is None
-                else {int(p): Target(*map(int, t)) for p, t in targets.items()},
-            )
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RebuildError(
-                f"{path}: unreadable rebuild marker ({e}); the rebuild it records is not "
-                f"finished: move the data dir away and start again with --rebuild"
-            ) from None
-
-    def save(self, data_dir: Path) -> None:
-        """Replace the marker atomically and durably (temp file, fsync, rename, dir fsync)."""
-        data_dir.mkdir(parents=True, exist_ok=True)
-        body = {
-            "format": MARKER_FORMAT,
-            "node_id": self.node_id,
-            "targets": None if self.targets is None
-            else {str(p): list(ct) for p, ct in sorted(self.targets.items())},
-        }
-        tmp = data_dir / (MARKER + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, data_dir / MARKER)
-        fsync_dir(data_dir)
-
-    @staticmethod
-    def remove(data_dir: Path) -> None:
-        (data_dir / MARKER).unlink(missing_ok=True)
-        fsync_dir(data_dir)
 
 
 # -- asking the peers (layout.ask_peers) -----------------------------------------
@@ -302,7 +225,10 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool, empty: bool,
     `empty`: the data dir held nothing before this start wrote its identity.
     """
     data_dir = cfg.data_dir
-    marker = Marker.load(data_dir)
+    try:
+        marker = Marker.load(data_dir)
+    except MarkerError as e:
+        raise RebuildError(str(e)) from None
     if marker is not None and marker.node_id != cfg.node_id:
         raise RebuildError(
             f"{data_dir / MARKER} belongs to node {marker.node_id}, this is node {cfg.node_id}"

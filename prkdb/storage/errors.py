@@ -41,8 +41,11 @@ class WalCorruptionError(StorageError):
         self.offset = offset
         self.reason = reason
         super().__init__(
-            f"wal corruption in {self.path} at byte offset {offset}: {reason} "
-            "(run `prkctl wal verify`; open with repair=True to truncate there, losing the rest)"
+            f"wal corruption in {self.path} at byte offset {offset}: {reason}. Nothing was "
+            "changed. What to do (docs/operations.md, 'A corrupt WAL'): with the other nodes "
+            "up, `prkctl wal repair DATA_DIR` cuts the WAL there and the node catches up from "
+            "its peers before it votes again; or move the data dir away and start with "
+            "--rebuild"
         )
 
 

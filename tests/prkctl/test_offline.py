@@ -15,7 +15,10 @@ from prkctl.commands.leader import plan_moves
 from prkctl.commands.status import ClusterView
 from prkdb.client import InvalidRequest, OutcomeUnknown, Timeout, WriteResult, WrongCluster
 from prkdb.raft.types import Entry, HardState
-from prkdb.storage import WriteAheadLog, dump
+from prkdb.storage import WriteAheadLog, dump, verify
+from prkdb.storage.identity import DataDirIdentity, write_identity
+from prkdb.storage.rebuild_marker import Marker
+from prkdb.storage.record import encode_entries
 from tests.prkctl.helpers import flip_bit, invoke, segments
 
 SEEDS = ["127.0.0.1:1"]
@@ -168,13 +171,53 @@ def test_wal_verify_corruption_names_file_and_offset(tmp_path: Path) -> None:
 
 
 def test_wal_verify_torn_tail_is_a_warning(tmp_path: Path) -> None:
+    # A record half-written past the last sync (what a crash leaves) is cut
+    # at the next start: a warning, exit 0.
     data = make_data_dir(tmp_path)
     last = segments(data / "wal")[-1]
-    offsets = [r.offset for r in dump(data / "wal") if r.file == str(last)]
-    flip_bit(last, offsets[-1] + 18)
+    end = verify(data / "wal").segments[-1].valid_bytes
+    torn = bytearray(encode_entries(0, [Entry(1, 301, data=b"x" * 20)]))
+    torn[20] ^= 0xFF
+    with open(last, "r+b") as f:
+        f.seek(end)
+        f.write(torn)
     res = invoke(SEEDS, "wal", "verify", str(data))
-    assert res.exit_code == 0
-    assert f"warning: torn tail in {last} at offset {offsets[-1]}" in res.stderr
+    assert res.exit_code == 0, res.output
+    assert f"warning: torn tail in {last} at offset {end}" in res.stderr
+
+
+def test_wal_repair_cuts_and_marks_the_node_for_rebuild(tmp_path: Path) -> None:
+    data = make_data_dir(tmp_path)
+    write_identity(data, DataDirIdentity.new("c", 4, 2))
+    victim = segments(data / "wal")[1]
+    offsets = [r.offset for r in dump(data / "wal") if r.file == str(victim)]
+    bad = offsets[3]
+    flip_bit(victim, bad + 20)
+    res = invoke(SEEDS, "wal", "repair", str(data), input="n\n")
+    assert res.exit_code == 1 and not (data / "REBUILDING").exists()  # declined: untouched
+    res = invoke(SEEDS, "--json", "wal", "repair", str(data), "--yes")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["repaired"] and out["problem"]["offset"] == bad
+    assert Path(out["backup"]).exists() and out["discarded_segments"]
+    assert Marker.load(data) == Marker(4, None)  # the next start rebuilds from the peers
+    assert invoke(SEEDS, "wal", "verify", str(data)).exit_code == 0
+    res = invoke(SEEDS, "wal", "repair", str(data), "--yes")
+    assert res.exit_code == 0 and "nothing to repair" in res.stdout
+
+
+def test_wal_verify_and_dump_show_the_identity(tmp_path: Path) -> None:
+    data = make_data_dir(tmp_path)
+    ident = DataDirIdentity.new("prod", 3, 2)
+    write_identity(data, ident)
+    res = invoke(SEEDS, "wal", "verify", str(data))
+    assert res.exit_code == 0 and f"data dir id {ident.data_dir_id}" in res.stdout
+    res = invoke(SEEDS, "--json", "wal", "dump", str(data / "wal"))
+    first = json.loads(res.stdout.splitlines()[0])
+    assert first["identity"]["cluster_id"] == "prod" and first["identity"]["node_id"] == 3
+    (data / "IDENTITY").write_text((data / "IDENTITY").read_text().replace("prod", "prox"))
+    res = invoke(SEEDS, "wal", "verify", str(data))
+    assert res.exit_code == 1 and "checksum" in res.stderr
 
 
 def test_wal_dump_filters_and_json_lines(tmp_path: Path) -> None:

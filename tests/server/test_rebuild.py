@@ -22,6 +22,7 @@ from prkdb.server.main import cli
 from prkdb.server.rebuild import (
     MARKER,
     Marker,
+    MarkerError,
     RebuildError,
     RebuildTracker,
     Target,
@@ -106,7 +107,7 @@ def test_marker_round_trip_and_corruption(tmp_path: Path) -> None:
     Marker(3, {0: Target(10, 12, 3), 5: Target(2, 0, 7)}).save(tmp_path)
     assert Marker.load(tmp_path) == Marker(3, {0: Target(10, 12, 3), 5: Target(2, 0, 7)})
     (tmp_path / MARKER).write_text("{not json")
-    with pytest.raises(RebuildError, match="unreadable rebuild marker"):
+    with pytest.raises(MarkerError, match="unreadable rebuild marker"):
         Marker.load(tmp_path)
     Marker.remove(tmp_path)
     assert Marker.load(tmp_path) is None
