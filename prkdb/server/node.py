@@ -95,7 +95,9 @@ class Node:
         self._open_storage(identity)
         assert self.wal is not None
         self.transport = PeerTransport(cfg, self._deliver, self.log,
-                                       on_peer_down=self._peer_down)
+                                       on_peer_down=self._peer_down,
+                                       data_dir_id=identity.data_dir_id,
+                                       on_dir_changed=self.fence_peer)
         self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport,
                                   replies=self.reply_outbox)
         for p in range(cfg.partitions):

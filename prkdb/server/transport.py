@@ -25,13 +25,21 @@ for a dead peer.
 Incoming connections must open with a peer Hello of this cluster; their
 `RaftBatch` frames are checked (known partition, sender matches the hello)
 and handed to the partition drivers through `deliver`.
+
+A peer's Hello carries the id of its data dir (IDENTITY). When a member
+comes back with another id than it had before (its disk was swapped behind
+its back, or replaced by a copy of another dir), whatever it acknowledged
+before is gone: the transport logs `peer_data_dir_changed` and, before any
+message of the new connection is delivered, has the node forget that
+member's acks (`on_dir_changed`, the fence a rebuilding node asks for).
+Ids are remembered for this process's life.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -57,8 +65,14 @@ class PeerTransport:
         deliver: Callable[[int, Message], None],
         log: Any,
         on_peer_down: Callable[[int], None] | None = None,
+        *,
+        data_dir_id: str = "",
+        on_dir_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = config
+        self.data_dir_id = data_dir_id
+        self.on_dir_changed = on_dir_changed
+        self.peer_dir_ids: dict[int, str] = {}  # member -> the data dir id it last said
         self.deliver = deliver
         self.log = log
         self.on_peer_down = on_peer_down
@@ -175,7 +189,8 @@ class PeerTransport:
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
                     await framed.send_now(
-                        Hello(PROTOCOL_VERSION, self.cfg.cluster_id, ROLE_PEER, self.cfg.node_id)
+                        Hello(PROTOCOL_VERSION, self.cfg.cluster_id, ROLE_PEER, self.cfg.node_id,
+                              self.data_dir_id)
                     )
                     reply = from_wire(await framed.receive())
                 if not isinstance(reply, HelloOk):
@@ -205,6 +220,19 @@ class PeerTransport:
         await trio.sleep(delay * (0.5 + rng.random()))
 
     # -- incoming -------------------------------------------------------------
+    async def _note_dir_id(self, peer_id: int, dir_id: str) -> None:
+        """Remember `peer_id`'s data dir id; if it changed, fence it first (module doc)."""
+        before = self.peer_dir_ids.get(peer_id)
+        if dir_id:
+            self.peer_dir_ids[peer_id] = dir_id
+        if not before or not dir_id or before == dir_id:
+            return
+        self.log.warning("peer_data_dir_changed", peer=peer_id, before=before, now=dir_id,
+                         detail="its disk was replaced: forgetting what it acknowledged "
+                                "before, as for a rebuilding node")
+        if self.on_dir_changed is not None:
+            await self.on_dir_changed(peer_id)
+
     async def _serve(self, listeners: list[trio.SocketListener]) -> None:
         await trio.serve_listeners(self._handle_incoming, listeners)
 
@@ -229,6 +257,7 @@ class PeerTransport:
                 await framed.send_now(Error(0, 4, f"node {peer_id} is quarantined here: "
                                                   f"{self.quarantined[peer_id]}"))
                 return
+            await self._note_dir_id(peer_id, hello.data_dir_id)
             framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_peer_frame
             await framed.send_now(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
             partitions = self.cfg.partitions

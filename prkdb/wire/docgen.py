@@ -33,7 +33,7 @@ _DIRECTION = {
 }
 
 _EXAMPLES: dict[type, Any] = {
-    m.Hello: m.Hello(1, "prod-eu", "client", 0),
+    m.Hello: m.Hello(m.PROTOCOL_VERSION, "prod-eu", "client", 0),
     m.Get: m.Get(7, b"user:42", m.ReadConsistency.LINEARIZABLE, 3),
     m.Put: m.Put(8, b"user:42", b"alice", 4711, 12),
     m.Error: m.Error(

@@ -125,10 +125,10 @@ __all__ = [
     "to_wire",
 ]
 
-PROTOCOL_VERSION: Final = 1
-"""The version this code speaks (Hello.protocol_version)."""
+PROTOCOL_VERSION: Final = 2
+"""The version this code speaks (Hello.protocol_version). 2: Hello has data_dir_id."""
 
-SUPPORTED_VERSIONS: Final = (1,)
+SUPPORTED_VERSIONS: Final = (2,)
 """Versions an acceptor accepts; sent in BAD_VERSION details as "supported"."""
 
 ROLE_PEER: Final = "peer"
@@ -162,6 +162,9 @@ class Hello:
     cluster_id: str
     role: Literal["peer", "client"]
     node_id: int  # the sender's node id for peers; 0 for clients
+    # Peers: the id of the sender's data dir (32 hex digits, IDENTITY); a
+    # member whose id changes had its disk swapped. Clients: "".
+    data_dir_id: str = ""
 
 
 @final
@@ -623,6 +626,8 @@ _ALL = (
             Field("cluster_id", Text(max_len=255), "must match the acceptor's cluster id"),
             Field("role", Text(choices=(ROLE_PEER, ROLE_CLIENT)), "who is connecting"),
             Field("node_id", _U64, "peers: own node id (>= 1); clients: 0"),
+            Field("data_dir_id", Text(max_len=32),
+                  "peers: the id of their data dir (32 hex digits); clients: empty"),
         ),
         _check_hello,
     ),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prkdb.client import ReadConsistency, SyncClient
-from prkdb.wire import encode_frame, to_wire
+from prkdb.wire import PROTOCOL_VERSION, encode_frame, to_wire
 from prkdb.wire.messages import (
     Cas,
     Delete,
@@ -41,7 +41,7 @@ RSS_GROWTH_LIMIT_KIB = 64 * 1024
 def _valid_messages(rng: random.Random) -> list[object]:
     key = b"fz-%d" % rng.randrange(100)
     return [
-        Hello(1, CLUSTER_ID, "client", 0),
+        Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0),
         Put(rng.randrange(1 << 20), key, rng.randbytes(rng.randrange(64)), rng.randrange(1, 99), 1),
         Get(rng.randrange(1 << 20), key, RC.STALE, rng.randrange(4)),
         Delete(rng.randrange(1 << 20), key, 5, rng.randrange(1, 9)),
@@ -141,9 +141,9 @@ def test_wire_fuzzing_keeps_node_up_and_serving(tmp_path: Path) -> None:
             while sent < FRAMES:
                 peer = rng.random() < 0.2
                 hello = (
-                    Hello(1, CLUSTER_ID, "peer", rng.choice([2, 3]))
+                    Hello(PROTOCOL_VERSION, CLUSTER_ID, "peer", rng.choice([2, 3]))
                     if peer
-                    else Hello(1, CLUSTER_ID, "client", 0)
+                    else Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0)
                 )
                 parts = [encode_frame(to_wire(hello))] if rng.random() < 0.8 else []
                 count = rng.choice(PER_CONNECTION)

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from prkdb.config import PeerConfig
 from prkdb.server.clusterconf import write_cluster_configs
-from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire
+from prkdb.wire import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode_message, from_wire
 from prkdb.wire.messages import Hello, Status, StatusOk
 
 CLUSTER_ID = "prkdb-test"
@@ -46,7 +46,7 @@ class WireConn:
                  timeout: float = 5.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.decoder = FrameDecoder()
-        self.sock.sendall(encode_message(Hello(1, cluster_id, "client", 0)))
+        self.sock.sendall(encode_message(Hello(PROTOCOL_VERSION, cluster_id, "client", 0)))
         self.hello = self.recv()
 
     def send(self, msg: Any) -> None:

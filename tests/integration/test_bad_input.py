@@ -12,7 +12,14 @@ import pytest
 
 from prkdb.errors import ErrorCode
 from prkdb.partitioning import partition_for
-from prkdb.wire import CLOSED, NEED_DATA, FrameDecoder, encode_message, from_wire
+from prkdb.wire import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    encode_message,
+    from_wire,
+)
 from prkdb.wire.messages import Error, Get, GetOk, Hello, Put, WriteOk
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
 
@@ -67,7 +74,7 @@ def _still_serves(c: LocalCluster, port: int, n: int) -> None:
 def test_garbage_and_malformed_frames_never_take_the_node_down(cluster3: LocalCluster) -> None:
     port = cluster3.client_ports[0]
     rng = random.Random(1)
-    hello = encode_message(Hello(1, CLUSTER_ID, "client", 0))
+    hello = encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0))
     cases = {
         "random bytes": bytes(rng.getrandbits(8) for _ in range(200)),
         "length over max": struct.pack(">I", 0xFFFFFFF0) + b"x" * 10,
@@ -98,9 +105,9 @@ def test_garbage_and_malformed_frames_never_take_the_node_down(cluster3: LocalCl
 def test_wrong_cluster_and_version_are_refused(cluster3: LocalCluster) -> None:
     port = cluster3.client_ports[1]
     for hello, code in (
-        (Hello(1, "someone-else", "client", 0), ErrorCode.WRONG_CLUSTER),
+        (Hello(PROTOCOL_VERSION, "someone-else", "client", 0), ErrorCode.WRONG_CLUSTER),
         (Hello(77, CLUSTER_ID, "client", 0), ErrorCode.BAD_VERSION),
-        (Hello(1, CLUSTER_ID, "peer", 3), ErrorCode.BAD_REQUEST),
+        (Hello(PROTOCOL_VERSION, CLUSTER_ID, "peer", 3), ErrorCode.BAD_REQUEST),
     ):
         s = _raw(port)
         s.sendall(encode_message(hello))
@@ -112,7 +119,7 @@ def test_wrong_cluster_and_version_are_refused(cluster3: LocalCluster) -> None:
 
 def test_half_frames_and_connection_churn(cluster3: LocalCluster) -> None:
     port = cluster3.client_ports[2]
-    hello = encode_message(Hello(1, CLUSTER_ID, "client", 0))
+    hello = encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0))
     for i in range(1000):
         s = _raw(port)
         if i % 3 == 0:
@@ -123,7 +130,7 @@ def test_half_frames_and_connection_churn(cluster3: LocalCluster) -> None:
     _still_serves(cluster3, port, 200)
     # And the peer port refuses strangers without falling over.
     s = _raw(cluster3.peer_ports[0])
-    s.sendall(encode_message(Hello(1, "intruder", "peer", 9)))
+    s.sendall(encode_message(Hello(PROTOCOL_VERSION, "intruder", "peer", 9)))
     reply = _read_reply(s)
     assert reply is None or isinstance(reply, Error)
     s.close()

@@ -89,3 +89,32 @@ async def test_fence_forgets_the_peer_acks_and_the_cluster_goes_on(tmp_path: Pat
         assert not isinstance(result[0], BaseException), result
         await eventually(lambda: progress[victim].match >= lead.drivers[0].raw.core.log.committed)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_whose_data_dir_id_changes_is_fenced(tmp_path: Path) -> None:
+    cfgs = _configs(tmp_path)
+    nodes = [Node(c) for c in cfgs]
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await nursery.start(n.run)
+        a, b = nodes[0], nodes[1]
+        await eventually(lambda: b.cfg.node_id in a.transport.peer_dir_ids, timeout=20)
+        assert a.transport.peer_dir_ids[b.cfg.node_id] == b.transport.data_dir_id
+        fenced: list[int] = []
+        real = a.fence_peer
+
+        async def spy(node_id: int) -> None:
+            fenced.append(node_id)
+            await real(node_id)
+
+        a.transport.on_dir_changed = spy
+        # The same id again (a plain reconnect) is no news.
+        a.transport.fence(b.cfg.node_id)
+        await eventually(lambda: a.transport._incoming.get(b.cfg.node_id))
+        assert fenced == []
+        # Node 2 comes back with another disk behind its back.
+        b.transport.data_dir_id = "f" * 32
+        a.transport.fence(b.cfg.node_id)
+        await eventually(lambda: fenced == [b.cfg.node_id], timeout=10)
+        assert a.transport.peer_dir_ids[b.cfg.node_id] == "f" * 32
+        nursery.cancel_scope.cancel()

@@ -20,7 +20,7 @@ from tests.wire.strategies import STRATEGIES, any_message
 HB = Message(MsgType.HEARTBEAT, to=2, from_=1, term=3, commit=4)
 
 SAMPLES: dict[type, Any] = {
-    m.Hello: m.Hello(1, "c1", "peer", 1),
+    m.Hello: m.Hello(m.PROTOCOL_VERSION, "c1", "peer", 1),
     m.HelloOk: m.HelloOk(2, "c1"),
     m.Error: m.Error(7, ErrorCode.NOT_LEADER, "not leader", {"leader_id": 2}),
     m.Get: m.Get(1, b"k", m.ReadConsistency.LINEARIZABLE, 3),
@@ -217,11 +217,11 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         ([11, 1, b"k", bytearray(b"v"), 1, 1], None),  # cbor2 gives bytes; see below
         ([11, 1, b"k", b"v", 0, 1], "Put.client_id"),
         ([11, 1, b"k", b"v", 1, 0], "Put.seq"),
-        ([1, 1, b"c", "peer", 1], "Hello.cluster_id: expected text, got bytes"),
-        ([1, 1, "c", "admin", 1], "Hello.role"),
-        ([1, 1, "c", "peer", 0], "Hello.node_id: a peer must send"),
-        ([1, 1, "c", "client", 3], "Hello.node_id: a client must send 0"),
-        ([1, 1, "c" * 300, "client", 0], "Hello.cluster_id"),
+        ([1, 2, b"c", "peer", 1, ""], "Hello.cluster_id: expected text, got bytes"),
+        ([1, 2, "c", "admin", 1, ""], "Hello.role"),
+        ([1, 2, "c", "peer", 0, ""], "Hello.node_id: a peer must send"),
+        ([1, 2, "c", "client", 3, ""], "Hello.node_id: a client must send 0"),
+        ([1, 2, "c" * 300, "client", 0, ""], "Hello.cluster_id"),
         ([13, 1, b"k", None, None, b"v", 1, 1], "Cas.expected_value: a Cas needs"),
         ([14, 1, 0, [[0, b"k", None]], 1, 1], r"Batch.ops\[0\].value: a PUT needs a value"),
         ([14, 1, 0, [[1, b"k", b"v"]], 1, 1], r"Batch.ops\[0\].value: a DELETE must have"),
@@ -262,7 +262,7 @@ def test_bytes_and_text_are_never_confused_after_cbor() -> None:
     assert type(wire[2]) is str
     with pytest.raises(RemoteProtocolError, match=r"Put\.key"):
         m.from_wire(wire)
-    wire = through_cbor([1, 1, b"cluster", "client", 0])
+    wire = through_cbor([1, 2, b"cluster", "client", 0, ""])
     with pytest.raises(RemoteProtocolError, match=r"Hello\.cluster_id"):
         m.from_wire(wire)
 
