@@ -198,7 +198,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list
 @pass_ctl
 def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: float,
         json_: bool, debug: bool) -> None:
-    """Operate a PrkDB cluster: health, keys, leaders, snapshots, WAL, benchmarks.
+    """Operate a PrkDB cluster: health, keys, leaders, snapshots, backups, WAL, benchmarks.
 
     \b
     Examples:
@@ -207,6 +207,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
       prkctl --json get greeting
       prkctl leader balance
       prkctl wal verify /var/lib/prkdb
+      prkctl backup /backups/prkdb.tar           # online; restore: prkdb restore
     """
     ctl.seeds = seeds
     ctl.cluster_id = cluster_id or None
@@ -216,7 +217,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
 
 
 def _register() -> None:
-    from prkctl.commands import bench, dev, kv, leader, snapshot, status, wal
+    from prkctl.commands import backup, bench, dev, kv, leader, snapshot, status, wal
 
     cli.add_command(status.status)
     for cmd in kv.COMMANDS:
@@ -224,6 +225,7 @@ def _register() -> None:
     cli.add_command(kv.kv)
     cli.add_command(leader.leader)
     cli.add_command(snapshot.snapshot)
+    cli.add_command(backup.backup)
     cli.add_command(wal.wal)
     cli.add_command(bench.bench)
     cli.add_command(dev.dev)

@@ -13,9 +13,11 @@ See docs/client.md for routing, retries, and how exactly-once writes work.
 """
 
 from prkdb.client.client import (
+    BACKUP_CHUNK,
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_TIMEOUT,
     UNSET,
+    BackupFailed,
     GetResult,
     PrkDbClient,
     WriteResult,
@@ -34,13 +36,24 @@ from prkdb.errors import (
     Unavailable,
     WrongCluster,
 )
-from prkdb.wire.messages import AdminOk, BatchOp, OpKind, OpResult, ReadConsistency, StatusOk
+from prkdb.wire.messages import (
+    AdminOk,
+    BackupBeginOk,
+    BatchOp,
+    OpKind,
+    OpResult,
+    ReadConsistency,
+    StatusOk,
+)
 
 __all__ = [
+    "BACKUP_CHUNK",
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "UNSET",
     "AdminOk",
+    "BackupBeginOk",
+    "BackupFailed",
     "BatchOp",
     "ErrorCode",
     "GetResult",

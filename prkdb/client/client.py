@@ -39,11 +39,12 @@ All waiting uses trio time (`trio.current_time`), so tests drive it with
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, final
+from typing import IO, Any, Final, NamedTuple, final
 
 import trio
 
@@ -70,7 +71,12 @@ from prkdb.errors import (
 from prkdb.partitioning import partition_for
 from prkdb.wire import encode_delete_request, encode_get_request, encode_put_request
 from prkdb.wire.messages import (
+    BACKUP_CHUNK_MAX,
     AdminOk,
+    BackupBegin,
+    BackupBeginOk,
+    BackupChunk,
+    BackupRead,
     Batch,
     BatchOp,
     Cas,
@@ -88,7 +94,15 @@ from prkdb.wire.messages import (
     to_wire,
 )
 
-__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_TIMEOUT", "GetResult", "PrkDbClient", "WriteResult"]
+__all__ = [
+    "BACKUP_CHUNK",
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "BackupFailed",
+    "GetResult",
+    "PrkDbClient",
+    "WriteResult",
+]
 
 DEFAULT_TIMEOUT: Final = 5.0
 """Per-call deadline in seconds, retries included."""
@@ -99,11 +113,18 @@ retries elsewhere (writes with the same seq). Below the server's 5 s request
 timeout on purpose: a node frozen or cut off by a partition keeps its TCP
 connection open, and would otherwise eat the whole deadline."""
 
+BACKUP_CHUNK: Final = 1024 * 1024
+"""Bytes asked for per `BackupRead` by `PrkDbClient.backup_partition`."""
+
 _BACKOFF_BASE: Final = 0.02  # seconds; first retry waits 10-20 ms
 _BACKOFF_CAP: Final = 1.0  # seconds; no single wait is longer
 _STATUS_TRY_TIMEOUT: Final = 1.0  # seconds one node gets to answer a topology refresh
 _MAX_HINT_HOPS: Final = 3  # NOT_LEADER hints followed without a pause (ping-pong guard)
 _TRIED_SHOWN: Final = 6  # attempts listed in a give-up message
+
+
+class BackupFailed(PrkdbError):
+    """A partition's backup could not be completed (after its retries); nothing was kept."""
 
 
 class _Unset:
@@ -164,6 +185,7 @@ class _Op:
     consistency: ReadConsistency = ReadConsistency.LINEARIZABLE
     write: bool = False  # carries a session: ambiguity -> OutcomeUnknown
     address: str | None = None  # a fixed node (Status to a node, Snapshot)
+    attempt_timeout: float | None = None  # None: the client's; admin calls that may be slow
 
     @property
     def what(self) -> str:
@@ -619,6 +641,119 @@ class PrkDbClient:
         assert isinstance(reply, AdminOk)
         return reply
 
+    async def backup_begin(self, partition: int, *, timeout: float | None = None
+                           ) -> BackupBeginOk:
+        """Have `partition`'s leader pick a snapshot covering every write acknowledged so far.
+
+        The leader confirms its leadership and waits until it applied its
+        commit index as of the request (as for a linearizable read), then
+        snapshots the partition and holds the file open for `backup_read`
+        from the node named in the answer. The wait for the snapshot is not
+        cut short per attempt: one attempt may take the whole `timeout`.
+        """
+        partition = await self._check_partition(partition, timeout)
+        op = _Op(
+            lambda: f"backup snapshot of partition {partition}",
+            lambda rid: to_wire(BackupBegin(rid, partition)),
+            partition=partition,
+            attempt_timeout=self._timeout(timeout),
+        )
+        reply = await self._execute(op, timeout, BackupBeginOk)
+        assert isinstance(reply, BackupBeginOk)
+        return reply
+
+    async def backup_read(self, begin: BackupBeginOk, offset: int, length: int = BACKUP_CHUNK,
+                          *, timeout: float | None = None) -> BackupChunk:
+        """Bytes of the snapshot file `begin` named, from the node that holds it.
+
+        Raises:
+            InvalidRequest: with ``details["backup_gone"]`` when that node no
+                longer has the file (start over with `backup_begin`).
+        """
+        if not 1 <= length <= BACKUP_CHUNK_MAX:
+            raise InvalidRequest(f"backup_read: length {length} is not in 1..{BACKUP_CHUNK_MAX}")
+        address = self.topology.address_of(begin.node_id)
+        if address is None:
+            await self.refresh_topology(timeout=timeout)
+            address = self.topology.address_of(begin.node_id)
+        if address is None:
+            raise InvalidRequest(f"backup_read: node {begin.node_id} is not a member")
+        op = _Op(
+            lambda: f"backup read of partition {begin.partition} at {offset} "
+                    f"from node {begin.node_id}",
+            lambda rid: to_wire(BackupRead(rid, begin.partition, begin.index, begin.term,
+                                           offset, length)),
+            address=address,
+        )
+        reply = await self._execute(op, timeout, BackupChunk)
+        assert isinstance(reply, BackupChunk)
+        return reply
+
+    async def backup_partition(
+        self,
+        partition: int,
+        out: IO[bytes],
+        *,
+        attempts: int = 3,
+        chunk_size: int = BACKUP_CHUNK,
+        timeout: float | None = None,
+        begin_timeout: float | None = None,
+    ) -> BackupBeginOk:
+        """Copy a snapshot of `partition` taken now into `out`; what it is.
+
+        The snapshot covers every write acknowledged before this call
+        (`backup_begin`). The bytes are the node's snapshot file as-is; their
+        size and SHA-256 are checked against what the node announced. If the
+        node loses the file or a check fails, the partition starts over (at
+        most `attempts` times), rewinding `out` to where it was, so `out`
+        must be seekable (a file).
+
+        Args:
+            timeout: per read call; begin_timeout: for `backup_begin`, which
+                waits for the snapshot to be written (default: `timeout`).
+
+        Raises:
+            BackupFailed: every attempt failed; the last reason is named.
+            Timeout, InvalidRequest, ...: as `backup_begin` / `backup_read`.
+        """
+        start = out.tell()
+        reason = ""
+        for _ in range(attempts):
+            out.seek(start)
+            out.truncate()
+            begin = await self.backup_begin(partition, timeout=begin_timeout or timeout)
+            sha = hashlib.sha256()
+            offset = 0
+            try:
+                while offset < begin.size:
+                    want = min(chunk_size, begin.size - offset)
+                    chunk = await self.backup_read(begin, offset, want, timeout=timeout)
+                    if chunk.size != begin.size or chunk.offset != offset or not chunk.data:
+                        raise BackupFailed(
+                            f"node {begin.node_id} answered {len(chunk.data)} bytes at "
+                            f"{chunk.offset} of {chunk.size} for a read of {want} at {offset} "
+                            f"of {begin.size}")
+                    out.write(chunk.data)
+                    sha.update(chunk.data)
+                    offset += len(chunk.data)
+            except InvalidRequest as exc:
+                if not exc.details.get("backup_gone"):
+                    raise
+                reason = exc.message
+                continue
+            except BackupFailed as exc:
+                reason = exc.message
+                continue
+            if sha.digest() != begin.sha256:
+                reason = (f"sha256 of the {begin.size} bytes read from node {begin.node_id} "
+                          f"does not match the one it announced")
+                continue
+            return begin
+        out.seek(start)
+        out.truncate()
+        raise BackupFailed(f"backup of partition {partition} failed {attempts} times; "
+                           f"last: {reason}")
+
     # --- internals: routing --------------------------------------------------------
 
     def _timeout(self, timeout: float | None) -> float:
@@ -792,7 +927,7 @@ class PrkDbClient:
             expired = False  # the attempt's time ran out
             # One attempt may not take the whole budget: a frozen or cut-off node
             # keeps its TCP connection open and would never answer.
-            attempt_end = min(deadline, now + self.attempt_timeout)
+            attempt_end = min(deadline, now + (op.attempt_timeout or self.attempt_timeout))
             try:
                 target = self._route(op, failed)
                 conn = self._connections.get(target) if target is not None else None

@@ -73,6 +73,8 @@ from prkdb.wire import (
 from prkdb.wire.messages import (
     ROLE_CLIENT,
     AdminOk,
+    BackupBeginOk,
+    BackupChunk,
     Error,
     GetOk,
     Hello,
@@ -95,7 +97,7 @@ __all__ = [
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``(host, port) -> connected stream``; `trio.open_tcp_stream` by default, memory in tests."""
 
-_RESPONSES = (GetOk, WriteOk, StatusOk, AdminOk, Error)
+_RESPONSES = (GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error)
 _RECEIVE_SIZE = 64 * 1024
 # What a broken transport raises; anything else escaping a stream is a bug.
 _TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)

@@ -19,7 +19,7 @@ import contextlib
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, final
+from typing import IO, Any, TypeVar, final
 
 import trio
 
@@ -34,7 +34,7 @@ from prkdb.client.client import (
 )
 from prkdb.client.connection import StreamFactory
 from prkdb.errors import InvalidRequest
-from prkdb.wire.messages import AdminOk, BatchOp, ReadConsistency, StatusOk
+from prkdb.wire.messages import AdminOk, BackupBeginOk, BatchOp, ReadConsistency, StatusOk
 
 __all__ = ["SyncClient"]
 
@@ -224,5 +224,20 @@ class SyncClient:
     ) -> AdminOk:
         result: AdminOk = self._run(
             self.client.snapshot, partition, node_id=node_id, timeout=timeout
+        )
+        return result
+
+    def backup_partition(
+        self,
+        partition: int,
+        out: IO[bytes],
+        *,
+        attempts: int = 3,
+        timeout: float | None = None,
+        begin_timeout: float | None = None,
+    ) -> BackupBeginOk:
+        result: BackupBeginOk = self._run(
+            self.client.backup_partition, partition, out, attempts=attempts, timeout=timeout,
+            begin_timeout=begin_timeout,
         )
         return result

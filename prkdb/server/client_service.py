@@ -26,7 +26,9 @@ from prkdb.errors import (
     Unavailable,
 )
 from prkdb.partitioning import partition_for
+from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.server.pending import Waiter
 from prkdb.state import (
     UNCHECKED,
     CompareAndSet,
@@ -49,6 +51,10 @@ from prkdb.wire import RemoteProtocolError, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
     AdminOk,
+    BackupBegin,
+    BackupBeginOk,
+    BackupChunk,
+    BackupRead,
     Batch,
     Cas,
     Delete,
@@ -95,6 +101,7 @@ class ClientService:
         lim = self.cfg.limits
         self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops)
         self.connections = 0
+        self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, HELLO_MAX_FRAME, outbox=self.node.reply_outbox)
@@ -239,6 +246,10 @@ class ClientService:
                 return await self._transfer(req)
             case Snapshot():
                 return await self._snapshot(req)
+            case BackupBegin():
+                return await self._backup_begin(req)
+            case BackupRead():
+                return await self._backup_read(req)
             case _:
                 raise InvalidRequest(f"{type(req).__name__} is not a client request")
 
@@ -360,6 +371,43 @@ class ClientService:
         for d in drivers:
             taken[str(d.partition)] = await d.snapshot_now()
         return AdminOk(req.request_id, {"snapshots": taken})
+
+    @property
+    def backups(self) -> BackupFiles:
+        if self._backups is None:
+            self._backups = BackupFiles(self.node.snapshots)
+        return self._backups
+
+    async def _backup_begin(self, req: BackupBegin) -> BackupBeginOk:
+        """A snapshot covering every write acknowledged before `req` (prkdb/server/backup.py)."""
+        driver = self._driver(req.partition)
+        if not driver.is_leader:
+            raise driver._not_leader()
+        # One ReadIndex round, as a linearizable read: confirms we lead and
+        # waits until applied >= our commit index as of now.
+        w = Waiter()
+        driver.submit_read(self._deadline(), w.set)
+        floor = await w.get()
+        for _ in range(5):
+            # A snapshot already being written when we asked may end below the
+            # floor (its waiters get its index): then ask again.
+            index = await driver.snapshot_now()
+            if index < floor:
+                continue
+            held = await self.backups.hold(req.partition, index)
+            if held is None:  # retention removed it meanwhile: take a newer one
+                continue
+            self.log.info("backup_snapshot_handed_out", floor=floor, **describe(held))
+            return BackupBeginOk(req.request_id, req.partition, self.cfg.node_id, held.index,
+                                 held.term, held.size, held.sha256)
+        raise Unavailable(f"partition {req.partition}: no snapshot at or past index {floor} "
+                          f"could be taken; retry")
+
+    async def _backup_read(self, req: BackupRead) -> BackupChunk:
+        self._driver(req.partition)
+        data, size = await self.backups.read(req.partition, req.index, req.term, req.offset,
+                                             req.length)
+        return BackupChunk(req.request_id, req.offset, data, size)
 
 
 def _write_ok(request_id: int, result: Any) -> WriteOk:

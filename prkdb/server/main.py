@@ -26,6 +26,7 @@ def cli() -> None:
       prkdb dev --nodes 3                 # a local 3-node cluster on 127.0.0.1:8080-8082
       prkdb serve                         # one single-node cluster on 127.0.0.1:8080
       prkdb serve --config conf/cluster-3/node1.toml
+      prkdb restore backup.tar --config new/node1.toml   # from `prkctl backup`
     """
 
 
@@ -124,6 +125,60 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
         for e in eg.exceptions:
             click.echo(f"prkdb: node {cfg.node_id} stopped: {e}", err=True)
         sys.exit(1)
+
+
+# -- restore -------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("backup_file", metavar="FILE",
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="The TOML config of the node to restore (of the NEW cluster).")
+@click.option("--id", "node_id", type=click.IntRange(min=1), help="Override node.id.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Override node.data_dir (must be empty or absent).")
+@click.option("--client-listen", help="Override this node's client address (host:port).")
+@click.option("--peer-listen", help="Override this node's peer address (host:port).")
+@click.option("--keep-cluster-id", is_flag=True,
+              help="Allow the backup's own cluster id (only if that cluster is gone for good).")
+def restore(backup_file: Path, config_path: Path, node_id: int | None, data_dir: Path | None,
+            client_listen: str | None, peer_listen: str | None, keep_cluster_id: bool) -> None:
+    """Build one node's data dir of a new cluster from a `prkctl backup` FILE.
+
+    Run it for every node of the new cluster, each with its own config, from
+    the same FILE; then start the nodes with `prkdb serve`. The whole backup
+    is verified first (exit 1 if damaged); a non-empty data dir, another
+    partition count, or the backup's own cluster id (without
+    --keep-cluster-id) are refused with exit 2.
+
+    \b
+    Example:
+      prkdb restore prkdb.tar --config conf/restored/node1.toml
+      prkdb serve --config conf/restored/node1.toml
+    """
+    from prkdb.server.restore import RestoreRefused
+    from prkdb.server.restore import restore as do_restore
+
+    try:
+        cfg = NodeConfig.from_toml(config_path)
+        cfg = apply_overrides(cfg, node_id, data_dir, client_listen, peer_listen, None, None)
+    except (ConfigError, OSError) as e:
+        click.echo(f"prkdb: {e}", err=True)
+        sys.exit(2)
+    try:
+        report = do_restore(backup_file, cfg, keep_cluster_id=keep_cluster_id,
+                            log=lambda msg: click.echo(f"prkdb: {msg}", err=True))
+    except RestoreRefused as e:
+        click.echo(f"prkdb: restore refused: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        click.echo(f"prkdb: restore failed: {type(e).__name__}: {e} (empty "
+                   f"{cfg.data_dir} before trying again)", err=True)
+        sys.exit(1)
+    m = report.manifest
+    click.echo(f"restored node {cfg.node_id} of cluster {cfg.cluster_id!r} into "
+               f"{report.data_dir}: {m.partitions} partitions from backup of cluster "
+               f"{m.cluster_id!r} taken {m.created}")
 
 
 # -- dev cluster ---------------------------------------------------------------------
