@@ -49,6 +49,11 @@ detected. Payloads by kind:
   segment without a seal lost its tail, which is corruption, not a torn write.
   A seal is written only once the next segment exists on disk, so a newest
   segment that is sealed lost its successor.
+- LOG_END: ``u64 last_index``: in every preamble, per partition, its last
+  log index when the segment was started. Replay checks that the segments
+  before it reached exactly that index, so a missing (or replaced) middle
+  segment is found even when no later entry of the partition would show
+  the gap.
 - SYNC_MARK (partition field 0xFFFFFFFF): ``u64 seq, u64 synced_end``:
   written right after an fdatasync of this segment returned, it says that
   bytes [0, synced_end) of segment ``seq`` are durable. A bad record below
@@ -102,6 +107,7 @@ class RecordKind(enum.IntEnum):
     SNAPSHOT_MARKER = 3
     SEAL = 4
     SYNC_MARK = 5
+    LOG_END = 6
 
 
 ENTRY_KINDS: tuple[EntryKind, ...] = tuple(EntryKind)
@@ -181,6 +187,13 @@ def encode_marker(partition: int, meta: SnapshotMeta, last_index: int, restore: 
         f"<{len(voters)}Q", *voters
     )
     return frame(partition, RecordKind.SNAPSHOT_MARKER, payload, FLAG_RESTORE if restore else 0)
+
+
+LOG_END = struct.Struct("<Q")
+
+
+def encode_log_end(partition: int, last_index: int) -> bytes:
+    return frame(partition, RecordKind.LOG_END, LOG_END.pack(last_index))
 
 
 def encode_seal() -> bytes:

@@ -121,6 +121,8 @@ class Replayer:
 
     def __init__(self) -> None:
         self.parts: dict[int, _Part] = {}
+        # partition -> (replayed up to, LOG_END said, where): see log_end().
+        self.gaps: dict[int, tuple[int, int, tuple[str, int]]] = {}
 
     def _part(self, p: int) -> _Part:
         st = self.parts.get(p)
@@ -129,6 +131,7 @@ class Replayer:
         return st
 
     def entries(self, p: int, batch: list[Entry], where: tuple[str, int]) -> None:
+        self.gaps.pop(p, None)
         st = self._part(p)
         ents = st.entries
         first = batch[0].index
@@ -153,10 +156,41 @@ class Replayer:
         if restore and ents and ents[0].index <= meta.index:
             del ents[: meta.index + 1 - ents[0].index]
 
+    def log_end(self, p: int, last: int, where: tuple[str, int]) -> None:
+        """A preamble says partition p's log ended at `last` when its segment began.
+
+        If the segments replayed so far end lower, entries are missing up to
+        `last`. That is fine for those at or below the snapshot index that
+        replay ends with (released segments are deleted), and a later ENTRY
+        record of p hands the question to `finish`'s continuity check; what
+        is left is a gap above the snapshot that nothing else would notice
+        (the partition's last entries were in a missing segment).
+        """
+        st = self.parts.get(p)
+        have = 0
+        if st is not None:
+            have = max(st.entries[-1].index if st.entries else 0,
+                       st.snapshot.index if st.snapshot is not None else 0)
+        if have < last:
+            self.gaps[p] = (have, last, where)
+        else:
+            self.gaps.pop(p, None)
+
     def finish(self) -> tuple[dict[int, PartitionLog], Problem | None]:
         """Split history from live entries and check the live ones are complete."""
         out: dict[int, PartitionLog] = {}
         problem = None
+        for p, (have, last, where) in sorted(self.gaps.items()):
+            st = self.parts.get(p)
+            snap = st.snapshot.index if st is not None and st.snapshot is not None else 0
+            if last > snap:
+                problem = Problem(
+                    where[0], where[1],
+                    f"partition {p}: its log ended at index {last} when this segment was "
+                    f"started, but the segments before it end at {have} and the snapshot "
+                    f"covers only up to {snap} (a segment is missing or was replaced)",
+                    tail=False)
+                break
         for p in sorted(self.parts):
             st = self.parts[p]
             s = st.snapshot.index if st.snapshot is not None else 0
@@ -308,6 +342,12 @@ def _read_records(
                 value = (meta, last, restore)
                 if replayer is not None:
                     replayer.marker(part, meta, last, restore)
+            elif kind == RecordKind.LOG_END:
+                (value,) = rec.LOG_END.unpack_from(buf, pstart)
+                if length != rec.LOG_END.size:
+                    raise ValueError(f"LOG_END payload of {length} bytes")
+                if replayer is not None:
+                    replayer.log_end(part, value, (path_s, off))
             elif kind == RecordKind.SYNC_MARK:
                 mseq, claim = rec.decode_sync_mark(buf, pstart)
                 if length != rec.SYNC_MARK.size or mseq != scan.seq or claim > off:
@@ -609,6 +649,8 @@ class DumpedRecord:
             )
         if self.kind == RecordKind.SYNC_MARK:
             return f"{where} SYNC_MARK durable_to={self.synced_end}"
+        if self.kind == RecordKind.LOG_END:
+            return f"{where} p{self.partition} LOG_END last={self.last_index}"
         return f"{where} SEAL"
 
 
@@ -653,6 +695,8 @@ def dump(
                 )
             elif kind == RecordKind.SYNC_MARK:
                 out.append(DumpedRecord(f, off, kind, part, synced_end=value))
+            elif kind == RecordKind.LOG_END:
+                out.append(DumpedRecord(f, off, kind, part, last_index=value))
             else:
                 out.append(DumpedRecord(f, off, kind, part))
 

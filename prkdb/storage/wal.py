@@ -43,7 +43,8 @@ backwards; `release(p, i)` needs i <= the partition's snapshot marker index.
 Segment deletion
 ~~~~~~~~~~~~~~~~
 On rollover the new segment starts with a *preamble*: every partition's
-latest hard state and snapshot marker again. So no segment but the newest
+latest hard state and snapshot marker again, and its last index (LOG_END,
+which lets replay notice a missing segment). So no segment but the newest
 ever holds a partition's only copy of those. A non-active segment is
 therefore deleted as soon as, for every partition with entries in it, its
 highest entry index there is <= that partition's release index. Replaying
@@ -311,6 +312,8 @@ class WriteAheadLog:
             if t.snap is not None:
                 restore = t.hist_from > t.snap.index
                 preamble.append(rec.encode_marker(p, t.snap, t.last, restore))
+            if t.last:
+                preamble.append(rec.encode_log_end(p, t.last))
         return b"".join(preamble)
 
     def _roll(self, need: int) -> None:

@@ -189,3 +189,21 @@ def test_every_sync_leaves_a_mark_and_an_idle_wal_asks_to_sync_it(tmp_path: Path
         assert len(marks) == 1 and marks[0] > first_entry
     finally:
         wal.close()
+
+
+def test_a_missing_middle_segment_holding_the_end_of_a_log_is_detected(tmp_path: Path) -> None:
+    # Partition 2's last entries live only in one middle segment; no later
+    # entry of partition 2 would reveal the gap, the preamble's LOG_END does.
+    with WriteAheadLog.open(tmp_path, segment_size=SEG) as wal:
+        for i in range(1, 60):
+            wal.append_entries(1, ents(i, 1))
+        wal.append_entries(2, ents(1, 30))
+        for i in range(60, 200):
+            wal.append_entries(1, ents(i, 1))
+    holders = {r.file for r in dump(tmp_path) if r.kind == RecordKind.ENTRY and r.partition == 2}
+    (middle,) = holders
+    assert Path(middle) not in (segment_paths(tmp_path)[0], segment_paths(tmp_path)[-1])
+    Path(middle).unlink()
+    with pytest.raises(WalCorruptionError, match="partition 2: its log ended at index 30"):
+        WriteAheadLog.open(tmp_path, segment_size=SEG)
+    assert not verify(tmp_path).ok
