@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,10 @@ from prkdb.raft.types import Role
 from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire
 from prkdb.wire.messages import (
     AdminOk,
+    BackupBegin,
+    BackupBeginOk,
+    BackupChunk,
+    BackupRead,
     Batch,
     Cas,
     Delete,
@@ -180,6 +185,17 @@ class FakeNode:
             case Snapshot():
                 cluster.snapshots.append((self.node_id, msg.partition))
                 return AdminOk(msg.request_id, {"node": self.node_id})
+            case BackupBegin():
+                err = self._not_leader(msg, msg.partition)
+                if err is not None:
+                    return err
+                data = cluster.backup_files[msg.partition]
+                return BackupBeginOk(msg.request_id, msg.partition, self.node_id, 10, 1,
+                                     len(data), hashlib.sha256(data).digest())
+            case BackupRead():
+                data = cluster.backup_files[msg.partition]
+                chunk = data[msg.offset : msg.offset + msg.length]
+                return BackupChunk(msg.request_id, msg.offset, chunk, len(data))
         return Error(msg.request_id, ErrorCode.BAD_REQUEST, f"unexpected {type(msg).__name__}")
 
 
@@ -209,6 +225,8 @@ class FakeCluster:
         self.applied: list[tuple[int, int]] = []
         self.replayed: list[tuple[int, int]] = []
         self.snapshots: list[tuple[int, int | None]] = []
+        #: partition -> the "snapshot file" BackupBegin/BackupRead serve.
+        self.backup_files: dict[int, bytes] = {}
         self.hook: Any = None
 
     @property
