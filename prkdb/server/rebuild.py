@@ -234,10 +234,13 @@ async def prepare(cfg: NodeConfig, log: Any, *, requested: bool, empty: bool,
             f"{data_dir / MARKER} belongs to node {marker.node_id}, this is node {cfg.node_id}"
         )
     others = [p.id for p in cfg.peers if p.id != cfg.node_id]
+    if not others and (requested or marker is not None):
+        raise RebuildError(
+            "a one-node cluster has no peer to rebuild from: restore it from a backup "
+            "(prkdb restore); or, accepting the loss of whatever a repair cut, delete "
+            f"{data_dir / MARKER} and start again")
     if marker is None:
         if not others:
-            if requested:
-                raise RebuildError("a one-node cluster has no peer to rebuild from")
             return None
         if not requested:
             if not empty:

@@ -312,3 +312,14 @@ async def test_a_resumed_rebuild_that_got_there_before_its_crash_ends_at_start(
         await eventually(lambda: not node.drivers[0].raw.recovering)
         assert Marker.load(cfg.data_dir) is None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_one_node_cluster_marked_for_rebuild_refuses_to_start(tmp_path: Path) -> None:
+    # `prkctl wal repair` marks the dir; with no peer to catch up from, the
+    # cut may have lost acknowledged writes for good: say so, never start.
+    cfg = _cfg(tmp_path, n=1)
+    Marker(1, None).save(cfg.data_dir)
+    with pytest.raises(RebuildError, match="one-node cluster"):
+        await rebuild.prepare(cfg, _Log(), requested=False, empty=False,
+                              identity=_identity(cfg))
+    assert Marker.load(cfg.data_dir) == Marker(1, None)
