@@ -13,6 +13,13 @@
     in a child process so the writing phase does not count).
 
 Usage: python scripts/bench_wal.py [--quick] [--dir DIR]
+       python scripts/bench_wal.py --baseline DIR [--rounds N] [--quick]
+
+--baseline DIR: an A/B against another checkout of the repository (made
+with `git worktree add DIR <rev>`): (b), (c) and (d) run alternately in
+child processes that import `prkdb` from DIR and from this tree, N rounds
+each, and the medians are printed as ratios this/baseline (same machine,
+same minutes: the fair comparison on a shared, noisy machine).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TREE = Path(__file__).resolve().parents[1]
+if "--tree" in sys.argv:  # an A/B child: import prkdb from that checkout
+    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
+sys.path.insert(0, str(TREE))
 
-from prkdb.raft.types import Entry
-from prkdb.storage import WriteAheadLog
+from prkdb.raft.types import Entry  # noqa: E402 (after the sys.path line)
+from prkdb.storage import WriteAheadLog  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -162,14 +172,67 @@ def recover_child(d: str) -> None:
     print(f"{elapsed:.3f} {n} {rss_kib}")
 
 
+def ab_child(kind: str, base: Path, quick: bool) -> None:
+    """One measurement with the prkdb of --tree; prints one number."""
+    if kind == "group":
+        print(bench_group_commit(base, 1.0 if quick else 3.0)[0])
+    elif kind == "single":
+        print(bench_single(base, 500 if quick else 2000)[0])
+    else:
+        d = base / "recover"
+        write_recovery_wal(d, 100_000 if quick else 1_000_000)
+        t = time.perf_counter()
+        WriteAheadLog.open(d).close()
+        print(time.perf_counter() - t)
+
+
+def ab_compare(baseline: Path, rounds: int, quick: bool, tmp: str | None) -> None:
+    """Alternate child runs of both trees; print medians and ratios."""
+    kinds = {"group": "(b) group commit, durable entries/s",
+             "single": "(c) one writer append+sync p50, s",
+             "recover": "(d) recovery open(), s"}
+    results: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for kind in kinds:
+            order = [("baseline", baseline), ("this", TREE)]
+            if r % 2:
+                order.reverse()
+            for name, tree in order:
+                base = Path(tempfile.mkdtemp(prefix="bench_wal_ab_", dir=tmp))
+                try:
+                    args = [sys.executable, __file__, "--tree", str(tree), "--ab-child", kind,
+                            "--dir", str(base)] + (["--quick"] if quick else [])
+                    out = subprocess.run(args, check=True, capture_output=True, text=True)
+                    results.setdefault((kind, name), []).append(float(out.stdout.split()[-1]))
+                finally:
+                    shutil.rmtree(base, ignore_errors=True)
+    print(f"A/B: this tree {TREE} vs baseline {baseline}, {rounds} alternating rounds")
+    for kind, label in kinds.items():
+        this = statistics.median(results[(kind, "this")])
+        base = statistics.median(results[(kind, "baseline")])
+        print(f"  {label}: this {this:.6g}  baseline {base:.6g}  ratio this/baseline "
+              f"{this / base:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run")
     ap.add_argument("--dir", help="directory for temp files (default: under /tmp)")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout to compare with (A/B, see the module doc)")
+    ap.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
     ap.add_argument("--recover-child", help=argparse.SUPPRESS)
+    ap.add_argument("--ab-child", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.recover_child:
         recover_child(args.recover_child)
+        return
+    if args.ab_child:
+        ab_child(args.ab_child, Path(args.dir), args.quick)
+        return
+    if args.baseline:
+        ab_compare(args.baseline.resolve(), args.rounds, args.quick, args.dir)
         return
     base = Path(tempfile.mkdtemp(prefix="bench_wal_", dir=args.dir))
     try:
