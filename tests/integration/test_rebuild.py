@@ -42,8 +42,11 @@ import pytest
 from prkdb.client import OutcomeUnknown, ReadConsistency, SyncClient
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.partitioning import partition_for
+from prkdb.storage import dump
+from prkdb.storage.record import RecordKind
 from prkdb.wire.messages import Error, Get, GetOk, HelloOk, Status, StatusOk
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
+from tests.prkctl.helpers import invoke
 
 pytestmark = pytest.mark.slow
 
@@ -458,4 +461,45 @@ def test_wiped_node_without_flag_is_detected(tmp_path: Path) -> None:
         c.wait_ready()
         _fence(client, c, expected, b"2")
         _wait_applied(c, 3, _commit_targets(c, [1, 2]))
+        _assert_serves(c, 3, expected)
+
+
+def test_a_corrupt_wal_refuses_to_start_and_a_repaired_one_rebuilds(tmp_path: Path) -> None:
+    # Issue 13: one flipped byte in a synced record must not be cut as a
+    # "torn tail" (the node would come back as a voter that forgot its
+    # acks); the node refuses, `prkctl wal repair` cuts there and marks
+    # it REBUILDING, and it votes again only once it caught up.
+    with _cluster_with_data(tmp_path, b"r", 200, partitions=4) as (c, client, expected):
+        assert c.terminate(3) == 0
+        data = c.root / "data3"
+        seg = sorted((data / "wal").glob("*.wal"))[0]
+        offsets = [r.offset for r in dump(data / "wal")
+                   if r.file == str(seg) and r.kind == RecordKind.ENTRY]
+        bad = offsets[len(offsets) // 2]
+        with open(seg, "r+b") as f:
+            f.seek(bad + 30)
+            byte = f.read(1)[0]
+            f.seek(bad + 30)
+            f.write(bytes([byte ^ 0x40]))
+        r = subprocess.run(c._command(3), capture_output=True, text=True, timeout=60,
+                           env=c._env())
+        out = f"exit code {r.returncode}\nstderr:\n{r.stderr}"
+        assert r.returncode == 1, out
+        assert str(seg) in r.stderr and f"offset {bad}" in r.stderr, out
+        assert "prkctl wal repair" in r.stderr, out
+
+        _populate(client, c, expected, b"s", 40)  # writes node 3 never saw
+        _fence(client, c, expected, b"1")
+        targets = _commit_targets(c, [1, 2])
+        res = invoke(c.seeds, "wal", "repair", str(data), "--yes")
+        assert res.exit_code == 0, res.output
+        assert (data / MARKER).exists()
+
+        since = len(c.log(3))
+        c.start(3)  # no flag: the marker makes it rebuild
+        text = _wait_event(c, 3, "rebuild_complete", since=since)
+        _assert_rebuild_sequence(text, c.partitions)
+        _assert_commit_reached(c, 3, targets)
+        _wait_marker_gone(c, 3)
+        _wait_applied(c, 3, targets)
         _assert_serves(c, 3, expected)
