@@ -269,6 +269,7 @@ class Outcome(enum.Enum):
     REFUSED = "refused"
     LOST = "LOST"  # silent loss of acknowledged writes
     UNNAMED = "UNNAMED"  # refused without naming the spot
+    CHANGED = "CHANGED"  # refused, but the dir was modified first ("nothing was changed")
     CRASHED = "CRASHED"  # an exception a node would not turn into a clean refusal
 
 
@@ -398,6 +399,16 @@ def _named(err: BaseException, work: Path, spot: Spot) -> str | None:
     return f"message names none of {spot.files}: {msg[:300]}"
 
 
+def fingerprint(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file: what a refusal must leave as it was."""
+    out = {}
+    for p in sorted(data_dir.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(data_dir))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def check(work: Path, cfg: NodeConfig, acked: dict[bytes, bytes], spot: Spot,
           hard: dict[int, HardState] | None = None) -> Verdict:
     """The oracle: open `work` as a node would, twice; see the module docstring.
@@ -406,6 +417,7 @@ def check(work: Path, cfg: NodeConfig, acked: dict[bytes, bytes], spot: Spot,
     the vote in it) below them is a voter that forgot what it promised (LOST).
     """
     notes: list[str] = []
+    before = fingerprint(work)
     for attempt in (1, 2):
         try:
             opened = open_like_node(cfg)
@@ -416,6 +428,15 @@ def check(work: Path, cfg: NodeConfig, acked: dict[bytes, bytes], spot: Spot,
             wrong = _named(err, work, spot)
             if wrong is not None:
                 return Verdict(Outcome.UNNAMED, f"{type(err).__name__}: {wrong}")
+            after = fingerprint(work)
+            # Refusals that promise "nothing was changed" (the WAL's) or come
+            # before the WAL is opened; a RecoveryError comes after the WAL's
+            # open, which may legitimately have cut a torn tail.
+            if after != before and not isinstance(err, RecoveryError):
+                changed = sorted(f for f in before.keys() | after.keys()
+                                 if before.get(f) != after.get(f))
+                return Verdict(Outcome.CHANGED, f"{type(err).__name__} ({str(err)[:120]}), "
+                                                f"after changing {changed}")
             return Verdict(Outcome.REFUSED, f"{type(err).__name__}: {str(err)[:160]}",
                            (type(err).__name__,))
         except Exception as err:  # the node would die with a traceback
@@ -457,6 +478,7 @@ class Case:
     kind: str  # the row of the count table
     label: str  # reproducer: what exactly was done
     mutate: Mutation
+    must_recover: bool = False  # an ordinary crash's leftovers: refusing is wrong too
 
 
 def xor_byte(path: Path, off: int, mask: int) -> None:
@@ -660,7 +682,8 @@ def _stale_records(m: DirMap, rng: random.Random, n: int) -> list[Case]:
             with open(work / newest.rel, "r+b") as f:
                 f.seek(at)
                 f.write(chunk)
-            return Spot((newest.rel,), (newest.end, at))
+            # Found only by what the records say, so the WAL dir is named.
+            return Spot((newest.rel, WAL_DIR), (newest.end, at))
         where = "right after" if gap == 0 else f"{gap} B after"
         out.append(Case("stale records after the data",
                         f"copy {src.rel}[{start}:{end}] {where} the data of {newest.rel} "
@@ -738,9 +761,56 @@ def _identity_cases(m: DirMap, rng: random.Random, n: int) -> list[Case]:
     return out
 
 
+def _torn_writes(m: DirMap, rng: random.Random, n: int) -> list[Case]:
+    """An unfinished last write: a prefix of a new record right after the newest data.
+
+    This is what a crash leaves; nothing in it was acknowledged (no sync
+    returned for it, and no sync mark follows it). A node must start here:
+    `run_torn_writes` asserts RECOVERED, not just "not lost".
+    """
+    out = []
+    newest = m.segs[-1]
+    for _ in range(n):
+        data = rng.randbytes(rng.choice((20, 300, 1500, 5000)))
+        part = rng.randrange(4)
+        record = rec.encode_entries(part, [Entry(1, 1_000_000, data=data)])
+        k = rng.randrange(1, len(record))
+        at = newest.end
+
+        def mutate(work: Path, at: int = at, chunk: bytes = record[:k]) -> Spot:
+            with open(work / newest.rel, "r+b") as f:
+                f.seek(at)
+                f.write(chunk)
+            return Spot((newest.rel,), (at, at))
+        out.append(Case("torn last write (must recover)",
+                        f"first {k} of {len(record)} bytes of a new p{part} record at "
+                        f"{newest.rel}@{at}", mutate, must_recover=True))
+    return out
+
+
+def _combined(m: DirMap, rng: random.Random) -> list[Case]:
+    """Two damages whose sum needs what each alone does not (fallback snapshot + WAL)."""
+    out: list[Case] = []
+    by_part: dict[str, list[str]] = {}
+    for rel in m.snaps:
+        by_part.setdefault(str(Path(rel).parent), []).append(rel)
+    for _, files in sorted(by_part.items()):
+        newest = sorted(files)[-1]
+        for s in m.segs[:-1]:
+            x = rng.randrange((m.root / newest).stat().st_size)
+
+            def mutate(work: Path, snap: str = newest, seg: str = s.rel, x: int = x) -> Spot:
+                xor_byte(work / snap, x, 0x40)
+                (work / seg).unlink()
+                return Spot((snap, seg, SNAPSHOT_DIR, *_any_segment(m)))
+            out.append(Case("snapshot flip + deleted segment",
+                            f"xor 0x40 at {newest}@{x}, delete {s.rel}", mutate))
+    return out
+
+
 def make_cases(m: DirMap, other: DirMap, rng: random.Random, *, flips: int = 20,
                pages: int = 20, truncations: int = 12, stale: int = 6, snaps: int = 16,
-               identity: int = 8) -> list[Case]:
+               identity: int = 8, torn: int = 8) -> list[Case]:
     """Every kind of damage for the dir mapped by `m` (`other`: a second, foreign dir)."""
     return [
         *_flip_cases(m, rng, flips),
@@ -750,6 +820,8 @@ def make_cases(m: DirMap, other: DirMap, rng: random.Random, *, flips: int = 20,
         *_stale_records(m, rng, stale),
         *_snapshot_cases(m, other, rng, snaps),
         *_identity_cases(m, rng, identity),
+        *_combined(m, rng),
+        *_torn_writes(m, rng, torn),
     ]
 
 
@@ -777,7 +849,10 @@ class Tally:
         self.rows.setdefault(case.kind, Counter())[v.outcome] += 1
         for n in v.notes:
             self.notes[(case.kind, n)] += 1
-        if v.outcome not in (Outcome.RECOVERED, Outcome.REFUSED):
+        if case.must_recover and v.outcome == Outcome.REFUSED:
+            self.failures.append(f"[REFUSED A CRASH'S TORN WRITE] {dirname}: {case.kind}: "
+                                 f"{case.label}: {v.detail}")
+        elif v.outcome not in (Outcome.RECOVERED, Outcome.REFUSED):
             self.failures.append(f"[{v.outcome.value}] {dirname}: {case.kind}: {case.label}: "
                                  f"{v.detail}")
 
