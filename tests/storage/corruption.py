@@ -670,6 +670,16 @@ def _stale_records(m: DirMap, rng: random.Random, n: int) -> list[Case]:
         src = rng.choice(sources)
         k = rng.randrange(1, len(src.records) - 2)
         j = min(len(src.records), k + rng.randint(1, 6))
+        if i % 4 == 2:
+            # From a partition's hard state to its next entry batch: the old
+            # hard state (lower commit) comes first, so the batch after it
+            # does not look like a rewrite of committed entries.
+            hs = [q for q, r in enumerate(src.records) if r.kind == rec.RecordKind.HARD_STATE]
+            k = rng.choice(hs)
+            p = src.records[k].partition
+            j = next((q + 1 for q in range(k + 1, len(src.records))
+                      if src.records[q].kind == rec.RecordKind.ENTRY
+                      and src.records[q].partition == p), j)
         start, end = src.records[k].off, src.records[j - 1].end
         gap = 0 if i % 2 == 0 else rng.randrange(16, 2048)
         at = newest.end + gap

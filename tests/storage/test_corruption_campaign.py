@@ -96,7 +96,7 @@ def test_corruption_campaign(campaign: Campaign, capsys: pytest.CaptureFixture[s
     for k, (g, m) in enumerate(zip(campaign.gens, campaign.maps)):
         other = campaign.maps[1 - k]
         rng = random.Random(SEED * 100 + k)
-        cases = C.make_cases(m, other, rng, flips=24, pages=24, truncations=12, stale=8,
+        cases = C.make_cases(m, other, rng, flips=24, pages=24, truncations=12, stale=24,
                              snaps=20, identity=10)
         print(f"{g.name}: {g.data_dir} ({g.stop}, {len(g.acked)} acknowledged puts), "
               f"{len(cases)} cases\n{m.describe()}")
@@ -105,9 +105,11 @@ def test_corruption_campaign(campaign: Campaign, capsys: pytest.CaptureFixture[s
     print(f"{sum(sum(c.values()) for c in tally.rows.values())} cases in {total:.1f} s")
     for f in tally.failures:
         print(f)
+    dirs = ", ".join(f"{g.name}: {g.data_dir}" for g in campaign.gens)
     assert not tally.failures, (
-        f"seed {SEED}: {len(tally.failures)} cases neither refused naming the spot nor kept "
-        f"every acknowledged write\n{tally.table()}\n" + "\n".join(tally.failures[:60]))
+        f"seed {SEED} on the kept pristine dirs ({dirs}): {len(tally.failures)} cases "
+        f"neither refused naming the spot nor kept every acknowledged write\n"
+        f"{tally.table()}\n" + "\n".join(tally.failures[:60]))
 
 
 # ----------------------------------------------------------------------------
