@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from prkdb.storage.snapshots import MAGIC as SNAPSHOT_MAGIC
-from prkdb.storage.snapshots import VERSION as SNAPSHOT_VERSION
+from prkdb.storage.snapshots import parse_head
 
 FORMAT: Final = "prkdb-backup"
 FORMAT_VERSION: Final = 1
@@ -58,7 +58,8 @@ READ_CHUNK: Final = 1024 * 1024
 
 # The snapshot file's header (prkdb/storage/snapshots.py; tests check the two agree):
 # magic, version, partition, index, term, data length, number of voters.
-_HEAD = struct.Struct("<8sIIQQQI")
+_HEAD_V1_SIZE = struct.calcsize("<8sIIQQQI")  # a snapshot header's common part
+_HEAD_MAX = struct.calcsize("<8sIIQQQI16s")  # with version 2's data dir id
 _CRC = struct.Struct("<I")
 
 
@@ -152,7 +153,7 @@ class Manifest:
                 sha256=_field(item, "sha256", str, w),
                 node_id=item.get("node_id", 0) if isinstance(item.get("node_id", 0), int) else 0,
             )
-            if e.index < 1 or e.term < 1 or e.bytes < _HEAD.size + _CRC.size:
+            if e.index < 1 or e.term < 1 or e.bytes < _HEAD_V1_SIZE + _CRC.size:
                 raise BackupFileError(f"{w}: index, term or bytes out of range ({e})")
             if len(e.sha256) != 64 or any(c not in "0123456789abcdef" for c in e.sha256):
                 raise BackupFileError(f"{w}: sha256 {e.sha256!r:.80} is not 64 hex digits")
@@ -207,13 +208,18 @@ def verify_snapshot_stream(f: IO[bytes], size: int, what: str) -> SnapshotInfo:
             CRC mismatch or a short read; the message starts with `what`.
     """
     sha = hashlib.sha256()
-    if size < _HEAD.size + _CRC.size:
+    if size < _HEAD_V1_SIZE + _CRC.size:
         raise BackupFileError(f"{what}: {size} bytes is too short for a snapshot file")
-    head = _read_exact(f, _HEAD.size, what)
-    magic, version, partition, index, term, dlen, nvoters = _HEAD.unpack(head)
-    if magic != SNAPSHOT_MAGIC or version != SNAPSHOT_VERSION:
+    head = _read_exact(f, _HEAD_V1_SIZE, what)
+    if head[:8] == SNAPSHOT_MAGIC and head[8:12] != b"\x01\0\0\0":
+        head += _read_exact(f, min(size - _CRC.size, _HEAD_MAX) - _HEAD_V1_SIZE, what)
+    parsed = parse_head(head)
+    if parsed is None:
         raise BackupFileError(f"{what}: not a PrkDB snapshot file (bad magic or version)")
-    expected = _HEAD.size + 8 * nvoters + dlen + _CRC.size
+    head = head[: parsed.size]
+    partition, index, term = parsed.partition, parsed.index, parsed.term
+    dlen, nvoters = parsed.data_length, parsed.n_voters
+    expected = parsed.size + 8 * nvoters + dlen + _CRC.size
     if expected != size:
         raise BackupFileError(
             f"{what}: the snapshot header says {expected} bytes but the file has {size}")
@@ -235,7 +241,7 @@ def verify_snapshot_stream(f: IO[bytes], size: int, what: str) -> SnapshotInfo:
         raise BackupFileError(
             f"{what}: snapshot CRC mismatch (stored {stored:#010x}, computed {crc:#010x})")
     voters = struct.unpack(f"<{nvoters}Q", raw_voters)
-    return SnapshotInfo(partition, index, term, voters, _HEAD.size + 8 * nvoters, dlen, size,
+    return SnapshotInfo(partition, index, term, voters, parsed.size + 8 * nvoters, dlen, size,
                         sha.hexdigest())
 
 

@@ -12,6 +12,7 @@ with a damaged dir:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prkdb import __version__
@@ -20,9 +21,16 @@ from prkdb.storage import SnapshotStore, WriteAheadLog
 from prkdb.storage.identity import (
     IDENTITY_FILE,
     DataDirIdentity,
+    IdentityError,
     IdentityMismatch,
     read_identity,
     write_identity,
+)
+from prkdb.storage.record import (
+    NO_DIR_ID,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    decode_segment_header,
 )
 from prkdb.storage.recovery import list_segments
 
@@ -48,7 +56,17 @@ def ensure_identity(cfg: NodeConfig, log: Any) -> DataDirIdentity:
         ident.check(path, cfg.cluster_id, cfg.node_id, cfg.partitions)
         return ident
     wal_dir = cfg.data_dir / WAL_DIR
-    legacy = wal_dir.is_dir() and bool(list_segments(wal_dir))
+    segments = list_segments(wal_dir) if wal_dir.is_dir() else []
+    stamped = sorted({h.dir_id.hex() for _, path in segments
+                      if (h := _header(path)) is not None and h.dir_id not in (None, NO_DIR_ID)})
+    if stamped:
+        # Written by a prkdb that writes identities: the file was lost, and
+        # guessing it (a new id) would make every segment look foreign.
+        raise IdentityError(
+            f"{path_of(cfg)}: the data dir identity is missing, but its WAL was written with "
+            f"one (data dir id {', '.join(stamped)}): restore the IDENTITY file from a copy, "
+            f"or treat the node as lost (docs/operations.md, 'Rebuild one node')")
+    legacy = bool(segments)
     ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__)
     write_identity(cfg.data_dir, ident)
     if legacy:
@@ -59,6 +77,15 @@ def ensure_identity(cfg: NodeConfig, log: Any) -> DataDirIdentity:
     else:
         log.info("data_dir_identity_created", file=str(path), data_dir_id=ident.data_dir_id)
     return ident
+
+
+def path_of(cfg: NodeConfig) -> Path:
+    return cfg.data_dir / IDENTITY_FILE
+
+
+def _header(path: Path) -> SegmentHeader | None:
+    with open(path, "rb") as f:
+        return decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
 
 
 def open_storage(cfg: NodeConfig, ident: DataDirIdentity, log: Any
@@ -77,5 +104,6 @@ def open_storage(cfg: NodeConfig, ident: DataDirIdentity, log: Any
         raise IdentityMismatch(cfg.data_dir / IDENTITY_FILE, [
             ("cluster.partitions", f"at least {extra[-1] + 1} (the WAL holds partition "
                                    f"{extra[-1]})", cfg.partitions)])
-    snapshots = SnapshotStore(cfg.data_dir / SNAPSHOT_DIR, logger=log)
+    snapshots = SnapshotStore(cfg.data_dir / SNAPSHOT_DIR, logger=log,
+                              data_dir_id=ident.dir_id_bytes)
     return wal, snapshots

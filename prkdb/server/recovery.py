@@ -65,9 +65,18 @@ def recover_partition(
         )
     storage.append(entries)
     hs = plog.hard_state
-    # The commit index is persisted lazily: it may trail the snapshot, and is
-    # never trusted past the entries we actually have.
-    commit = min(max(hs.commit, snap_index), storage.last_index())
+    # The commit index is persisted lazily: it may trail the snapshot. It
+    # never runs ahead of the log: entries are written before the hard state
+    # that commits them, and replay stops at the first bad record, so a hard
+    # state that says more is committed than the log holds means entries
+    # vanished without a trace in the WAL's checks: never start on that.
+    if hs.commit > storage.last_index():
+        raise RecoveryError(
+            f"partition {p}: the hard state says entries up to {hs.commit} are committed, "
+            f"but the log ends at {storage.last_index()} (snapshot {snap_index}): "
+            f"committed entries are missing from {wal.directory}"
+        )
+    commit = max(hs.commit, snap_index)
     if not hs.is_empty() or snap_index:
         storage.set_hard_state(HardState(hs.term, hs.vote, commit))
     return RecoveredPartition(storage, sm, snap_index)

@@ -150,7 +150,7 @@ def restore(path: Path, cfg: NodeConfig, *, keep_cluster_id: bool = False,
 
     ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__)
     write_identity(data_dir, ident)
-    store = SnapshotStore(data_dir / SNAPSHOT_DIR)
+    store = SnapshotStore(data_dir / SNAPSHOT_DIR, data_dir_id=ident.dir_id_bytes)
     voters = ConfState(tuple(cfg.voter_ids))
     metas: list[SnapshotMeta] = []
     for entry, raw, info in iter_snapshots(path, manifest):

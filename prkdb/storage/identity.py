@@ -60,8 +60,7 @@ class IdentityMismatch(StorageError):
         super().__init__(
             f"{path.parent} belongs to another cluster layout: {what}. Either point "
             f"node.data_dir at this node's own data dir, or fix the configuration to match "
-            f"the data dir; partitions cannot change for a cluster's life (to change them, "
-            f"back up with `prkctl backup` and `prkdb restore` into a new cluster)"
+            f"the data dir (the partition count is fixed for a cluster's life)"
         )
 
 

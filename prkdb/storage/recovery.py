@@ -131,10 +131,21 @@ class Replayer:
         return st
 
     def entries(self, p: int, batch: list[Entry], where: tuple[str, int]) -> None:
-        self.gaps.pop(p, None)
+        """Raises ValueError for a record Raft could not have written (see below)."""
         st = self._part(p)
         ents = st.entries
         first = batch[0].index
+        # Raft never rewrites a committed entry (RaftLog.append refuses), and
+        # a persisted commit index never exceeds the in-memory one: a record
+        # starting at or below it is stale or copied bytes, not ours.
+        if first <= st.hard_state.commit or (st.snapshot is not None
+                                             and first <= st.snapshot.index):
+            raise ValueError(
+                f"partition {p}: rewrites the log from index {first}, but entries up to "
+                f"{st.hard_state.commit} were already committed and up to "
+                f"{st.snapshot.index if st.snapshot else 0} snapshotted (stale or copied "
+                f"bytes)")
+        self.gaps.pop(p, None)
         if ents:
             head = ents[0].index
             if head <= first <= ents[-1].index + 1:
@@ -145,10 +156,28 @@ class Replayer:
         st.origin = where
 
     def hard_state(self, p: int, hs: HardState) -> None:
-        self._part(p).hard_state = hs
+        """Raises ValueError for a hard state Raft could not have written after the last.
+
+        Terms never go back; within a term a cast vote stays and the commit
+        index only grows (a rebuild's term floor raises the term, so its
+        commit 0 passes). Stale or copied records fail this.
+        """
+        st = self._part(p)
+        prev = st.hard_state
+        if hs.term < prev.term or (hs.term == prev.term and (
+                hs.commit < prev.commit or (prev.vote and hs.vote != prev.vote))):
+            raise ValueError(
+                f"partition {p}: hard state (term {hs.term}, vote {hs.vote}, commit "
+                f"{hs.commit}) goes back from (term {prev.term}, vote {prev.vote}, commit "
+                f"{prev.commit}) (stale or copied bytes)")
+        st.hard_state = hs
 
     def marker(self, p: int, meta: SnapshotMeta, last: int, restore: bool) -> None:
+        """Raises ValueError for a marker going back (the writer refuses those)."""
         st = self._part(p)
+        if st.snapshot is not None and meta.index < st.snapshot.index:
+            raise ValueError(f"partition {p}: snapshot marker {meta.index} goes back from "
+                             f"{st.snapshot.index} (stale or copied bytes)")
         st.snapshot = meta
         ents = st.entries
         if ents and ents[-1].index > last:
@@ -259,24 +288,12 @@ def read_segment(path: Path, seq: int, replayer: Replayer | None, visit: Any = N
     with open(path, "rb") as f:
         data = f.read()
     scan.size = size = len(data)
+    reason = check_header(path, seq, dir_id)
     header = rec.decode_segment_header(data)
-    if header is None:
-        scan.problem = (0, f"bad segment header (magic, version or crc; file of {size} bytes)")
+    if reason is not None or header is None:
+        scan.problem = (0, reason or "bad segment header")
         return scan
     scan.header = header
-    if header.seq != seq:
-        scan.problem = (0, f"segment header says sequence {header.seq}, file name says {seq}: "
-                           "a renamed or copied segment")
-        return scan
-    if header.size is not None and header.size != size:
-        scan.problem = (0, f"file is {size} bytes but was preallocated to {header.size}: "
-                           "truncated or extended after it was written")
-        return scan
-    if (dir_id is not None and header.dir_id is not None and header.dir_id != rec.NO_DIR_ID
-            and header.dir_id != dir_id):
-        scan.problem = (0, f"segment belongs to data dir {header.dir_id.hex()}, this data dir is "
-                           f"{dir_id.hex()}: copied from another node or data dir")
-        return scan
     _read_records(data, header.length, scan, replayer, visit)
     if scan.problem is None and not scan.sealed:
         # Stopped at a zero header: the end of the data, unless nonzero bytes
@@ -371,6 +388,40 @@ def _read_records(
     scan.end = off
 
 
+def check_header(path: Path, seq: int, dir_id: bytes | None) -> str | None:
+    """Why the segment's header is not one of ours (read_segment's header rules), or None."""
+    with open(path, "rb") as f:
+        head = f.read(rec.SEGMENT_HEADER_SIZE)
+        size = os.fstat(f.fileno()).st_size
+    header = rec.decode_segment_header(head)
+    if header is None:
+        return f"bad segment header (magic, version or crc; file of {size} bytes)"
+    if header.seq != seq:
+        return (f"segment header says sequence {header.seq}, file name says {seq}: "
+                "a renamed or copied segment")
+    if header.size is not None and header.size != size:
+        return (f"file is {size} bytes but was preallocated to {header.size}: "
+                "truncated or extended after it was written")
+    if (dir_id is not None and header.dir_id is not None and header.dir_id != rec.NO_DIR_ID
+            and header.dir_id != dir_id):
+        return (f"segment belongs to data dir {header.dir_id.hex()}, this data dir is "
+                f"{dir_id.hex()}: copied from another node or data dir")
+    return None
+
+
+def first_bad_header(segs: list[tuple[int, Path]], dir_id: bytes | None) -> Problem | None:
+    """The first segment whose header is not ours, checked before any record is read.
+
+    Without this pass a foreign or renamed segment would be blamed on its
+    predecessor ("ends without a seal"), not named itself.
+    """
+    for seq, path in segs:
+        reason = check_header(path, seq, dir_id)
+        if reason is not None:
+            return Problem(str(path), 0, reason, tail=False)
+    return None
+
+
 def holds_no_record(path: Path) -> bool:
     """A valid segment header followed only by zeros (a crash right after rollover)."""
     with open(path, "rb") as f:
@@ -435,6 +486,10 @@ def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER,
             logger.info("wal_removed_temp_segment", file=str(directory / name))
             os.unlink(directory / name)
     segs = list_segments(directory)
+    if not repair:
+        bad = first_bad_header(segs, dir_id)
+        if bad is not None:
+            raise WalCorruptionError(bad.file, bad.offset, bad.reason)
     replayer = Replayer()
     scans: list[SegmentScan] = []
     n = len(segs)
@@ -579,8 +634,10 @@ def verify(directory: str | Path, dir_id: bytes | None = None) -> VerifyReport:
     segs = list_segments(directory)
     replayer = Replayer()
     reports: list[SegmentReport] = []
-    problem: Problem | None = None
+    problem: Problem | None = first_bad_header(segs, dir_id)
     torn: Problem | None = None
+    if problem is not None:
+        segs = []  # reported as is: the header pre-pass names the file
     n = len(segs)
     newest_empty = n >= 2 and holds_no_record(segs[-1][1])
     tail = n - 1

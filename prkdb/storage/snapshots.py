@@ -5,15 +5,20 @@ Theory of operation
 ``<dir>/p<partition>/<index:020d>-<term:020d>.snap`` holds one snapshot::
 
     0  8s  magic b"PRKSNAP1"
-    8  u32 version (1)
+    8  u32 version (2; version 1 files, without the data dir id, are read)
     12 u32 partition
     16 u64 index
     24 u64 term
     32 u64 data length
     40 u32 number of voters n
-    44 n * u64 voters
+    44 16s data dir id (version 2 only; zeros: none given)
+    60 n * u64 voters
     .. data
     .. u32 crc32 of everything before it
+
+A store that knows its data dir's id (identity.py) refuses, as corrupt, a
+file stamped with another one: a snapshot copied from another node or data
+dir would otherwise be loaded and silently replace this node's state.
 
 `save` writes a temp file, fsyncs it, renames it into place and fsyncs the
 directory, so a crash leaves either the old set of files or the new one
@@ -50,8 +55,38 @@ from prkdb.storage.log import NULL_LOGGER, Logger
 from prkdb.storage.segment import fsync_dir
 
 MAGIC = b"PRKSNAP1"
-VERSION = 1
-_HEAD = struct.Struct("<8sIIQQQI")
+VERSION = 2
+_HEAD = struct.Struct("<8sIIQQQI16s")
+_HEAD_V1 = struct.Struct("<8sIIQQQI")
+NO_DIR_ID = bytes(16)
+
+
+@dataclass(frozen=True)
+class SnapshotHead:
+    """A snapshot file's decoded header; `size` = header bytes before the voters."""
+
+    version: int
+    partition: int
+    index: int
+    term: int
+    data_length: int
+    n_voters: int
+    dir_id: bytes
+    size: int
+
+
+def parse_head(buf: bytes) -> SnapshotHead | None:
+    """The header at the start of `buf` (versions 1 and 2), or None if it is not one."""
+    if len(buf) < _HEAD_V1.size or buf[:8] != MAGIC:
+        return None
+    (version,) = struct.unpack_from("<I", buf, 8)
+    if version == 1:
+        _, _, part, index, term, dlen, n = _HEAD_V1.unpack_from(buf, 0)
+        return SnapshotHead(1, part, index, term, dlen, n, NO_DIR_ID, _HEAD_V1.size)
+    if version != VERSION or len(buf) < _HEAD.size:
+        return None
+    _, _, part, index, term, dlen, n, dir_id = _HEAD.unpack_from(buf, 0)
+    return SnapshotHead(VERSION, part, index, term, dlen, n, bytes(dir_id), _HEAD.size)
 _CRC = struct.Struct("<I")
 _SUFFIX = ".snap"
 
@@ -72,10 +107,12 @@ class SnapshotStore:
     for one partition must not (the partition driver owns them).
     """
 
-    def __init__(self, directory: str | Path, *, retain: int = 2, logger: Any = None) -> None:
+    def __init__(self, directory: str | Path, *, retain: int = 2, logger: Any = None,
+                 data_dir_id: bytes | None = None) -> None:
         if retain < 1:
             raise ValueError(f"retain ({retain}) must be >= 1")
         self.directory = Path(directory)
+        self.data_dir_id = data_dir_id  # stamped into saved files, checked at load
         self.retain = retain
         self._log: Logger = logger if logger is not None else NULL_LOGGER
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -104,6 +141,7 @@ class SnapshotStore:
                     meta.term,
                     len(snapshot.data),
                     len(voters),
+                    self.data_dir_id or NO_DIR_ID,
                 ),
                 struct.pack(f"<{len(voters)}Q", *voters),
                 snapshot.data,
@@ -155,22 +193,27 @@ class SnapshotStore:
         """
         path = Path(path)
         raw = path.read_bytes()
-        if len(raw) < _HEAD.size + _CRC.size:
-            raise SnapshotCorruptionError(path, f"file of {len(raw)} bytes is too short")
-        magic, version, part, index, term, dlen, nvoters = _HEAD.unpack_from(raw, 0)
-        if magic != MAGIC or version != VERSION:
-            raise SnapshotCorruptionError(path, "bad magic or version")
-        expected = _HEAD.size + 8 * nvoters + dlen + _CRC.size
+        head = parse_head(raw)
+        if head is None:
+            raise SnapshotCorruptionError(path, f"bad magic or version (file of {len(raw)} bytes)")
+        expected = head.size + 8 * head.n_voters + head.data_length + _CRC.size
         if expected != len(raw):
             raise SnapshotCorruptionError(path, f"length {len(raw)} != expected {expected}")
         (crc,) = _CRC.unpack_from(raw, len(raw) - _CRC.size)
         if zlib.crc32(memoryview(raw)[: len(raw) - _CRC.size]) != crc:
             raise SnapshotCorruptionError(path, "crc mismatch")
-        if partition is not None and part != partition:
-            raise SnapshotCorruptionError(path, f"holds partition {part}, not {partition}")
-        voters = struct.unpack_from(f"<{nvoters}Q", raw, _HEAD.size)
-        start = _HEAD.size + 8 * nvoters
-        data = raw[start : start + dlen]
+        if partition is not None and head.partition != partition:
+            raise SnapshotCorruptionError(path, f"holds partition {head.partition}, not "
+                                                f"{partition}")
+        mine = self.data_dir_id
+        if mine is not None and head.dir_id not in (NO_DIR_ID, mine):
+            raise SnapshotCorruptionError(
+                path, f"belongs to data dir {head.dir_id.hex()}, this data dir is {mine.hex()}: "
+                      "copied from another node or data dir")
+        voters = struct.unpack_from(f"<{head.n_voters}Q", raw, head.size)
+        start = head.size + 8 * head.n_voters
+        data = raw[start : start + head.data_length]
+        index, term = head.index, head.term
         return Snapshot(SnapshotMeta(index, term, ConfState(tuple(voters))), data)
 
     def load_latest(self, partition: int) -> Snapshot | None:

@@ -206,6 +206,11 @@ class WriteAheadLog:
         )
         return wal
 
+    @property
+    def directory(self) -> Path:
+        """Where the segment files are."""
+        return self._dir
+
     def recovered(self) -> dict[int, PartitionLog]:
         """State replayed at open, per partition id (the caller may keep it)."""
         return self._recovered

@@ -64,7 +64,8 @@ def run_ops(data: st.DataObject, wal: WriteAheadLog, model: dict[int, PModel], i
         p = data.draw(st.sampled_from(PARTITIONS))
         m = model.setdefault(p, PModel())
         if op == "app":
-            first = data.draw(st.integers(m.snap_index + 1, m.last() + 1))
+            # Raft never rewrites a committed entry (replay refuses a record that does).
+            first = data.draw(st.integers(max(m.snap_index, m.hs.commit) + 1, m.last() + 1))
             n = data.draw(st.integers(1, 4))
             prev_terms = [e.term for e in m.log if e.index < first]
             base = prev_terms[-1] if prev_terms else (m.snap.term if m.snap else 1)
@@ -74,7 +75,18 @@ def run_ops(data: st.DataObject, wal: WriteAheadLog, model: dict[int, PModel], i
             wal.append_entries(p, new)
             m.log = [e for e in m.log if e.index < first] + new
         elif op == "hs":
-            hs = HardState(*data.draw(st.tuples(*[st.integers(0, 9)] * 3)))
+            # As Raft persists them: the term never goes back; within a term
+            # the vote, once cast, stays and the commit index only grows; the
+            # commit index never passes the log (replay refuses otherwise).
+            prev = m.hs
+            term = prev.term + data.draw(st.integers(0, 2))
+            if term == prev.term:
+                vote = prev.vote or data.draw(st.integers(0, 9))
+                commit = data.draw(st.integers(prev.commit, max(prev.commit, m.last())))
+            else:
+                vote = data.draw(st.integers(0, 9))
+                commit = data.draw(st.integers(0, m.last()))
+            hs = HardState(term, vote, commit)
             wal.append_hard_state(p, hs)
             m.hs = hs
         elif op == "mark":
@@ -84,7 +96,7 @@ def run_ops(data: st.DataObject, wal: WriteAheadLog, model: dict[int, PModel], i
                 term = m.term_at(s)
                 assert term is not None
             else:  # snapshot from a leader, maybe beyond our log
-                s = data.draw(st.integers(lo, m.last() + 3))
+                s = data.draw(st.integers(max(lo, m.hs.commit), m.last() + 3))
                 term = data.draw(st.integers(1, 12))
             voters = tuple(data.draw(st.lists(st.integers(1, 7), max_size=5)))
             meta = SnapshotMeta(s, term, ConfState(voters))
