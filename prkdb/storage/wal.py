@@ -342,14 +342,19 @@ class WriteAheadLog:
             if self._segments and self._segments[-1].mm is not None:
                 self._seal(self._segments[-1])
             self._segments.append(new)
-            if pre:
-                new.write(pre)
-                new.datasync()
-                new.synced_off = new.write_off
+            self._write_preamble(new, pre)
         except OSError as exc:
             self._failed = exc
             raise StorageError(f"wal rollover failed: {exc}") from exc
         self._log.info("wal_segment_rolled", file=str(new.path), size=size, preamble=len(pre))
+
+    @staticmethod
+    def _write_preamble(seg: Segment, pre: bytes) -> None:
+        """Write and fdatasync a new segment's preamble (caller holds _lock)."""
+        if pre:
+            seg.write(pre)
+            seg.datasync()
+            seg.synced_off = seg.write_off
 
     def _seal(self, old: Segment) -> None:
         old.write(_SEAL)
@@ -369,11 +374,7 @@ class WriteAheadLog:
             newest = self._segments[-1]
             active = Segment.open_for_append(newest.path, newest.seq, newest.write_off)
             self._segments[-1] = active
-            pre = self._preamble()
-            if pre:
-                active.write(pre)
-                active.datasync()
-                active.synced_off = active.write_off
+            self._write_preamble(active, self._preamble())
         except OSError as exc:
             self._failed = exc
             raise StorageError(f"wal rollover (resumed at open) failed: {exc}") from exc
