@@ -102,12 +102,12 @@ class RebuildError(Exception):
     """The rebuild cannot go on (bad marker, peers of another cluster or layout)."""
 
 
+_NOT_STATE = {IDENTITY_FILE, IDENTITY_FILE + ".tmp"}  # files that hold no Raft state
+
+
 def data_dir_is_empty(data_dir: Path) -> bool:
     """Nothing of a previous life to lose: no files (a missing dir counts) but the identity."""
     return not data_dir.exists() or all(p.name in _NOT_STATE for p in data_dir.iterdir())
-
-
-_NOT_STATE = {IDENTITY_FILE, IDENTITY_FILE + ".tmp"}
 
 
 def log_lost(data_dir: Path) -> bool:

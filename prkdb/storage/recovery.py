@@ -288,7 +288,7 @@ def read_segment(path: Path, seq: int, replayer: Replayer | None, visit: Any = N
     with open(path, "rb") as f:
         data = f.read()
     scan.size = size = len(data)
-    reason = check_header(path, seq, dir_id)
+    reason = header_problem(data, size, seq, dir_id)
     header = rec.decode_segment_header(data)
     if reason is not None or header is None:
         scan.problem = (0, reason or "bad segment header")
@@ -388,11 +388,8 @@ def _read_records(
     scan.end = off
 
 
-def check_header(path: Path, seq: int, dir_id: bytes | None) -> str | None:
-    """Why the segment's header is not one of ours (read_segment's header rules), or None."""
-    with open(path, "rb") as f:
-        head = f.read(rec.SEGMENT_HEADER_SIZE)
-        size = os.fstat(f.fileno()).st_size
+def header_problem(head: bytes, size: int, seq: int, dir_id: bytes | None) -> str | None:
+    """Why `head` (a segment file's first bytes; the file has `size` bytes) is not ours."""
     header = rec.decode_segment_header(head)
     if header is None:
         return f"bad segment header (magic, version or crc; file of {size} bytes)"
@@ -416,7 +413,10 @@ def first_bad_header(segs: list[tuple[int, Path]], dir_id: bytes | None) -> Prob
     predecessor ("ends without a seal"), not named itself.
     """
     for seq, path in segs:
-        reason = check_header(path, seq, dir_id)
+        with open(path, "rb") as f:
+            head = f.read(rec.SEGMENT_HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+        reason = header_problem(head, size, seq, dir_id)
         if reason is not None:
             return Problem(str(path), 0, reason, tail=False)
     return None
@@ -464,6 +464,23 @@ def classify(scan: SegmentScan, *, tail: bool, newest: bool) -> Problem | None:
     return None
 
 
+def scan_segments(segs: list[tuple[int, Path]], replayer: Replayer, dir_id: bytes | None
+                  ) -> Iterator[tuple[int, SegmentScan, Problem | None]]:
+    """Read the segments in order: (position, scan, `classify`'s verdict) for each.
+
+    Decides which segment is the tail (`classify`). The caller may stop
+    early, or cut a torn tail before asking for the next one.
+    """
+    n = len(segs)
+    newest_empty = n >= 2 and holds_no_record(segs[-1][1])
+    for i, (seq, path) in enumerate(segs):
+        scan = read_segment(path, seq, replayer, dir_id=dir_id)
+        # The one before an empty newest segment is the tail after a crash
+        # during rollover: its end may be torn.
+        tail = i == n - 1 or (i == n - 2 and newest_empty and not scan.sealed)
+        yield i, scan, classify(scan, tail=tail, newest=i == n - 1)
+
+
 @dataclass
 class Recovered:
     """Everything `WriteAheadLog.open` needs from recovery."""
@@ -492,15 +509,9 @@ def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER,
             raise WalCorruptionError(bad.file, bad.offset, bad.reason)
     replayer = Replayer()
     scans: list[SegmentScan] = []
-    n = len(segs)
-    newest_empty = n >= 2 and holds_no_record(segs[-1][1])
-    tail = n - 1
-    for i, (seq, path) in enumerate(segs):
-        scan = read_segment(path, seq, replayer, dir_id=dir_id)
+    tail = len(segs) - 1
+    for i, scan, problem in scan_segments(segs, replayer, dir_id):
         scans.append(scan)
-        if i == n - 2 and newest_empty and not scan.sealed:
-            tail = i  # a crash during rollover: this one's end may be torn
-        problem = classify(scan, tail=i == tail, newest=i == n - 1)
         if problem is None:
             continue
         if problem.tail:
@@ -511,6 +522,9 @@ def recover(directory: Path, *, repair: bool, logger: Logger = NULL_LOGGER,
         _fail_or_repair(directory, scans, segs[i + 1 :], problem, repair, logger)
         tail = len(scans) - 1
         break
+    else:
+        if len(scans) >= 2 and scans[-1].records == 0 and not scans[-2].sealed:
+            tail = len(scans) - 2  # rollover to finish at open (wal.py)
     partitions, problem = replayer.finish()
     if problem is not None:
         raise WalCorruptionError(problem.file or directory, problem.offset, problem.reason)
@@ -638,17 +652,11 @@ def verify(directory: str | Path, dir_id: bytes | None = None) -> VerifyReport:
     torn: Problem | None = None
     if problem is not None:
         segs = []  # reported as is: the header pre-pass names the file
-    n = len(segs)
-    newest_empty = n >= 2 and holds_no_record(segs[-1][1])
-    tail = n - 1
-    for i, (seq, path) in enumerate(segs):
-        scan = read_segment(path, seq, replayer, dir_id=dir_id)
+    for _, scan, found in scan_segments(segs, replayer, dir_id):
         reports.append(
-            SegmentReport(str(path), seq, scan.size, scan.records, scan.end, scan.sealed)
+            SegmentReport(str(scan.path), scan.seq, scan.size, scan.records, scan.end,
+                          scan.sealed)
         )
-        if i == n - 2 and newest_empty and not scan.sealed:
-            tail = i
-        found = classify(scan, tail=i == tail, newest=i == n - 1)
         if found is not None and found.tail:
             torn = found
         elif found is not None:
