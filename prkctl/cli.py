@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
+from prkctl.output import encoding_flags
 from prkdb.client import (
     InvalidRequest,
     OutcomeUnknown,
@@ -73,6 +74,8 @@ class CtlContext:
     timeout: float = DEFAULT_TIMEOUT  # seconds per SDK call, retries included
     json: bool = False
     debug: bool = False
+    # Root --utf8/--hex/--base64; None: the command's own flag or utf8 decides.
+    encoding: str | None = None
     client_factory: ClientFactory | None = None
 
     async def connect(self) -> Any:
@@ -194,10 +197,11 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list
               show_default=True, help="Seconds per request, retries included.")
 @click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of failures.")
+@encoding_flags
 @click.version_option(package_name="prkdb", prog_name="prkctl")
 @pass_ctl
 def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: float,
-        json_: bool, debug: bool) -> None:
+        json_: bool, debug: bool, encoding: str | None) -> None:
     """Operate a PrkDB cluster: health, keys, leaders, snapshots, backups, WAL, benchmarks.
 
     \b
@@ -205,6 +209,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
       prkctl status                               # exit 0 iff healthy
       prkctl --seeds 10.0.0.1:8080 put greeting hello
       prkctl --json get greeting
+      prkctl --hex put 00ff cafe                  # keys and values as hex
       prkctl leader balance
       prkctl wal verify /var/lib/prkdb
       prkctl backup /backups/prkdb.tar           # online; restore: prkdb restore
@@ -214,6 +219,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
     ctl.timeout = timeout
     ctl.json = json_
     ctl.debug = debug
+    ctl.encoding = encoding
 
 
 def _register() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,14 @@ def decode_arg(text: str, encoding: str, what: str) -> bytes:
                                  param_hint=what) from None
 
 
+def decode_key(text: str, encoding: str) -> bytes:
+    """A KEY argument -> bytes; an empty key is bad usage (exit 2), like bad hex."""
+    key = decode_arg(text, encoding, "KEY")
+    if not key:
+        raise click.BadParameter("a key must not be empty", param_hint="KEY")
+    return key
+
+
 def encode_bytes(data: bytes, encoding: str) -> str:
     """bytes -> text for output; utf8 falls back to an error naming --hex/--base64."""
     if encoding == "hex":
@@ -55,10 +64,29 @@ def encode_bytes(data: bytes, encoding: str) -> str:
 
 
 def encoding_options(fn: Any) -> Any:
-    """--hex / --base64 (keys and values on the command line and in the output)."""
+    """--hex / --base64 / --utf8 (keys and values on the command line and in the output).
+
+    The same flags are root options (`prkctl --hex put 00ff cafe`); a command's
+    own flag wins, else the root's, else utf8. The command gets the result.
+    """
+
+    @functools.wraps(fn)
+    def resolved(*args: Any, encoding: str | None, **kwargs: Any) -> Any:
+        if encoding is None:
+            from prkctl.cli import CtlContext
+
+            ctl = click.get_current_context().find_object(CtlContext)
+            encoding = (ctl.encoding if ctl is not None else None) or "utf8"
+        return fn(*args, encoding=encoding, **kwargs)
+
+    return encoding_flags(resolved)
+
+
+def encoding_flags(fn: Any) -> Any:
+    """The bare --utf8/--hex/--base64 flags, stored as `encoding` (None if absent)."""
     fn = click.option("--base64", "encoding", flag_value="base64",
                       help="Keys and values are base64.")(fn)
     fn = click.option("--hex", "encoding", flag_value="hex", help="Keys and values are hex.")(fn)
-    fn = click.option("--utf8", "encoding", flag_value="utf8", default=True,
+    fn = click.option("--utf8", "encoding", flag_value="utf8",
                       help="Keys and values are UTF-8 text (default).")(fn)
     return fn

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
-from prkctl.output import decode_arg, encode_bytes, encoding_options
+from prkctl.output import decode_arg, decode_key, encode_bytes, encoding_options
 
 CONSISTENCY = {"linearizable": 0, "follower": 1, "stale": 2}
 
@@ -44,7 +44,7 @@ def get(ctl: CtlContext, key: str, consistency: str, encoding: str) -> None:
     """
     from prkdb.client import ReadConsistency
 
-    k = decode_arg(key, encoding, "KEY")
+    k = decode_key(key, encoding)
     level = ReadConsistency(CONSISTENCY[consistency])
 
     async def body(client: Any) -> Any:
@@ -86,7 +86,7 @@ def put(ctl: CtlContext, key: str, value: str, encoding: str) -> None:
       prkctl put config - < settings.json
       prkctl --hex put 00ff cafe
     """
-    k = decode_arg(key, encoding, "KEY")
+    k = decode_key(key, encoding)
     v = sys.stdin.buffer.read() if value == "-" else decode_arg(value, encoding, "VALUE")
 
     async def body(client: Any) -> Any:
@@ -109,7 +109,7 @@ def delete(ctl: CtlContext, key: str, encoding: str) -> None:
     Example:
       prkctl delete greeting
     """
-    k = decode_arg(key, encoding, "KEY")
+    k = decode_key(key, encoding)
 
     async def body(client: Any) -> Any:
         return await client.delete(k)
@@ -149,7 +149,7 @@ def cas(ctl: CtlContext, key: str, new: str, expect: str | None, expect_absent: 
         raise click.UsageError("--expect and --expect-absent exclude each other")
     if expect is None and not expect_absent and expect_version is None:
         raise click.UsageError("cas needs --expect OLD, --expect-absent or --expect-version")
-    k = decode_arg(key, encoding, "KEY")
+    k = decode_key(key, encoding)
     n = decode_arg(new, encoding, "NEW")
     expected: Any = UNSET
     if expect_absent:

@@ -92,6 +92,14 @@ def test_stdin_hex_and_base64(live: LocalCluster) -> None:
     assert code == 0 and data["value"] == base64.b64encode(b"\xca\xfe").decode()
     res = invoke(s, "put", "--hex", "zz", "00")
     assert res.exit_code == 2 and "not valid hex" in res.stderr
+    # the root form, as prkctl --help shows it, and with --json
+    assert invoke(s, "--hex", "put", "01fe", "beef").exit_code == 0
+    assert invoke(s, "--hex", "get", "01fe").stdout == "beef\n"
+    code, data = invoke_json(s, "--hex", "get", "01fe")
+    assert code == 0 and (data["key"], data["value"]) == ("01fe", "beef")
+    assert invoke(s, "get", "--base64", base64.b64encode(b"\x01\xfe").decode()).exit_code == 0
+    res = invoke(s, "--hex", "put", "", "beef")
+    assert res.exit_code == 2 and "must not be empty" in res.stderr
 
 
 def test_cas_exit_codes(live: LocalCluster) -> None:

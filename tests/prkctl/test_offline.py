@@ -116,6 +116,54 @@ def test_debug_shows_the_traceback() -> None:
     assert "Traceback" in res.stderr and "OutcomeUnknown" in res.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["put", "", "v"],
+    ["get", ""],
+    ["delete", ""],
+    ["cas", "", "new", "--expect-absent"],
+    ["kv", "put", "", "v"],
+    ["--hex", "put", "", "cafe"],
+    ["put", "--base64", "", "v"],
+], ids=lambda a: " ".join(a) or "empty")
+def test_empty_key_is_bad_usage_exit_2(args: list[str]) -> None:
+    # docs/operations.md: exit 2 for bad usage; the SDK is never reached.
+    client = FakeClient(RuntimeError("the SDK was called"))
+    res = invoke(SEEDS, *args, obj=fake_ctl(client))
+    assert res.exit_code == 2, res.output
+    assert "KEY: a key must not be empty" in res.stderr
+
+
+class RecordingClient(FakeClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[tuple[bytes, bytes]] = []
+
+    async def put(self, key: bytes, value: bytes) -> WriteResult:
+        self.puts.append((key, value))
+        return await super().put(key, value)
+
+
+@pytest.mark.parametrize(("args", "sent", "shown"), [
+    (["--hex", "put", "00ff", "cafe"], (b"\x00\xff", b"\xca\xfe"), "00ff"),
+    (["put", "--hex", "00ff", "cafe"], (b"\x00\xff", b"\xca\xfe"), "00ff"),
+    (["--base64", "put", "AP8=", "yv4="], (b"\x00\xff", b"\xca\xfe"), "AP8="),
+    (["--hex", "put", "--utf8", "00ff", "cafe"], (b"00ff", b"cafe"), "00ff"),  # command wins
+    (["put", "00ff", "cafe"], (b"00ff", b"cafe"), "00ff"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_root_encoding_option(args: list[str], sent: tuple[bytes, bytes], shown: str) -> None:
+    # `prkctl --hex put 00ff cafe` is the form prkctl --help shows.
+    client = RecordingClient()
+    res = invoke(SEEDS, "--json", *args, obj=fake_ctl(client))
+    assert res.exit_code == 0, res.output
+    assert client.puts == [sent]
+    assert json.loads(res.stdout)["key"] == shown
+
+
+def test_root_help_shows_the_encoding_options() -> None:
+    res = invoke(SEEDS, "--help")
+    assert "--hex" in res.stdout and "prkctl --hex put 00ff cafe" in res.stdout
+
+
 def test_json_write_shape_from_fake() -> None:
     res = invoke(SEEDS, "--json", "put", "k", "v", obj=fake_ctl(FakeClient()))
     assert json.loads(res.stdout) == {"key": "k", "succeeded": True, "revision": 7,
