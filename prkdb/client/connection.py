@@ -49,36 +49,31 @@ from outcome import Error as _Raise
 from outcome import Value as _Return
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
-from prkdb.errors import (
-    ErrorCode,
-    PrkdbError,
-    ProtocolError,
-    TooLarge,
-    WrongCluster,
-    error_from_code,
+from prkdb.client.attempt import (
+    AttemptExpired,
+    AttemptState,
+    ConnectFailed,
+    ConnectionLost,
+    error_from_frame,
 )
+from prkdb.errors import ErrorCode, PrkdbError, ProtocolError, TooLarge
 from prkdb.netio import SocketReader
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     NEED_DATA,
-    PROTOCOL_VERSION,
     FrameDecoder,
     LocalProtocolError,
     RemoteProtocolError,
     encode_frame,
-    encode_message,
     from_wire,
 )
 from prkdb.wire.messages import (
-    ROLE_CLIENT,
     AdminOk,
     BackupBeginOk,
     BackupChunk,
     Error,
     GetOk,
-    Hello,
-    HelloOk,
     StatusOk,
     WireMessage,
     WriteOk,
@@ -97,63 +92,13 @@ __all__ = [
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``(host, port) -> connected stream``; `trio.open_tcp_stream` by default, memory in tests."""
 
+HelloCheck = Callable[[str, Any], int]
+"""``(address, answer) -> node id``: judges the node's answer to our Hello, raising if refused."""
+
 _RESPONSES = (GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error)
 _RECEIVE_SIZE = 64 * 1024
 # What a broken transport raises; anything else escaping a stream is a bug.
 _TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class ConnectFailed(Exception):
-    """Could not establish a connection (nothing was sent): always safe to retry."""
-
-    def __init__(self, address: str, cause: BaseException | str) -> None:
-        super().__init__(f"{address}: cannot connect: {cause}")
-        self.address = address
-
-
-class ConnectionLost(Exception):
-    """An established connection broke; in-flight requests got no answer."""
-
-    def __init__(self, address: str, cause: BaseException | str) -> None:
-        reason = cause.reason if isinstance(cause, ConnectionLost) else str(cause)
-        reason = reason or type(cause).__name__
-        super().__init__(f"{address}: connection lost: {reason}")
-        self.address = address
-        self.reason = reason
-
-
-class AttemptExpired(Exception):
-    """The attempt's deadline passed before an answer came (see `AttemptState.sent`)."""
-
-
-@final
-class AttemptState:
-    """What one attempt did, readable after it was cancelled or failed.
-
-    While the request waits, it is also the connection's handle on it (the
-    task to wake and its deadline), which saves one object per request.
-    """
-
-    __slots__ = ("abandoned", "deadline", "sent", "task")
-
-    def __init__(self) -> None:
-        #: True once the request's bytes were handed to the stream: from then
-        #: on the server may have executed it.
-        self.sent = False
-        #: True once the caller stopped waiting without an answer; if it was
-        #: not sent by then, it never will be (``sent`` stays False).
-        self.abandoned = False
-        #: The waiting task and its trio-time deadline (set by `Connection.request`).
-        self.task: Task | None = None
-        self.deadline = math.inf
-
-
-def error_from_frame(err: Error) -> PrkdbError:
-    """`error_from_code` for an Error frame, robust to details named like its parameters."""
-    details = {k: v for k, v in err.details.items() if k not in ("code", "message")}
-    exc = error_from_code(err.code, err.message, **details)
-    exc.details = dict(err.details)
-    return exc
 
 
 @final
@@ -197,9 +142,10 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, address: str, host: str, port: int, cluster_id: str, factory: StreamFactory
+        cls, address: str, host: str, port: int, hello: bytes, check: HelloCheck,
+        factory: StreamFactory,
     ) -> Connection:
-        """Dial, exchange Hello/HelloOk, start the reader.
+        """Dial, send `hello`, let `check` judge the answer, start the reader.
 
         Raises:
             ConnectFailed: the node is unreachable, closed during the hello,
@@ -212,32 +158,22 @@ class Connection:
         except _TRANSPORT_ERRORS as exc:
             raise ConnectFailed(address, exc) from exc
         try:
-            hello = Hello(PROTOCOL_VERSION, cluster_id, ROLE_CLIENT, 0)
-            await stream.send_all(encode_message(hello))
+            await stream.send_all(hello)
             decoder = FrameDecoder()
             item = await _receive_one(stream, decoder)
             if item is CLOSED:
                 raise ConnectFailed(address, "closed during the hello")
-            msg = from_wire(item)
-            if isinstance(msg, Error):
-                exc = error_from_frame(msg)
-                if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT):
-                    raise ConnectFailed(address, exc.message)
-                raise exc
-            if not isinstance(msg, HelloOk):
-                raise RemoteProtocolError(f"{address}: expected HelloOk, got {type(msg).__name__}")
-            if msg.cluster_id != cluster_id:
-                raise WrongCluster(
-                    f"{address} belongs to cluster {msg.cluster_id!r}, not {cluster_id!r}",
-                    details={"cluster_id": msg.cluster_id},
-                )
+            node_id = check(address, from_wire(item))
         except _TRANSPORT_ERRORS as exc:
             await trio.aclose_forcefully(stream)
             raise ConnectFailed(address, exc) from exc
+        except RemoteProtocolError as exc:
+            await trio.aclose_forcefully(stream)
+            raise RemoteProtocolError(f"{address}: {exc.message}") from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        conn = cls(address, stream, decoder, msg.node_id)
+        conn = cls(address, stream, decoder, node_id)
         trio.lowlevel.spawn_system_task(conn._read_loop, name=f"prkdb-client-reader[{address}]")
         trio.lowlevel.spawn_system_task(conn._write_loop, name=f"prkdb-client-writer[{address}]")
         trio.lowlevel.spawn_system_task(conn._expiry_loop, name=f"prkdb-client-timer[{address}]")

@@ -877,7 +877,10 @@ def check_hello(hello: Hello, *, cluster_id: str, role: str | None = None) -> Er
             f"protocol version {hello.protocol_version} is not supported",
             {"supported": list(SUPPORTED_VERSIONS)},
         )
-    if hello.cluster_id != cluster_id:
+    # A client that names no cluster asks to be told (HelloOk carries the id);
+    # a peer must always name it.
+    anonymous_client = hello.cluster_id == "" and hello.role == ROLE_CLIENT
+    if hello.cluster_id != cluster_id and not anonymous_client:
         return Error(
             0,
             ErrorCode.WRONG_CLUSTER,

@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from prkdb.client.attempt import hello_frame, hello_node_id
 from prkdb.client.connection import AttemptExpired, AttemptState, Connection
 from prkdb.wire import NEED_DATA, FrameDecoder, encode_message, from_wire, to_wire
 from prkdb.wire.messages import GetOk, Hello, HelloOk, Status, WireMessage
@@ -46,7 +47,9 @@ async def _open(nursery: trio.Nursery) -> tuple[Connection, _GatedStream, trio.a
         await server_end.send_all(encode_message(HelloOk(1, "c")))
 
     nursery.start_soon(answer_hello)
-    conn = await Connection.open("n1:1", "n1", 1, "c", factory)
+    conn = await Connection.open(
+        "n1:1", "n1", 1, hello_frame("c"), lambda a, m: hello_node_id(a, m)[0], factory
+    )
     return conn, gated, server_end
 
 

@@ -1,0 +1,891 @@
+"""The sans-IO client core: routing, retries, sessions and topology for every front end.
+
+Theory of operation
+-------------------
+Three front ends share this module: `PrkDbClient` (trio), `AsyncClient`
+(asyncio, prkdb.client.aio) and `SyncClient` (blocking sockets). Each public
+call of a front end is a *plan*: a generator made by a `ClientCore` method
+that yields actions and returns the call's result. A front end only runs
+actions, in its own kind of I/O:
+
+- `Send`: send one request to ``address`` (dialing first if it has no live
+  connection there, with `hello_frame` / `accept_hello`) and ``send`` the
+  plan the answer (any message; an `Error` frame is an answer too), or
+  ``throw`` into the plan what went wrong: `ConnectFailed`, `ConnectionLost`,
+  `AttemptExpired` (``deadline`` passed, dial included), or a fatal error
+  (`WrongCluster`, `ProtocolError`, `TooLarge`). ``state.sent`` must be true
+  once the request's bytes may have reached the node.
+- `Sleep`: pause that many seconds (a backoff), then ``send`` None.
+
+A front end must ``close()`` a plan it stops driving (cancellation): that
+runs the plan's ``finally`` blocks, which give session slots back.
+
+The retry loop (`ClientCore.execute`) runs one op within a per-call deadline:
+
+1. pick a target (`_route`): the partition's cached leader for writes,
+   LINEARIZABLE reads and admin calls; a non-leader round-robin for FOLLOWER
+   reads (leader as fallback); any node for STALE reads and Status. An
+   unknown leader triggers a topology refresh (a Status to another node);
+2. send, and wait at most one *attempt span*: ``attempt_timeout``, but never
+   more than half the call's budget, so that a second attempt always fits
+   inside the caller's deadline;
+3. on NOT_LEADER follow the hint at once (or refresh when there is none);
+   on UNAVAILABLE / TIMEOUT / OUTCOME_UNKNOWN / a lost connection back off
+   (exponential, jittered, capped by the deadline) and try again; any other
+   error is raised at once.
+
+A node that did not answer an attempt in time is *suspected* for
+`SUSPECT_FOR` seconds (or until it answers something): routing treats it as
+leading nothing and refreshes ask others first. A leader frozen by SIGSTOP or
+cut off by a partition keeps its TCP connection open, so without this every
+call would spend its attempt there until the node woke up, while the rest of
+the cluster had long elected a new leader.
+
+Writes carry ``(client_id, seq)`` from a session slot (prkdb.client.sessions)
+held for the whole loop, so every retry of one logical write is the same
+request to the state machine, which applies it once. A write attempt is
+*ambiguous* when its bytes may have reached a server and no definite answer
+came back (connection lost after sending, OUTCOME_UNKNOWN, or the attempt's
+time ran out). Retrying is the cure; only if the deadline ends the loop
+after an ambiguous attempt does the caller get `OutcomeUnknown`. Otherwise a
+spent deadline raises `Timeout` (an `Unavailable`) naming the partition and
+the last attempts.
+
+The cluster id: given, it is checked at every handshake. Not given, the
+first node that answers names it and the core pins it; a node of another
+cluster is then refused with WRONG_CLUSTER naming both.
+
+The core never reads a clock itself: the front end passes its own (trio,
+asyncio or monotonic time), so tests drive it with trio's `MockClock`.
+Randomness (jitter, client ids) comes from an injectable `random.Random`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final, TypeVar, final
+
+from prkdb.client.attempt import (
+    AttemptExpired,
+    AttemptState,
+    ConnectFailed,
+    ConnectionLost,
+    error_from_frame,
+    hello_frame,
+    hello_node_id,
+)
+from prkdb.client.results import (
+    BackupFailed,
+    GetResult,
+    Unset,
+    WriteResult,
+    check_key,
+    check_value,
+    parse_batch_op,
+    write_result,
+)
+from prkdb.client.routing import Topology, normalize_address
+from prkdb.client.sessions import SessionPool, SessionSlot
+from prkdb.errors import (
+    ErrorCode,
+    InvalidRequest,
+    NotLeader,
+    OutcomeUnknown,
+    PrkdbError,
+    ProtocolError,
+    Timeout,
+    WrongCluster,
+)
+from prkdb.partitioning import partition_for
+from prkdb.wire import encode_delete_request, encode_get_request, encode_put_request
+from prkdb.wire.messages import (
+    BACKUP_CHUNK_MAX,
+    AdminOk,
+    BackupBegin,
+    BackupBeginOk,
+    BackupChunk,
+    BackupRead,
+    Batch,
+    BatchOp,
+    Cas,
+    Error,
+    GetOk,
+    ReadConsistency,
+    Snapshot,
+    Status,
+    StatusOk,
+    TransferLeader,
+    WireMessage,
+    WriteOk,
+    to_wire,
+)
+
+__all__ = [
+    "BACKUP_CHUNK",
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "SUSPECT_FOR",
+    "ClientCore",
+    "Plan",
+    "Send",
+    "Sleep",
+    "drive_blocking",
+]
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT: Final = 5.0
+"""Per-call deadline in seconds, retries included."""
+
+DEFAULT_ATTEMPT_TIMEOUT: Final = 2.0
+"""Seconds one node gets to answer one attempt before the SDK suspects it and
+retries elsewhere (writes with the same seq). Below the server's 5 s request
+timeout on purpose: a node frozen or cut off by a partition keeps its TCP
+connection open, and would otherwise eat the whole deadline. A call whose
+deadline is shorter gets half of it per attempt."""
+
+SUSPECT_FOR: Final = 1.0
+"""Seconds a node that let an attempt expire is avoided (about one election
+timeout: a leader silent that long has been replaced by then). Ended early
+by any answer from it."""
+
+BACKUP_CHUNK: Final = 1024 * 1024
+"""Bytes asked for per `BackupRead` by `ClientCore.backup_partition`."""
+
+_BACKOFF_BASE: Final = 0.02  # seconds; first retry waits 10-20 ms
+_BACKOFF_CAP: Final = 1.0  # seconds; no single wait is longer
+_STATUS_TRY_TIMEOUT: Final = 1.0  # seconds one node gets to answer a topology refresh
+_REFRESH_POLL: Final = 0.005  # seconds between looks while another call refreshes
+_MAX_HINT_HOPS: Final = 3  # NOT_LEADER hints followed without a pause (ping-pong guard)
+_TRIED_SHOWN: Final = 6  # attempts listed in a give-up message
+
+
+@final
+@dataclass(slots=True)
+class Send:
+    """Action: one request to one node; answer with its reply (see module doc)."""
+
+    address: str
+    build: Callable[[int], Any]  # request id -> wire array, or a finished frame (bytes)
+    deadline: float  # in the front end's clock
+    state: AttemptState
+
+
+@final
+@dataclass(slots=True)
+class Sleep:
+    """Action: pause, then go on."""
+
+    seconds: float
+
+
+Plan = Generator[Send | Sleep, Any, T]
+"""What every `ClientCore` call returns: drive it to get a ``T``."""
+
+
+@final
+@dataclass(slots=True)
+class _Op:
+    """One logical request and how to route it."""
+
+    # For messages ("put key=b'k'"); a function because most calls never
+    # need the text, and formatting it would cost more than the call itself.
+    describe: Callable[[], str]
+    build: Callable[[int], Any]  # request id -> the wire array (`to_wire` form) or frame
+    partition: int | None = None  # routes by partition (leader or replicas)
+    consistency: ReadConsistency = ReadConsistency.LINEARIZABLE
+    write: bool = False  # carries a session: ambiguity -> OutcomeUnknown
+    address: str | None = None  # a fixed node (Status to a node, Snapshot)
+    attempt_timeout: float | None = None  # None: the client's; admin calls that may be slow
+
+
+def _status_array(request_id: int) -> list[Any]:
+    return to_wire(Status(request_id))
+
+
+def _backoff_delays(rng: random.Random) -> Generator[float, None, None]:
+    """Exponential backoff with "equal jitter": each wait in [b/2, b], b doubling to the cap."""
+    bound = _BACKOFF_BASE
+    while True:
+        yield rng.uniform(bound / 2, bound)
+        bound = min(bound * 2, _BACKOFF_CAP)
+
+
+def _positive(value: float, name: str) -> float:
+    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+        raise InvalidRequest(f"{name} ({value!r}) must be a positive number of seconds")
+    return float(value)
+
+
+@final
+class ClientCore:
+    """Everything a client knows and decides; the front ends only do I/O.
+
+    Safe to share between the tasks of one event loop, and between threads
+    (the blocking front end): its state is a cache of hints, and the pieces
+    that must not be shared (session slots) are handed out one per write.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[str] | str,
+        *,
+        clock: Callable[[], float],
+        cluster_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Raises: InvalidRequest: no seeds, a malformed seed, or a bad timeout."""
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        if not seeds:
+            raise InvalidRequest("at least one seed address is needed")
+        if cluster_id is not None and (not isinstance(cluster_id, str) or not cluster_id):
+            raise InvalidRequest(f"cluster_id ({cluster_id!r}) must be a non-empty str or None")
+        #: The cluster's id: as given, or as the first node named it (None until then).
+        self.cluster_id = cluster_id
+        self._id_given = cluster_id is not None
+        #: Default per-call deadline, seconds (retries included).
+        self.timeout = _positive(timeout, "timeout")
+        #: Longest wait for one answer from one node before trying elsewhere, seconds.
+        self.attempt_timeout = _positive(attempt_timeout, "attempt_timeout")
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self.topology = Topology(normalize_address(s) for s in seeds)
+        self.sessions = SessionPool(self.rng)
+        #: What went wrong in the last topology refresh (for give-up messages).
+        self.refresh_problems: list[str] = []
+        #: address -> clock time until which it is avoided (see module doc).
+        self.suspects: dict[str, float] = {}
+        self._round_robin = 0
+        self._refreshing_until = -math.inf  # a refresh runs until then (single flight)
+        # Made eagerly so a sequential writer always uses this one client id
+        # (seq starts at 1: release() bumps it, so start the counter at 0).
+        self._first_slot = self.sessions.new_slot()
+        self._first_slot.next_seq = 0
+        self.sessions.release(self._first_slot)
+
+    @property
+    def client_id(self) -> int:
+        """The first session's client id: the one every write uses when none overlap."""
+        return self._first_slot.client_id
+
+    # --- the handshake -------------------------------------------------------------
+
+    def hello_frame(self) -> bytes:
+        """The first frame of a new connection (an empty cluster id until one is pinned)."""
+        return hello_frame(self.cluster_id)
+
+    def accept_hello(self, address: str, msg: object) -> int:
+        """Judge a node's answer to our Hello; its node id. Pins the cluster id.
+
+        Raises:
+            ConnectFailed: the node is busy or starting.
+            WrongCluster: the node belongs to another cluster than the pinned one.
+            ProtocolError: not a PrkDB answer.
+        """
+        node_id, cluster_id = hello_node_id(address, msg)
+        if self.cluster_id is None:
+            self.cluster_id = cluster_id
+        elif cluster_id != self.cluster_id:
+            raise WrongCluster(
+                f"{address} belongs to cluster {cluster_id!r}, not {self.cluster_id!r} "
+                f"(the cluster this client {'was given' if self._id_given else 'met first'})",
+                details={"cluster_id": cluster_id, "expected": self.cluster_id},
+            )
+        return node_id
+
+    # --- the key-value API ---------------------------------------------------------
+
+    def get(
+        self, key: bytes, consistency: ReadConsistency, timeout: float | None
+    ) -> Plan[GetResult]:
+        """Read `key` at `consistency` (see `PrkDbClient.get_entry`)."""
+        key = check_key(key)
+        if type(consistency) is not ReadConsistency:
+            consistency = ReadConsistency(consistency)
+        level = int(consistency)
+        count = self.topology.partitions or (yield from self._partition_count(timeout))
+        partition = partition_for(key, count)
+        op = _Op(
+            lambda: f"get key={key[:32]!r} ({consistency.name.lower()})",
+            lambda rid: encode_get_request(rid, key, level, partition),
+            partition=partition,
+            consistency=consistency,
+        )
+        reply = yield from self.execute(op, timeout, GetOk)
+        assert isinstance(reply, GetOk)
+        return GetResult(reply.value, reply.version, reply.mod_revision, reply.applied_index)
+
+    def put(self, key: bytes, value: bytes, timeout: float | None) -> Plan[WriteResult]:
+        """Store `value` under `key`, exactly once."""
+        key = check_key(key)
+        value = check_value(value)
+        return self._write(
+            lambda: f"put key={key[:32]!r}",
+            key,
+            lambda rid, s: encode_put_request(rid, key, value, s.client_id, s.next_seq),
+            timeout,
+        )
+
+    def delete(self, key: bytes, timeout: float | None) -> Plan[WriteResult]:
+        """Remove `key`."""
+        key = check_key(key)
+        return self._write(
+            lambda: f"delete key={key[:32]!r}",
+            key,
+            lambda rid, s: encode_delete_request(rid, key, s.client_id, s.next_seq),
+            timeout,
+        )
+
+    def cas(
+        self,
+        key: bytes,
+        expected_value: bytes | Unset | None,
+        expected_version: int | None,
+        new_value: bytes | None,
+        timeout: float | None,
+    ) -> Plan[WriteResult]:
+        """Compare-and-set (see `PrkDbClient.cas`)."""
+        key = check_key(key)
+        wire_value: bytes | None
+        if isinstance(expected_value, Unset):
+            wire_value = None
+        elif expected_value is None:
+            if expected_version not in (None, 0):
+                raise InvalidRequest(
+                    f"cas: expected_value=None (absent) contradicts "
+                    f"expected_version={expected_version}"
+                )
+            wire_value, expected_version = None, 0
+        else:
+            wire_value = check_value(expected_value, "expected_value")
+        if expected_version is not None and (
+            not isinstance(expected_version, int) or expected_version < 0
+        ):
+            raise InvalidRequest(
+                f"cas: expected_version ({expected_version!r}) must be an int >= 0"
+            )
+        if wire_value is None and expected_version is None:
+            raise InvalidRequest("cas needs expected_value or expected_version (else use put)")
+        stored = None if new_value is None else check_value(new_value, "new_value")
+        version = expected_version
+        return self._write(
+            lambda: f"cas key={key[:32]!r}",
+            key,
+            lambda rid, s: to_wire(
+                Cas(rid, key, wire_value, version, stored, s.client_id, s.next_seq)
+            ),
+            timeout,
+        )
+
+    def batch(
+        self, ops: Iterable[tuple[Any, ...] | BatchOp], timeout: float | None
+    ) -> Plan[WriteResult]:
+        """Puts and deletes of one partition, atomically (see `PrkDbClient.batch`)."""
+        parsed = tuple(parse_batch_op(i, op) for i, op in enumerate(ops))
+        if not parsed:
+            raise InvalidRequest("batch needs at least one op")
+        return self._batch(parsed, timeout)
+
+    def _batch(self, parsed: tuple[BatchOp, ...], timeout: float | None) -> Plan[WriteResult]:
+        count = yield from self._partition_count(timeout)
+        partitions = {partition_for(op.key, count) for op in parsed}
+        if len(partitions) > 1:
+            raise InvalidRequest(
+                f"batch keys span partitions {sorted(partitions)}; "
+                "an atomic batch must stay in one partition"
+            )
+        (partition,) = partitions
+        return (
+            yield from self._write(
+                lambda: f"batch of {len(parsed)} ops",
+                parsed[0].key,
+                lambda rid, s: to_wire(Batch(rid, partition, parsed, s.client_id, s.next_seq)),
+                timeout,
+            )
+        )
+
+    # --- the admin API -------------------------------------------------------------
+
+    def status(self, node_id: int | None, timeout: float | None) -> Plan[StatusOk]:
+        """One node's view (any node if `node_id` is None); refreshes the topology."""
+        address = None
+        if node_id is not None:
+            address = self.topology.address_of(node_id)
+            if address is None:
+                yield from self.refresh_topology(timeout)
+                address = self.topology.address_of(node_id)
+            if address is None:
+                raise InvalidRequest(f"status: node {node_id} is not a member")
+        op = _Op(
+            lambda: "status" if node_id is None else f"status of node {node_id}",
+            _status_array,
+            address=address,
+        )
+        reply = yield from self.execute(op, timeout, StatusOk)
+        assert isinstance(reply, StatusOk)
+        self.topology.apply_status(reply)
+        return reply
+
+    def refresh_topology(self, timeout: float | None) -> Plan[None]:
+        """Ask any node for the members and leaders now.
+
+        Raises:
+            Timeout: no node answered before the deadline.
+            WrongCluster: a node belongs to another cluster.
+        """
+        budget = self._budget(timeout)
+        if (yield from self._refresh((), None, self.clock() + budget)):
+            return
+        why = "; ".join(self.refresh_problems[-_TRIED_SHOWN:]) or "no answer"
+        raise Timeout(
+            f"no node answered a status request within {budget}s "
+            f"(tried {', '.join(self.topology.candidate_addresses())}: {why})"
+        )
+
+    def transfer_leader(
+        self, partition: int, to_node: int, timeout: float | None
+    ) -> Plan[AdminOk]:
+        """Ask `partition`'s leader to hand leadership to `to_node` (0 = its pick)."""
+        partition = yield from self._check_partition(partition, timeout)
+        op = _Op(
+            lambda: f"transfer leader of partition {partition} to node {to_node or 'any'}",
+            lambda rid: to_wire(TransferLeader(rid, partition, to_node)),
+            partition=partition,
+        )
+        reply = yield from self.execute(op, timeout, AdminOk)
+        assert isinstance(reply, AdminOk)
+        return reply
+
+    def snapshot(
+        self, partition: int | None, node_id: int | None, timeout: float | None
+    ) -> Plan[AdminOk]:
+        """Ask a node to snapshot `partition` now (see `PrkDbClient.snapshot`)."""
+        if partition is not None:
+            partition = yield from self._check_partition(partition, timeout)
+        address = None
+        if node_id is None and partition is None:
+            if not self.topology.nodes:
+                yield from self.refresh_topology(timeout)
+            node_id = min(self.topology.nodes)
+        if node_id is not None:
+            address = self.topology.address_of(node_id)
+            if address is None:
+                raise InvalidRequest(f"snapshot: node {node_id} is not a member")
+        op = _Op(
+            lambda: f"snapshot of partition {'all' if partition is None else partition}",
+            lambda rid: to_wire(Snapshot(rid, partition)),
+            partition=partition,
+            address=address,
+        )
+        reply = yield from self.execute(op, timeout, AdminOk)
+        assert isinstance(reply, AdminOk)
+        return reply
+
+    def backup_begin(self, partition: int, timeout: float | None) -> Plan[BackupBeginOk]:
+        """Have `partition`'s leader pick a snapshot covering every acknowledged write.
+
+        The wait for the snapshot is not cut short per attempt: one attempt may
+        take the whole `timeout`.
+        """
+        partition = yield from self._check_partition(partition, timeout)
+        op = _Op(
+            lambda: f"backup snapshot of partition {partition}",
+            lambda rid: to_wire(BackupBegin(rid, partition)),
+            partition=partition,
+            attempt_timeout=self._budget(timeout),
+        )
+        reply = yield from self.execute(op, timeout, BackupBeginOk)
+        assert isinstance(reply, BackupBeginOk)
+        return reply
+
+    def backup_read(
+        self, begin: BackupBeginOk, offset: int, length: int, timeout: float | None
+    ) -> Plan[BackupChunk]:
+        """Bytes of the snapshot file `begin` named, from the node that holds it.
+
+        Raises:
+            InvalidRequest: with ``details["backup_gone"]`` when that node no
+                longer has the file (start over with `backup_begin`).
+        """
+        if not 1 <= length <= BACKUP_CHUNK_MAX:
+            raise InvalidRequest(f"backup_read: length {length} is not in 1..{BACKUP_CHUNK_MAX}")
+        address = self.topology.address_of(begin.node_id)
+        if address is None:
+            yield from self.refresh_topology(timeout)
+            address = self.topology.address_of(begin.node_id)
+        if address is None:
+            raise InvalidRequest(f"backup_read: node {begin.node_id} is not a member")
+        op = _Op(
+            lambda: f"backup read of partition {begin.partition} at {offset} "
+                    f"from node {begin.node_id}",
+            lambda rid: to_wire(BackupRead(rid, begin.partition, begin.index, begin.term,
+                                           offset, length)),
+            address=address,
+        )
+        reply = yield from self.execute(op, timeout, BackupChunk)
+        assert isinstance(reply, BackupChunk)
+        return reply
+
+    def backup_partition(
+        self,
+        partition: int,
+        out: IO[bytes],
+        attempts: int,
+        chunk_size: int,
+        timeout: float | None,
+        begin_timeout: float | None,
+    ) -> Plan[BackupBeginOk]:
+        """Copy a snapshot of `partition` into `out` (see `PrkDbClient.backup_partition`)."""
+        start = out.tell()
+        reason = ""
+        for _ in range(attempts):
+            out.seek(start)
+            out.truncate()
+            begin = yield from self.backup_begin(partition, begin_timeout or timeout)
+            sha = hashlib.sha256()
+            offset = 0
+            try:
+                while offset < begin.size:
+                    want = min(chunk_size, begin.size - offset)
+                    chunk = yield from self.backup_read(begin, offset, want, timeout)
+                    if chunk.size != begin.size or chunk.offset != offset or not chunk.data:
+                        raise BackupFailed(
+                            f"node {begin.node_id} answered {len(chunk.data)} bytes at "
+                            f"{chunk.offset} of {chunk.size} for a read of {want} at {offset} "
+                            f"of {begin.size}")
+                    out.write(chunk.data)
+                    sha.update(chunk.data)
+                    offset += len(chunk.data)
+            except InvalidRequest as exc:
+                if not exc.details.get("backup_gone"):
+                    raise
+                reason = exc.message
+                continue
+            except BackupFailed as exc:
+                reason = exc.message
+                continue
+            if sha.digest() != begin.sha256:
+                reason = (f"sha256 of the {begin.size} bytes read from node {begin.node_id} "
+                          f"does not match the one it announced")
+                continue
+            return begin
+        out.seek(start)
+        out.truncate()
+        raise BackupFailed(f"backup of partition {partition} failed {attempts} times; "
+                           f"last: {reason}")
+
+    # --- internals: routing --------------------------------------------------------
+
+    def _budget(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.timeout
+        return _positive(timeout, "timeout")
+
+    def _partition_count(self, timeout: float | None) -> Plan[int]:
+        if not self.topology.partitions:
+            yield from self.refresh_topology(timeout)
+        return self.topology.partitions
+
+    def _check_partition(self, partition: int, timeout: float | None) -> Plan[int]:
+        count = yield from self._partition_count(timeout)
+        if not isinstance(partition, int) or not 0 <= partition < count:
+            raise InvalidRequest(f"partition {partition!r} is not in 0..{count - 1}")
+        return partition
+
+    def _write(
+        self,
+        what: Callable[[], str],
+        key: bytes,
+        build: Callable[[int, SessionSlot], Any],
+        timeout: float | None,
+    ) -> Plan[WriteResult]:
+        partition = partition_for(
+            key, self.topology.partitions or (yield from self._partition_count(timeout))
+        )
+        slot = self.sessions.acquire()
+        seq = slot.next_seq  # the text is made later, maybe after release() bumped it
+        try:
+            op = _Op(
+                lambda: f"{what()} (partition {partition}, client {slot.client_id} seq {seq})",
+                lambda rid: build(rid, slot),
+                partition=partition,
+                write=True,
+            )
+            reply = yield from self.execute(op, timeout, WriteOk)
+        finally:
+            self.sessions.release(slot)
+        assert isinstance(reply, WriteOk)
+        return write_result(reply)
+
+    def suspected(self, address: str | None, now: float) -> bool:
+        """Whether `address` let an attempt expire less than `SUSPECT_FOR` ago."""
+        until = self.suspects.get(address) if address is not None else None
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.suspects[address]  # type: ignore[arg-type]
+        return False
+
+    def _refresh(self, avoid: Iterable[str], version: int | None, end: float) -> Plan[bool]:
+        """Load the topology from some node, preferring ones not in `avoid` nor suspected.
+
+        Single-flight: if another call is refreshing, wait for it to finish
+        (polling); if the topology changed since the caller looked
+        (`version`), return at once. Returns False if nobody answered by `end`.
+
+        Raises:
+            WrongCluster / ProtocolError: fatal answers.
+        """
+        clock = self.clock
+        while version is not None and clock() < min(self._refreshing_until, end):
+            if self.topology.version != version:
+                return True
+            yield Sleep(_REFRESH_POLL)
+        if version is not None and self.topology.version != version:
+            return True
+        self._round_robin += 1
+        now = clock()
+        avoided = set(avoid)
+        candidates = self.topology.candidate_addresses(self._round_robin)
+        ordered = sorted(candidates, key=lambda a: (a in avoided, self.suspected(a, now)))
+        problems: list[str] = []
+        self._refreshing_until = end
+        try:
+            for address in ordered:
+                now = clock()
+                if now >= end:
+                    break
+                state = AttemptState()
+                try:
+                    reply = yield Send(
+                        address, _status_array, min(end, now + _STATUS_TRY_TIMEOUT), state
+                    )
+                except (ConnectFailed, ConnectionLost) as exc:
+                    problems.append(str(exc))
+                    continue
+                except AttemptExpired:
+                    problems.append(f"{address}: no status answer in time")
+                    continue
+                self.suspects.pop(address, None)
+                if isinstance(reply, StatusOk):
+                    if self.cluster_id is None or reply.cluster_id == self.cluster_id:
+                        self.cluster_id = reply.cluster_id
+                        self.topology.apply_status(reply)
+                        self.refresh_problems = problems
+                        return True
+                    problems.append(f"{address}: cluster {reply.cluster_id!r}")
+                elif isinstance(reply, Error):
+                    exc = error_from_frame(reply)
+                    if exc.code in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_VERSION):
+                        raise exc
+                    problems.append(f"{address}: {exc.message}")
+                else:
+                    raise ProtocolError(f"{address}: answered status with {type(reply).__name__}")
+        finally:
+            self._refreshing_until = -math.inf
+        self.refresh_problems = problems
+        return False
+
+    def _route(self, op: _Op, failed: set[str], now: float) -> str | None:
+        """The address to try next from the cached topology; None if no leader is known."""
+        topo = self.topology
+        if op.address is not None:
+            return op.address
+        suspects = self.suspects
+        if op.partition is None:  # Status: any node, avoiding those that just failed
+            self._round_robin += 1
+            candidates = topo.candidate_addresses(self._round_robin)
+            fresh = [a for a in candidates if a not in failed and not self.suspected(a, now)]
+            return (fresh or candidates)[0]
+        leader = topo.leaders.get(op.partition, 0)
+        leader_addr = topo.nodes.get(leader) if leader else None
+        if suspects and self.suspected(leader_addr, now):
+            leader_addr = None
+        if op.consistency != ReadConsistency.LINEARIZABLE and topo.nodes:
+            self._round_robin += 1
+            if op.consistency == ReadConsistency.FOLLOWER:
+                # Spread over followers; the leader (if known) is the fallback.
+                others = [a for a in topo.addresses_by_id() if a != leader_addr]
+                pool = [a for a in others if a not in failed]
+                if suspects:
+                    pool = [a for a in pool if not self.suspected(a, now)]
+                if not pool:
+                    pool = [leader_addr] if leader_addr else others
+            else:
+                pool = list(topo.sorted_addresses())
+                if failed or suspects:
+                    pool = [
+                        a for a in pool if a not in failed and not self.suspected(a, now)
+                    ] or pool
+            return pool[self._round_robin % len(pool)]
+        return leader_addr
+
+    def _leader_after_refresh(self, op: _Op, failed: set[str], end: float) -> Plan[str | None]:
+        """Refresh the topology (no usable leader of `op.partition` is known), look again."""
+        assert op.partition is not None
+        topo = self.topology
+        yield from self._refresh(failed, topo.version, end)
+        address = topo.address_of(topo.leader_of(op.partition))
+        if self.suspected(address, self.clock()):
+            self.refresh_problems = [
+                *self.refresh_problems,
+                f"the leader named, {address}, did not answer in time",
+            ]
+            return None
+        return address
+
+    # --- internals: the retry loop -------------------------------------------------
+
+    def execute(self, op: _Op, timeout: float | None, expect: type[WireMessage]) -> Plan[Any]:
+        """Run `op` until a definite answer or the deadline (module docstring)."""
+        clock = self.clock
+        budget = self._budget(timeout)
+        start = clock()
+        deadline = start + budget
+        span = op.attempt_timeout or min(self.attempt_timeout, budget / 2)
+        delays: Generator[float, None, None] | None = None  # made on the first retry
+        tried: list[str] = []
+        failed: set[str] = set()  # addresses that failed during this call
+        ambiguous = False
+        hops = 0
+        last_error: BaseException | None = None
+        now = start
+        while now < deadline:
+            state = AttemptState()
+            reply: Any = None
+            expired = False  # the attempt's time ran out
+            attempt_end = min(deadline, now + span)
+            target = self._route(op, failed, now)
+            try:
+                if target is None:
+                    target = yield from self._leader_after_refresh(op, failed, attempt_end)
+                    if target is None:
+                        why = "; ".join(self.refresh_problems[-3:]) or "nobody knows one"
+                        tried.append(f"no leader known ({why})")
+                        expired = clock() >= deadline
+                if target is not None:
+                    reply = yield Send(target, op.build, attempt_end, state)
+            except ConnectFailed as exc:
+                tried.append(str(exc))
+                last_error = exc
+            except ConnectionLost as exc:
+                tried.append(str(exc))
+                last_error = exc
+                ambiguous |= op.write and state.sent
+            except AttemptExpired:
+                expired = True
+            if target is not None and reply is None:  # failed, or silent: suspect the node
+                failed.add(target)
+                self.topology.forget_node_leadership(target)
+                if expired:
+                    self.suspects[target] = clock() + SUSPECT_FOR
+            if expired:
+                ambiguous |= op.write and state.sent
+                if attempt_end >= deadline:
+                    tried.append(f"{target or 'routing'}: no answer before the deadline")
+                    break
+                tried.append(f"{target or 'routing'}: no answer in {round(span, 3)}s")
+            if reply is not None:
+                if reply.__class__ is expect:
+                    if self.suspects:
+                        self.suspects.pop(target, None)
+                    return reply
+                self.suspects.pop(target, None)
+                if not isinstance(reply, Error):
+                    raise ProtocolError(f"{target}: answered {op.describe()} with "
+                                        f"{type(reply).__name__}")
+                exc = error_from_frame(reply)
+                last_error = exc
+                tried.append(f"{target}: {exc.message or ErrorCode(exc.code).name.lower()}")
+                if isinstance(exc, NotLeader):
+                    if self._follow_hint(op, exc, target) and hops < _MAX_HINT_HOPS:
+                        hops += 1
+                        now = clock()
+                        continue  # a new leader to try: no pause
+                    failed.add(target)
+                elif exc.code == ErrorCode.OUTCOME_UNKNOWN and op.write:
+                    ambiguous = True  # same seq again is safe: the server de-duplicates
+                elif exc.code in (
+                    ErrorCode.UNAVAILABLE,
+                    ErrorCode.TIMEOUT,
+                    ErrorCode.OUTCOME_UNKNOWN,
+                ):
+                    if op.consistency != ReadConsistency.LINEARIZABLE:
+                        failed.add(target)
+                else:
+                    raise exc
+            hops = 0
+            if delays is None:
+                delays = _backoff_delays(self.rng)
+            pause = min(next(delays), deadline - clock())
+            if pause > 0:
+                yield Sleep(pause)
+            now = clock()
+        raise self._give_up(op, budget, tried, ambiguous) from last_error
+
+    def _follow_hint(self, op: _Op, exc: NotLeader, target: str) -> bool:
+        """Apply a NOT_LEADER hint; True if it names a different node to try now."""
+        if op.partition is None or op.consistency != ReadConsistency.LINEARIZABLE:
+            return False
+        if exc.leader_id:
+            self.topology.set_leader(op.partition, exc.leader_id, exc.leader_address)
+        else:
+            self.topology.forget_leader(op.partition)
+        new = self.topology.address_of(self.topology.leader_of(op.partition))
+        if new is None or self.suspected(new, self.clock()):
+            return False
+        return new != target
+
+    def _give_up(self, op: _Op, budget: float, tried: list[str], ambiguous: bool) -> PrkdbError:
+        # Collapse runs of the same failure: "x (3 times)".
+        runs: list[list[Any]] = []
+        for entry in tried:
+            if runs and runs[-1][0] == entry:
+                runs[-1][1] += 1
+            else:
+                runs.append([entry, 1])
+        tried = [e if n == 1 else f"{e} ({n} times)" for e, n in runs]
+        shown = tried[-_TRIED_SHOWN:]
+        more = (
+            f"{len(tried) - len(shown)} earlier attempts, then " if len(tried) > len(shown) else ""
+        )
+        history = f"{more}{'; '.join(shown) or 'nothing'}"
+        what = op.describe()
+        if ambiguous:
+            return OutcomeUnknown(
+                f"{what}: deadline of {budget}s passed; the write may or may not have been "
+                f"applied (tried: {history})"
+            )
+        where = f"partition {op.partition}" if op.partition is not None else "the cluster"
+        return Timeout(f"{what}: {where} did not answer within {budget}s (tried: {history})")
+
+
+def drive_blocking(plan: Plan[T], send: Callable[[Send], Any],
+                   sleep: Callable[[float], None]) -> T:
+    """Run `plan` to its result with blocking `send` and `sleep` (the SyncClient's loop)."""
+    try:
+        action = next(plan)
+        while True:
+            if action.__class__ is Send:
+                try:
+                    reply = send(action)  # type: ignore[arg-type]
+                except Exception as exc:
+                    action = plan.throw(exc)
+                else:
+                    action = plan.send(reply)
+            else:
+                sleep(action.seconds)  # type: ignore[union-attr]
+                action = plan.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        plan.close()
+

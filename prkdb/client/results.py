@@ -1,0 +1,136 @@
+"""What the SDK's calls return, and the argument checks every front end shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, final
+
+from prkdb.errors import InvalidRequest, PrkdbError
+from prkdb.wire.messages import BatchOp, OpKind, OpResult, WriteOk
+
+__all__ = [
+    "UNSET",
+    "BackupFailed",
+    "GetResult",
+    "Unset",
+    "WriteResult",
+    "check_key",
+    "check_value",
+    "parse_batch_op",
+    "write_result",
+]
+
+
+class BackupFailed(PrkdbError):
+    """A partition's backup could not be completed (after its retries); nothing was kept."""
+
+
+class Unset:
+    """The type of `UNSET`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset()
+"""Default of ``cas(expected_value=...)``: the value is not compared."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of put/delete/cas/batch.
+
+    Attributes:
+        succeeded: False only for a cas whose condition did not hold.
+        revision: log index of the entry that made the write (per partition).
+        version: the key's version after the write (cas failure: its current version).
+        prev_version: the key's version before (0 = it was absent).
+        ops: batch only: one `OpResult` (version, prev_version) per op, in order.
+    """
+
+    succeeded: bool
+    revision: int
+    version: int
+    prev_version: int
+    ops: tuple[OpResult, ...] = ()
+
+
+class GetResult(NamedTuple):
+    """A key as read: unpacks as ``value, version, mod_revision, applied_index``.
+
+    ``value is None`` (and version 0) means the key is absent. ``applied_index``
+    is the partition's applied index on the node that answered (how fresh a
+    STALE read is, comparable with `WriteResult.revision`).
+    """
+
+    value: bytes | None
+    version: int
+    mod_revision: int
+    applied_index: int
+
+
+def write_result(reply: WriteOk) -> WriteResult:
+    return WriteResult(
+        reply.succeeded, reply.revision, reply.version, reply.prev_version, reply.ops
+    )
+
+
+def check_key(key: object, what: str = "key") -> bytes:
+    """`key` as bytes.
+
+    Raises:
+        InvalidRequest: not bytes-like, or empty.
+    """
+    if type(key) is bytes and key:  # the common case, first and cheap
+        return key
+    if isinstance(key, bytearray | memoryview):
+        key = bytes(key)
+    if not isinstance(key, bytes):
+        raise InvalidRequest(f"{what} must be bytes, got {type(key).__name__}")
+    if not key:
+        raise InvalidRequest(f"{what} must not be empty")
+    return key
+
+
+def check_value(value: object, what: str = "value") -> bytes:
+    """`value` as bytes (empty is fine).
+
+    Raises:
+        InvalidRequest: not bytes-like.
+    """
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"{what} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def parse_batch_op(index: int, op: tuple[Any, ...] | BatchOp) -> BatchOp:
+    """One batch item as a checked `BatchOp`.
+
+    Raises:
+        InvalidRequest: not ``("put", key, value)``, ``("delete", key)`` or a `BatchOp`.
+    """
+    if isinstance(op, BatchOp):
+        kind = op.kind
+        key = check_key(op.key, f"batch op {index} key")
+        if kind == OpKind.PUT:
+            return BatchOp(OpKind.PUT, key, check_value(op.value, f"batch op {index} value"))
+        return BatchOp(OpKind.DELETE, key)
+    if not isinstance(op, tuple | list) or not op:
+        raise InvalidRequest(f"batch op {index} must be ('put', key, value) or ('delete', key)")
+    name = str(op[0]).lower()
+    if name == "put" and len(op) == 3:
+        return BatchOp(
+            OpKind.PUT,
+            check_key(op[1], f"batch op {index} key"),
+            check_value(op[2], f"batch op {index} value"),
+        )
+    if name == "delete" and len(op) == 2:
+        return BatchOp(OpKind.DELETE, check_key(op[1], f"batch op {index} key"))
+    raise InvalidRequest(f"batch op {index} {op!r:.60} is not ('put', k, v) or ('delete', k)")
