@@ -1,4 +1,8 @@
-"""The PrkDB client SDK: `PrkDbClient` for trio programs, `SyncClient` for scripts.
+"""The PrkDB client SDK: one core, three front ends.
+
+- `PrkDbClient` for trio programs,
+- `AsyncClient` (also `prkdb.client.aio`) for asyncio programs,
+- `SyncClient` for threads and scripts (blocking sockets, no event loop).
 
 ```python
 from prkdb.client import PrkDbClient, ReadConsistency
@@ -9,20 +13,19 @@ async with PrkDbClient.connect(["127.0.0.1:8080"]) as client:
     nearby = await client.get_with_consistency(b"k", ReadConsistency.FOLLOWER)
 ```
 
-See docs/client.md for routing, retries, and how exactly-once writes work.
+The three share routing, retries, deadlines and exactly-once sessions
+(prkdb.client.core) and have the same methods and errors. Each front end is
+imported on first use, so a program using `SyncClient` or `AsyncClient`
+never imports trio. See docs/client.md.
 """
 
-from prkdb.client.client import (
-    BACKUP_CHUNK,
-    DEFAULT_ATTEMPT_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    UNSET,
-    BackupFailed,
-    GetResult,
-    PrkDbClient,
-    WriteResult,
-)
-from prkdb.client.sync import SyncClient
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from prkdb.client.core import BACKUP_CHUNK, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT
+from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.errors import (
     ErrorCode,
     InternalError,
@@ -46,12 +49,34 @@ from prkdb.wire.messages import (
     StatusOk,
 )
 
+if TYPE_CHECKING:
+    from prkdb.client.aio import AsyncClient
+    from prkdb.client.client import PrkDbClient
+    from prkdb.client.sync import SyncClient
+
+_FRONT_ENDS = {
+    "PrkDbClient": "prkdb.client.client",
+    "AsyncClient": "prkdb.client.aio",
+    "SyncClient": "prkdb.client.sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _FRONT_ENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prkdb.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "BACKUP_CHUNK",
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "UNSET",
     "AdminOk",
+    "AsyncClient",
     "BackupBeginOk",
     "BackupFailed",
     "BatchOp",

@@ -14,6 +14,7 @@ its id in HelloOk, and the core pins the first id it hears.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, final
 
 from prkdb.errors import ErrorCode, PrkdbError, error_from_code
@@ -25,10 +26,15 @@ __all__ = [
     "AttemptState",
     "ConnectFailed",
     "ConnectionLost",
+    "HelloCheck",
     "error_from_frame",
     "hello_frame",
     "hello_node_id",
 ]
+
+
+HelloCheck = Callable[[str, Any], int]
+"""``(address, answer) -> node id``: judges the node's answer to our Hello, raising if refused."""
 
 
 class ConnectFailed(Exception):

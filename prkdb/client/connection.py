@@ -54,6 +54,7 @@ from prkdb.client.attempt import (
     AttemptState,
     ConnectFailed,
     ConnectionLost,
+    HelloCheck,
     error_from_frame,
 )
 from prkdb.errors import ErrorCode, PrkdbError, ProtocolError, TooLarge
@@ -91,9 +92,6 @@ __all__ = [
 
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``(host, port) -> connected stream``; `trio.open_tcp_stream` by default, memory in tests."""
-
-HelloCheck = Callable[[str, Any], int]
-"""``(address, answer) -> node id``: judges the node's answer to our Hello, raising if refused."""
 
 _RESPONSES = (GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error)
 _RECEIVE_SIZE = 64 * 1024

@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, TypeVar, final
 
@@ -133,6 +133,7 @@ __all__ = [
     "Plan",
     "Send",
     "Sleep",
+    "drive_async",
     "drive_blocking",
 ]
 
@@ -866,6 +867,33 @@ class ClientCore:
             )
         where = f"partition {op.partition}" if op.partition is not None else "the cluster"
         return Timeout(f"{what}: {where} did not answer within {budget}s (tried: {history})")
+
+
+async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
+                      sleep: Callable[[float], Awaitable[Any]]) -> T:
+    """Run `plan` to its result with an async `send` and `sleep` (trio and asyncio).
+
+    Any exception of `send` is thrown into the plan, which judges it (retry,
+    or raise it back out); a cancellation passes straight through, and the
+    plan is closed so that its session slot is given back.
+    """
+    try:
+        action = next(plan)
+        while True:
+            if action.__class__ is Send:
+                try:
+                    reply = await send(action)  # type: ignore[arg-type]
+                except Exception as exc:
+                    action = plan.throw(exc)
+                else:
+                    action = plan.send(reply)
+            else:
+                await sleep(action.seconds)  # type: ignore[union-attr]
+                action = plan.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        plan.close()
 
 
 def drive_blocking(plan: Plan[T], send: Callable[[Send], Any],

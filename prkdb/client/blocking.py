@@ -1,0 +1,217 @@
+"""A blocking connection to one node, and a small pool of them: the SyncClient's I/O.
+
+Theory of operation
+-------------------
+No event loop and no thread of our own: the calling thread writes the
+request frame and reads until the answer with its request id arrives, with
+the socket's timeout set to what is left of the attempt. One request at a
+time per connection, so a thread takes a connection from the `Pool` for one
+attempt and gives it back; threads that overlap get connections of their
+own (the pool keeps up to `POOL_IDLE` idle ones per node).
+
+A connection whose attempt expired, broke, or was interrupted (an exception
+anywhere mid-request, KeyboardInterrupt included) is closed, never pooled:
+its late answer would otherwise meet the next request.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from prkdb.client.attempt import (
+    AttemptExpired,
+    AttemptState,
+    ConnectFailed,
+    ConnectionLost,
+    HelloCheck,
+)
+from prkdb.client.routing import split_address
+from prkdb.errors import ErrorCode, TooLarge
+from prkdb.wire import (
+    CLOSED,
+    DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    FrameDecoder,
+    LocalProtocolError,
+    RemoteProtocolError,
+    encode_frame,
+    from_wire,
+)
+from prkdb.wire.messages import Error, WireMessage
+
+__all__ = ["POOL_IDLE", "BlockingConnection", "Pool"]
+
+POOL_IDLE: Final = 8
+"""Idle connections kept per node; more concurrent threads dial extra ones, closed after use."""
+
+_RECEIVE_SIZE: Final = 64 * 1024
+Clock = Callable[[], float]
+
+
+@final
+class BlockingConnection:
+    """One handshaken socket to one node; used by one thread at a time."""
+
+    __slots__ = ("_decoder", "_next_request_id", "_sock", "address", "broken", "node_id")
+
+    def __init__(self, address: str, sock: socket.socket, decoder: FrameDecoder,
+                 node_id: int) -> None:
+        self.address = address
+        self.node_id = node_id
+        self.broken = False
+        self._sock = sock
+        self._decoder = decoder
+        self._next_request_id = 1
+
+    @classmethod
+    def open(cls, address: str, hello: bytes, check: HelloCheck, deadline: float,
+             clock: Clock) -> BlockingConnection:
+        """Dial `address`, send `hello`, let `check` judge the answer; by `deadline`.
+
+        Raises:
+            AttemptExpired: the deadline passed first.
+            ConnectFailed: unreachable, refused, or closed during the hello.
+            WrongCluster / ProtocolError: the node refused us for good.
+        """
+        host, port = split_address(address)
+        left = deadline - clock()
+        if left <= 0:
+            raise AttemptExpired()
+        try:
+            sock = socket.create_connection((host, port), timeout=left)
+        except TimeoutError:
+            raise AttemptExpired() from None
+        except OSError as exc:
+            raise ConnectFailed(address, exc) from exc
+        decoder = FrameDecoder()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(max(deadline - clock(), 1e-6))
+            sock.sendall(hello)
+            item = _receive_one(sock, decoder, deadline, clock)
+            if item is CLOSED:
+                raise ConnectFailed(address, "closed during the hello")
+            node_id = check(address, from_wire(item))
+        except TimeoutError:
+            sock.close()
+            raise AttemptExpired() from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectFailed(address, exc) from exc
+        except RemoteProtocolError as exc:
+            sock.close()
+            raise RemoteProtocolError(f"{address}: {exc.message}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return cls(address, sock, decoder, node_id)
+
+    def request(self, build: Callable[[int], Any], state: AttemptState, deadline: float,
+                clock: Clock) -> WireMessage:
+        """Send one request and read its answer (an `Error` frame is returned, not raised).
+
+        Raises:
+            AttemptExpired: no answer before `deadline` (the connection is then broken).
+            ConnectionLost: the connection broke.
+            TooLarge: the request does not fit in a frame (nothing sent).
+        """
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        try:
+            built = build(request_id)
+            frame = (built if type(built) is bytes
+                     else encode_frame(built, max_frame=DEFAULT_MAX_FRAME))
+        except LocalProtocolError as exc:
+            if exc.code == ErrorCode.TOO_LARGE:
+                raise TooLarge(exc.message, details=exc.details) from None
+            raise
+        left = deadline - clock()
+        if left <= 0:
+            raise AttemptExpired()
+        sock = self._sock
+        ok = False
+        try:
+            sock.settimeout(left)
+            state.sent = True
+            sock.sendall(frame)
+            while True:
+                item = _receive_one(sock, self._decoder, deadline, clock)
+                if item is CLOSED:
+                    raise ConnectionLost(self.address, "closed by the server")
+                msg = from_wire(item)
+                if msg.request_id == request_id:  # type: ignore[union-attr]
+                    ok = True
+                    return msg
+                if isinstance(msg, Error) and msg.request_id == 0:
+                    raise ConnectionLost(self.address, msg.message)
+                # else: an answer to nobody (cannot happen: expired connections are closed)
+        except TimeoutError:
+            raise AttemptExpired() from None
+        except OSError as exc:
+            raise ConnectionLost(self.address, exc) from exc
+        except RemoteProtocolError as exc:
+            raise ConnectionLost(self.address, exc.message) from exc
+        finally:
+            if not ok:
+                self.close()
+
+    def close(self) -> None:
+        self.broken = True
+        self._sock.close()
+
+
+def _receive_one(sock: socket.socket, decoder: FrameDecoder, deadline: float,
+                 clock: Clock) -> Any:
+    """The next decoded frame item, or CLOSED at EOF."""
+    item = decoder.next_frame()
+    while item is NEED_DATA:
+        left = deadline - clock()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        data = sock.recv(_RECEIVE_SIZE)
+        if not data:
+            return CLOSED
+        decoder.receive_data(data)
+        item = decoder.next_frame()
+    return item
+
+
+@final
+class Pool:
+    """Idle `BlockingConnection`s per address, shared by threads."""
+
+    __slots__ = ("_closed", "_idle", "_lock")
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[BlockingConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self, address: str) -> BlockingConnection | None:
+        """An idle connection to `address`, or None (dial one)."""
+        with self._lock:
+            idle = self._idle.get(address)
+            return idle.pop() if idle else None
+
+    def give(self, conn: BlockingConnection) -> None:
+        """Return a healthy connection after its request (closed if the pool is full)."""
+        with self._lock:
+            if not self._closed and not conn.broken:
+                idle = self._idle.setdefault(conn.address, [])
+                if len(idle) < POOL_IDLE:
+                    idle.append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
