@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import gc
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -199,59 +196,40 @@ def dev_configs(nodes: int, port: int, data_dir: Path, partitions: int) -> list[
               default=Path("prkdb-data"), show_default=True, help="Where the nodes keep data.")
 @click.option("--partitions", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Raft groups the keys are spread over (fixed for the cluster's life).")
-def dev(nodes: str, port: int, data_dir: Path, partitions: int) -> None:
+@click.option("--restart-delay", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="SECONDS",
+              help="Start a node that died again after this long (doubled while it keeps "
+                   "failing at start; left down after 3 such failures). 0: never restart.")
+def dev(nodes: str, port: int, data_dir: Path, partitions: int, restart_delay: float) -> None:
     """Run a local cluster as child processes until Ctrl-C, then stop them cleanly.
+
+    Node i's PID is in DATA_DIR/node<i>.pid and its output in DATA_DIR/node<i>.log.
+    Kill one (kill -9) to watch the others elect new leaders: the rest keep
+    serving, and the dead node is started again after --restart-delay.
 
     \b
     Example:
       prkdb dev --nodes 3 --port 8080
       prkctl --seeds 127.0.0.1:8080 put hello world
+      kill -9 $(cat prkdb-data/node1.pid); prkctl --seeds 127.0.0.1:8081 status
     """
+    from prkdb.server.devcluster import DevCluster, RestartPolicy
+
     n = int(nodes)
     paths = dev_configs(n, port, data_dir, partitions)
-    procs: list[subprocess.Popen] = []
-    stop = False
+    addrs = [f"127.0.0.1:{port + i}" for i in range(n)]
+    seeds = ",".join(addrs)
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        for i, path in enumerate(paths, 1):
-            log = open(data_dir / f"node{i}.log", "ab")  # noqa: SIM115 - owned by the child
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "prkdb", "serve", "--config", str(path)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
-        seeds = ",".join(f"127.0.0.1:{port + i}" for i in range(n))
+    def banner() -> None:
         click.echo(f"PrkDB dev cluster: {n} nodes, {partitions} partitions, data in {data_dir}")
         click.echo(f"seeds: {seeds}")
-        click.echo(f"logs:  {data_dir}/node*.log")
-        click.echo(f"try:   prkctl --seeds {seeds} --cluster-id prkdb-dev put hello world")
+        click.echo(f"try:   prkctl --seeds {seeds} put hello world")
+        click.echo(f"       kill -9 $(cat {data_dir}/node1.pid)   # a failover: see "
+                   f"`prkctl --seeds {seeds} status`")
         click.echo("Ctrl-C stops the cluster.")
-        while not stop:
-            for i, p in enumerate(procs, 1):
-                if p.poll() is not None:
-                    click.echo(f"node {i} exited with code {p.returncode}; see "
-                               f"{data_dir}/node{i}.log", err=True)
-                    stop = True
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        click.echo("cluster stopped")
-    codes = [p.returncode for p in procs]
-    sys.exit(0 if all(c == 0 for c in codes) else 1)
+
+    cluster = DevCluster(paths, addrs, data_dir, RestartPolicy(delay=restart_delay))
+    sys.exit(cluster.run(banner))
 
 
 def main() -> None:
