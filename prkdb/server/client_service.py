@@ -129,6 +129,13 @@ class ClientService:
         except (StreamClosed, trio.TooSlowError):
             return
         except RemoteProtocolError as e:
+            if e.details.get("http") == "request":
+                # A port mix-up, not an attack: say so once, in HTTP they can read.
+                self.log.warning("http_on_client_port", remote=framed.remote_address,
+                                 reason="an HTTP request reached the PrkDB client port; "
+                                 "answered 400 and closed")
+                await framed.refuse_http("client")
+                return
             await self._fatal(framed, error_for(e, 0))
             return
         if not isinstance(hello, Hello):
@@ -355,6 +362,11 @@ class ClientService:
         driver = self._driver(req.partition)
         if req.to_node and self.cfg.peer(req.to_node) is None:
             raise InvalidRequest(f"node {req.to_node} is not a member of this cluster")
+        if req.to_node == self.cfg.node_id and driver.is_leader:
+            # Already there: nothing to move (else we would wait for a step-down
+            # that never comes and answer UNAVAILABLE at the deadline).
+            return AdminOk(req.request_id, {"partition": req.partition, "to": req.to_node,
+                                            "leader": req.to_node})
         target = await driver.transfer_leadership(req.to_node)
         # Wait until leadership moved (or the transfer was aborted).
         with trio.move_on_at(self._deadline()):
