@@ -82,15 +82,10 @@ class CtlContext:
         """A connected SDK client; learns the cluster id if none was given."""
         if self.client_factory is not None:
             return await self.client_factory(self)
-        cid = self.cluster_id or "prkdb"
-        try:
-            return await PrkDbClient.connect(self.seeds, cluster_id=cid, timeout=self.timeout)
-        except WrongCluster as e:
-            learned = e.details.get("cluster_id")
-            if self.cluster_id is not None or not isinstance(learned, str) or not learned:
-                raise
-        self.cluster_id = learned
-        return await PrkDbClient.connect(self.seeds, cluster_id=learned, timeout=self.timeout)
+        client = await PrkDbClient.connect(self.seeds, cluster_id=self.cluster_id,
+                                           timeout=self.timeout)
+        self.cluster_id = client.cluster_id  # as given, or as the first node named it
+        return client
 
     def run_client(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """`trio.run` `fn(client)` with a connected client, closed afterwards."""
