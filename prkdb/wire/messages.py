@@ -623,7 +623,9 @@ _ALL = (
         1,
         (
             Field("protocol_version", _U32, f"this document describes {PROTOCOL_VERSION}"),
-            Field("cluster_id", Text(max_len=255), "must match the acceptor's cluster id"),
+            Field("cluster_id", Text(max_len=255),
+                  "must match the acceptor's cluster id; a client may send \"\" "
+                  "to be told it in HelloOk"),
             Field("role", Text(choices=(ROLE_PEER, ROLE_CLIENT)), "who is connecting"),
             Field("node_id", _U64, "peers: own node id (>= 1); clients: 0"),
             Field("data_dir_id", Text(max_len=32),

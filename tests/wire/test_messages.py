@@ -336,6 +336,14 @@ def test_check_hello() -> None:
         assert m.from_wire(through_cbor(m.to_wire(err, check=True))) == err
 
 
+def test_a_client_may_ask_for_the_cluster_id_a_peer_may_not() -> None:
+    asking = m.Hello(m.PROTOCOL_VERSION, "", "client", 0)
+    assert m.check_hello(asking, cluster_id="c1", role="client") is None
+    peer = m.Hello(m.PROTOCOL_VERSION, "", "peer", 2, "ab" * 16)
+    refused = m.check_hello(peer, cluster_id="c1", role="peer")
+    assert refused is not None and refused.code == ErrorCode.WRONG_CLUSTER
+
+
 def test_error_for_remote_protocol_error() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         m.from_wire([11, 5, "k", b"v", 1, 1])
