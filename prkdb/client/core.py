@@ -632,7 +632,7 @@ class ClientCore:
             return False
         if now < until:
             return True
-        del self.suspects[address]  # type: ignore[arg-type]
+        self.suspects.pop(address, None)  # type: ignore[arg-type]
         return False
 
     def _refresh(self, avoid: Iterable[str], version: int | None, end: float) -> Plan[bool]:
