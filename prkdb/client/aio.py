@@ -259,7 +259,8 @@ class _Connecting:
         self._client: AsyncClient | None = None
 
     def __await__(self) -> Generator[Any, None, AsyncClient]:
-        return self._open().__await__()
+        opened: Generator[Any, None, AsyncClient] = self._open().__await__()
+        return opened
 
     async def __aenter__(self) -> AsyncClient:
         self._client = await self._open()

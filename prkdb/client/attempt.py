@@ -49,11 +49,11 @@ class ConnectionLost(Exception):
     """An established connection broke; in-flight requests got no answer."""
 
     def __init__(self, address: str, cause: BaseException | str) -> None:
-        reason = cause.reason if isinstance(cause, ConnectionLost) else str(cause)
-        reason = reason or type(cause).__name__
+        text: str = cause.reason if isinstance(cause, ConnectionLost) else str(cause)
+        reason = text or type(cause).__name__
         super().__init__(f"{address}: connection lost: {reason}")
         self.address = address
-        self.reason = reason
+        self.reason: str = reason
 
 
 class AttemptExpired(Exception):

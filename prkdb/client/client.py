@@ -69,7 +69,8 @@ class _Connecting:
         self._client: PrkDbClient | None = None
 
     def __await__(self) -> Generator[Any, None, PrkDbClient]:
-        return self._open().__await__()
+        opened: Generator[Any, None, PrkDbClient] = self._open().__await__()
+        return opened
 
     async def __aenter__(self) -> PrkDbClient:
         self._client = await self._open()

@@ -179,7 +179,7 @@ class Connection:
 
     async def request(
         self,
-        build: Callable[[int], list[Any]],
+        build: Callable[[int], Any],
         state: AttemptState,
         deadline: float = math.inf,
     ) -> WireMessage:

@@ -684,10 +684,10 @@ class ClientCore:
                         return True
                     problems.append(f"{address}: cluster {reply.cluster_id!r}")
                 elif isinstance(reply, Error):
-                    exc = error_from_frame(reply)
-                    if exc.code in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_VERSION):
-                        raise exc
-                    problems.append(f"{address}: {exc.message}")
+                    refusal = error_from_frame(reply)
+                    if refusal.code in (ErrorCode.WRONG_CLUSTER, ErrorCode.BAD_VERSION):
+                        raise refusal
+                    problems.append(f"{address}: {refusal.message}")
                 else:
                     raise ProtocolError(f"{address}: answered status with {type(reply).__name__}")
         finally:
@@ -795,6 +795,7 @@ class ClientCore:
                     break
                 tried.append(f"{target or 'routing'}: no answer in {round(span, 3)}s")
             if reply is not None:
+                assert target is not None
                 if reply.__class__ is expect:
                     if self.suspects:
                         self.suspects.pop(target, None)
@@ -803,18 +804,18 @@ class ClientCore:
                 if not isinstance(reply, Error):
                     raise ProtocolError(f"{target}: answered {op.describe()} with "
                                         f"{type(reply).__name__}")
-                exc = error_from_frame(reply)
-                last_error = exc
-                tried.append(f"{target}: {exc.message or ErrorCode(exc.code).name.lower()}")
-                if isinstance(exc, NotLeader):
-                    if self._follow_hint(op, exc, target) and hops < _MAX_HINT_HOPS:
+                err = error_from_frame(reply)
+                last_error = err
+                tried.append(f"{target}: {err.message or ErrorCode(err.code).name.lower()}")
+                if isinstance(err, NotLeader):
+                    if self._follow_hint(op, err, target) and hops < _MAX_HINT_HOPS:
                         hops += 1
                         now = clock()
                         continue  # a new leader to try: no pause
                     failed.add(target)
-                elif exc.code == ErrorCode.OUTCOME_UNKNOWN and op.write:
+                elif err.code == ErrorCode.OUTCOME_UNKNOWN and op.write:
                     ambiguous = True  # same seq again is safe: the server de-duplicates
-                elif exc.code in (
+                elif err.code in (
                     ErrorCode.UNAVAILABLE,
                     ErrorCode.TIMEOUT,
                     ErrorCode.OUTCOME_UNKNOWN,
@@ -822,7 +823,7 @@ class ClientCore:
                     if op.consistency != ReadConsistency.LINEARIZABLE:
                         failed.add(target)
                 else:
-                    raise exc
+                    raise err
             hops = 0
             if delays is None:
                 delays = _backoff_delays(self.rng)
@@ -882,7 +883,7 @@ async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
         while True:
             if action.__class__ is Send:
                 try:
-                    reply = await send(action)  # type: ignore[arg-type]
+                    reply = await send(action)
                 except Exception as exc:
                     action = plan.throw(exc)
                 else:
@@ -904,7 +905,7 @@ def drive_blocking(plan: Plan[T], send: Callable[[Send], Any],
         while True:
             if action.__class__ is Send:
                 try:
-                    reply = send(action)  # type: ignore[arg-type]
+                    reply = send(action)
                 except Exception as exc:
                     action = plan.throw(exc)
                 else:

@@ -963,7 +963,7 @@ _CONSISTENCY_TYPES: Final = (ReadConsistency, int)
 def encode_get_request(
     request_id: int,
     key: bytes,
-    consistency: ReadConsistency,
+    consistency: ReadConsistency | int,
     partition: int,
     *,
     max_frame: int = DEFAULT_MAX_FRAME,
