@@ -13,6 +13,7 @@ Reads go through `prkdb.netio.SocketReader` (no failed `recv` per message).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -24,6 +25,20 @@ from prkdb.wire.messages import WireMessage
 
 READ_SIZE = 256 * 1024
 MAX_QUEUED_BYTES = 64 * 1024 * 1024  # unsent bytes per connection before we drop
+
+
+def http_refusal(port: str) -> bytes:
+    """A minimal ``HTTP/1.1 400`` for an HTTP client that reached a PrkDB `port` ("client", "peer").
+
+    Sent instead of an Error frame when the first bytes were an HTTP request
+    (curl, a browser, a health checker pointed at the wrong port): they can
+    show it, and they could not read a frame.
+    """
+    body = (f"This is a PrkDB {port} port: it speaks the PrkDB protocol, not HTTP. "
+            "Use prkctl or a PrkDB client library.\n").encode()
+    head = ("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    return head + body
 
 
 class ReplyOutbox:
@@ -59,6 +74,22 @@ class FramedStream:
         sock = getattr(stream, "socket", None)
         self._fd = sock.fileno() if sock is not None else -1
         self._reader = SocketReader(stream)
+
+    @property
+    def remote_address(self) -> str:
+        """host:port of the other end, for logs ("?" if the socket cannot tell)."""
+        sock = getattr(self.stream, "socket", None)
+        try:
+            host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
+        except (AttributeError, OSError, TypeError, ValueError):
+            return "?"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def refuse_http(self, port: str) -> None:
+        """Answer an HTTP request with `http_refusal` (best effort, at most 1 s)."""
+        with trio.move_on_after(1), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self.stream.send_all(http_refusal(port))
 
     async def receive(self) -> Any:
         """The next decoded CBOR item; raises StreamClosed at EOF or on a reset.

@@ -277,6 +277,12 @@ class PeerTransport:
                     readers.discard(scope)
             self.log.info("peer_fenced", peer=peer_id)
         except RemoteProtocolError as e:
+            if not peer_id and e.details.get("http") == "request":
+                self.log.warning("http_on_peer_port", remote=framed.remote_address,
+                                 reason="an HTTP request reached the PrkDB peer port; "
+                                 "answered 400 and closed")
+                await framed.refuse_http("peer")
+                return
             self.log.warning("bad_peer_input", peer=peer_id, error=e.message)
             with trio.move_on_after(1):
                 await framed.send_now(error_for(e, 0))

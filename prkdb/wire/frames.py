@@ -342,6 +342,42 @@ def encode_frames(objs: Iterable[Any], *, max_frame: int = DEFAULT_MAX_FRAME) ->
     return b"".join(parts)
 
 
+# The first 4 bytes of HTTP/1.x traffic (and of HTTP/2's "PRI * HTTP/2.0"
+# preface). Read as a length they are all over 1.1 GB (0x43000000 and up),
+# beyond any sane max_frame, so they are only looked for in a header that is
+# too long anyway: valid frames never pay for the check.
+_HTTP_RESPONSE: Final = b"HTTP"
+_HTTP_METHODS: Final = frozenset({
+    b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"PRI ",
+})
+
+
+def _http_start(header: bytes | bytearray) -> RemoteProtocolError | None:
+    """The error for a frame header that is the start of HTTP, else None.
+
+    A port mix-up (a seed that is etcd's or a proxy's HTTP port; curl or a
+    health checker pointed at a PrkDB port) then says so instead of
+    "frame length 1213486160 exceeds max_frame". `details["http"]` is
+    "response" or "request", so a server can answer in HTTP. The decoder
+    does not know the address: the connection's owner adds it.
+    """
+    head = bytes(header)
+    if head == _HTTP_RESPONSE:
+        return RemoteProtocolError(
+            "the peer answered HTTP, not the PrkDB protocol: is it an HTTP port "
+            "(etcd, a proxy) rather than a PrkDB client or peer port?",
+            details={"http": "response"},
+        )
+    if head in _HTTP_METHODS:
+        method = head.decode("ascii").strip()
+        return RemoteProtocolError(
+            f"the peer sent an HTTP request ({method}...), not the PrkDB protocol: "
+            "this is a PrkDB port, not an HTTP endpoint",
+            details={"http": "request"},
+        )
+    return None
+
+
 class FrameDecoder:
     """Incremental frame decoder; feed bytes, pull decoded CBOR items.
 
@@ -418,7 +454,9 @@ class FrameDecoder:
 
         Raises:
             RemoteProtocolError: TOO_LARGE for a length over `max_frame`
-                (raised before the body arrives), BAD_REQUEST for an empty or
+                (raised before the body arrives), BAD_REQUEST with
+                ``details["http"]`` for a header that is the start of HTTP
+                (a port mix-up), BAD_REQUEST for an empty or
                 undecodable body, trailing bytes, or EOF inside a frame. The
                 decoder is then in ERROR and raises on every later call.
         """
@@ -437,6 +475,9 @@ class FrameDecoder:
             return self._need_data(avail)
         (length,) = _HEADER.unpack_from(buf, pos)
         if length > self.max_frame:
+            http = _http_start(buf[pos : pos + HEADER_SIZE])
+            if http is not None:
+                self._fail(http)
             self._fail(
                 RemoteProtocolError(
                     f"frame length {length} exceeds max_frame ({self.max_frame})",

@@ -138,6 +138,44 @@ def test_default_max_frame_rejects_huge_length() -> None:
     assert DEFAULT_MAX_FRAME == 16 * 1024 * 1024
 
 
+@pytest.mark.parametrize(("start", "kind", "text"), [
+    (b"HTTP/1.1 404 Not Found\r\n", "response", "the peer answered HTTP, not the PrkDB"),
+    (b"HTTP/1.0 200 OK\r\n\r\n", "response", "an HTTP port (etcd, a proxy)"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "request", "HTTP request (GET...)"),
+    (b"POST /v3/kv/put HTTP/1.1\r\n", "request", "HTTP request (POST...)"),
+    (b"PUT /k HTTP/1.1\r\n", "request", "HTTP request (PUT...)"),
+    (b"HEAD / HTTP/1.1\r\n", "request", "this is a PrkDB port"),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "request", "HTTP request (PRI...)"),
+])
+def test_http_instead_of_frames_says_so(start: bytes, kind: str, text: str) -> None:
+    # b"HTTP" as a length is 1213486160: the old error was "frame length
+    # 1213486160 exceeds max_frame (16777216)", which hides a port mix-up.
+    for cut in (4, len(start)):  # the header alone is enough to tell
+        dec = FrameDecoder()
+        dec.receive_data(start[:cut])
+        with pytest.raises(RemoteProtocolError) as info:
+            dec.next_frame()
+        assert text in info.value.message and "max_frame" not in info.value.message
+        assert info.value.code == ErrorCode.BAD_REQUEST
+        assert info.value.details["http"] == kind
+        assert dec.state is DecoderState.ERROR
+        with pytest.raises(RemoteProtocolError, match="HTTP"):
+            dec.next_frame()  # sticky, with the same reason
+
+
+def test_http_check_only_for_oversize_headers() -> None:
+    # A frame that fits max_frame is never taken for HTTP, and a too-long
+    # header that is not HTTP keeps the TOO_LARGE error.
+    dec = FrameDecoder(max_frame=0x48545450)
+    dec.receive_data(b"HTTP")
+    assert dec.next_frame() is NEED_DATA
+    dec = FrameDecoder()
+    dec.receive_data(b"HTTX")
+    with pytest.raises(RemoteProtocolError) as info:
+        dec.next_frame()
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
 def test_exact_max_frame_is_accepted() -> None:
     body = cbor2.dumps(b"x" * 95)
     dec = FrameDecoder(max_frame=len(body))
