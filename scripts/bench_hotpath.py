@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prkdb.raft.types import Entry, Message, MsgType
-from prkdb.state import KVStateMachine, Put, decode_command, encode_command
+from prkdb.state import KVStateMachine, PutCommand, decode_command, encode_command
 from prkdb.wire.frames import FrameDecoder, encode_frame
 from prkdb.wire.messages import (
     Get,
@@ -100,7 +100,7 @@ def _encode(msg: object) -> Body:
 
 
 def _app_batch(n_entries: int) -> RaftBatch:
-    data = encode_command(Put(KEY, VALUE), CLIENT_ID, 1_000_000)
+    data = encode_command(PutCommand(KEY, VALUE), CLIENT_ID, 1_000_000)
     entries = tuple(Entry(5, 101 + i, data=data) for i in range(n_entries))
     msg = Message(
         MsgType.APP, to=2, from_=1, term=5, log_term=5, index=100, entries=entries, commit=99
@@ -144,7 +144,7 @@ def _small_batch(kind: MsgType) -> RaftBatch:
 
 
 def _encode_command_body(n: int) -> None:
-    cmd = Put(KEY, VALUE)
+    cmd = PutCommand(KEY, VALUE)
     for seq in range(1, n + 1):
         encode_command(cmd, CLIENT_ID, seq)
 
@@ -160,7 +160,7 @@ def _decode_command_body(data: bytes) -> Body:
 def _apply_body(ops: int) -> Body:
     # Pre-encoded outside the timed body: the bench measures apply only.
     datas = [
-        encode_command(Put(b"%016d" % (i % 10_000), VALUE), CLIENT_ID + i % 64, 1 + i // 64)
+        encode_command(PutCommand(b"%016d" % (i % 10_000), VALUE), CLIENT_ID + i % 64, 1 + i // 64)
         for i in range(ops)
     ]
 
@@ -182,7 +182,7 @@ def main() -> None:
 
     put_frame = encode_message(PutRequest(7, KEY, VALUE, CLIENT_ID, 12345))
     get_frame = encode_message(Get(7, KEY, ReadConsistency.LINEARIZABLE, 3))
-    cmd_data = encode_command(Put(KEY, VALUE), CLIENT_ID, 12345)
+    cmd_data = encode_command(PutCommand(KEY, VALUE), CLIENT_ID, 12345)
     paths: list[tuple[str, Body]] = [
         ("client: decode Put frame", _decode_frames(put_frame)),
         ("client: decode Get frame", _decode_frames(get_frame)),

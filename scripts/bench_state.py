@@ -5,12 +5,12 @@ Not a test (speed lives in scripts/, see STYLE §11). It answers two sizing
 questions for prkdb/state/kv.py:
 
 * memory: how many bytes one key costs in a partition's state, measured two
-  ways after applying N Put commands (16-byte keys, 100-byte values, as
+  ways after applying N PutCommand commands (16-byte keys, 100-byte values, as
   decoded from the log, so nothing is shared with the caller):
   ``tracemalloc`` (exact Python allocations still alive) and the RSS delta
   (what the OS sees, incl. allocator slack). Printed next to the raw payload
   (16 + 100 = 116 bytes) as a ratio.
-* throughput: Put commands per second through ``apply`` (decode, limit
+* throughput: PutCommand commands per second through ``apply`` (decode, limit
   checks, dict update, result object), from pre-encoded entry data, with and
   without a session envelope; plus snapshot/restore time.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 # Run from a checkout without installing: make the repo root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prkdb.state import KVStateMachine, Put, encode_command
+from prkdb.state import KVStateMachine, PutCommand, encode_command
 
 KEY_SIZE = 16
 VALUE_SIZE = 100
@@ -52,7 +52,7 @@ def _rss_bytes() -> int:
 
 def _fill(machine: KVStateMachine, n: int) -> None:
     for i in range(n):
-        machine.apply(i + 1, encode_command(Put(_key(i), _value(i))))
+        machine.apply(i + 1, encode_command(PutCommand(_key(i), _value(i))))
 
 
 def bench_memory_tracemalloc(n: int) -> float:
@@ -89,10 +89,10 @@ def bench_apply(n: int, *, session: bool) -> tuple[float, float, float, int]:
     """Return (apply ops/s, snapshot s, restore s, snapshot bytes) for n Puts."""
     if session:
         entries = [
-            encode_command(Put(_key(i), _value(i)), b"bench-client", i + 1) for i in range(n)
+            encode_command(PutCommand(_key(i), _value(i)), b"bench-client", i + 1) for i in range(n)
         ]
     else:
-        entries = [encode_command(Put(_key(i), _value(i))) for i in range(n)]
+        entries = [encode_command(PutCommand(_key(i), _value(i))) for i in range(n)]
     machine = KVStateMachine()
     apply = machine.apply
     gc.collect()

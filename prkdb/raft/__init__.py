@@ -5,13 +5,13 @@ from prkdb.raft.core import COMMIT_ONLY
 from prkdb.raft.errors import (
     Compacted,
     ConfigError,
-    NotLeader,
+    EntriesUnavailable,
+    NotLeaderError,
     ProposalDropped,
     RaftError,
     RaftInvariantError,
-    Unavailable,
 )
-from prkdb.raft.rawnode import PeerStatus, RawNode, Status
+from prkdb.raft.rawnode import PeerStatus, RaftStatus, RawNode
 from prkdb.raft.ready import Ready
 from prkdb.raft.storage import MemoryStorage, Storage
 from prkdb.raft.types import (
@@ -35,18 +35,20 @@ __all__ = [
     "Compacted",
     "ConfState",
     "ConfigError",
+    "EntriesUnavailable",
     "Entry",
     "EntryKind",
     "HardState",
     "MemoryStorage",
     "Message",
     "MsgType",
-    "NotLeader",
+    "NotLeaderError",
     "PeerStatus",
     "ProposalDropped",
     "RaftConfig",
     "RaftError",
     "RaftInvariantError",
+    "RaftStatus",
     "RawNode",
     "ReadState",
     "Ready",
@@ -54,7 +56,5 @@ __all__ = [
     "Snapshot",
     "SnapshotMeta",
     "SoftState",
-    "Status",
     "Storage",
-    "Unavailable",
 ]

@@ -41,10 +41,10 @@ from prkdb.raft.describe import describe_message
 from prkdb.raft.errors import (
     Compacted,
     ConfigError,
-    NotLeader,
+    EntriesUnavailable,
+    NotLeaderError,
     ProposalDropped,
     RaftInvariantError,
-    Unavailable,
 )
 from prkdb.raft.log import RaftLog
 from prkdb.raft.quorum import VoteResult, committed_index, quorum_size, vote_result
@@ -252,7 +252,7 @@ class RaftCore:
             return False  # no point shipping a snapshot into the void
         try:
             snap = self.log.snapshot()
-        except Unavailable:
+        except EntriesUnavailable:
             return False  # being created; try again later
         if snap.is_empty():
             raise RaftInvariantError(f"need a snapshot for {to} but there is none")
@@ -468,7 +468,7 @@ class RaftCore:
     def step(self, m: Message) -> str | None:
         """Feed one message; returns why it was dropped, or None if it was used.
 
-        Raises `ProposalDropped` (or `NotLeader`) only for local requests
+        Raises `ProposalDropped` (or `NotLeaderError`) only for local requests
         (PROP, READ_INDEX, TRANSFER_LEADER) that cannot be served here.
         """
         if m.term == 0:
@@ -790,7 +790,7 @@ class RaftCore:
                 self.lead = m.from_
                 self._handle_append(m)
             case MsgType.PROP | MsgType.TRANSFER_LEADER:
-                raise NotLeader(self.lead)
+                raise NotLeaderError(self.lead)
             case MsgType.HEARTBEAT:
                 self.election_elapsed = 0
                 self.lead = m.from_

@@ -22,7 +22,7 @@ class ProposalDropped(RaftError):
     """The proposal or read cannot be handled here (no leader, transfer in progress, ...)."""
 
 
-class NotLeader(ProposalDropped):
+class NotLeaderError(ProposalDropped):
     """Only the leader accepts this; `leader_id` is the leader we know of, or 0."""
 
     def __init__(self, leader_id: int, message: str = "") -> None:
@@ -30,15 +30,15 @@ class NotLeader(ProposalDropped):
         super().__init__(message or f"not the leader (leader is {leader_id or 'unknown'})")
 
 
-class StorageError(RaftError):
+class LogStorageError(RaftError):
     """Root of the errors a `Storage` raises for out-of-range reads."""
 
 
-class Compacted(StorageError):
+class Compacted(LogStorageError):
     """The requested index is below the first index: it lives in a snapshot now."""
 
 
-class Unavailable(StorageError):
+class EntriesUnavailable(LogStorageError):
     """The requested index is above the last index, or a snapshot is being made."""
 
 

@@ -18,7 +18,7 @@ Positions:  first_index .. [stable in storage] .. unstable.offset .. last_index
 
 from __future__ import annotations
 
-from prkdb.raft.errors import Compacted, RaftInvariantError, Unavailable
+from prkdb.raft.errors import Compacted, EntriesUnavailable, RaftInvariantError
 from prkdb.raft.log_unstable import Unstable
 from prkdb.raft.storage import Storage, limit_size
 from prkdb.raft.types import Entry, Snapshot
@@ -87,7 +87,7 @@ class RaftLog:
             return 0
         try:
             return self.storage.term(i)
-        except (Compacted, Unavailable):
+        except (Compacted, EntriesUnavailable):
             return 0
 
     def term_or_raise(self, i: int) -> int:

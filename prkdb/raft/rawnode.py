@@ -57,7 +57,7 @@ class PeerStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class RaftStatus:
     """A read-only picture of the core, for `prkctl status` and tests."""
 
     id: int
@@ -98,7 +98,7 @@ class RawNode:
         later applied; anything else at that index means it was lost.
 
         Raises:
-            NotLeader: this node is a follower (the leader id is attached).
+            NotLeaderError: this node is a follower (the leader id is attached).
             ProposalDropped: no leader, transfer in progress, or overload.
         """
         term, first = self.propose_many([data])
@@ -296,7 +296,7 @@ class RawNode:
             core.log.applied_to(rd.committed_entries[-1].index)
 
     # -- introspection -------------------------------------------------------
-    def status(self) -> Status:
+    def status(self) -> RaftStatus:
         core = self.core
         progress = {}
         if core.role == Role.LEADER:
@@ -304,7 +304,7 @@ class RawNode:
                 v: PeerStatus(pr.match, pr.next, pr.state, core._recently_active(pr))
                 for v, pr in sorted(core.progress.items())
             }
-        return Status(
+        return RaftStatus(
             id=core.id,
             term=core.term,
             vote=core.vote,

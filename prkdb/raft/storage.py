@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from prkdb.raft.errors import Compacted, RaftInvariantError, Unavailable
+from prkdb.raft.errors import Compacted, EntriesUnavailable, RaftInvariantError
 from prkdb.raft.types import (
     EMPTY_HARD_STATE,
     ENTRY_OVERHEAD,
@@ -85,7 +85,7 @@ class MemoryStorage:
         if index < offset:
             raise Compacted(f"index {index} is compacted (first is {offset + 1})")
         if index - offset >= len(self.ents):
-            raise Unavailable(f"index {index} is past the last index {self.last_index()}")
+            raise EntriesUnavailable(f"index {index} is past the last index {self.last_index()}")
         return self.ents[index - offset].term
 
     def entries(self, lo: int, hi: int, max_size: int) -> list[Entry]:
@@ -93,7 +93,7 @@ class MemoryStorage:
         if lo <= offset:
             raise Compacted(f"index {lo} is compacted (first is {offset + 1})")
         if hi > self.last_index() + 1:
-            raise Unavailable(f"entries up to {hi} requested, last is {self.last_index()}")
+            raise EntriesUnavailable(f"entries up to {hi} requested, last is {self.last_index()}")
         return limit_size(self.ents[lo - offset : hi - offset], max_size)
 
     def snapshot(self) -> Snapshot:
@@ -117,7 +117,7 @@ class MemoryStorage:
         if index <= self._snapshot.meta.index:
             return self._snapshot
         if index > self.last_index():
-            raise Unavailable(f"snapshot index {index} > last index {self.last_index()}")
+            raise EntriesUnavailable(f"snapshot index {index} > last index {self.last_index()}")
         cs = conf_state if conf_state is not None else self._snapshot.meta.conf_state
         self._snapshot = Snapshot(SnapshotMeta(index, self.term(index), cs), data)
         return self._snapshot
@@ -128,7 +128,7 @@ class MemoryStorage:
         if index <= offset:
             return
         if index > self.last_index():
-            raise Unavailable(f"compact {index} > last index {self.last_index()}")
+            raise EntriesUnavailable(f"compact {index} > last index {self.last_index()}")
         i = index - offset
         self.ents = [Entry(self.ents[i].term, index), *self.ents[i + 1 :]]
 

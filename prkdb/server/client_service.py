@@ -31,22 +31,16 @@ from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.pending import Waiter
 from prkdb.state import (
     UNCHECKED,
-    CompareAndSet,
+    BatchCommand,
+    CompareAndSetCommand,
+    DeleteCommand,
     InvalidCommand,
+    PutCommand,
     ResultCode,
     encode_command,
     validate_command,
 )
-from prkdb.state import (
-    Batch as BatchCmd,
-)
-from prkdb.state import (
-    Delete as DeleteCmd,
-)
 from prkdb.state import Limits as StateLimits
-from prkdb.state import (
-    Put as PutCmd,
-)
 from prkdb.wire import RemoteProtocolError, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
@@ -222,11 +216,11 @@ class ClientService:
             case Get():
                 self._get(req, reply, fail)
             case Put():
-                self._write(req, req.key, PutCmd(req.key, req.value), reply, fail)
+                self._write(req, req.key, PutCommand(req.key, req.value), reply, fail)
             case Delete():
-                self._write(req, req.key, DeleteCmd(req.key), reply, fail)
+                self._write(req, req.key, DeleteCommand(req.key), reply, fail)
             case Cas():
-                cmd = CompareAndSet(
+                cmd = CompareAndSetCommand(
                     req.key,
                     new_value=req.new_value,
                     expected_value=(
@@ -342,9 +336,9 @@ class ClientService:
                     f"batch for partition {req.partition} has key {op.key[:32]!r} of partition "
                     f"{self._partition_of(op.key)}: a batch is atomic within one partition only"
                 )
-            ops.append(PutCmd(op.key, op.value or b"") if op.kind == OpKind.PUT
-                       else DeleteCmd(op.key))
-        cmd = BatchCmd(tuple(ops))
+            ops.append(PutCommand(op.key, op.value or b"") if op.kind == OpKind.PUT
+                       else DeleteCommand(op.key))
+        cmd = BatchCommand(tuple(ops))
         self._write(req, ops[0].key if ops else b"", cmd, reply, fail, partition=req.partition)
 
     def _status(self, req: Status | RebuildFence) -> StatusOk:

@@ -35,6 +35,7 @@ from prkdb.raft import (
     ConfState,
     MemoryStorage,
     Message,
+    NotLeaderError,
     ProposalDropped,
     RaftConfig,
     RawNode,
@@ -43,10 +44,7 @@ from prkdb.raft import (
     Snapshot,
     SnapshotMeta,
 )
-from prkdb.raft import (
-    NotLeader as RaftNotLeader,
-)
-from prkdb.raft.errors import StorageError as RaftStorageError
+from prkdb.raft.errors import LogStorageError
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.inbox import Inbox
 from prkdb.server.pending import Callback, Pending, Waiter
@@ -344,7 +342,7 @@ class PartitionDriver:
         ctx = self._ctx_prefix + next(self._read_seq).to_bytes(8, "big")
         try:
             self.raw.read_index(ctx)
-        except RaftNotLeader:
+        except NotLeaderError:
             err: PrkdbError = self._not_leader()
         except ProposalDropped as e:
             err = Unavailable(f"partition {self.partition}: {e}")
@@ -358,7 +356,7 @@ class PartitionDriver:
         props, self._proposals = self._proposals, []
         try:
             term, first = self.raw.propose_many([p.data for p in props])
-        except RaftNotLeader:
+        except NotLeaderError:
             err = self._not_leader()
             for p in props:
                 p.finish(error=err)
@@ -416,7 +414,7 @@ class PartitionDriver:
         assert self.rebuild is not None
         try:
             term = self.storage.term(durable_commit)
-        except RaftStorageError:
+        except LogStorageError:
             return  # not in the mirror (compacted under us): the next Ready decides
         if not self.rebuild.reached(self.partition, durable_commit, term, self.raw.core.term):
             return

@@ -8,19 +8,19 @@ apply time. The encoding therefore favours size and decode speed over
 self-description: every command is a short CBOR array whose first element is
 an integer op tag (:class:`OpTag`), never a map with string keys::
 
-    Put            [1, key, value]
-    Delete         [2, key]
-    CompareAndSet  [3, key, expected_value, expected_version, new_value]
+    PutCommand            [1, key, value]
+    DeleteCommand         [2, key]
+    CompareAndSetCommand  [3, key, expected_value, expected_version, new_value]
                    expected_value: bytes | null (= key must be absent)
                                    | undefined (= value not compared)
                    expected_version: uint | null (= version not compared)
                    new_value: bytes | null (= delete the key)
-    Batch          [4, [op, op, ...]]    each op is an encoded Put or Delete
+    BatchCommand          [4, [op, op, ...]]    each op is an encoded PutCommand or DeleteCommand
     session        [0, client_id, seq, command]
                    client_id: bytes | int, seq: uint — the exactly-once
                    envelope (see sessions.py); absent for session-less writes
 
-A Put of a 16-byte key and a 100-byte value costs 5 bytes of framing
+A PutCommand of a 16-byte key and a 100-byte value costs 5 bytes of framing
 (array head, tag, 1-byte key head, 2-byte value head) on top of the payload;
 the session envelope adds 4 more for a small client id and seq.
 
@@ -52,14 +52,14 @@ from prkdb.state.errors import CommandDecodeError
 
 __all__ = [
     "UNCHECKED",
-    "Batch",
+    "BatchCommand",
     "BatchOp",
     "ClientId",
     "Command",
-    "CompareAndSet",
-    "Delete",
+    "CompareAndSetCommand",
+    "DeleteCommand",
     "OpTag",
-    "Put",
+    "PutCommand",
     "Unchecked",
     "decode_command",
     "encode_command",
@@ -82,14 +82,14 @@ class Unchecked(enum.Enum):
     UNCHECKED = "UNCHECKED"
 
 
-#: ``CompareAndSet.expected_value`` default: do not compare the value at all.
+#: ``CompareAndSetCommand.expected_value`` default: do not compare the value at all.
 #: (``None`` is taken: it means "the key must be absent".)
 UNCHECKED: Final = Unchecked.UNCHECKED
 
 
 @final
 @dataclass(frozen=True, slots=True)
-class Put:
+class PutCommand:
     """Set ``key`` to ``value``, creating it (version 1) or bumping its version."""
 
     key: bytes
@@ -98,7 +98,7 @@ class Put:
 
 @final
 @dataclass(frozen=True, slots=True)
-class Delete:
+class DeleteCommand:
     """Remove ``key``. Deleting an absent key succeeds and changes nothing."""
 
     key: bytes
@@ -106,7 +106,7 @@ class Delete:
 
 @final
 @dataclass(frozen=True, slots=True)
-class CompareAndSet:
+class CompareAndSetCommand:
     """Write ``new_value`` only if the key's current state matches the conditions.
 
     Conditions (all given ones must hold; at least one must be given):
@@ -119,8 +119,8 @@ class CompareAndSet:
     ``new_value=None`` deletes the key (delete-if-unchanged). The fields after
     ``key`` are keyword-only so a call always says which condition it means::
 
-        CompareAndSet(b"k", expected_version=3, new_value=b"v4")
-        CompareAndSet(b"k", expected_value=None, new_value=b"v")   # create only
+        CompareAndSetCommand(b"k", expected_version=3, new_value=b"v4")
+        CompareAndSetCommand(b"k", expected_value=None, new_value=b"v")   # create only
     """
 
     key: bytes
@@ -130,12 +130,12 @@ class CompareAndSet:
     expected_version: int | None = None
 
 
-BatchOp: TypeAlias = Put | Delete
+BatchOp: TypeAlias = PutCommand | DeleteCommand
 
 
 @final
 @dataclass(frozen=True, slots=True)
-class Batch:
+class BatchCommand:
     """Apply ``ops`` in order, atomically: all of them or (on any violation) none.
 
     Ops are applied sequentially, so a key written twice in one batch gets two
@@ -146,7 +146,7 @@ class Batch:
     ops: tuple[BatchOp, ...]
 
 
-Command: TypeAlias = Put | Delete | CompareAndSet | Batch
+Command: TypeAlias = PutCommand | DeleteCommand | CompareAndSetCommand | BatchCommand
 ClientId: TypeAlias = bytes | int
 
 
@@ -158,11 +158,11 @@ def _op_to_cbor(cmd: Command) -> list[Any]:
     # `type(...) is` rather than match/isinstance: this runs once per write and
     # the classes are final.
     t = type(cmd)
-    if t is Put:
+    if t is PutCommand:
         return [OpTag.PUT.value, cmd.key, cmd.value]  # type: ignore[union-attr]
-    if t is Delete:
+    if t is DeleteCommand:
         return [OpTag.DELETE.value, cmd.key]
-    if t is CompareAndSet:
+    if t is CompareAndSetCommand:
         ev = cmd.expected_value  # type: ignore[union-attr]
         return [
             OpTag.COMPARE_AND_SET.value,
@@ -171,10 +171,10 @@ def _op_to_cbor(cmd: Command) -> list[Any]:
             cmd.expected_version,  # type: ignore[union-attr]
             cmd.new_value,  # type: ignore[union-attr]
         ]
-    if t is Batch:
+    if t is BatchCommand:
         ops = cmd.ops  # type: ignore[union-attr]
         for op in ops:
-            if type(op) is not Put and type(op) is not Delete:
+            if type(op) is not PutCommand and type(op) is not DeleteCommand:
                 raise TypeError(f"batch ops must be Put or Delete, got {type(op).__name__}")
         return [OpTag.BATCH.value, [_op_to_cbor(op) for op in ops]]
     raise TypeError(f"not a command: {t.__name__}")
@@ -198,17 +198,17 @@ def encode_command(
 
     Raises:
         TypeError: ``cmd`` is not a command, or a batch holds something other
-            than Put/Delete.
+            than PutCommand/DeleteCommand.
         ValueError: only one of ``client_id``/``seq`` given, or either is ill-typed.
     """
     if (
-        type(cmd) is Put
+        type(cmd) is PutCommand
         and type(client_id) is int
         and type(seq) is int
         and _CLIENT_ID_MIN <= client_id <= _U64_MAX
         and 0 <= seq <= _U64_MAX
     ):
-        # Fast path for what the server proposes most: a Put in a session with an
+        # Fast path for what the server proposes most: a PutCommand in a session with an
         # int id (the SDK's). Same array as below, same bytes; the ids pass the
         # checks `_check_session_ids` makes.
         return cbor2.dumps([_SESSION, client_id, seq, [_PUT, cmd.key, cmd.value]])
@@ -309,10 +309,10 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
         raise CommandDecodeError(f"command tag must be an int, got {tag!r:.40}")
     if tag == _PUT:
         _check_len(item, 3, "Put")
-        return Put(_bytes_field(item[1], "Put key"), _bytes_field(item[2], "Put value"))
+        return PutCommand(_bytes_field(item[1], "Put key"), _bytes_field(item[2], "Put value"))
     if tag == _DELETE:
         _check_len(item, 2, "Delete")
-        return Delete(_bytes_field(item[1], "Delete key"))
+        return DeleteCommand(_bytes_field(item[1], "Delete key"))
     if in_batch:
         raise CommandDecodeError(f"batch ops must be Put (1) or Delete (2), got tag {tag}")
     if tag == _CAS:
@@ -329,7 +329,7 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
             )
         if nv is not None:
             _bytes_field(nv, "CompareAndSet new_value")
-        return CompareAndSet(
+        return CompareAndSetCommand(
             _bytes_field(key, "CompareAndSet key"),
             new_value=nv,
             expected_value=ev,
@@ -339,7 +339,7 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
         _check_len(item, 2, "Batch")
         if type(item[1]) is not list:
             raise CommandDecodeError(f"Batch ops must be an array, got {type(item[1]).__name__}")
-        return Batch(tuple(_op_from_cbor(op, in_batch=True) for op in item[1]))  # type: ignore[misc]
+        return BatchCommand(tuple(_op_from_cbor(op, in_batch=True) for op in item[1]))  # type: ignore[misc]
     raise CommandDecodeError(f"unknown command tag {tag}")
 
 
@@ -368,14 +368,14 @@ def decode_command(data: bytes) -> tuple[Command, ClientId | None, int | None]:
         _, client_id, seq, body = item
         _check_session_ids(client_id, seq, CommandDecodeError)
         envelope_len = 2 + _encoded_len(client_id) + _head_len(seq)  # array head + tag 0
-    # Fast path for Put, the most common entry by far: the same checks as the
+    # Fast path for PutCommand, the most common entry by far: the same checks as the
     # general path below, inlined (they were ~40% of the apply cost).
     if type(body) is list and len(body) == 3 and body[0] == _PUT and type(body[0]) is int:
         key, value = body[1], body[2]
         if type(key) is bytes and type(value) is bytes:
             nk, nv = len(key), len(value)
             if envelope_len + 2 + _head_len(nk) + nk + _head_len(nv) + nv == len(data):
-                return Put(key, value), client_id, seq
+                return PutCommand(key, value), client_id, seq
     cmd = _op_from_cbor(body)
     if _encoded_len(item) != len(data):
         raise CommandDecodeError(

@@ -33,7 +33,7 @@ apply(index, data), in order:
 5. If the command carries a session: a retry returns its cached result, an
    older seq returns ``STALE_SEQUENCE``, both without touching the data.
 6. Check limits (limits.py); a violation is a failed no-op result.
-7. Execute. Batches were fully validated in 6, and Put/Delete cannot fail
+7. Execute. Batches were fully validated in 6, and PutCommand/DeleteCommand cannot fail
    afterwards, so a batch applies all ops or none.
 8. Record the result in the session table (failed results too: a retry must
    see the same answer).
@@ -60,11 +60,11 @@ import cbor2
 
 from prkdb.state.commands import (
     UNCHECKED,
-    Batch,
+    BatchCommand,
     Command,
-    CompareAndSet,
-    Delete,
-    Put,
+    CompareAndSetCommand,
+    DeleteCommand,
+    PutCommand,
     decode_command,
 )
 from prkdb.state.errors import CommandDecodeError, SnapshotDecodeError, StateInvariantError
@@ -208,13 +208,13 @@ class KVStateMachine:
         if violation is not None:
             return WriteResult(violation[0], index, message=violation[1])
         t = type(cmd)
-        if t is Put:
+        if t is PutCommand:
             return self._put(index, cmd.key, cmd.value)  # type: ignore[union-attr]
-        if t is Delete:
+        if t is DeleteCommand:
             return self._delete(index, cmd.key)
-        if t is CompareAndSet:
+        if t is CompareAndSetCommand:
             return self._compare_and_set(index, cmd)  # type: ignore[arg-type]
-        assert t is Batch  # check_command rejected everything else
+        assert t is BatchCommand  # check_command rejected everything else
         return self._batch(index, cmd)  # type: ignore[arg-type]
 
     def _put(self, index: int, key: bytes, value: bytes) -> WriteResult:
@@ -228,7 +228,7 @@ class KVStateMachine:
         old = self._data.pop(key, None)
         return WriteResult(_OK, index, 0, 0 if old is None else old[1])
 
-    def _compare_and_set(self, index: int, cmd: CompareAndSet) -> WriteResult:
+    def _compare_and_set(self, index: int, cmd: CompareAndSetCommand) -> WriteResult:
         current = self._data.get(cmd.key)
         version = 0 if current is None else current[1]
         expected_value = cmd.expected_value
@@ -251,10 +251,10 @@ class KVStateMachine:
             return self._delete(index, cmd.key)
         return self._put(index, cmd.key, cmd.new_value)
 
-    def _batch(self, index: int, cmd: Batch) -> WriteResult:
+    def _batch(self, index: int, cmd: BatchCommand) -> WriteResult:
         results = []
         for op in cmd.ops:
-            if type(op) is Put:
+            if type(op) is PutCommand:
                 r = self._put(index, op.key, op.value)
             else:
                 r = self._delete(index, op.key)

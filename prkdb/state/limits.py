@@ -18,8 +18,8 @@ different limits would apply the same entry differently and diverge. They
 must be changed only together (TODO(#3): carry them in the log).
 
 Rules beyond sizes: keys are non-empty ``bytes``; values are ``bytes``
-(empty allowed); a CompareAndSet has at least one condition; a Batch holds
-only Put/Delete, at most ``max_batch_ops`` of them (an empty batch is a
+(empty allowed); a CompareAndSetCommand has at least one condition; a BatchCommand holds
+only PutCommand/DeleteCommand, at most ``max_batch_ops`` of them (an empty batch is a
 valid no-op).
 """
 
@@ -28,7 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, final
 
-from prkdb.state.commands import UNCHECKED, Batch, Command, CompareAndSet, Delete, Put
+from prkdb.state.commands import (
+    UNCHECKED,
+    BatchCommand,
+    Command,
+    CompareAndSetCommand,
+    DeleteCommand,
+    PutCommand,
+)
 from prkdb.state.errors import InvalidCommand
 from prkdb.state.results import ResultCode
 
@@ -44,7 +51,7 @@ class Limits:
         max_key_size: longest allowed key, bytes. Default 64 KiB.
         max_value_size: longest allowed value (also CAS expected value), bytes.
             Default 4 MiB.
-        max_batch_ops: most ops in one Batch. Default 1000.
+        max_batch_ops: most ops in one BatchCommand. Default 1000.
     """
 
     max_key_size: int = 64 * 1024
@@ -98,20 +105,20 @@ def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | 
     time per write and a violation is an ordinary (failed) outcome.
     """
     t = type(cmd)
-    if t is Put:
+    if t is PutCommand:
         return _check_key(cmd.key, limits, "") or _check_value(
             cmd.value, limits, ""  # type: ignore[union-attr]
         )
-    if t is Delete:
+    if t is DeleteCommand:
         return _check_key(cmd.key, limits, "")
-    if t is CompareAndSet:
+    if t is CompareAndSetCommand:
         return _check_cas(cmd, limits)  # type: ignore[arg-type]
-    if t is Batch:
+    if t is BatchCommand:
         return _check_batch(cmd, limits)  # type: ignore[arg-type]
     return ResultCode.INVALID_COMMAND, f"not a command: {t.__name__}"
 
 
-def _check_cas(cmd: CompareAndSet, limits: Limits) -> Violation | None:
+def _check_cas(cmd: CompareAndSetCommand, limits: Limits) -> Violation | None:
     v = _check_key(cmd.key, limits, "")
     if v:
         return v
@@ -135,7 +142,7 @@ def _check_cas(cmd: CompareAndSet, limits: Limits) -> Violation | None:
     return None
 
 
-def _check_batch(cmd: Batch, limits: Limits) -> Violation | None:
+def _check_batch(cmd: BatchCommand, limits: Limits) -> Violation | None:
     ops = cmd.ops
     if type(ops) is not tuple:
         return ResultCode.INVALID_COMMAND, f"Batch ops must be a tuple, got {type(ops).__name__}"
@@ -147,9 +154,9 @@ def _check_batch(cmd: Batch, limits: Limits) -> Violation | None:
     for i, op in enumerate(ops):
         where = f"batch op {i}: "
         t = type(op)
-        if t is Put:
+        if t is PutCommand:
             v = _check_key(op.key, limits, where) or _check_value(op.value, limits, where)
-        elif t is Delete:
+        elif t is DeleteCommand:
             v = _check_key(op.key, limits, where)
         else:
             v = ResultCode.INVALID_COMMAND, f"{where}must be Put or Delete, got {t.__name__}"

@@ -12,9 +12,9 @@ dataclass with a compact CBOR form (:func:`result_to_cbor` /
 Versions and revisions (the definitions every layer relies on):
 
 * ``version`` — per key. 1 when the key is created, +1 on every modification
-  (Put, or a successful CompareAndSet that stores a value). A delete removes the
+  (PutCommand, or a successful CompareAndSetCommand that stores a value). A delete removes the
   key, so the next create starts again at 1. ``0`` means "absent"; this is why
-  ``CompareAndSet(expected_version=0)`` means "only if absent".
+  ``CompareAndSetCommand(expected_version=0)`` means "only if absent".
 * ``revision`` — per partition: the Raft log index of an entry. The state
   machine stores, per key, ``mod_revision`` = the index of the entry that last
   modified it. A result's ``revision`` is the index of the entry that produced
@@ -40,7 +40,7 @@ class ResultCode(IntEnum):
     """Outcome of one applied command. Values are stable: they go into snapshots."""
 
     OK = 0
-    #: The CompareAndSet condition did not hold; nothing changed. A normal
+    #: The CompareAndSetCommand condition did not hold; nothing changed. A normal
     #: outcome, not a server error.
     CAS_FAILED = 1
     #: The session's seq is older than the last one applied for that client:
@@ -80,12 +80,12 @@ class WriteResult:
         code: :class:`ResultCode`; anything but ``OK`` means nothing changed.
         revision: log index of the entry that produced this result (see module
             doc). For a replayed session retry, the original entry's index.
-        version: for Put/Delete/CompareAndSet, the key's version after the
+        version: for PutCommand/DeleteCommand/CompareAndSetCommand, the key's version after the
             command (0 = absent). On ``CAS_FAILED``, the key's *current*
-            version, so a client can retry its read-modify-write. 0 for a Batch.
+            version, so a client can retry its read-modify-write. 0 for a BatchCommand.
         prev_version: the key's version before the command (0 = was absent);
-            for Delete, ``prev_version > 0`` says a key was actually removed.
-        ops: for a successful Batch, one :class:`OpResult` per op, in order;
+            for DeleteCommand, ``prev_version > 0`` says a key was actually removed.
+        ops: for a successful BatchCommand, one :class:`OpResult` per op, in order;
             empty otherwise.
         message: human-readable reason when ``code`` is not ``OK``.
     """
@@ -106,7 +106,7 @@ class WriteResult:
 def result_to_cbor(result: WriteResult) -> list[Any]:
     """Flatten ``result`` to a CBOR-ready list (for snapshots of the session table).
 
-    Batch op results are flattened to ``[v0, p0, v1, p1, ...]`` to keep the
+    BatchCommand op results are flattened to ``[v0, p0, v1, p1, ...]`` to keep the
     snapshot small.
     """
     flat_ops: list[int] = []

@@ -27,7 +27,7 @@ from prkdb.raft import (
     Role,
 )
 from prkdb.raft.core import RaftCore
-from prkdb.raft.errors import Compacted, Unavailable
+from prkdb.raft.errors import Compacted, EntriesUnavailable
 from prkdb.raft.log import RaftLog
 from tests.sim.schedule import run_schedule
 
@@ -74,7 +74,7 @@ def _reference_term(log: RaftLog, i: int) -> int:
             return u.snapshot.meta.term
         try:
             return log.storage.term(i)
-        except (Compacted, Unavailable):
+        except (Compacted, EntriesUnavailable):
             return 0
     return u.entries[i - u.offset].term
 

@@ -26,7 +26,7 @@ from prkdb.raft import (
     MemoryStorage,
     Message,
     MsgType,
-    NotLeader,
+    NotLeaderError,
     ProposalDropped,
     Role,
 )
@@ -195,7 +195,7 @@ def test_checkquorum_minority_leader_steps_down_and_loses_its_entries(seed: int)
             stepped = t
             break
     assert stepped is not None and stepped <= E
-    with pytest.raises(NotLeader):
+    with pytest.raises(NotLeaderError):
         net.propose(lead, b"refused")
 
     net.wait_for_leader(4 * E, among=majority)

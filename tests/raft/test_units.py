@@ -12,6 +12,7 @@ from prkdb.raft import (
     Compacted,
     ConfigError,
     ConfState,
+    EntriesUnavailable,
     Entry,
     MemoryStorage,
     Message,
@@ -20,7 +21,6 @@ from prkdb.raft import (
     RaftInvariantError,
     Snapshot,
     SnapshotMeta,
-    Unavailable,
 )
 from prkdb.raft.describe import describe_entry, describe_message
 from prkdb.raft.log import RaftLog
@@ -58,9 +58,9 @@ def test_memory_storage_positions_and_reads() -> None:
     assert (s.first_index(), s.last_index()) == (1, 4)
     assert [s.term(i) for i in range(5)] == [0, 1, 1, 2, 3]
     assert [e.index for e in s.entries(2, 5, 1 << 30)] == [2, 3, 4]
-    with pytest.raises(Unavailable):
+    with pytest.raises(EntriesUnavailable):
         s.term(5)
-    with pytest.raises(Unavailable):
+    with pytest.raises(EntriesUnavailable):
         s.entries(2, 6, 1 << 30)
     with pytest.raises(Compacted):
         s.entries(0, 2, 1 << 30)
@@ -77,7 +77,7 @@ def test_memory_storage_compact_keeps_the_dummy_term() -> None:
         s.entries(3, 5, 1 << 30)
     s.compact(2)  # older: a no-op
     assert s.first_index() == 4
-    with pytest.raises(Unavailable):
+    with pytest.raises(EntriesUnavailable):
         s.compact(6)
 
 
@@ -86,7 +86,7 @@ def test_memory_storage_snapshots() -> None:
     snap = s.create_snapshot(2, ConfState((1, 2, 3)), b"data")
     assert snap.meta == SnapshotMeta(2, 2, ConfState((1, 2, 3)))
     assert s.create_snapshot(1, None, b"old") is snap  # not newer: unchanged
-    with pytest.raises(Unavailable):
+    with pytest.raises(EntriesUnavailable):
         s.create_snapshot(9, None, b"")
     s.apply_snapshot(Snapshot(SnapshotMeta(10, 4, ConfState((1, 2))), b"x"))
     assert (s.first_index(), s.last_index(), s.term(10)) == (11, 10, 4)

@@ -28,7 +28,7 @@ from prkdb.server.node import FatalStorageError, Node
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.pending import Waiter
 from prkdb.server.raftloop import _leaves
-from prkdb.state.commands import Put, encode_command
+from prkdb.state.commands import PutCommand, encode_command
 from prkdb.storage import StorageError
 from tests.server.helpers import eventually, free_addr
 
@@ -55,7 +55,7 @@ async def running_node(tmp_path: Path) -> AsyncIterator[Node]:
 
 async def put(d: PartitionDriver, key: bytes, value: bytes) -> Any:
     w = Waiter()
-    d.submit_write(encode_command(Put(key, value)), trio.current_time() + 5, w.set)
+    d.submit_write(encode_command(PutCommand(key, value)), trio.current_time() + 5, w.set)
     return await w.get()
 
 

@@ -17,7 +17,7 @@ from prkdb.config import NodeConfig, PeerConfig
 from prkdb.raft import Role
 from prkdb.server.layout import fetch_status
 from prkdb.server.node import Node
-from prkdb.state import Put, encode_command
+from prkdb.state import PutCommand, encode_command
 from tests.server.helpers import eventually, free_addr
 
 
@@ -82,7 +82,7 @@ async def test_fence_forgets_the_peer_acks_and_the_cluster_goes_on(tmp_path: Pat
             result.append(error or value)
             done.set()
 
-        lead.drivers[0].submit_write(encode_command(Put(b"k", b"v")),
+        lead.drivers[0].submit_write(encode_command(PutCommand(b"k", b"v")),
                                      trio.current_time() + 10, cb)
         with trio.fail_after(10):
             await done.wait()

@@ -38,7 +38,7 @@ from prkdb.server.clusterconf import write_cluster_configs
 from prkdb.server.datadir import ensure_identity, open_storage
 from prkdb.server.main import cli
 from prkdb.server.recovery import recover_partition
-from prkdb.state import KVStateMachine, Put, encode_command
+from prkdb.state import KVStateMachine, PutCommand, encode_command
 from prkdb.storage import SnapshotStore
 from prkdb.storage.identity import read_identity
 
@@ -66,7 +66,7 @@ def make_backup(tmp: Path, *, partitions: int = PARTITIONS) -> tuple[Path, dict[
         index = 5  # entries 1..4: a no-op and others without data, say
         for key, value in kv.items():
             index += 1
-            sm.apply(index, encode_command(Put(key, value), client_id=7, seq=index))
+            sm.apply(index, encode_command(PutCommand(key, value), client_id=7, seq=index))
         everything.update(kv)
         path = store.save(p, Snapshot(SnapshotMeta(index, 2, ConfState((1, 2, 3))),
                                       sm.snapshot()))

@@ -24,7 +24,7 @@ import trio
 from prkdb.config import NodeConfig, PeerConfig
 from prkdb.raft import ConfState, Message, MsgType, Snapshot, SnapshotMeta
 from prkdb.server.node import Node
-from prkdb.state import KVStateMachine, Put, encode_command
+from prkdb.state import KVStateMachine, PutCommand, encode_command
 from tests.server.helpers import eventually, free_addr
 
 
@@ -40,7 +40,7 @@ async def test_a_snapshot_is_decoded_off_the_loop(
     )
     source = KVStateMachine()
     for i in range(1, 51):
-        source.apply(i, encode_command(Put(b"k%d" % i, b"v%d" % i)))
+        source.apply(i, encode_command(PutCommand(b"k%d" % i, b"v%d" % i)))
     snap = Snapshot(SnapshotMeta(50, 3, ConfState((1, 2))), source.snapshot())
 
     gate = threading.Event()

@@ -10,17 +10,25 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from prkdb.state import UNCHECKED, Batch, Command, CompareAndSet, Delete, Put, encode_command
+from prkdb.state import (
+    UNCHECKED,
+    BatchCommand,
+    Command,
+    CompareAndSetCommand,
+    DeleteCommand,
+    PutCommand,
+    encode_command,
+)
 
 keys = st.sampled_from([b"a", b"b", b"c", b"d"])
 values = st.binary(max_size=6)
 
-puts = st.builds(Put, keys, values)
-deletes = st.builds(Delete, keys)
+puts = st.builds(PutCommand, keys, values)
+deletes = st.builds(DeleteCommand, keys)
 expected_values = st.one_of(st.just(UNCHECKED), st.none(), values)
 expected_versions = st.one_of(st.none(), st.integers(0, 4))
 cas = st.builds(
-    lambda k, ev, ever, nv: CompareAndSet(
+    lambda k, ev, ever, nv: CompareAndSetCommand(
         k, expected_value=ev, expected_version=ever, new_value=nv
     ),
     keys,
@@ -28,7 +36,7 @@ cas = st.builds(
     expected_versions,
     st.one_of(st.none(), values),
 )
-batches = st.builds(Batch, st.lists(st.one_of(puts, deletes), max_size=5).map(tuple))
+batches = st.builds(BatchCommand, st.lists(st.one_of(puts, deletes), max_size=5).map(tuple))
 commands: st.SearchStrategy[Command] = st.one_of(puts, deletes, cas, batches)
 
 client_ids = st.sampled_from([b"c1", b"c2", 3, 4])
@@ -74,11 +82,11 @@ class Model:
 
     def apply(self, index: int, cmd: Command) -> tuple[bool, object]:
         """Return (ok, detail) where detail is (version, prev) or per-op list."""
-        if isinstance(cmd, Put):
+        if isinstance(cmd, PutCommand):
             return True, self.put(index, cmd.key, cmd.value)
-        if isinstance(cmd, Delete):
+        if isinstance(cmd, DeleteCommand):
             return True, self.delete(cmd.key)
-        if isinstance(cmd, CompareAndSet):
+        if isinstance(cmd, CompareAndSetCommand):
             if cmd.expected_value is UNCHECKED and cmd.expected_version is None:
                 return False, (0, 0)  # invalid: no condition
             cur = self.data.get(cmd.key)
@@ -95,9 +103,9 @@ class Model:
             if cmd.new_value is None:
                 return True, self.delete(cmd.key)
             return True, self.put(index, cmd.key, cmd.new_value)
-        assert isinstance(cmd, Batch)
+        assert isinstance(cmd, BatchCommand)
         out = []
         for op in cmd.ops:
-            out.append(self.put(index, op.key, op.value) if isinstance(op, Put)
+            out.append(self.put(index, op.key, op.value) if isinstance(op, PutCommand)
                        else self.delete(op.key))
         return True, out

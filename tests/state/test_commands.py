@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from prkdb.state import (
     UNCHECKED,
-    Batch,
+    BatchCommand,
     CommandDecodeError,
-    CompareAndSet,
-    Delete,
-    Put,
+    CompareAndSetCommand,
+    DeleteCommand,
+    PutCommand,
     decode_command,
     encode_command,
 )
@@ -35,8 +35,8 @@ def test_round_trip_with_session(cmd, client_id, seq):
 
 
 def test_cas_distinguishes_unchecked_from_absent():
-    unchecked = CompareAndSet(b"k", expected_version=1, new_value=b"v")
-    absent = CompareAndSet(b"k", expected_value=None, expected_version=1, new_value=b"v")
+    unchecked = CompareAndSetCommand(b"k", expected_version=1, new_value=b"v")
+    absent = CompareAndSetCommand(b"k", expected_value=None, expected_version=1, new_value=b"v")
     assert unchecked.expected_value is UNCHECKED
     assert decode_command(encode_command(unchecked))[0].expected_value is UNCHECKED
     assert decode_command(encode_command(absent))[0].expected_value is None
@@ -44,11 +44,11 @@ def test_cas_distinguishes_unchecked_from_absent():
 
 def test_put_encoding_is_compact():
     # Array head + tag + key head + 2-byte value head: 5 bytes over 16+100.
-    data = encode_command(Put(b"k" * 16, b"v" * 100))
+    data = encode_command(PutCommand(b"k" * 16, b"v" * 100))
     assert len(data) == 116 + 5
     assert cbor2.loads(data)[0] == 1
     # The session envelope adds array head, tag, client id and seq.
-    assert len(encode_command(Put(b"k" * 16, b"v" * 100), 7, 1)) == 121 + 4
+    assert len(encode_command(PutCommand(b"k" * 16, b"v" * 100), 7, 1)) == 121 + 4
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,8 @@ def test_put_encoding_is_compact():
         (cbor2.dumps([2, b"k", b"x"]), "Delete must be an array of 2"),
         (cbor2.dumps([3, b"k", b"e", -1, b"v"]), "expected_version must be a non-negative"),
         (cbor2.dumps([3, b"k", 5, None, b"v"]), "expected_value must be a byte string"),
-        (cbor2.dumps([4, [[3, b"k", None, None, b"v"]]]), "batch ops must be Put (1) or Delete"),
+        (cbor2.dumps([4, [[3, b"k", None, None, b"v"]]]),
+         "batch ops must be Put (1) or Delete"),
         (cbor2.dumps([4, [[4, []]]]), "batch ops must be Put (1) or Delete"),
         (cbor2.dumps([4, b"ops"]), "Batch ops must be an array"),
         (cbor2.dumps([0, b"c", 1]), "session envelope must be an array of 4"),
@@ -75,8 +76,8 @@ def test_put_encoding_is_compact():
         (cbor2.dumps([0, b"c", -1, [2, b"k"]]), "seq must be a non-negative"),
         (cbor2.dumps([0, b"c", 2**64, [2, b"k"]]), "seq must be a non-negative"),
         (cbor2.dumps([0, b"c", 1, [0, b"c", 1, [2, b"k"]]]), "unknown command tag 0"),
-        (encode_command(Put(b"k", b"v")) + b"\x00", "canonical"),
-        (encode_command(Delete(b"k"), b"c", 1) + b"\x00", "canonical"),
+        (encode_command(PutCommand(b"k", b"v")) + b"\x00", "canonical"),
+        (encode_command(DeleteCommand(b"k"), b"c", 1) + b"\x00", "canonical"),
         (b"\x9f\x02\x41k\xff", "canonical"),  # indefinite-length array
         (b"\x83\x18\x01\x41k\x41v", "canonical"),  # non-shortest int head
         (b"\x82\x02\x5f\x41k\xff", "canonical"),  # indefinite-length byte string
@@ -100,15 +101,16 @@ def test_decode_random_bytes_raises_only_decode_error(data):
 
 def test_encode_rejects_bad_arguments():
     with pytest.raises(ValueError, match="together"):
-        encode_command(Delete(b"k"), client_id=b"c")
+        encode_command(DeleteCommand(b"k"), client_id=b"c")
     with pytest.raises(ValueError, match="seq must be"):
-        encode_command(Delete(b"k"), b"c", -1)
+        encode_command(DeleteCommand(b"k"), b"c", -1)
     with pytest.raises(ValueError, match="client_id must be"):
-        encode_command(Delete(b"k"), "c", 1)  # type: ignore[arg-type]
+        encode_command(DeleteCommand(b"k"), "c", 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not a command"):
         encode_command("put")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="batch ops must be Put or Delete"):
-        encode_command(Batch((CompareAndSet(b"k", expected_version=0, new_value=b"v"),)))  # type: ignore[arg-type]
+        encode_command(BatchCommand((CompareAndSetCommand(b"k", expected_version=0,
+                                                          new_value=b"v"),)))  # type: ignore[arg-type]
 
 
 _ids = st.one_of(
@@ -118,7 +120,7 @@ _ids = st.one_of(
 _seqs = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([-1, 2**64, True, 1.5]))
 
 
-@given(st.builds(Put, st.binary(max_size=30), st.binary(max_size=300)), _ids, _seqs)
+@given(st.builds(PutCommand, st.binary(max_size=30), st.binary(max_size=300)), _ids, _seqs)
 def test_session_put_fast_path_matches_general_encoding(cmd, client_id, seq):
     """encode_command's Put-in-session shortcut: the general path's bytes, or its error."""
     try:

@@ -7,14 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prkdb.state import (
-    Batch,
-    CompareAndSet,
-    Delete,
+    BatchCommand,
+    CompareAndSetCommand,
+    DeleteCommand,
     InvalidCommand,
     KVStateMachine,
     Limits,
     OpResult,
-    Put,
+    PutCommand,
     ResultCode,
     StateInvariantError,
     WriteResult,
@@ -48,9 +48,9 @@ class Driver:
 
 def test_put_creates_at_version_1_and_bumps_with_mod_revision():
     d = Driver()
-    assert d(Put(b"k", b"v1")) == WriteResult(ResultCode.OK, 1, version=1, prev_version=0)
-    d(Put(b"other", b"x"))
-    r = d(Put(b"k", b"v2"))
+    assert d(PutCommand(b"k", b"v1")) == WriteResult(ResultCode.OK, 1, version=1, prev_version=0)
+    d(PutCommand(b"other", b"x"))
+    r = d(PutCommand(b"k", b"v2"))
     assert (r.ok, r.revision, r.version, r.prev_version) == (True, 3, 2, 1)
     assert d.m.get(b"k") == (b"v2", 2, 3)
     assert d.m.get(b"other") == (b"x", 1, 2)
@@ -59,20 +59,20 @@ def test_put_creates_at_version_1_and_bumps_with_mod_revision():
 
 def test_delete_resets_version_and_reports_previous():
     d = Driver()
-    d(Put(b"k", b"v"))
-    d(Put(b"k", b"v"))
-    assert d(Delete(b"k")) == WriteResult(ResultCode.OK, 3, version=0, prev_version=2)
+    d(PutCommand(b"k", b"v"))
+    d(PutCommand(b"k", b"v"))
+    assert d(DeleteCommand(b"k")) == WriteResult(ResultCode.OK, 3, version=0, prev_version=2)
     assert d.m.get(b"k") is None and b"k" not in d.m
     # Deleting an absent key succeeds and changes nothing.
-    assert d(Delete(b"k")) == WriteResult(ResultCode.OK, 4, version=0, prev_version=0)
+    assert d(DeleteCommand(b"k")) == WriteResult(ResultCode.OK, 4, version=0, prev_version=0)
     # Re-creating starts again at version 1.
-    assert d(Put(b"k", b"new")).version == 1
+    assert d(PutCommand(b"k", b"new")).version == 1
     assert d.m.get(b"k") == (b"new", 1, 5)
 
 
 def test_empty_value_is_allowed():
     d = Driver()
-    assert d(Put(b"k", b"")).ok
+    assert d(PutCommand(b"k", b"")).ok
     assert d.m.get(b"k") == (b"", 1, 1)
 
 
@@ -83,7 +83,7 @@ def _with_key(version: int) -> Driver:
     """A machine where b"k" == b"v<version>" at the given version (0 = absent)."""
     d = Driver()
     for i in range(1, version + 1):
-        d(Put(b"k", b"v%d" % i))
+        d(PutCommand(b"k", b"v%d" % i))
     return d
 
 
@@ -91,24 +91,28 @@ def _with_key(version: int) -> Driver:
     ("version", "cas", "ok"),
     [
         # on value
-        (2, CompareAndSet(b"k", expected_value=b"v2", new_value=b"n"), True),
-        (2, CompareAndSet(b"k", expected_value=b"v1", new_value=b"n"), False),
-        (0, CompareAndSet(b"k", expected_value=b"v1", new_value=b"n"), False),
+        (2, CompareAndSetCommand(b"k", expected_value=b"v2", new_value=b"n"), True),
+        (2, CompareAndSetCommand(b"k", expected_value=b"v1", new_value=b"n"), False),
+        (0, CompareAndSetCommand(b"k", expected_value=b"v1", new_value=b"n"), False),
         # on version
-        (2, CompareAndSet(b"k", expected_version=2, new_value=b"n"), True),
-        (2, CompareAndSet(b"k", expected_version=1, new_value=b"n"), False),
-        (0, CompareAndSet(b"k", expected_version=0, new_value=b"n"), True),
-        (1, CompareAndSet(b"k", expected_version=0, new_value=b"n"), False),
+        (2, CompareAndSetCommand(b"k", expected_version=2, new_value=b"n"), True),
+        (2, CompareAndSetCommand(b"k", expected_version=1, new_value=b"n"), False),
+        (0, CompareAndSetCommand(b"k", expected_version=0, new_value=b"n"), True),
+        (1, CompareAndSetCommand(b"k", expected_version=0, new_value=b"n"), False),
         # on absence
-        (0, CompareAndSet(b"k", expected_value=None, new_value=b"n"), True),
-        (1, CompareAndSet(b"k", expected_value=None, new_value=b"n"), False),
+        (0, CompareAndSetCommand(b"k", expected_value=None, new_value=b"n"), True),
+        (1, CompareAndSetCommand(b"k", expected_value=None, new_value=b"n"), False),
         # both conditions must hold
-        (2, CompareAndSet(b"k", expected_value=b"v2", expected_version=2, new_value=b"n"), True),
-        (2, CompareAndSet(b"k", expected_value=b"v2", expected_version=1, new_value=b"n"), False),
-        (2, CompareAndSet(b"k", expected_value=b"v1", expected_version=2, new_value=b"n"), False),
-        (0, CompareAndSet(b"k", expected_value=None, expected_version=0, new_value=b"n"), True),
+        (2, CompareAndSetCommand(b"k", expected_value=b"v2", expected_version=2,
+                                 new_value=b"n"), True),
+        (2, CompareAndSetCommand(b"k", expected_value=b"v2", expected_version=1,
+                                 new_value=b"n"), False),
+        (2, CompareAndSetCommand(b"k", expected_value=b"v1", expected_version=2,
+                                 new_value=b"n"), False),
+        (0, CompareAndSetCommand(b"k", expected_value=None, expected_version=0, new_value=b"n"),
+         True),
     ],
-    ids=lambda x: repr(x) if not isinstance(x, CompareAndSet) else "",
+    ids=lambda x: repr(x) if not isinstance(x, CompareAndSetCommand) else "",
 )
 def test_cas_conditions(version, cas, ok):
     d = _with_key(version)
@@ -128,20 +132,20 @@ def test_cas_conditions(version, cas, ok):
 
 def test_cas_with_new_value_none_deletes():
     d = _with_key(3)
-    r = d(CompareAndSet(b"k", expected_version=3, new_value=None))
+    r = d(CompareAndSetCommand(b"k", expected_version=3, new_value=None))
     assert (r.ok, r.version, r.prev_version) == (True, 0, 3)
     assert d.m.get(b"k") is None
-    # Delete-via-CAS of an absent key: condition on absence holds, nothing to remove.
-    r = d(CompareAndSet(b"k", expected_version=0, new_value=None))
+    # DeleteCommand-via-CAS of an absent key: condition on absence holds, nothing to remove.
+    r = d(CompareAndSetCommand(b"k", expected_version=0, new_value=None))
     assert (r.ok, r.version, r.prev_version) == (True, 0, 0)
     # Condition failing leaves the key.
-    d(Put(b"k", b"v"))
-    assert not d(CompareAndSet(b"k", expected_value=b"other", new_value=None)).ok
+    d(PutCommand(b"k", b"v"))
+    assert not d(CompareAndSetCommand(b"k", expected_value=b"other", new_value=None)).ok
     assert d.m.get(b"k") == (b"v", 1, d.index - 1)
 
 
 def test_cas_without_condition_is_invalid():
-    cas = CompareAndSet(b"k", new_value=b"v")
+    cas = CompareAndSetCommand(b"k", new_value=b"v")
     with pytest.raises(InvalidCommand, match="needs expected_value or expected_version") as e:
         validate_command(cas)
     assert e.value.code is ResultCode.INVALID_COMMAND
@@ -155,8 +159,9 @@ def test_cas_without_condition_is_invalid():
 
 def test_batch_applies_in_order_with_one_revision():
     d = Driver()
-    d(Put(b"gone", b"x"))
-    r = d(Batch((Put(b"a", b"1"), Put(b"a", b"2"), Delete(b"gone"), Put(b"b", b"3"))))
+    d(PutCommand(b"gone", b"x"))
+    r = d(BatchCommand((PutCommand(b"a", b"1"), PutCommand(b"a", b"2"), DeleteCommand(b"gone"),
+                        PutCommand(b"b", b"3"))))
     assert r.ok and r.revision == 2
     assert r.ops == (OpResult(1, 0), OpResult(2, 1), OpResult(0, 1), OpResult(1, 0))
     assert d.m.get(b"a") == (b"2", 2, 2)
@@ -166,37 +171,38 @@ def test_batch_applies_in_order_with_one_revision():
 
 def test_empty_batch_is_a_successful_noop():
     d = Driver()
-    assert d(Batch(())) == WriteResult(ResultCode.OK, 1)
+    assert d(BatchCommand(())) == WriteResult(ResultCode.OK, 1)
     assert len(d.m) == 0
 
 
 @pytest.mark.parametrize(
     ("ops", "code", "message"),
     [
-        ((Put(b"a", b"1"),) * 4, ResultCode.BATCH_TOO_LARGE,
+        ((PutCommand(b"a", b"1"),) * 4, ResultCode.BATCH_TOO_LARGE,
          "batch has 4 ops, over max_batch_ops (3)"),
-        ((Put(b"a", b"1"), Put(b"", b"2")), ResultCode.INVALID_COMMAND,
+        ((PutCommand(b"a", b"1"), PutCommand(b"", b"2")), ResultCode.INVALID_COMMAND,
          "batch op 1: key must not be empty"),
-        ((Delete(b"a"), Put(b"b", b"x" * 11)), ResultCode.VALUE_TOO_LARGE,
+        ((DeleteCommand(b"a"), PutCommand(b"b", b"x" * 11)), ResultCode.VALUE_TOO_LARGE,
          "batch op 1: value is 11 bytes"),
-        ((Put(b"k" * 9, b""),), ResultCode.KEY_TOO_LARGE,
+        ((PutCommand(b"k" * 9, b""),), ResultCode.KEY_TOO_LARGE,
          "batch op 0: key is 9 bytes, over max_key_size (8)"),
     ],
 )
 def test_bad_batch_applies_nothing(ops, code, message):
     d = Driver(KVStateMachine(max_key_size=8, max_value_size=10, max_batch_ops=3))
-    d(Put(b"a", b"old"))
+    d(PutCommand(b"a", b"old"))
     before = d.m.items()
-    r = d(Batch(ops))
+    r = d(BatchCommand(ops))
     assert r.code is code and not r.ok and r.ops == ()
     assert r.message.startswith(message)
     assert d.m.items() == before
     with pytest.raises(InvalidCommand, match=message.replace("(", r"\(").replace(")", r"\)")):
-        validate_command(Batch(ops), d.m.limits)
+        validate_command(BatchCommand(ops), d.m.limits)
 
 
 def test_batch_with_non_put_delete_op_is_invalid():
-    bad = Batch((Put(b"a", b"1"), CompareAndSet(b"a", expected_version=0, new_value=b"x")))  # type: ignore[arg-type]
+    bad = BatchCommand((PutCommand(b"a", b"1"), CompareAndSetCommand(b"a", expected_version=0,
+                                                                     new_value=b"x")))  # type: ignore[arg-type]
     with pytest.raises(InvalidCommand, match="batch op 1: must be Put or Delete"):
         validate_command(bad)
 
@@ -207,14 +213,17 @@ def test_batch_with_non_put_delete_op_is_invalid():
 @pytest.mark.parametrize(
     ("cmd", "code", "message"),
     [
-        (Put(b"k" * 9, b"v"), ResultCode.KEY_TOO_LARGE, "key is 9 bytes, over max_key_size (8)"),
-        (Put(b"k", b"v" * 11), ResultCode.VALUE_TOO_LARGE,
+        (PutCommand(b"k" * 9, b"v"), ResultCode.KEY_TOO_LARGE,
+         "key is 9 bytes, over max_key_size (8)"),
+        (PutCommand(b"k", b"v" * 11), ResultCode.VALUE_TOO_LARGE,
          "value is 11 bytes, over max_value_size (10)"),
-        (Delete(b"k" * 9), ResultCode.KEY_TOO_LARGE, "key is 9 bytes"),
-        (Put(b"", b"v"), ResultCode.INVALID_COMMAND, "key must not be empty"),
-        (CompareAndSet(b"k", expected_value=b"e" * 11, new_value=b"v"), ResultCode.VALUE_TOO_LARGE,
+        (DeleteCommand(b"k" * 9), ResultCode.KEY_TOO_LARGE, "key is 9 bytes"),
+        (PutCommand(b"", b"v"), ResultCode.INVALID_COMMAND, "key must not be empty"),
+        (CompareAndSetCommand(b"k", expected_value=b"e" * 11, new_value=b"v"),
+         ResultCode.VALUE_TOO_LARGE,
          "expected_value is 11 bytes"),
-        (CompareAndSet(b"k", expected_version=0, new_value=b"v" * 11), ResultCode.VALUE_TOO_LARGE,
+        (CompareAndSetCommand(b"k", expected_version=0, new_value=b"v" * 11),
+         ResultCode.VALUE_TOO_LARGE,
          "new_value is 11 bytes"),
     ],
 )
@@ -231,8 +240,8 @@ def test_limit_violation_is_a_failed_noop(cmd, code, message):
 
 def test_limits_at_the_boundary_are_accepted():
     limits = Limits(max_key_size=8, max_value_size=10, max_batch_ops=3)
-    validate_command(Put(b"k" * 8, b"v" * 10), limits)
-    validate_command(Batch((Delete(b"k"),) * 3), limits)
+    validate_command(PutCommand(b"k" * 8, b"v" * 10), limits)
+    validate_command(BatchCommand((DeleteCommand(b"k"),) * 3), limits)
 
 
 def test_default_limits():
@@ -245,11 +254,13 @@ def test_default_limits():
 @pytest.mark.parametrize(
     ("cmd", "message"),
     [
-        (Put("k", b"v"), "key must be bytes, got str"),  # type: ignore[arg-type]
-        (Put(b"k", "v"), "value must be bytes, got str"),  # type: ignore[arg-type]
-        (CompareAndSet(b"k", expected_version=-1, new_value=b"v"), "expected_version must be"),
-        (CompareAndSet(b"k", expected_version=True, new_value=b"v"), "expected_version must be"),
-        (Batch([Put(b"k", b"v")]), "Batch ops must be a tuple, got list"),  # type: ignore[arg-type]
+        (PutCommand("k", b"v"), "key must be bytes, got str"),  # type: ignore[arg-type]
+        (PutCommand(b"k", "v"), "value must be bytes, got str"),  # type: ignore[arg-type]
+        (CompareAndSetCommand(b"k", expected_version=-1, new_value=b"v"),
+         "expected_version must be"),
+        (CompareAndSetCommand(b"k", expected_version=True, new_value=b"v"),
+         "expected_version must be"),
+        (BatchCommand([PutCommand(b"k", b"v")]), "Batch ops must be a tuple, got list"),  # type: ignore[arg-type]
         ("put", "not a command: str"),
     ],
 )
@@ -264,7 +275,7 @@ def test_validate_rejects_ill_typed_commands(cmd, message):
 
 def test_empty_entry_is_a_skipped_noop_that_advances_applied_index():
     d = Driver()
-    d(Put(b"k", b"v"))
+    d(PutCommand(b"k", b"v"))
     assert d.raw(b"") is None
     assert d.m.applied_index == 2
     assert d.m.items() == [(b"k", (b"v", 1, 1))]
@@ -281,7 +292,7 @@ def test_malformed_entry_is_applied_as_failed_noop():
 @pytest.mark.parametrize("index", [5, 4])
 def test_apply_index_must_increase(index):
     m = KVStateMachine()
-    m.apply(5, encode_command(Put(b"k", b"v")))
+    m.apply(5, encode_command(PutCommand(b"k", b"v")))
     message = f"apply index {index} must be greater than the applied index 5"
     with pytest.raises(StateInvariantError, match=message):
         m.apply(index, b"")
@@ -306,7 +317,7 @@ def test_machine_matches_reference_model(cmds):
         ok, detail = model.apply(d.index, cmd)
         assert r.ok == ok, (cmd, r)
         assert r.revision == d.index
-        if isinstance(cmd, Batch):
+        if isinstance(cmd, BatchCommand):
             assert [(o.version, o.prev_version) for o in r.ops] == detail
         else:
             assert (r.version, r.prev_version) == detail

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prkdb.state import (
     SNAPSHOT_FORMAT,
     KVStateMachine,
-    Put,
+    PutCommand,
     SnapshotDecodeError,
     encode_command,
 )
@@ -34,7 +34,7 @@ def test_restore_then_continue_matches_uninterrupted_machine(log, data):
     snap = original.snapshot()
 
     restored = _machine()
-    restored.apply(1, encode_command(Put(b"junk", b"replaced by restore")))
+    restored.apply(1, encode_command(PutCommand(b"junk", b"replaced by restore")))
     restored.restore(snap)
     assert restored == original
     assert restored.snapshot() == snap
@@ -48,7 +48,7 @@ def test_restore_then_continue_matches_uninterrupted_machine(log, data):
 
 def test_snapshot_contents():
     m = KVStateMachine()
-    m.apply(3, encode_command(Put(b"k", b"v"), b"c", 1))
+    m.apply(3, encode_command(PutCommand(b"k", b"v"), b"c", 1))
     fmt, applied, flat, sessions = cbor2.loads(m.snapshot())
     assert (fmt, applied, flat) == (SNAPSHOT_FORMAT, 3, [b"k", b"v", 1, 3])
     assert sessions[:3] == [b"c", 1, 3]
@@ -63,8 +63,8 @@ def test_empty_machine_round_trips():
 
 def _good() -> list:
     m = KVStateMachine()
-    m.apply(1, encode_command(Put(b"k", b"v"), b"c", 1))
-    m.apply(2, encode_command(Put(b"j", b"w"), b"d", 1))
+    m.apply(1, encode_command(PutCommand(b"k", b"v"), b"c", 1))
+    m.apply(2, encode_command(PutCommand(b"j", b"w"), b"d", 1))
     return cbor2.loads(m.snapshot())
 
 
@@ -99,7 +99,7 @@ def _with(pos, value) -> bytes:
 )
 def test_restore_rejects_corrupt_snapshot_and_keeps_state(data, message):
     m = KVStateMachine()
-    m.apply(7, encode_command(Put(b"mine", b"x"), b"me", 1))
+    m.apply(7, encode_command(PutCommand(b"mine", b"x"), b"me", 1))
     before = m.snapshot()
     with pytest.raises(SnapshotDecodeError, match=message):
         m.restore(data)
@@ -117,7 +117,7 @@ def test_decode_changes_nothing_until_install(log, later):
     snap = source.snapshot()
 
     m = _machine()
-    m.apply(1, encode_command(Put(b"mine", b"before")))
+    m.apply(1, encode_command(PutCommand(b"mine", b"before")))
     before = m.snapshot()
     decoded = m.decode_snapshot(snap)
     assert m.snapshot() == before  # decoding alone touched nothing
