@@ -99,12 +99,19 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     import trio
 
     from prkdb.logging import configure_logging
+    from prkdb.server.listen import ListenError, bind_addresses
     from prkdb.server.node import FatalStorageError, Node
     from prkdb.server.rebuild import RebuildError
     from prkdb.server.recovery import RecoveryError
     from prkdb.storage import StorageError
     from prkdb.storage.identity import IdentityMismatch
 
+    try:
+        # First of all: a taken port is one line, before any log line, data dir or WAL.
+        bound = bind_addresses(cfg)
+    except ListenError as e:
+        click.echo(f"prkdb: node {cfg.node_id} refused to start: {e}", err=True)
+        sys.exit(2)
     configure_logging(cfg.log_format, cfg.log_level)
     # The server allocates many short-lived objects per request and few
     # cycles: collecting the youngest generation every 700 allocations costs
@@ -112,9 +119,10 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     # collector still runs, and reference counting frees almost everything).
     gc.set_threshold(50_000, 20, 100)
     try:
-        trio.run(Node(cfg, rebuild=rebuild).run)
-    except* IdentityMismatch as eg:
-        # The configuration does not fit the data dir: a usage error (exit 2).
+        trio.run(Node(cfg, rebuild=rebuild, bound=bound).run)
+    except* (IdentityMismatch, ListenError) as eg:
+        # The configuration does not fit the data dir, or the port is taken
+        # (two nodes started at once both bound it; see listen.py): exit 2.
         for e in eg.exceptions:
             click.echo(f"prkdb: node {cfg.node_id} refused to start: {e}", err=True)
         sys.exit(2)

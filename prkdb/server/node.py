@@ -1,6 +1,7 @@
 """`Node`: one PrkDB process. Owns the WAL, the partitions, the listeners.
 
-Start-up order (so systemd's READY=1 means "serving"): open and replay the
+Start-up order (so systemd's READY=1 means "serving"): bind the listen
+addresses (listen.py; they listen only once serving) -> open and replay the
 WAL -> recover every partition -> start the peer transport -> start every
 partition driver -> open the client listener -> READY=1.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import trio
 
-from prkdb.config import NodeConfig, parse_addr
+from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
 from prkdb.logging import get_logger
 from prkdb.raft import Message
@@ -31,6 +32,7 @@ from prkdb.server.datadir import ensure_identity, open_storage
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.layout import check_peer_layouts
+from prkdb.server.listen import BoundAddresses, bind_addresses, open_listeners
 from prkdb.server.partition import PartitionDriver
 from prkdb.server.raftloop import FatalStorageError, RaftLoop
 from prkdb.server.rebuild import RebuildTracker, data_dir_is_empty, log_lost
@@ -47,8 +49,12 @@ MARK_SYNC_S = 0.2
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig, *, rebuild: bool = False) -> None:
+    def __init__(self, cfg: NodeConfig, *, rebuild: bool = False,
+                 bound: BoundAddresses | None = None) -> None:
         self.cfg = cfg
+        # The listen addresses, bound by `prkdb serve` before anything else
+        # (listen.py); None: `run` binds them first thing.
+        self._bound = bound
         self.rebuild_requested = rebuild  # --rebuild: this node's data dir was lost
         self.log = get_logger(node=cfg.node_id)
         self.drivers: list[PartitionDriver] = []
@@ -75,6 +81,15 @@ class Node:
             d.report_peer_down(peer)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Before the data dir is looked at: a taken port must cost nothing.
+        bound = self._bound or bind_addresses(self.cfg)
+        self._bound = None
+        try:
+            await self._run(bound, task_status)
+        finally:
+            bound.close()
+
+    async def _run(self, bound: BoundAddresses, task_status: Any) -> None:
         cfg = self.cfg
         # Whose dir is this? Checked before anything is written into it.
         empty = data_dir_is_empty(cfg.data_dir)
@@ -108,10 +123,8 @@ class Node:
             )
         self.raft_loop.partitions = self.drivers
         me = cfg.me
-        chost, cport = parse_addr(me.client_addr)
-        phost, pport = parse_addr(me.peer_addr)
-        peer_listeners = await trio.open_tcp_listeners(pport, host=phost)
-        client_listeners = await trio.open_tcp_listeners(cport, host=chost)
+        peer_listeners = open_listeners(bound.peer, bound.peer_what)
+        client_listeners = open_listeners(bound.client, bound.client_what)
         self.peer_port = peer_listeners[0].socket.getsockname()[1]
         self.client_port = client_listeners[0].socket.getsockname()[1]
         self.service = ClientService(self)

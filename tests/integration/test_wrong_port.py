@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from prkdb.config import NodeConfig
+from prkdb.server.listen import ListenError, bind_addresses, open_listeners
 from tests.integration.cluster import LocalCluster
 from tests.prkctl.helpers import invoke
 
@@ -85,3 +91,49 @@ def test_http_request_at_prkdb_ports_gets_a_400_and_one_warning(tmp_path: Path) 
         assert c.status(1).node_id == 1  # still serving
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("kind", ["client", "peer"])
+def test_serve_with_a_taken_port_fails_first_in_one_line(tmp_path: Path, kind: str) -> None:
+    # Was: ~25 log lines, a data dir and a 64 MiB WAL, then "[Errno 98] Address
+    # already in use" without the address or the setting.
+    c = LocalCluster(tmp_path, 1, partitions=1)
+    port = (c.client_ports if kind == "client" else c.peer_ports)[0]
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        conf = tmp_path / "node1.toml"
+        res = subprocess.run([sys.executable, "-m", "prkdb", "serve", "--config", str(conf)],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    assert res.returncode == 2, res
+    assert res.stdout == ""
+    assert res.stderr == (
+        f"prkdb: node 1 refused to start: cannot listen on 127.0.0.1:{port} "
+        f"(peers[id=1].{kind} in {conf} / --{kind}-listen): address already in use; "
+        "is another prkdb running?\n"
+    )
+    assert not (tmp_path / "data1").exists()
+
+
+def test_two_nodes_binding_at_once_the_second_fails_at_listen(tmp_path: Path) -> None:
+    # SO_REUSEADDR lets two sockets bind one address while neither listens;
+    # the loser of that race gets the same one-line error at listen().
+    LocalCluster(tmp_path, 1, partitions=1)
+    cfg = NodeConfig.from_toml(tmp_path / "node1.toml")
+    first, second = bind_addresses(cfg), bind_addresses(cfg)
+
+    async def main() -> None:
+        listeners = open_listeners(first.client, first.client_what)
+        with pytest.raises(ListenError, match=r"on 127\.0\.0\.1:\d+ .*already in use"):
+            open_listeners(second.client, second.client_what)
+        for lst in listeners:
+            await lst.aclose()
+
+    try:
+        trio.run(main)
+    finally:
+        first.close()
+        second.close()
