@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run a local PrkDB cluster in the background, one process per node, with PID files.
 #
-#   scripts/local-cluster.sh start           # 3 nodes from conf/cluster-3 (8080-8082)
+#   scripts/local-cluster.sh start           # 3 nodes from conf/cluster-3 (8080-8082);
+#                                            # returns once every partition has a leader
 #   scripts/local-cluster.sh status          # which nodes run, then `prkctl status`
 #   scripts/local-cluster.sh stop            # SIGTERM all (leaders hand off), wait
-#   scripts/local-cluster.sh start-node 2    # (re)start one node
+#   scripts/local-cluster.sh start-node 2    # (re)start one node; returns once it listens
+#                                            # (and, with a quorum up, all partitions lead)
 #   scripts/local-cluster.sh stop-node 2     # SIGTERM one node and wait for its exit
 #
 # Environment:
@@ -14,6 +16,8 @@
 #   PRKDB        how to run the daemon (default: `prkdb`, or `python3 -m prkdb`)
 #   PRKCTL       how to run prkctl (default: `prkctl`, or `python3 -m prkctl`)
 #   STOP_TIMEOUT seconds to wait for a node to exit after SIGTERM (default 30)
+#   START_TIMEOUT seconds `start`/`start-node` wait for the nodes to listen and
+#                every partition to have a leader (default 60); 0 = do not wait
 #
 # Files in CLUSTER_DIR: nodeN.toml, nodeN.pid, nodeN.log, prkdb-data/nodeN/.
 set -euo pipefail
@@ -22,6 +26,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 dir="${CLUSTER_DIR:-prkdb-local}"
 stop_timeout="${STOP_TIMEOUT:-30}"
+start_timeout="${START_TIMEOUT:-60}"
 
 if [[ -n "${PRKDB:-}" ]]; then read -r -a prkdb <<<"$PRKDB"
 elif command -v prkdb >/dev/null; then prkdb=(prkdb)
@@ -62,6 +67,76 @@ start_node() {
     echo "node $i started (pid $!, log $dir/node$i.log)"
 }
 
+seeds() {  # every config lists all peers: their client addresses are the seeds
+    local first
+    first="$(compgen -G "$dir/node*.toml" | head -n 1)"
+    sed -n 's/^client = "\(.*\)"/\1/p' "$first" | paste -sd, -
+}
+
+client_addr() {  # node $1's client host:port, from its own config's [[peers]]
+    awk -v n="$1" '/^id *=/ { id = $3 } /^client *=/ { gsub(/"/, "", $3); if (id == n) print $3 }' \
+        "$dir/node$1.toml"
+}
+
+listens() {  # true if host:port $1 accepts a TCP connection (bash's /dev/tcp)
+    local host="${1%:*}" port="${1##*:}"
+    host="${host#[}"; host="${host%]}"
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+node_died() {  # node $1 is not running any more: say why and where to look
+    echo "local-cluster: node $1 exited while starting; the end of $dir/node$1.log:" >&2
+    tail -n 5 "$dir/node$1.log" | sed 's/^/  /' >&2
+    exit 1
+}
+
+# Wait until nodes "$@" listen, then (if a quorum runs) until every partition
+# has a leader, so `prkctl status` right after `start` answers. Polls every
+# 0.2 s; gives up after START_TIMEOUT s pointing at the logs.
+wait_ready() {
+    if (( start_timeout <= 0 )); then return 0; fi
+    local deadline=$((SECONDS + start_timeout)) i out running=0 total=0
+    local -a waiting
+    echo -n "waiting for node(s) $* to listen "
+    while :; do
+        waiting=()
+        for i in "$@"; do
+            if [[ -z "$(pid_of "$i")" ]]; then echo; node_died "$i"; fi
+            listens "$(client_addr "$i")" || waiting+=("$i")
+        done
+        if (( ${#waiting[@]} == 0 )); then break; fi
+        if (( SECONDS >= deadline )); then
+            echo
+            die "node(s) ${waiting[*]} not listening after ${start_timeout}s; see $dir/node${waiting[0]}.log"
+        fi
+        echo -n .
+        sleep 0.2
+    done
+    echo " ok"
+    for i in $(configs); do
+        total=$((total + 1))
+        if [[ -n "$(pid_of "$i")" ]]; then running=$((running + 1)); fi
+    done
+    if (( running * 2 <= total )); then
+        echo "only $running of $total nodes run: no quorum, so no leaders yet"
+        return 0
+    fi
+    echo -n "waiting for a leader of every partition "
+    while ! out="$("${prkctl[@]}" --seeds "$(seeds)" --timeout 2 status 2>&1)"; do
+        for i in "$@"; do
+            if [[ -z "$(pid_of "$i")" ]]; then echo; node_died "$i"; fi
+        done
+        if (( SECONDS >= deadline )); then
+            echo
+            echo "$out" >&2
+            die "no leader for every partition after ${start_timeout}s; see $dir/node*.log"
+        fi
+        echo -n .
+        sleep 0.2
+    done
+    echo " ok (prkctl status is healthy)"
+}
+
 stop_node() {
     local i="$1" pid waited=0
     pid="$(pid_of "$i")"
@@ -83,7 +158,9 @@ stop_node() {
 cmd="${1:-}"
 case "$cmd" in
     start)
-        for i in $(configs); do start_node "$i"; done
+        nodes=($(configs))
+        for i in "${nodes[@]}"; do start_node "$i"; done
+        wait_ready "${nodes[@]}"
         ;;
     stop)
         for i in $(configs); do stop_node "$i"; done
@@ -92,25 +169,22 @@ case "$cmd" in
         [[ -n "${2:-}" ]] || die "usage: $0 start-node N"
         configs >/dev/null
         start_node "$2"
+        wait_ready "$2"
         ;;
     stop-node)
         [[ -n "${2:-}" ]] || die "usage: $0 stop-node N"
         stop_node "$2"
         ;;
     status)
-        first=""
         for i in $(configs); do
             pid="$(pid_of "$i")"
             if [[ -n "$pid" ]]; then echo "node $i: running (pid $pid)"
             else echo "node $i: stopped"; fi
-            first="${first:-$dir/node$i.toml}"
         done
-        # Every config lists all peers: their client addresses are the seeds.
-        seeds="$(sed -n 's/^client = "\(.*\)"/\1/p' "$first" | paste -sd, -)"
-        exec "${prkctl[@]}" --seeds "$seeds" status
+        exec "${prkctl[@]}" --seeds "$(seeds)" status
         ;;
     *)
-        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
         [[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help ]] || exit 2
         ;;
 esac

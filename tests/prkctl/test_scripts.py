@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,13 +26,25 @@ ROLLING = REPO / "scripts" / "rolling-restart.py"
 
 
 def script_env(cluster_dir: Path) -> dict[str, str]:
+    # The script runs the nodes from CLUSTER_DIR: put this checkout on the path
+    # so they run this code even where the package is not installed.
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, CLUSTER_DIR=str(cluster_dir), PYTHONUNBUFFERED="1",
+                PYTHONPATH=path,
                 PRKDB=f"{sys.executable} -m prkdb", PRKCTL=f"{sys.executable} -m prkctl")
 
 
 def local_cluster(cluster_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(LOCAL_CLUSTER), *args], env=script_env(cluster_dir),
                           capture_output=True, text=True, timeout=90)
+
+
+def kill_leftovers(cluster_dir: Path) -> None:
+    """After `stop`, SIGKILL what still runs: our own PIDs (from the PID files) only."""
+    local_cluster(cluster_dir, "stop")
+    for pidfile in cluster_dir.glob("node*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -45,10 +58,40 @@ def scripted(tmp_path: Path) -> Iterator[LocalCluster]:
         wait_leaders(cluster)
         yield cluster
     finally:
-        local_cluster(tmp_path, "stop")
-        for pidfile in tmp_path.glob("node*.pid"):  # belt and braces: our own PIDs only
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        kill_leftovers(tmp_path)
+
+
+def test_start_returns_once_prkctl_status_is_healthy(tmp_path: Path) -> None:
+    # docs/operations.md's quick start: `start` then at once `prkctl status`
+    # (was: "cluster unavailable", start returned before the nodes listened).
+    cluster = LocalCluster(tmp_path, 3, partitions=4)
+    try:
+        r = local_cluster(tmp_path, "start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "waiting for a leader of every partition" in r.stdout
+        status = subprocess.run([sys.executable, "-m", "prkctl", "--seeds",
+                                 ",".join(cluster.seeds), "status"],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        # start-node returns once the node listens
+        assert local_cluster(tmp_path, "stop-node", "2").returncode == 0
+        r = local_cluster(tmp_path, "start-node", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        socket.create_connection(("127.0.0.1", cluster.client_ports[1]), timeout=5).close()
+    finally:
+        kill_leftovers(tmp_path)
+
+
+def test_start_fails_clearly_when_a_node_cannot_start(tmp_path: Path) -> None:
+    LocalCluster(tmp_path, 3, partitions=4)
+    (tmp_path / "node3.toml").write_text("[node]\nid = 3\nbogus = 1\n")
+    try:
+        r = local_cluster(tmp_path, "start")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"node 3 exited while starting; the end of {tmp_path}/node3.log" in r.stderr
+        assert "bogus" in r.stderr  # the log's last lines say why
+    finally:
+        kill_leftovers(tmp_path)
 
 
 def test_local_cluster_status_and_stop(scripted: LocalCluster) -> None:
