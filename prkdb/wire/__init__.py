@@ -4,9 +4,12 @@ Nothing here does I/O or knows about trio: the server's `FramedStream` and
 the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
 
 - `frames`: 4-byte length + one CBOR item; `FrameDecoder`, `encode_frame`.
+- `schema`: field types and `Schema` (type id + fields), which drive decoding,
+  encoding, docs, and the generated hot-path encoders (`Schema.compile_encoder`).
 - `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`,
-  and hand-built encoders for the per-operation messages (`encode_put_request`,
-  `encode_write_ok`, ..., `RaftBatchEncoder`), byte-identical to the generic path.
+  and fast encoders for the per-operation messages (`encode_put_request`,
+  `encode_write_ok`, ... generated from the table; `RaftBatchEncoder`),
+  byte-identical to the generic path.
 - `raft_codec`: compact positional arrays for `prkdb.raft.types.Message`.
 - `errors`: `RemoteProtocolError` (the peer's fault) / `LocalProtocolError` (ours).
 

@@ -31,25 +31,20 @@ trusts its input unless ``check=True``.
 from __future__ import annotations
 
 import enum
-import struct
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft.types import Entry, Message, Role
 from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
-    CBOR_ARRAY,
-    CBOR_BYTES,
-    CBOR_UINT,
     DEFAULT_MAX_FRAME,
     PreEncoded,
-    cbor_head,
     encode_frame,
     encode_frames,
-    frame_of,
 )
 from prkdb.wire.schema import (
     U32_MAX,
@@ -72,6 +67,7 @@ from prkdb.wire.schema import (
 
 __all__ = [
     "BACKUP_CHUNK_MAX",
+    "HOT_MESSAGES",
     "PROTOCOL_VERSION",
     "RECORDS",
     "REQUEST_TYPES",
@@ -912,9 +908,9 @@ def encode_message(
 ) -> bytes:
     """`to_wire` + `encode_frame`: one complete frame for `msg`.
 
-    The messages sent per operation (Get/Put/Delete, GetOk/WriteOk,
-    RaftBatch) take the hand-built encoders below unless `check` is set:
-    same bytes, same errors, a fraction of the CPU.
+    The messages sent per operation (`HOT_MESSAGES`, and RaftBatch) take the
+    fast encoders below unless `check` is set: same bytes, same errors, a
+    fraction of the CPU.
     """
     if not check:
         fast = _FAST_ENCODERS.get(type(msg))
@@ -933,33 +929,57 @@ def encode_messages(
 # --- hot-path encoders -----------------------------------------------------------------
 #
 # Every client operation sends one request and one reply, and every replication
-# round one RaftBatch per peer, so these are built by hand from `cbor_head`
-# pieces instead of dataclass -> to_wire list -> cbor2 (which pays a cycle check
-# per array and a schema walk per message). Each one produces exactly the bytes
-# of the generic path (`encode_frame(to_wire(msg))`, tests/wire/test_encoders.py);
-# for anything unusual (a value not of the declared type, an int past 64 bits)
-# it takes the generic path itself, so odd input gets the generic bytes or error.
+# round one RaftBatch per peer, so these skip the dataclass -> to_wire list ->
+# cbor2 path (which pays a cycle check per array and a schema walk per message).
+# The request and reply encoders are generated from the schema table at import
+# (`Schema.compile_encoder`): a field is declared once, in `_ALL`, and the
+# encoders follow it. Each produces exactly the bytes of the generic path
+# (`encode_frame(to_wire(msg))`, tests/wire/test_encoders.py), and takes the
+# generic path itself for anything unusual (a value not of the declared type,
+# an int past 64 bits), so odd input gets the generic bytes or error.
+
+HOT_MESSAGES: Final = (Get, Put, Delete, GetOk, WriteOk)
+"""The messages sent once per client operation, whose encoders are generated.
+
+`encode_message` takes a generated ``(msg, max_frame)`` encoder for each, and
+the function forms below (no message object built) are generated too.
+"""
+
+_Encoder = TypeVar("_Encoder", bound=Callable[..., bytes])
 
 
-def _head(type_id: int, n_fields: int) -> bytes:
-    """``[type_id, ...`` for a message of `n_fields` fields (CBOR array head + id)."""
-    return cbor_head(CBOR_ARRAY, n_fields + 1) + cbor_head(CBOR_UINT, type_id)
+def _generated_from(cls: type) -> Callable[[_Encoder], _Encoder]:
+    """Replace the decorated function with the encoder generated from ``SCHEMAS[cls]``.
+
+    The decorated function is only the typed, documented signature: its
+    positional parameters must be the message's fields in order (trailing
+    fields with a default may be left out and are then that default), then
+    the keyword-only ``max_frame``. `Schema.compile_encoder` checks that at
+    import and generates the body; the signature's docstring and
+    annotations are kept for help() and the docs.
+    """
+
+    def generate(signature: _Encoder) -> _Encoder:
+        params = inspect.signature(signature).parameters.values()
+        positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        keyword_only = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        if set(keyword_only) != {"max_frame"} or len(positional) + 1 != len(params):
+            raise TypeError(f"{signature.__name__}: want (*fields, *, max_frame=...)")
+        encoder = SCHEMAS[cls].compile_encoder(
+            positional, name=signature.__name__, max_frame=keyword_only["max_frame"]
+        )
+        for attr in ("__module__", "__qualname__", "__doc__", "__annotations__"):
+            setattr(encoder, attr, getattr(signature, attr))
+        return cast(_Encoder, encoder)
+
+    return generate
 
 
-def _generic(msg: WireMessage, max_frame: int) -> bytes:
-    return encode_frame(to_wire(msg), max_frame=max_frame)
+# The bodies below never run: `_generated_from` replaces each function.
+_GENERATED = "replaced by the encoder generated from the schema"
 
 
-_GET_HEAD: Final = _head(SCHEMAS[Get].type_id, 4)
-_PUT_HEAD: Final = _head(SCHEMAS[Put].type_id, 5)
-_DELETE_HEAD: Final = _head(SCHEMAS[Delete].type_id, 4)
-_GET_OK_HEAD: Final = _head(SCHEMAS[GetOk].type_id, 5)
-_WRITE_OK_HEAD: Final = _head(SCHEMAS[WriteOk].type_id, 6)
-_RAFT_BATCH_ID: Final = SCHEMAS[RaftBatch].type_id
-_TRUE, _FALSE, _NULL, _NO_OPS = b"\xf5", b"\xf4", b"\xf6", b"\x80"  # CBOR true/false/null/[]
-_CONSISTENCY_TYPES: Final = (ReadConsistency, int)
-
-
+@_generated_from(Get)
 def encode_get_request(
     request_id: int,
     key: bytes,
@@ -973,25 +993,10 @@ def encode_get_request(
     Raises:
         LocalProtocolError: as `encode_message` (TOO_LARGE, INTERNAL).
     """
-    if (
-        type(key) is bytes
-        and type(request_id) is int
-        and type(partition) is int
-        and type(consistency) in _CONSISTENCY_TYPES
-    ):
-        try:
-            body = b"".join((
-                _GET_HEAD, cbor_head(CBOR_UINT, request_id),
-                cbor_head(CBOR_BYTES, len(key)), key,
-                cbor_head(CBOR_UINT, consistency), cbor_head(CBOR_UINT, partition),
-            ))  # fmt: skip
-        except struct.error:
-            pass
-        else:
-            return frame_of(body, max_frame)
-    return _generic(Get(request_id, key, consistency, partition), max_frame)
+    raise AssertionError(_GENERATED)
 
 
+@_generated_from(Put)
 def encode_put_request(
     request_id: int,
     key: bytes,
@@ -1006,27 +1011,10 @@ def encode_put_request(
     Raises:
         LocalProtocolError: as `encode_message` (TOO_LARGE, INTERNAL).
     """
-    if (
-        type(key) is bytes
-        and type(value) is bytes
-        and type(request_id) is int
-        and type(client_id) is int
-        and type(seq) is int
-    ):
-        try:
-            body = b"".join((
-                _PUT_HEAD, cbor_head(CBOR_UINT, request_id),
-                cbor_head(CBOR_BYTES, len(key)), key,
-                cbor_head(CBOR_BYTES, len(value)), value,
-                cbor_head(CBOR_UINT, client_id), cbor_head(CBOR_UINT, seq),
-            ))  # fmt: skip
-        except struct.error:
-            pass
-        else:
-            return frame_of(body, max_frame)
-    return _generic(Put(request_id, key, value, client_id, seq), max_frame)
+    raise AssertionError(_GENERATED)
 
 
+@_generated_from(Delete)
 def encode_delete_request(
     request_id: int,
     key: bytes,
@@ -1040,21 +1028,10 @@ def encode_delete_request(
     Raises:
         LocalProtocolError: as `encode_message` (TOO_LARGE, INTERNAL).
     """
-    if type(key) is bytes and type(request_id) is int and type(client_id) is int \
-            and type(seq) is int:
-        try:
-            body = b"".join((
-                _DELETE_HEAD, cbor_head(CBOR_UINT, request_id),
-                cbor_head(CBOR_BYTES, len(key)), key,
-                cbor_head(CBOR_UINT, client_id), cbor_head(CBOR_UINT, seq),
-            ))  # fmt: skip
-        except struct.error:
-            pass
-        else:
-            return frame_of(body, max_frame)
-    return _generic(Delete(request_id, key, client_id, seq), max_frame)
+    raise AssertionError(_GENERATED)
 
 
+@_generated_from(GetOk)
 def encode_get_ok(
     request_id: int,
     value: bytes | None,
@@ -1069,30 +1046,10 @@ def encode_get_ok(
     Raises:
         LocalProtocolError: as `encode_message` (TOO_LARGE, INTERNAL).
     """
-    if (
-        type(request_id) is int
-        and type(version) is int
-        and type(mod_revision) is int
-        and type(applied_index) is int
-        and (value is None or type(value) is bytes)
-    ):
-        try:
-            if value is None:
-                value_cbor = _NULL
-            else:
-                value_cbor = cbor_head(CBOR_BYTES, len(value)) + value
-            body = b"".join((
-                _GET_OK_HEAD, cbor_head(CBOR_UINT, request_id), value_cbor,
-                cbor_head(CBOR_UINT, version), cbor_head(CBOR_UINT, mod_revision),
-                cbor_head(CBOR_UINT, applied_index),
-            ))  # fmt: skip
-        except struct.error:
-            pass
-        else:
-            return frame_of(body, max_frame)
-    return _generic(GetOk(request_id, value, version, mod_revision, applied_index), max_frame)
+    raise AssertionError(_GENERATED)
 
 
+@_generated_from(WriteOk)
 def encode_write_ok(
     request_id: int,
     succeeded: bool,
@@ -1110,25 +1067,10 @@ def encode_write_ok(
     Raises:
         LocalProtocolError: as `encode_message` (TOO_LARGE, INTERNAL).
     """
-    if (
-        type(request_id) is int
-        and type(revision) is int
-        and type(version) is int
-        and type(prev_version) is int
-        and type(succeeded) is bool
-    ):
-        try:
-            body = b"".join((
-                _WRITE_OK_HEAD, cbor_head(CBOR_UINT, request_id),
-                _TRUE if succeeded else _FALSE,
-                cbor_head(CBOR_UINT, revision), cbor_head(CBOR_UINT, version),
-                cbor_head(CBOR_UINT, prev_version), _NO_OPS,
-            ))  # fmt: skip
-        except struct.error:
-            pass
-        else:
-            return frame_of(body, max_frame)
-    return _generic(WriteOk(request_id, succeeded, revision, version, prev_version), max_frame)
+    raise AssertionError(_GENERATED)
+
+
+_RAFT_BATCH_ID: Final = SCHEMAS[RaftBatch].type_id
 
 
 def encode_raft_batch(
@@ -1211,25 +1153,12 @@ def _entries_uncached(partition: int, entries: tuple[Entry, ...]) -> bytes:
 
 
 _FAST_ENCODERS: Final[dict[type, Callable[[Any, int], bytes]]] = {
-    Get: lambda m, mf: encode_get_request(
-        m.request_id, m.key, m.consistency, m.partition, max_frame=mf
-    ),
-    Put: lambda m, mf: encode_put_request(
-        m.request_id, m.key, m.value, m.client_id, m.seq, max_frame=mf
-    ),
-    Delete: lambda m, mf: encode_delete_request(
-        m.request_id, m.key, m.client_id, m.seq, max_frame=mf
-    ),
-    GetOk: lambda m, mf: encode_get_ok(
-        m.request_id, m.value, m.version, m.mod_revision, m.applied_index, max_frame=mf
-    ),
-    WriteOk: lambda m, mf: (
-        _generic(m, mf)
-        if m.ops
-        else encode_write_ok(
-            m.request_id, m.succeeded, m.revision, m.version, m.prev_version, max_frame=mf
+    **{
+        cls: SCHEMAS[cls].compile_encoder(
+            name=f"encode_{cls.__name__}", max_frame=DEFAULT_MAX_FRAME
         )
-    ),
+        for cls in HOT_MESSAGES
+    },
     RaftBatch: lambda m, mf: _encode_raft_batch(m.from_node, m.items, mf, _entries_uncached),
 }
-"""Message type -> hand-built encoder ``(msg, max_frame) -> frame``, for `encode_message`."""
+"""Message type -> encoder ``(msg, max_frame) -> frame``, for `encode_message`."""

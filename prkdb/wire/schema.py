@@ -22,19 +22,43 @@ Strictness rules (also in docs/protocol.md):
 - arrays have exactly the documented length (no trailing extensions within a
   protocol version);
 - maps (only `Details`) have text keys and plain values.
+
+Encoding has two paths that write the same bytes. The generic one,
+``encode_frame(schema.encode(msg))``, builds a list and hands it to cbor2.
+The per-operation messages (`prkdb.wire.messages.HOT_MESSAGES`) instead get an
+encoder generated from their schema at import (`Schema.compile_encoder`):
+straight-line code that joins CBOR heads and payloads, with each field's
+piece supplied by its `WireType` (`WireType.hand_cbor`). The field list,
+order and types therefore live only in the table; a type that cannot be
+written by hand, or a value its guard rejects (a bool where an int belongs,
+an int past 64 bits), sends that message down the generic path, so odd
+input gets the generic bytes or error.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import enum
+import keyword
+import linecache
 import operator
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar, final
 
 from prkdb.errors import ErrorCode
 from prkdb.wire.errors import RemoteProtocolError
+from prkdb.wire.frames import (
+    CBOR_ARRAY,
+    CBOR_BYTES,
+    CBOR_UINT,
+    cbor_head,
+    encode_body,
+    encode_frame,
+    frame_of,
+)
 
 __all__ = [
     "U32_MAX",
@@ -46,6 +70,7 @@ __all__ = [
     "Enum",
     "Field",
     "FieldError",
+    "HandCbor",
     "ListOf",
     "Optional",
     "Record",
@@ -119,8 +144,37 @@ def expected(what: str, value: Any) -> FieldError:
     return FieldError(f"expected {what}, got {type(value).__name__} {_show(value)}")
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class HandCbor:
+    """How generated code writes one field's CBOR item without cbor2 (`WireType.hand_cbor`).
+
+    Both are Python source over the variable holding the field's value. The
+    generated encoder evaluates every field's `guard` first; only if all hold
+    does it join the `parts`, so a part may assume its guard.
+
+    Invariant: when `guard` is true, the parts joined are exactly the bytes
+    cbor2 writes for ``wire_type.encode(value)``, or evaluating them raises
+    `struct.error` (an int outside 0..2**64-1, from `cbor_head`), upon which
+    the caller takes the generic path.
+    """
+
+    guard: str  # e.g. "type(key) is bytes"
+    parts: tuple[str, ...]  # expressions of bytes, in order, e.g. ("_head(64, len(key))", "key")
+
+
+# Names the generated code may use besides builtins: the CBOR head builder.
+# Field variables never start with "_" (Schema.compile_encoder checks), so
+# these cannot collide with them.
+_HEAD: Final = "_head"
+_CBOR_NULL, _CBOR_TRUE, _CBOR_FALSE = b"\xf6", b"\xf5", b"\xf4"
+
+
 class WireType:
-    """Base of field types. Subclasses override `decode`, `encode` and `doc`."""
+    """Base of field types. Subclasses override `decode`, `encode` and `doc`.
+
+    Types that hot messages use also override `hand_cbor`.
+    """
 
     doc: str = "?"
 
@@ -131,6 +185,17 @@ class WireType:
     def encode(self, value: Any) -> Any:
         """Python value -> plain CBOR data. Identity for scalars."""
         return value
+
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor | None:
+        """Source that writes a value of this type by hand, or None if it has none.
+
+        Args:
+            var: the variable holding the value in the generated code.
+            env: the generated code's globals; a type whose source names an
+                object adds it here, under a name starting with ``_`` and
+                `var`, so that two fields' names never collide.
+        """
+        return None
 
 
 class UInt(WireType):
@@ -146,6 +211,10 @@ class UInt(WireType):
             raise FieldError(f"{value} is outside {self.lo}..{self.hi}")
         return value
 
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
+        # Like `encode`, no range check: lo/hi are the receiver's business.
+        return HandCbor(f"type({var}) is int", (f"{_HEAD}({CBOR_UINT}, {var})",))
+
 
 class Bool(WireType):
     doc = "bool"
@@ -154,6 +223,11 @@ class Bool(WireType):
         if type(value) is not bool:
             raise expected("a bool", value)
         return value
+
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
+        return HandCbor(
+            f"type({var}) is bool", (f"({_CBOR_TRUE!r} if {var} else {_CBOR_FALSE!r})",)
+        )
 
 
 class Bytes(WireType):
@@ -167,6 +241,9 @@ class Bytes(WireType):
         if len(value) < self.min_len:
             raise FieldError(f"must be at least {self.min_len} bytes long")
         return value
+
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
+        return HandCbor(f"type({var}) is bytes", (f"{_HEAD}({CBOR_BYTES}, len({var}))", var))
 
 
 class Text(WireType):
@@ -215,6 +292,13 @@ class Enum(WireType):
     def encode(self, value: Any) -> int:
         return int(value)
 
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
+        # A member is an int, so cbor_head writes int(member); other int
+        # subclasses (bool above all) take the generic path.
+        types = f"_{var}_types"
+        env[types] = (self.cls, int)
+        return HandCbor(f"type({var}) in {types}", (f"{_HEAD}({CBOR_UINT}, {var})",))
+
 
 class Optional(WireType):
     def __init__(self, inner: WireType) -> None:
@@ -226,6 +310,15 @@ class Optional(WireType):
 
     def encode(self, value: Any) -> Any:
         return None if value is None else self.inner.encode(value)
+
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor | None:
+        inner = self.inner.hand_cbor(var, env)
+        if inner is None:
+            return None
+        return HandCbor(
+            f"({var} is None or {inner.guard})",
+            (f"({_CBOR_NULL!r} if {var} is None else {' + '.join(inner.parts)})",),
+        )
 
 
 class ListOf(WireType):
@@ -249,6 +342,13 @@ class ListOf(WireType):
     def encode(self, value: Any) -> list[Any]:
         enc = self.inner.encode
         return [enc(v) for v in value]
+
+    def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
+        # Only the empty tuple (e.g. WriteOk.ops of a Put): a hot message's
+        # lists are empty, and items would need a loop; any other value takes
+        # the generic path.
+        empty = cbor_head(CBOR_ARRAY, 0)
+        return HandCbor(f"(type({var}) is tuple and not {var})", (repr(empty),))
 
 
 class Custom(WireType):
@@ -410,6 +510,103 @@ def _compile_decode(
     return decode
 
 
+def _compile_encoder(
+    schema: Schema, params: Sequence[str] | None, name: str, max_frame: int
+) -> Callable[..., bytes]:
+    """`Schema.compile_encoder`: write the function's source, then exec it.
+
+    Generated the way `_compile_decode` and dataclasses' ``__init__`` are, for
+    the same reason: straight-line code costs half a loop over the fields.
+    Every constant (the head, fields fixed to their default) is a bytes
+    literal in the source, merged with its neighbours.
+    """
+    cls = schema.cls
+    names = [f.name for f in schema.fields]
+    args = names if params is None else list(params)
+    if args != names[: len(args)]:
+        raise TypeError(
+            f"{name}: parameters {tuple(args)} must start {cls.__name__}'s fields {tuple(names)}"
+        )
+    for var in names:
+        # A field's variable must not shadow a builtin the guards use (type,
+        # len, ...) nor a helper (all named "_..."), and must be a name.
+        if (
+            var.startswith("_")
+            or not var.isidentifier()
+            or keyword.iskeyword(var)
+            or hasattr(builtins, var)
+            or var == "max_frame"
+        ):
+            raise TypeError(f"{name}: field {cls.__name__}.{var} cannot be a variable")
+    env: dict[str, Any] = {
+        _HEAD: cbor_head,
+        "_join": b"".join,
+        "_frame_of": frame_of,
+        "_struct_error": struct.error,
+        "_generic": schema.encode_frame,
+        "_cls": cls,
+        "_MAX": max_frame,
+    }
+    head = cbor_head(CBOR_ARRAY, len(names) + 1) + cbor_head(CBOR_UINT, schema.type_id)
+    guards: list[str] = []
+    pieces: list[str | bytes] = [head]  # source (str) or constant bytes, in order
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    for field in schema.fields:
+        if field.name not in args:  # a trailing field fixed to its default
+            default = defaults[field.name]
+            if default.default is not dataclasses.MISSING:
+                value = default.default
+            elif default.default_factory is not dataclasses.MISSING:
+                value = default.default_factory()
+            else:
+                raise TypeError(f"{name}: {cls.__name__}.{field.name} has no default to leave out")
+            pieces.append(encode_body(field.type.encode(value)))
+            continue
+        hand = field.type.hand_cbor(field.name, env)
+        if hand is None:
+            raise TypeError(
+                f"{name}: {cls.__name__}.{field.name} ({type(field.type).__name__}) "
+                "has no hand encoding"
+            )
+        guards.append(hand.guard)
+        pieces.extend(hand.parts)
+    merged: list[str | bytes] = []
+    for piece in pieces:  # adjacent constants become one literal
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    parts = [repr(p) if isinstance(p, bytes) else p for p in merged]
+
+    if params is None:
+        signature = "msg, max_frame"
+        prologue = "".join(f"    {n} = msg.{n}\n" for n in names)
+        fallback = "msg"
+    else:
+        signature = ", ".join([*args, "*", "max_frame=_MAX"])
+        prologue = ""
+        fallback = f"_cls({', '.join(args)})"
+    source = (
+        f"def {name}({signature}):\n"
+        f"{prologue}"
+        f"    if {' and '.join(guards) or 'True'}:\n"
+        f"        try:\n"
+        f"            _body = _join(({', '.join(parts)},))\n"
+        f"        except _struct_error:\n"
+        f"            pass  # an int outside 0..2**64-1: cbor2 writes it (or refuses it)\n"
+        f"        else:\n"
+        f"            return _frame_of(_body, max_frame)\n"
+        f"    return _generic({fallback}, max_frame)\n"
+    )
+    # A file name of its own, with the source in linecache, so that tracebacks
+    # and inspect.getsource show the generated lines.
+    filename = f"<{name} generated from the {cls.__name__} schema>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), env)
+    encoder: Callable[..., bytes] = env[name]
+    return encoder
+
+
 def _is_identity(wtype: WireType) -> bool:
     """True if `wtype.encode` returns its argument unchanged (the WireType default)."""
     return type(wtype).encode is WireType.encode and "encode" not in vars(wtype)
@@ -507,3 +704,40 @@ class Schema:
             return 0
         rid = obj[1]
         return rid if type(rid) is int and 0 <= rid <= U64_MAX else 0
+
+    def encode_frame(self, msg: Any, max_frame: int) -> bytes:
+        """The generic path: ``encode_frame(self.encode(msg))``, what a generated encoder matches.
+
+        Raises:
+            LocalProtocolError: TOO_LARGE, or INTERNAL for a value cbor2 cannot encode.
+        """
+        return encode_frame(self.encode(msg), max_frame=max_frame)
+
+    def compile_encoder(
+        self, params: Sequence[str] | None = None, *, name: str, max_frame: int
+    ) -> Callable[..., bytes]:
+        """Generate this message's frame encoder from its fields (the hot-path encoders).
+
+        The generated function checks each field with its type's guard
+        (`HandCbor`) and joins the precomputed ``[type_id, ...`` head with
+        every field's CBOR piece: no list, no cbor2, no schema walk. It
+        writes exactly the bytes of `encode_frame` (the generic path), and
+        calls the generic path itself for a value some guard rejects or that
+        `cbor_head` cannot write, so errors are the generic ones too.
+
+        Args:
+            params: None for ``name(msg, max_frame)``, which encodes a
+                message object (`prkdb.wire.messages.encode_message`). Else
+                the parameter names of ``name(*params, max_frame=max_frame)``,
+                which takes the fields as arguments and builds no message:
+                the message's fields in order, except that trailing fields
+                with a default may be left out, and are then always that
+                default (written as precomputed bytes).
+            name: the function's name (for tracebacks and profiles).
+            max_frame: the default of ``max_frame`` in the second form.
+
+        Raises:
+            TypeError: `params` are not the fields as above, a field name
+                cannot be a variable, or a field's type has no hand encoding.
+        """
+        return _compile_encoder(self, params, name, max_frame)
