@@ -123,7 +123,7 @@ _APP = MsgType.APP
 _new_entry = frozen_builder(Entry)
 _new_message = frozen_builder(Message)
 # Message defaults by position, for filling omitted trailing fields.
-_MSG_DEFAULTS: Final = (None, 0, 0, 0, 0, 0, [], 0, False, 0, b"", None)
+_MSG_DEFAULTS: Final[tuple[object, ...]] = (None, 0, 0, 0, 0, 0, [], 0, False, 0, b"", None)
 # _DEFAULT_TAILS[n]: the defaults of the fields after the first n (never mutated).
 _DEFAULT_TAILS: Final = tuple(list(_MSG_DEFAULTS[n:]) for n in range(13))
 
@@ -403,7 +403,7 @@ def _decode_appended(
     """
     if index + len(raw) > U64_MAX:
         return None
-    out = []
+    out: list[Entry] = []
     append = out.append
     expect = index + 1
     prev_term = log_term if log_term > 1 else 1

@@ -363,7 +363,10 @@ class Custom(WireType):
     ) -> None:
         self.doc = doc
         self._decode = decode_fn
-        self.encode = encode_fn  # type: ignore[method-assign]
+        self._encode = encode_fn
+
+    def encode(self, value: Any) -> Any:
+        return self._encode(value)
 
     def decode(self, value: Any) -> Any:
         try:

@@ -28,6 +28,7 @@ from prkdb.wire.frames import (
     CBOR_ARRAY,
     CBOR_BYTES,
     CBOR_UINT,
+    DEFAULT_MAX_FRAME,
     FrameDecoder,
     PreEncoded,
     cbor_head,
@@ -298,7 +299,7 @@ def odd_values(wtype: WireType) -> st.SearchStrategy[Any]:
     if isinstance(wtype, Optional):
         return st.none() | odd_values(wtype.inner)
     if isinstance(wtype, ListOf):
-        empty = st.just(()) | st.just([])
+        empty: st.SearchStrategy[Any] = st.just(()) | st.just([])
         if not isinstance(wtype.inner, Record):  # e.g. RaftBatch.items: see the Raft tests
             return empty
         return empty | st.lists(odd_values(wtype.inner), max_size=2).map(tuple)
@@ -396,7 +397,7 @@ PUBLIC_ENCODERS: list[tuple[Callable[..., bytes], type]] = [
 def test_public_encoder_takes_the_fields_in_order(encode: Callable[..., bytes], cls: type) -> None:
     params = list(inspect.signature(encode).parameters.values())
     assert params[-1].name == "max_frame" and params[-1].kind is params[-1].KEYWORD_ONLY
-    assert params[-1].default == m.DEFAULT_MAX_FRAME
+    assert params[-1].default == DEFAULT_MAX_FRAME
     names = [f.name for f in m.SCHEMAS[cls].fields]
     assert [p.name for p in params[:-1]] == names[: len(params) - 1]
     assert encode.__doc__ and encode.__doc__.startswith(f"The frame of ``{cls.__name__}(")
