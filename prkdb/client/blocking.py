@@ -12,11 +12,18 @@ own (the pool keeps up to `POOL_IDLE` idle ones per node).
 A connection whose attempt expired, broke, or was interrupted (an exception
 anywhere mid-request, KeyboardInterrupt included) is closed, never pooled:
 its late answer would otherwise meet the next request.
+
+Cost: a request is one ``send`` and (usually) one ``recv`` system call. The
+deadline is kept by the kernel (``SO_RCVTIMEO``, re-set only when the time
+left differs from it by more than `_TIMEOUT_SLACK` or a factor of two),
+not by Python's socket timeouts, which poll before every send and receive.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, Final, final
@@ -48,6 +55,16 @@ POOL_IDLE: Final = 8
 """Idle connections kept per node; more concurrent threads dial extra ones, closed after use."""
 
 _RECEIVE_SIZE: Final = 64 * 1024
+_SEND_TIMEOUT: Final = 2.0  # seconds a send may block (a full buffer to a frozen node)
+_TIMEOUT_SLACK: Final = 0.005  # seconds a receive may wait past the attempt's deadline
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as the SO_RCVTIMEO / SO_SNDTIMEO option value of this platform."""
+    if os.name == "nt":
+        return struct.pack("I", max(1, int(seconds * 1000)))
+    whole = int(seconds)
+    return struct.pack("ll", whole, max(1 if whole == 0 else 0, int((seconds - whole) * 1e6)))
 Clock = Callable[[], float]
 
 
@@ -55,7 +72,8 @@ Clock = Callable[[], float]
 class BlockingConnection:
     """One handshaken socket to one node; used by one thread at a time."""
 
-    __slots__ = ("_decoder", "_next_request_id", "_sock", "address", "broken", "node_id")
+    __slots__ = ("_decoder", "_next_request_id", "_rcvtimeo", "_sock", "address", "broken",
+                 "node_id")
 
     def __init__(self, address: str, sock: socket.socket, decoder: FrameDecoder,
                  node_id: int) -> None:
@@ -65,6 +83,10 @@ class BlockingConnection:
         self._sock = sock
         self._decoder = decoder
         self._next_request_id = 1
+        # Blocking mode from now on; the kernel keeps the timeouts.
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SEND_TIMEOUT))
+        self._rcvtimeo = 0.0  # the SO_RCVTIMEO set (0: none yet)
 
     @classmethod
     def open(cls, address: str, hello: bytes, check: HelloCheck, deadline: float,
@@ -128,17 +150,19 @@ class BlockingConnection:
             if exc.code == ErrorCode.TOO_LARGE:
                 raise TooLarge(exc.message, details=exc.details) from None
             raise
-        left = deadline - clock()
-        if left <= 0:
+        if deadline <= clock():
             raise AttemptExpired()
         sock = self._sock
+        decoder = self._decoder
         ok = False
         try:
-            sock.settimeout(left)
             state.sent = True
             sock.sendall(frame)
             while True:
-                item = _receive_one(sock, self._decoder, deadline, clock)
+                item = decoder.next_frame()
+                while item is NEED_DATA:
+                    decoder.receive_data(self._recv(deadline, clock))
+                    item = decoder.next_frame()
                 if item is CLOSED:
                     raise ConnectionLost(self.address, "closed by the server")
                 msg = from_wire(item)
@@ -148,7 +172,7 @@ class BlockingConnection:
                 if isinstance(msg, Error) and msg.request_id == 0:
                     raise ConnectionLost(self.address, msg.message)
                 # else: an answer to nobody (cannot happen: expired connections are closed)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise AttemptExpired() from None
         except OSError as exc:
             raise ConnectionLost(self.address, exc) from exc
@@ -157,6 +181,26 @@ class BlockingConnection:
         finally:
             if not ok:
                 self.close()
+
+    def _recv(self, deadline: float, clock: Clock) -> bytes:
+        """Some bytes (b"" at EOF) before `deadline`, give or take `_TIMEOUT_SLACK`.
+
+        Raises:
+            TimeoutError: the deadline passed.
+        """
+        sock = self._sock
+        while True:
+            left = deadline - clock()
+            if left <= 0:
+                raise TimeoutError
+            current = self._rcvtimeo
+            if not (left * 0.5 <= current <= left + _TIMEOUT_SLACK):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
+                self._rcvtimeo = current = left
+            try:
+                return sock.recv(_RECEIVE_SIZE)
+            except BlockingIOError:  # SO_RCVTIMEO ran out; maybe early: look again
+                continue
 
     def close(self) -> None:
         self.broken = True
