@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Protocol, cast
 
 import structlog
+
+from prkdb.raft.logger import Logger
+
+
+class NodeLogger(Logger, Protocol):
+    """The daemon's logger: the lower layers' `Logger` plus the levels and binding
+    only the daemon uses (structlog's bound logger is one)."""
+
+    def bind(self, **kw: Any) -> NodeLogger: ...
+    def error(self, event: str, **kw: Any) -> object: ...
+    def critical(self, event: str, **kw: Any) -> object: ...
+    def exception(self, event: str, **kw: Any) -> object: ...
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -37,5 +49,6 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: Any = None
     )
 
 
-def get_logger(**bind: Any) -> Any:
-    return structlog.get_logger().bind(**bind)
+def get_logger(**bind: Any) -> NodeLogger:
+    """A structlog logger with `bind` values on every event."""
+    return cast(NodeLogger, structlog.get_logger().bind(**bind))

@@ -128,6 +128,25 @@ class RawNode:
         """Hand leadership to `to` once it is caught up (leader only)."""
         self.core.step(Message(MsgType.TRANSFER_LEADER, from_=to))
 
+    # -- what the driver may read (never the core itself) ---------------------
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows of, 0 if none."""
+        return self.core.lead
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    @property
+    def applied_index(self) -> int:
+        """The highest index the driver reported applied (via `advance`)."""
+        return self.core.log.applied
+
     @property
     def recovering(self) -> bool:
         """True while this rebuilt replica may not vote or campaign (RaftConfig.recovering)."""
@@ -210,8 +229,15 @@ class RawNode:
         (same result as `soft_state() != prev or hard_state() != prev`).
         """
         core = self.core
-        if core.read_round_pending:
-            core.flush_read_round()
+        # Pure: a read round that `ready` would send (core.flush_read_round) is
+        # output to come; one still waiting for the round in flight is not.
+        if (
+            core.read_round_pending
+            and core.role == Role.LEADER
+            and core.read_only.queue
+            and core.read_round_in_flight not in core.read_only.pending
+        ):
+            return True
         if core.msgs or core.commit_news or core.msgs_after_persist or core.read_states:
             return True
         log = core.log

@@ -11,24 +11,27 @@ a bug logged with its traceback and answered INTERNAL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import trio
 
 from prkdb import __version__
+from prkdb.config import NodeConfig
 from prkdb.errors import (
     ErrorCode,
     InternalError,
     InvalidRequest,
+    NotLeader,
     PrkdbError,
     TooLarge,
     Unavailable,
 )
 from prkdb.partitioning import partition_for
+from prkdb.raft import RaftStatus
 from prkdb.server.backup import BackupFiles, describe
-from prkdb.server.framed import FramedStream, StreamClosed
-from prkdb.server.pending import Waiter
+from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
+from prkdb.server.pending import Callback, Waiter
 from prkdb.state import (
     UNCHECKED,
     BatchCommand,
@@ -41,6 +44,7 @@ from prkdb.state import (
     validate_command,
 )
 from prkdb.state import Limits as StateLimits
+from prkdb.storage import SnapshotStore
 from prkdb.wire import RemoteProtocolError, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
@@ -74,8 +78,38 @@ from prkdb.wire.messages import (
     error_for,
 )
 
-if TYPE_CHECKING:
-    from prkdb.server.node import Node
+
+class Partition(Protocol):
+    """What the service needs of one partition (a `PartitionDriver`)."""
+
+    partition: int
+    leader_id: int
+
+    @property
+    def is_leader(self) -> bool: ...
+    @property
+    def applied_index(self) -> int: ...
+    def status(self) -> RaftStatus: ...
+    def read(self, key: bytes) -> tuple[bytes, int, int] | None: ...
+    def not_leader_error(self) -> NotLeader: ...
+    def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None: ...
+    def submit_read(self, deadline: float, callback: Callback) -> None: ...
+    async def transfer_leadership(self, to: int) -> int: ...
+    async def wait_not_leader(self) -> None: ...
+    async def snapshot_now(self) -> int: ...
+
+
+class ServedNode(Protocol):
+    """What the service needs of its node (a `Node`), and nothing more."""
+
+    cfg: NodeConfig
+    log: Any
+    reply_outbox: ReplyOutbox
+    snapshots: SnapshotStore
+
+    @property
+    def drivers(self) -> Sequence[Partition]: ...
+    async def fence_peer(self, node_id: int) -> None: ...
 
 MAX_IN_FLIGHT = 1024  # concurrent requests per connection before we stop reading
 HELLO_TIMEOUT = 10.0
@@ -88,14 +122,27 @@ _TOO_LARGE_CODES = {ResultCode.KEY_TOO_LARGE, ResultCode.VALUE_TOO_LARGE,
 
 
 class ClientService:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ServedNode) -> None:
         self.node = node
         self.cfg = node.cfg
         self.log = node.log
         lim = self.cfg.limits
         self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops)
         self.connections = 0
+        #: Replies that could not be queued (connection closed or not reading).
+        self.dropped_replies = 0
         self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
+
+    def _send(self, framed: FramedStream, msg: Any) -> None:
+        """Queue a reply; one that cannot be queued is counted, and logged once per connection."""
+        if framed.send_nowait(msg):
+            return
+        self.dropped_replies += 1
+        if framed.dropped == 1:
+            self.log.warning(
+                "reply_dropped", remote=framed.remote_address, reply=type(msg).__name__,
+                reason="the connection is closing" if framed.closed
+                else "the client is not reading its replies (send queue full)")
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, HELLO_MAX_FRAME, outbox=self.node.reply_outbox)
@@ -141,7 +188,7 @@ class ClientService:
             await self._fatal(framed, err)
             return
         framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_frame
-        framed.send_nowait(HelloOk(self.cfg.node_id, self.cfg.cluster_id))
+        self._send(framed, HelloOk(self.cfg.node_id, self.cfg.cluster_id))
         limiter = trio.Semaphore(MAX_IN_FLIGHT)
         while not framed.broken:
             try:
@@ -154,7 +201,7 @@ class ClientService:
             try:
                 req = from_wire(obj)
             except RemoteProtocolError as e:
-                framed.send_nowait(error_for(e))
+                self._send(framed, error_for(e))
                 if not e.request_id:
                     return
                 continue
@@ -180,7 +227,7 @@ class ClientService:
 
         def reply(resp: Any) -> None:
             limiter.release()
-            framed.send_nowait(resp)
+            self._send(framed, resp)
 
         def fail(e: BaseException) -> None:
             if isinstance(e, PrkdbError):
@@ -205,7 +252,7 @@ class ClientService:
             resp = error_for(InternalError(f"internal error: {type(e).__name__}"), rid)
         finally:
             limiter.release()
-        framed.send_nowait(resp)
+        self._send(framed, resp)
         framed.flush()
 
     # -- requests -----------------------------------------------------------
@@ -279,7 +326,7 @@ class ClientService:
         driver = self._driver(p)
 
         def answer() -> None:
-            rec = driver.sm.get(req.key)
+            rec = driver.read(req.key)
             applied = driver.applied_index
             if rec is None:
                 reply(GetOk(req.request_id, None, 0, 0, applied))
@@ -297,7 +344,7 @@ class ClientService:
             answer()
             return
         if req.consistency == ReadConsistency.LINEARIZABLE and not driver.is_leader:
-            raise driver._not_leader()
+            raise driver.not_leader_error()
         driver.submit_read(self._deadline(), confirmed)
 
     def _check(self, cmd: Any) -> None:
@@ -314,7 +361,7 @@ class ClientService:
         p = self._partition_of(key) if partition is None else partition
         driver = self._driver(p)
         if not driver.is_leader:
-            raise driver._not_leader()
+            raise driver.not_leader_error()
         data = encode_command(cmd, client_id=req.client_id, seq=req.seq)
 
         def applied(result: Any, error: PrkdbError | None) -> None:
@@ -345,7 +392,7 @@ class ClientService:
         nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in self.cfg.peers)
         parts = []
         for d in self.node.drivers:
-            st = d.raw.status()
+            st = d.status()
             progress = tuple(ReplicaProgress(n, pr.match) for n, pr in sorted(st.progress.items()))
             parts.append(PartitionStatus(d.partition, st.leader, st.term, st.commit,
                                          d.applied_index, st.role, progress))
@@ -388,7 +435,7 @@ class ClientService:
         """A snapshot covering every write acknowledged before `req` (prkdb/server/backup.py)."""
         driver = self._driver(req.partition)
         if not driver.is_leader:
-            raise driver._not_leader()
+            raise driver.not_leader_error()
         # One ReadIndex round, as a linearizable read: confirms we lead and
         # waits until applied >= our commit index as of now.
         w = Waiter()

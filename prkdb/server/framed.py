@@ -69,11 +69,18 @@ class FramedStream:
         self._out = bytearray()  # bytes the socket has not taken: the writer's
         self._writing = False  # the writer task is inside send_all: queue, never write
         self._closing = False
+        #: Frames `send_nowait` could not queue (closed, or MAX_QUEUED_BYTES behind).
+        self.dropped = 0
         self._wake = trio.Event()
         self._writer_done = trio.Event()
         sock = getattr(stream, "socket", None)
         self._fd = sock.fileno() if sock is not None else -1
         self._reader = SocketReader(stream)
+
+    @property
+    def closed(self) -> bool:
+        """Broken, or closing: nothing more will be sent."""
+        return self.broken or self._closing
 
     @property
     def remote_address(self) -> str:
@@ -116,9 +123,8 @@ class FramedStream:
 
     def send_bytes_nowait(self, data: bytes) -> bool:
         """Queue one encoded frame; False (dropped) if closed or too much is queued."""
-        if self.broken or self._closing:
-            return False
-        if len(self._out) + len(data) > MAX_QUEUED_BYTES:
+        if self.broken or self._closing or len(self._out) + len(data) > MAX_QUEUED_BYTES:
+            self.dropped += 1
             return False
         if not self._pending:
             if self._outbox is not None:

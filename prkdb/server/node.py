@@ -173,7 +173,7 @@ class Node:
                 all_done.set()
 
         for d in self.drivers:
-            await self.raft_loop.inbox.send((d, "fence", (node_id, one_done)))
+            await d.fence(node_id, one_done)
         await all_done.wait()
         self.log.info("fenced_peer", node=node_id)
 

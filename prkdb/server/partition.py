@@ -21,9 +21,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ import trio
 
 from prkdb.config import NodeConfig
 from prkdb.errors import NotLeader, OutcomeUnknown, PrkdbError, Timeout, Unavailable
+from prkdb.logging import NodeLogger
 from prkdb.raft import (
     ConfState,
     MemoryStorage,
@@ -38,6 +38,7 @@ from prkdb.raft import (
     NotLeaderError,
     ProposalDropped,
     RaftConfig,
+    RaftStatus,
     RawNode,
     Ready,
     Role,
@@ -46,12 +47,27 @@ from prkdb.raft import (
 )
 from prkdb.raft.errors import LogStorageError
 from prkdb.server.groupcommit import GroupCommitter
-from prkdb.server.inbox import Inbox
+from prkdb.server.inbox import (
+    ClientRead,
+    ClientWrite,
+    FencePeer,
+    Inbox,
+    InboxItem,
+    PeerDown,
+    PeerMessage,
+    SlowStepDone,
+    SnapshotWritten,
+    TakeSnapshot,
+    TransferLeadership,
+)
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import recover_partition
 from prkdb.state import DecodedSnapshot, KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
+
+SendMessages = Callable[[int, Sequence[Message]], None]
+"""``(partition, messages)``: hand Raft messages to the transport (sent at its next flush)."""
 
 
 @dataclass(order=True)
@@ -69,11 +85,12 @@ class PartitionDriver:
         wal: WriteAheadLog,
         snapshots: SnapshotStore,
         committer: GroupCommitter,
-        send: Any,
-        log: Any,
+        send: SendMessages,
+        log: NodeLogger,
         inbox: Inbox,
         flush: Callable[[], None],
         rebuild: RebuildTracker | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
         # Set while this partition of a rebuilt node may not vote (rebuild.py).
@@ -86,6 +103,9 @@ class PartitionDriver:
         self.flush = flush  # transport.flush: the RaftLoop calls it in its passes
         self.log = log.bind(partition=partition)
         self.inbox = inbox  # the node's RaftLoop inbox, shared by all partitions
+        # This partition's randomness (election timeouts, read contexts), drawn
+        # from the node's one seeded source so that a run can be replayed.
+        self._rng = rng if rng is not None else random.Random()
         self._proposals: list[Pending] = []
         self._by_index: dict[int, Pending] = {}
         self._read_batch: list[Pending] = []  # reads of this pass: one ReadIndex for all
@@ -94,7 +114,7 @@ class PartitionDriver:
         self._read_seq = itertools.count(1)
         # (deadline, seq, request): requests are failed here when they expire.
         self._deadlines: list[tuple[float, int, Pending]] = []
-        self._ctx_prefix = os.urandom(6)
+        self._ctx_prefix = self._rng.getrandbits(48).to_bytes(6, "big")
         self._snapshot_index = 0
         self.dropped_inbox = 0
         self._snapshot_waiters: list[Pending] = []
@@ -105,7 +125,7 @@ class PartitionDriver:
         # the background, the loop leaves this partition alone and parks its
         # inbox items here; they are replayed, in order, when it is done.
         self.busy = False
-        self.deferred: list[tuple] = []
+        self.deferred: list[InboxItem] = []
         self.touched = True  # got input since the loop last took its Ready
         self.restart_backoff = 0.1
         # Spread leaders at boot: partition p's preferred leader campaigns
@@ -159,7 +179,7 @@ class PartitionDriver:
             check_quorum=rf.check_quorum,
             applied=applied,
             recovering=self.rebuild is not None,
-            rng=random.Random(os.urandom(8)),
+            rng=random.Random(self._rng.getrandbits(64)),
             logger=self.log,
         )
 
@@ -178,15 +198,42 @@ class PartitionDriver:
         self.raw = RawNode(self._raft_config(snap.meta.index), self.storage)
         self.log.warning("restarted_partition", snapshot_index=snap.meta.index)
 
-    # -- API for the client service (any task) -----------------------------------
+    # -- read-only views (the client service, the loop, status) --------------------
     @property
     def applied_index(self) -> int:
         """Highest log index applied here (no-ops included)."""
-        return max(self.sm.applied_index, self.raw.core.log.applied)
+        return max(self.sm.applied_index, self.raw.applied_index)
 
     @property
     def is_leader(self) -> bool:
-        return self.raw.core.role == Role.LEADER
+        return self.raw.role == Role.LEADER
+
+    def status(self) -> RaftStatus:
+        """The Raft state of this replica (term, commit, each follower's progress if leading)."""
+        return self.raw.status()
+
+    def has_ready(self) -> bool:
+        """Whether the core has anything to persist, send or apply (no side effects)."""
+        return self.raw.has_ready()
+
+    def read(self, key: bytes) -> tuple[bytes, int, int] | None:
+        """``(value, version, mod_revision)`` of `key` in the applied state, None if absent.
+
+        As of now: a linearizable read calls it once `submit_read` said so.
+        """
+        return self.sm.get(key)
+
+    def not_leader_error(self) -> NotLeader:
+        """The NOT_LEADER error for a request here: names the leader we know and its address."""
+        lead = self.raw.leader_id
+        peer = self.cfg.peer(lead) if lead else None
+        return NotLeader(
+            lead or None,
+            peer.client_addr if peer else None,
+            partition=self.partition,
+        )
+
+    # -- API for the client service (any task) -----------------------------------
 
     def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None:
         """Replicate `data`; `callback(result, error)` once applied here or failed.
@@ -195,15 +242,17 @@ class PartitionDriver:
         safe to retry), Timeout (not proposed before the deadline),
         OutcomeUnknown (proposed, fate unknown at the deadline).
         """
-        self._submit("prop", Pending(callback, data), deadline)
+        pending = Pending(callback, data)
+        self._submit(ClientWrite(self.partition, pending), pending, deadline)
 
     def submit_read(self, deadline: float, callback: Callback) -> None:
         """`callback(applied_index, error)` once a linearizable read may be served here."""
-        self._submit("read", Pending(callback), deadline)
+        pending = Pending(callback)
+        self._submit(ClientRead(self.partition, pending), pending, deadline)
 
-    def _submit(self, kind: str, pending: Pending, deadline: float) -> None:
+    def _submit(self, item: InboxItem, pending: Pending, deadline: float) -> None:
         try:
-            self.inbox.send_nowait((self, kind, pending))
+            self.inbox.send_nowait(item)
         except trio.WouldBlock:
             pending.finish(error=Unavailable("the node is overloaded (raft inbox full)"))
             return
@@ -238,70 +287,78 @@ class PartitionDriver:
         """Start handing leadership to `to` (0 = the most caught-up follower); returns it."""
         w = Waiter()
         p = Pending(w.set)
-        self._enqueue("transfer", (to, p), p)
-        return await w.get()
+        self._enqueue(TransferLeadership(self.partition, to, p), p)
+        result: int = await w.get()
+        return result
 
     async def snapshot_now(self) -> int:
         """Take a snapshot now (if anything was applied since the last); its index."""
         w = Waiter()
         p = Pending(w.set)
-        self._enqueue("snapshot", p, p)
-        return await w.get()
+        self._enqueue(TakeSnapshot(self.partition, p), p)
+        index: int = await w.get()
+        return index
 
     def deliver(self, msg: Message) -> None:
         """A peer's message (from the transport); dropped if the inbox is full."""
         try:
-            self.inbox.send_nowait((self, "msg", msg))
+            self.inbox.send_nowait(PeerMessage(self.partition, msg))
         except trio.WouldBlock:
             self.dropped_inbox += 1
 
     def report_peer_down(self, peer: int) -> None:
         """The transport saw `peer`'s process die; fast failover if it led us."""
         with contextlib.suppress(trio.WouldBlock):
-            self.inbox.send_nowait((self, "peer_down", peer))
+            self.inbox.send_nowait(PeerDown(self.partition, peer))
 
-    def _enqueue(self, kind: str, x: Any, pending: Pending) -> None:
+    async def fence(self, node: int, done: Callable[[], None]) -> None:
+        """Make the leader forget `node`'s acks, behind every message of it queued; then `done`."""
+        await self.inbox.send(FencePeer(self.partition, node, done))
+
+    def _enqueue(self, item: InboxItem, pending: Pending) -> None:
         try:
-            self.inbox.send_nowait((self, kind, x))
+            self.inbox.send_nowait(item)
         except trio.WouldBlock:
             pending.finish(error=Unavailable("the node is overloaded (raft inbox full)"))
 
     # -- driven by the node's RaftLoop ---------------------------------------------
-    def handle(self, kind: str, x: Any) -> None:
+    def handle(self, item: InboxItem) -> None:
         """Feed one inbox item into the core (called only by the RaftLoop)."""
-        if kind == "msg":
-            self.raw.step(x)
-        elif kind == "prop":
-            if not x.done:  # (expired while queued)
-                self._proposals.append(x)
-        elif kind == "read":
-            if not x.done:
-                self._read_batch.append(x)
-        elif kind == "peer_down":
-            self.raw.report_peer_down(x)
-        elif kind == "transfer":
-            to, w = x
-            self._transfer(to, w)
-        elif kind == "snapshot":
-            self._snapshot_waiters.append(x)
-        elif kind == "fence":  # x = (node id, callback): see Node.fence_peer
-            node, done = x
-            try:
-                self.raw.forget_acks(node)
-            finally:
-                done()
-        # "wake": a background snapshot finished; the loop looks at it after the pass
+        match item:
+            case PeerMessage(msg=msg):
+                self.raw.step(msg)
+            case ClientWrite(pending=pending):
+                if not pending.done:  # (expired while queued)
+                    self._proposals.append(pending)
+            case ClientRead(pending=pending):
+                if not pending.done:
+                    self._read_batch.append(pending)
+            case PeerDown(peer=peer):
+                self.raw.report_peer_down(peer)
+            case TransferLeadership(to=to, pending=pending):
+                self._transfer(to, pending)
+            case TakeSnapshot(pending=pending):
+                self._snapshot_waiters.append(pending)
+            case FencePeer(node=node, done=done):  # see Node.fence_peer
+                try:
+                    self.raw.forget_acks(node)
+                finally:
+                    done()
+            case SnapshotWritten():
+                pass  # the loop looks at the written snapshot after the pass
+            case SlowStepDone():
+                raise AssertionError("SlowStepDone is the RaftLoop's, not a partition's")
 
     def tick(self) -> None:
         self.raw.tick()
         if self._boot_ticks > 0:
             self._boot_ticks -= 1
-            if self._boot_ticks == 0 and self.raw.core.lead == 0:
+            if self._boot_ticks == 0 and self.raw.leader_id == 0:
                 self.raw.campaign()
 
     def _transfer(self, to: int, w: Pending) -> None:
         if not self.is_leader:
-            w.finish(error=self._not_leader())
+            w.finish(error=self.not_leader_error())
             return
         if to == 0:
             st = self.raw.status()
@@ -316,15 +373,6 @@ class PartitionDriver:
             w.finish(error=Unavailable(str(e)))
             return
         w.finish(result=to)
-
-    def _not_leader(self) -> NotLeader:
-        lead = self.raw.core.lead
-        peer = self.cfg.peer(lead) if lead else None
-        return NotLeader(
-            lead or None,
-            peer.client_addr if peer else None,
-            partition=self.partition,
-        )
 
     def flush_queued(self) -> None:
         """Hand the pass's proposals and reads to the core, one call for each kind."""
@@ -343,7 +391,7 @@ class PartitionDriver:
         try:
             self.raw.read_index(ctx)
         except NotLeaderError:
-            err: PrkdbError = self._not_leader()
+            err: PrkdbError = self.not_leader_error()
         except ProposalDropped as e:
             err = Unavailable(f"partition {self.partition}: {e}")
         else:
@@ -357,7 +405,7 @@ class PartitionDriver:
         try:
             term, first = self.raw.propose_many([p.data for p in props])
         except NotLeaderError:
-            err = self._not_leader()
+            err = self.not_leader_error()
             for p in props:
                 p.finish(error=err)
             return
@@ -416,7 +464,7 @@ class PartitionDriver:
             term = self.storage.term(durable_commit)
         except LogStorageError:
             return  # not in the mirror (compacted under us): the next Ready decides
-        if not self.rebuild.reached(self.partition, durable_commit, term, self.raw.core.term):
+        if not self.rebuild.reached(self.partition, durable_commit, term, self.raw.term):
             return
         self.raw.end_recovery()
         self.rebuild.caught_up(self.partition, durable_commit)
@@ -459,18 +507,18 @@ class PartitionDriver:
             self.storage.set_hard_state(rd.hard_state)
 
     # -- the slow path: one partition steps aside, the others go on ----------------
-    def go_slow(self, fn: Any, *args: Any) -> None:
+    def go_slow(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `await fn(*args)` in the background; the loop skips us until it is done."""
         self.busy = True
         self.background.start_soon(self._slow, fn, args)
 
-    async def _slow(self, fn: Any, args: tuple) -> None:
+    async def _slow(self, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
         error: Exception | None = None
         try:
             await fn(*args)
         except Exception as e:  # judged by the RaftLoop: a bug or a storage failure
             error = e
-        await self.inbox.send((self, "done", error))
+        await self.inbox.send(SlowStepDone(self.partition, error))
 
     async def restart_after(self, delay: float) -> None:
         """Rebuild the core after a bug, after `delay` (so a bug cannot spin)."""
@@ -486,13 +534,13 @@ class PartitionDriver:
         assert ss is not None
         was_leader = self.role == Role.LEADER
         if ss.leader != self.leader_id:
-            self.log.info("leader_changed", leader=ss.leader, term=self.raw.core.term)
+            self.log.info("leader_changed", leader=ss.leader, term=self.raw.term)
         self.leader_id, self.role = ss.leader, ss.role
         self._role_changed.set()
         self._role_changed = trio.Event()
         if was_leader and ss.role != Role.LEADER:
             # Reads waiting for a heartbeat round we led will never be confirmed.
-            err = self._not_leader()
+            err = self.not_leader_error()
             for reads in self._reads.values():
                 for w in reads:
                     w.finish(error=err)
@@ -529,7 +577,7 @@ class PartitionDriver:
             if reads is not None:
                 heapq.heappush(self._read_waits, _ReadWait(rs.index, next(self._read_seq), reads))
         # A read confirmed at index i may be served once we applied i (thesis §6.4).
-        applied = max(sm.applied_index, self.raw.core.log.applied)
+        applied = max(sm.applied_index, self.raw.applied_index)
         if rd.committed_entries:
             applied = max(applied, rd.committed_entries[-1].index)
         waits = self._read_waits
@@ -553,7 +601,7 @@ class PartitionDriver:
             return
         if self._snapshot_running:
             return
-        applied = self.raw.core.log.applied
+        applied = self.raw.applied_index
         due = applied - self._snapshot_index >= self.cfg.raft.snapshot_entries
         if applied <= self._snapshot_index or not (due or self._snapshot_waiters):
             waiters, self._snapshot_waiters = self._snapshot_waiters, []
@@ -575,7 +623,7 @@ class PartitionDriver:
             self._saved_snapshot = snap
         finally:
             self._snapshot_running = False
-        await self.inbox.send((self, "wake", None))
+        await self.inbox.send(SnapshotWritten(self.partition))
 
     async def _finish_snapshot(self, snap: Snapshot) -> None:
         p = self.partition

@@ -38,13 +38,12 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
-import trio.testing
 
 from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
-from prkdb.server.inbox import Inbox
+from prkdb.server.inbox import Inbox, InboxItem, PeerMessage, SlowStepDone
 from prkdb.server.partition import PartitionDriver
 from prkdb.storage import StorageError
 
@@ -55,7 +54,6 @@ MAX_DRAIN = 2048  # items taken per pass (~60 ms of work), so ticks are never st
 # next write's append, usually well within it) before it leaves on its own.
 COMMIT_NEWS_DELAY_S = 0.002
 SETTLE_S = 0.0005  # most time a pass waits for the connection tasks to go idle
-_TICK_PHASE = random.random()  # this process's tick phase, a fraction of a tick
 
 
 class Outbox(Protocol):
@@ -73,7 +71,7 @@ class FatalStorageError(Exception):
 
 class RaftLoop:
     def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
-                 outbox: Outbox, replies: ReplyOutbox) -> None:
+                 outbox: Outbox, replies: ReplyOutbox, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.committer = committer
         self.outbox = outbox  # the transport: sends what partitions produced
@@ -83,6 +81,8 @@ class RaftLoop:
         self.inbox = Inbox(INBOX_SIZE)
         self.partitions: list[PartitionDriver] = []
         self.restarts = 0
+        # This node's tick phase, a fraction of a tick (see _next_tick_after).
+        self.tick_phase = (rng if rng is not None else random.Random()).random()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as background:
@@ -97,7 +97,8 @@ class RaftLoop:
         # lockstep, or their election timers would expire together and split
         # votes more often: the grid's phase is random per process.
         t = self.tick_s
-        return (math.floor((now - _TICK_PHASE * t) / t) + 1) * t + _TICK_PHASE * t
+        phase = self.tick_phase * t
+        return (math.floor((now - phase) / t) + 1) * t + phase
 
     async def _loop(self) -> None:
         parts = self.partitions
@@ -110,7 +111,7 @@ class RaftLoop:
         while True:
             # Only a partition something happened to can have a Ready: asking
             # the 7 idle ones every pass cost more than the busy one's work.
-            if not inbox and not any(p.touched and not p.busy and p.raw.has_ready()
+            if not inbox and not any(p.touched and not p.busy and p.has_ready()
                                      for p in parts):
                 await inbox.wait(min(next_tick, lazy_due))
                 woken_by_item = len(inbox) > 0
@@ -152,7 +153,7 @@ class RaftLoop:
                         continue
                     p.touched = False
                     p.flush_queued()
-                    if p.raw.has_ready():
+                    if p.has_ready():
                         rd = p.begin_ready()
                         if rd is not None:
                             readies.append((p, rd))
@@ -198,22 +199,27 @@ class RaftLoop:
         CPU per request, replies before lazy messages. Bounded, so a flood of
         input cannot starve ticks and heartbeats.
         """
-        with trio.move_on_after(SETTLE_S):
-            await trio.testing.wait_all_tasks_blocked()
+        end = trio.current_time() + SETTLE_S
+        statistics = trio.lowlevel.current_statistics
+        while True:
+            await trio.lowlevel.checkpoint()
+            if statistics().tasks_runnable == 0 or trio.current_time() >= end:
+                return
 
-    def _dispatch(self, item: tuple) -> None:
-        p, kind, x = item
+    def _dispatch(self, item: InboxItem) -> None:
+        p = self.partitions[item.partition]
+        if type(item) is SlowStepDone:
+            self._slow_done(p, item.error)
+            return
         if p.busy:
-            if kind == "done":
-                self._slow_done(p, x)
-            elif kind == "msg" and len(p.deferred) >= MAX_DEFERRED_MSGS:
+            if type(item) is PeerMessage and len(p.deferred) >= MAX_DEFERRED_MSGS:
                 p.dropped_inbox += 1  # Raft resends what matters; memory stays bounded
             else:
                 p.deferred.append(item)
             return
         p.touched = True
         try:
-            p.handle(kind, x)
+            p.handle(item)
         except Exception as e:
             self._failed(p, e)
 

@@ -100,7 +100,7 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> type[_Checked]:
 
     def checked_has_ready(self: RawNode) -> bool:
         fast = has_ready(self)
-        # The fast version flushed the read round; the reference's flush is a no-op now.
+        # The reference flushes the read round first; the fast one predicts it.
         self.core.flush_read_round()
         assert fast == _reference_has_ready(self)
         _check_log(self.core.log)

@@ -11,13 +11,13 @@ mock clock, so the times asserted are exact.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 import trio
 import trio.testing
 
 from prkdb.config import NodeConfig
+from prkdb.raft import Message, MsgType
+from prkdb.server.inbox import InboxItem, PeerMessage
 from prkdb.server.raftloop import COMMIT_NEWS_DELAY_S, RaftLoop
 
 
@@ -45,24 +45,27 @@ class FakeTransport:
             self.alone.append(trio.current_time())
 
 
-class _NoReady:
-    def has_ready(self) -> bool:
-        return False
+COMMIT = PeerMessage(0, Message(MsgType.HEARTBEAT, to=1, from_=2, term=1))  # news only
+APPEND = PeerMessage(0, Message(MsgType.APP, to=1, from_=2, term=1))  # a frame to send
 
 
 class FakePartition:
-    """A partition whose input produces commit news ("commit") or a frame ("append")."""
+    """A partition whose input produces commit news (`COMMIT`) or a frame (`APPEND`)."""
 
+    partition = 0
     busy = False
     touched = False
     has_snapshot_work = False
-    raw = _NoReady()
 
     def __init__(self, transport: FakeTransport) -> None:
         self.transport = transport
 
-    def handle(self, kind: str, x: Any) -> None:
-        if kind == "commit":
+    def has_ready(self) -> bool:
+        return False
+
+    def handle(self, item: InboxItem) -> None:
+        assert isinstance(item, PeerMessage)
+        if item.msg.type == MsgType.HEARTBEAT:
             self.transport.news = True
         else:
             self.transport.urgent = True
@@ -95,9 +98,9 @@ async def _start(nursery: trio.Nursery) -> tuple[RaftLoop, FakePartition, FakeTr
 async def test_commit_news_alone_leaves_after_the_delay(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    loop, part, transport = await _start(nursery)
+    loop, _part, transport = await _start(nursery)
     t0 = trio.current_time()
-    await loop.inbox.send((part, "commit", None))
+    await loop.inbox.send(COMMIT)
     await trio.sleep(COMMIT_NEWS_DELAY_S / 2)
     assert transport.alone == [] and transport.news  # still waiting for a frame
     await trio.sleep(COMMIT_NEWS_DELAY_S)
@@ -108,11 +111,11 @@ async def test_commit_news_alone_leaves_after_the_delay(
 async def test_commit_news_rides_with_the_next_frame(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    loop, part, transport = await _start(nursery)
-    await loop.inbox.send((part, "commit", None))
+    loop, _part, transport = await _start(nursery)
+    await loop.inbox.send(COMMIT)
     await trio.sleep(COMMIT_NEWS_DELAY_S / 2)
     t1 = trio.current_time()
-    await loop.inbox.send((part, "append", None))  # the lone writer's next write
+    await loop.inbox.send(APPEND)  # the lone writer's next write
     await trio.sleep(10 * COMMIT_NEWS_DELAY_S)
     assert transport.carried == [t1]
     assert transport.alone == []  # and no leftover timer sends anything later
@@ -121,11 +124,11 @@ async def test_commit_news_rides_with_the_next_frame(
 async def test_news_after_a_timed_flush_gets_a_fresh_delay(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    loop, part, transport = await _start(nursery)
+    loop, _part, transport = await _start(nursery)
     t0 = trio.current_time()
-    await loop.inbox.send((part, "commit", None))
+    await loop.inbox.send(COMMIT)
     await trio.sleep(2 * COMMIT_NEWS_DELAY_S)
     t1 = trio.current_time()
-    await loop.inbox.send((part, "commit", None))
+    await loop.inbox.send(COMMIT)
     await trio.sleep(2 * COMMIT_NEWS_DELAY_S)
     assert transport.alone == [t0 + COMMIT_NEWS_DELAY_S, t1 + COMMIT_NEWS_DELAY_S]

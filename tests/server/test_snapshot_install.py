@@ -57,16 +57,12 @@ async def test_a_snapshot_is_decoded_off_the_loop(
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         installing, other = node.drivers
-        installing.inbox.send_nowait(
-            (installing, "msg", Message(MsgType.SNAP, to=1, from_=2, term=3, snapshot=snap))
-        )
+        installing.deliver(Message(MsgType.SNAP, to=1, from_=2, term=3, snapshot=snap))
         await eventually(lambda: decoders)
         assert decoders[0] is not threading.main_thread()
         # While the decode is held, the loop still steps the other partition.
-        other.inbox.send_nowait(
-            (other, "msg", Message(MsgType.HEARTBEAT, to=1, from_=2, term=4))
-        )
-        await eventually(lambda: other.raw.core.term == 4 and other.raw.core.lead == 2)
+        other.deliver(Message(MsgType.HEARTBEAT, to=1, from_=2, term=4))
+        await eventually(lambda: other.status().term == 4 and other.status().leader == 2)
         assert installing.busy and installing.sm.applied_index == 0
         gate.set()
         await eventually(lambda: installing.sm.applied_index == 50)
