@@ -41,9 +41,13 @@ def cli() -> None:
               help="This node lost its data dir: start from an empty one, get the data "
                    "back from the other nodes, and vote only once it has it "
                    "(docs/operations.md). Needs every other node up.")
+@click.option("--seed", type=click.IntRange(min=0), metavar="N",
+              help="Seed of the node's randomness (election timeouts, tick phase, "
+                   "jitter); default: random, logged in node_ready. For replaying a "
+                   "run while debugging; never needed in production.")
 def serve(config_path: Path | None, node_id: int | None, data_dir: Path | None,
           client_listen: str | None, peer_listen: str | None, log_format: str | None,
-          log_level: str | None, rebuild: bool) -> None:
+          log_level: str | None, rebuild: bool, seed: int | None) -> None:
     """Run one node until SIGTERM/SIGINT (then hand off leadership and exit 0)."""
     try:
         cfg = NodeConfig.from_toml(config_path) if config_path else NodeConfig.default()
@@ -53,7 +57,7 @@ def serve(config_path: Path | None, node_id: int | None, data_dir: Path | None,
         raise click.ClickException(str(e)) from None
     if rebuild:
         check_rebuild_dir(cfg)
-    run_node(cfg, rebuild=rebuild)
+    run_node(cfg, rebuild=rebuild, seed=seed)
 
 
 def check_rebuild_dir(cfg: NodeConfig) -> None:
@@ -95,7 +99,7 @@ def apply_overrides(cfg: NodeConfig, node_id: int | None, data_dir: Path | None,
     return cfg.validate()
 
 
-def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
+def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None) -> None:
     import trio
 
     from prkdb.logging import configure_logging
@@ -119,7 +123,7 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False) -> None:
     # collector still runs, and reference counting frees almost everything).
     gc.set_threshold(50_000, 20, 100)
     try:
-        trio.run(Node(cfg, rebuild=rebuild, bound=bound).run)
+        trio.run(Node(cfg, rebuild=rebuild, bound=bound, seed=seed).run)
     except* (IdentityMismatch, ListenError) as eg:
         # The configuration does not fit the data dir, or the port is taken
         # (two nodes started at once both bound it; see listen.py): exit 2.

@@ -17,6 +17,8 @@ keep serving on a WAL we could not make durable (fail-stop, never silent loss).
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 from typing import Any
 
@@ -50,8 +52,13 @@ MARK_SYNC_S = 0.2
 
 class Node:
     def __init__(self, cfg: NodeConfig, *, rebuild: bool = False,
-                 bound: BoundAddresses | None = None) -> None:
+                 bound: BoundAddresses | None = None, seed: int | None = None) -> None:
         self.cfg = cfg
+        # The one source of this process's randomness (tick phase, election
+        # timeouts, read contexts, reconnect jitter): logged at start, so a
+        # run's timing decisions can be replayed with `prkdb serve --seed`.
+        self.seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
+        self.rng = random.Random(self.seed)
         # The listen addresses, bound by `prkdb serve` before anything else
         # (listen.py); None: `run` binds them first thing.
         self._bound = bound
@@ -109,17 +116,21 @@ class Node:
             else None
         self._open_storage(identity)
         assert self.wal is not None
+        rng = self.rng
         self.transport = PeerTransport(cfg, self._deliver, self.log,
                                        on_peer_down=self._peer_down,
                                        data_dir_id=identity.data_dir_id,
-                                       on_dir_changed=self.fence_peer)
+                                       on_dir_changed=self.fence_peer,
+                                       rng=random.Random(rng.getrandbits(64)))
         self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport,
-                                  replies=self.reply_outbox)
+                                  replies=self.reply_outbox,
+                                  rng=random.Random(rng.getrandbits(64)))
         for p in range(cfg.partitions):
             self.drivers.append(
                 PartitionDriver(cfg, p, self.wal, self.snapshots, self.committer,
                                 self.transport.send, self.log, self.raft_loop.inbox,
-                                flush=self.transport.flush, rebuild=tracker)
+                                flush=self.transport.flush, rebuild=tracker,
+                                rng=random.Random(rng.getrandbits(64)))
             )
         self.raft_loop.partitions = self.drivers
         me = cfg.me
@@ -148,6 +159,7 @@ class Node:
                     partitions=cfg.partitions,
                     voters=list(cfg.voter_ids),
                     data_dir=str(cfg.data_dir),
+                    seed=self.seed,
                 )
                 systemd.notify("READY=1")
                 task_status.started(self)

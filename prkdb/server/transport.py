@@ -68,8 +68,10 @@ class PeerTransport:
         *,
         data_dir_id: str = "",
         on_dir_changed: Callable[[int], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.cfg = config
+        self._rng = rng if rng is not None else random.Random()  # reconnect jitter
         self.data_dir_id = data_dir_id
         self.on_dir_changed = on_dir_changed
         self.peer_dir_ids: dict[int, str] = {}  # member -> the data dir id it last said
@@ -174,7 +176,7 @@ class PeerTransport:
         host, port = parse_addr(peer.peer_addr)
         link = self._links[peer_id]
         backoff = 0.05
-        rng = random.Random()
+        rng = random.Random(self._rng.getrandbits(64))
         while not link.quarantined:
             try:
                 stream = await trio.open_tcp_stream(host, port)
