@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from prkctl.errors import PrkctlError
+
 ENCODINGS = ("utf8", "hex", "base64")
 
 
@@ -56,8 +58,6 @@ def encode_bytes(data: bytes, encoding: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        from prkctl.cli import PrkctlError
-
         raise PrkctlError(
             f"the value ({len(data)} bytes) is not UTF-8 text; use --hex or --base64"
         ) from None
@@ -73,10 +73,9 @@ def encoding_options(fn: Any) -> Any:
     @functools.wraps(fn)
     def resolved(*args: Any, encoding: str | None, **kwargs: Any) -> Any:
         if encoding is None:
-            from prkctl.cli import CtlContext
-
-            ctl = click.get_current_context().find_object(CtlContext)
-            encoding = (ctl.encoding if ctl is not None else None) or "utf8"
+            # The root's choice, on the CtlContext (the root context's obj).
+            ctl = click.get_current_context().find_root().obj
+            encoding = getattr(ctl, "encoding", None) or "utf8"
         return fn(*args, encoding=encoding, **kwargs)
 
     return encoding_flags(resolved)

@@ -17,7 +17,8 @@ from typing import IO, Any
 
 import click
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 from prkdb import __version__
 from prkdb.backupfile import (
     BackupFileError,

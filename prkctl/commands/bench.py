@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 from prkctl.output import table
 from prkdb.bench import BenchResult, preload, run_workload
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 from prkctl.output import decode_arg, decode_key, encode_bytes, encoding_options
 
 CONSISTENCY = {"linearizable": 0, "follower": 1, "stale": 2}

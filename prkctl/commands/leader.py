@@ -8,8 +8,9 @@ from typing import Any
 import click
 import trio
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
 from prkctl.commands.status import NODE_TIMEOUT_CAP, ClusterView, gather
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 from prkctl.output import table
 
 SETTLE_TIMEOUT = 2.0  # seconds to wait for the new leader to show in status

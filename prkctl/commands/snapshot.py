@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from prkctl.cli import CtlContext, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
 
 
 @click.command()

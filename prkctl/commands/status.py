@@ -15,7 +15,8 @@ from typing import Any
 import click
 import trio
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 from prkctl.output import table
 
 # One node gets this long to answer; a dead node must not stall the whole table.

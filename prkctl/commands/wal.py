@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from prkctl.cli import CtlContext, PrkctlError, pass_ctl, translate_errors
+from prkctl.context import CtlContext, pass_ctl, translate_errors
+from prkctl.errors import PrkctlError
 
 
 def node_dir(data_dir: Path) -> Path:

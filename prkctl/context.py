@@ -1,0 +1,159 @@
+"""The state every prkctl command shares (`CtlContext`, reached with `pass_ctl`),
+and the one place SDK and storage exceptions become exit codes (`translate_errors`).
+
+Every command is a sync click function that builds an async body and hands it
+to `CtlContext.run_client`, which does `trio.run`, connects the SDK and closes
+it. Commands import this module; the root group (prkctl/cli.py) imports the
+commands, so nothing imports back up.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from prkctl.errors import OutcomeUnknownError, PrkctlError
+from prkctl.output import print_json
+from prkdb.client import (
+    InvalidRequest,
+    OutcomeUnknown,
+    PrkDbClient,
+    PrkdbError,
+    Unavailable,
+    WrongCluster,
+)
+from prkdb.storage import StorageError
+
+__all__ = [
+    "DEFAULT_SEEDS",
+    "DEFAULT_TIMEOUT",
+    "ClientFactory",
+    "CtlContext",
+    "pass_ctl",
+    "translate_errors",
+]
+
+DEFAULT_SEEDS = "127.0.0.1:8080"
+DEFAULT_TIMEOUT = 5.0
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+ClientFactory = Callable[["CtlContext"], Awaitable[Any]]
+
+
+@dataclass
+class CtlContext:
+    """State shared by every command (reached through `pass_ctl`).
+
+    Tests build one with a fake `client_factory` and pass it as CliRunner's
+    ``obj=``; the root group then only fills in the options.
+    """
+
+    seeds: list[str] = field(default_factory=lambda: [DEFAULT_SEEDS])
+    # None: learn it from the first seed that answers (the node names its cluster).
+    cluster_id: str | None = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds per SDK call, retries included
+    json: bool = False
+    debug: bool = False
+    # Root --utf8/--hex/--base64; None: the command's own flag or utf8 decides.
+    encoding: str | None = None
+    client_factory: ClientFactory | None = None
+
+    async def connect(self) -> Any:
+        """A connected SDK client; learns the cluster id if none was given."""
+        if self.client_factory is not None:
+            return await self.client_factory(self)
+        client = await PrkDbClient.connect(self.seeds, cluster_id=self.cluster_id,
+                                           timeout=self.timeout)
+        self.cluster_id = client.cluster_id  # as given, or as the first node named it
+        return client
+
+    def run_client(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`trio.run` `fn(client)` with a connected client, closed afterwards."""
+
+        async def main() -> T:
+            client = await self.connect()
+            try:
+                return await fn(client)
+            finally:
+                await client.aclose()
+
+        return trio.run(main)
+
+    def emit(self, data: Any, human: str | Callable[[], None]) -> None:
+        """Print `data` as JSON with --json, else the human form (text or a printer)."""
+        if self.json:
+            print_json(data)
+        elif callable(human):
+            human()
+        else:
+            click.echo(human)
+
+
+pass_ctl = click.make_pass_decorator(CtlContext, ensure=True)
+
+
+def translate_errors(fn: F) -> F:
+    """Map SDK and storage exceptions to PrkctlError (exit 1) / OutcomeUnknownError (3)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        ctl = ctx.find_object(CtlContext)
+        debug = ctl.debug if ctl is not None else False
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OutcomeUnknown as e:
+            _trace(debug)
+            raise OutcomeUnknownError(
+                f"outcome unknown: {e.message or e} (the write may or may not have been applied)"
+            ) from e
+        except WrongCluster as e:
+            _trace(debug)
+            raise PrkctlError(f"{e.message or e} (pass --cluster-id or PRKDB_CLUSTER_ID)") from e
+        except Unavailable as e:
+            _trace(debug)
+            raise PrkctlError(f"cluster unavailable: {e.message or e}") from e
+        except InvalidRequest as e:
+            _trace(debug)
+            raise PrkctlError(f"rejected: {e.message or e}") from e
+        except PrkdbError as e:
+            _trace(debug)
+            raise PrkctlError(f"{type(e).__name__}: {e.message or e}") from e
+        except BrokenPipeError:
+            # `prkctl wal dump ... | head`: the reader left; not an error.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        except StorageError as e:
+            _trace(debug)
+            raise PrkctlError(str(e)) from e
+        except OSError as e:
+            _trace(debug)
+            raise PrkctlError(str(e)) from e
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:
+            # A bug in prkctl or the SDK: still one line unless --debug.
+            _trace(debug)
+            hint = "" if debug else " (rerun with --debug for the traceback)"
+            raise PrkctlError(f"internal error: {type(e).__name__}: {e}{hint}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _trace(debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
