@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import TypedDict, Unpack
 
 from prkdb.raft.config import RaftConfig
 from prkdb.raft.describe import describe_message
@@ -69,6 +70,21 @@ from prkdb.raft.types import (
 # Context of an empty AppendEntries that only carries the commit index; the
 # follower does not acknowledge it when it matches (fewer messages per batch).
 COMMIT_ONLY = b"commit"
+
+
+class _MsgFields(TypedDict, total=False):
+    """The `Message` fields `RaftCore._msg` passes through (all but type, to, from_)."""
+
+    term: int
+    log_term: int
+    index: int
+    entries: tuple[Entry, ...]
+    commit: int
+    reject: bool
+    reject_hint: int
+    context: bytes
+    snapshot: Snapshot | None
+
 
 # Messages that promise durable state: they may leave only after the persist.
 _AFTER_PERSIST = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP})
@@ -195,9 +211,9 @@ class RaftCore:
         else:
             self.msgs.append(m)
 
-    def _msg(self, type_: MsgType, to: int, **kw: object) -> Message:
+    def _msg(self, type_: MsgType, to: int, **kw: Unpack[_MsgFields]) -> Message:
         kw.setdefault("term", self.term)
-        return Message(type_, to=to, from_=self.id, **kw)  # type: ignore[arg-type]
+        return Message(type_, to=to, from_=self.id, **kw)
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
         """Send `to` the entries it lacks (or a snapshot); False if nothing was sent."""

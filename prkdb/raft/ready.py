@@ -17,6 +17,7 @@ leader-side concurrency is Raft thesis §10.2.1):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import final
 
@@ -74,13 +75,17 @@ class Ready:
         _must_sync(self, must_sync)
 
 
-_number = Ready.number.__set__  # type: ignore[attr-defined]
-_soft_state = Ready.soft_state.__set__  # type: ignore[attr-defined]
-_hard_state = Ready.hard_state.__set__  # type: ignore[attr-defined]
-_entries = Ready.entries.__set__  # type: ignore[attr-defined]
-_snapshot = Ready.snapshot.__set__  # type: ignore[attr-defined]
-_committed_entries = Ready.committed_entries.__set__  # type: ignore[attr-defined]
-_messages = Ready.messages.__set__  # type: ignore[attr-defined]
-_messages_after_persist = Ready.messages_after_persist.__set__  # type: ignore[attr-defined]
-_read_states = Ready.read_states.__set__  # type: ignore[attr-defined]
-_must_sync = Ready.must_sync.__set__  # type: ignore[attr-defined]
+_number: Callable[[Ready, int], None] = Ready.__dict__["number"].__set__
+_soft_state: Callable[[Ready, SoftState | None], None] = Ready.__dict__["soft_state"].__set__
+_hard_state: Callable[[Ready, HardState | None], None] = Ready.__dict__["hard_state"].__set__
+_entries: Callable[[Ready, tuple[Entry, ...]], None] = Ready.__dict__["entries"].__set__
+_snapshot: Callable[[Ready, Snapshot | None], None] = Ready.__dict__["snapshot"].__set__
+_committed_entries: Callable[[Ready, tuple[Entry, ...]], None] = (
+    Ready.__dict__["committed_entries"].__set__
+)
+_messages: Callable[[Ready, tuple[Message, ...]], None] = Ready.__dict__["messages"].__set__
+_messages_after_persist: Callable[[Ready, tuple[Message, ...]], None] = (
+    Ready.__dict__["messages_after_persist"].__set__
+)
+_read_states: Callable[[Ready, tuple[ReadState, ...]], None] = Ready.__dict__["read_states"].__set__
+_must_sync: Callable[[Ready, bool], None] = Ready.__dict__["must_sync"].__set__
