@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, Final, Literal, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, final, overload
 
 import cbor2
 
@@ -156,28 +156,27 @@ ClientId: TypeAlias = bytes | int
 
 def _op_to_cbor(cmd: Command) -> list[Any]:
     # `type(...) is` rather than match/isinstance: this runs once per write and
-    # the classes are final.
-    t = type(cmd)
-    if t is PutCommand:
-        return [OpTag.PUT.value, cmd.key, cmd.value]  # type: ignore[union-attr]
-    if t is DeleteCommand:
+    # the classes are final (and a type checker narrows `cmd` on each test).
+    if type(cmd) is PutCommand:
+        return [OpTag.PUT.value, cmd.key, cmd.value]
+    if type(cmd) is DeleteCommand:
         return [OpTag.DELETE.value, cmd.key]
-    if t is CompareAndSetCommand:
-        ev = cmd.expected_value  # type: ignore[union-attr]
+    if type(cmd) is CompareAndSetCommand:
+        ev = cmd.expected_value
         return [
             OpTag.COMPARE_AND_SET.value,
             cmd.key,
             cbor2.undefined if ev is UNCHECKED else ev,
-            cmd.expected_version,  # type: ignore[union-attr]
-            cmd.new_value,  # type: ignore[union-attr]
+            cmd.expected_version,
+            cmd.new_value,
         ]
-    if t is BatchCommand:
-        ops = cmd.ops  # type: ignore[union-attr]
+    if type(cmd) is BatchCommand:
+        ops = cmd.ops
         for op in ops:
             if type(op) is not PutCommand and type(op) is not DeleteCommand:
                 raise TypeError(f"batch ops must be Put or Delete, got {type(op).__name__}")
         return [OpTag.BATCH.value, [_op_to_cbor(op) for op in ops]]
-    raise TypeError(f"not a command: {t.__name__}")
+    raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
 def encode_command(
@@ -301,6 +300,10 @@ _U64_MAX: Final = 2**64 - 1
 _CLIENT_ID_MIN: Final = -(2**64)
 
 
+@overload
+def _op_from_cbor(item: Any, *, in_batch: Literal[True]) -> BatchOp: ...
+@overload
+def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command: ...
 def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
     if type(item) is not list or not item:
         raise CommandDecodeError(f"command must be a non-empty array, got {type(item).__name__}")
@@ -339,7 +342,7 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
         _check_len(item, 2, "Batch")
         if type(item[1]) is not list:
             raise CommandDecodeError(f"Batch ops must be an array, got {type(item[1]).__name__}")
-        return BatchCommand(tuple(_op_from_cbor(op, in_batch=True) for op in item[1]))  # type: ignore[misc]
+        return BatchCommand(tuple(_op_from_cbor(op, in_batch=True) for op in item[1]))
     raise CommandDecodeError(f"unknown command tag {tag}")
 
 

@@ -207,15 +207,14 @@ class KVStateMachine:
         violation = check_command(cmd, self.limits)
         if violation is not None:
             return WriteResult(violation[0], index, message=violation[1])
-        t = type(cmd)
-        if t is PutCommand:
-            return self._put(index, cmd.key, cmd.value)  # type: ignore[union-attr]
-        if t is DeleteCommand:
+        if type(cmd) is PutCommand:
+            return self._put(index, cmd.key, cmd.value)
+        if type(cmd) is DeleteCommand:
             return self._delete(index, cmd.key)
-        if t is CompareAndSetCommand:
-            return self._compare_and_set(index, cmd)  # type: ignore[arg-type]
-        assert t is BatchCommand  # check_command rejected everything else
-        return self._batch(index, cmd)  # type: ignore[arg-type]
+        if type(cmd) is CompareAndSetCommand:
+            return self._compare_and_set(index, cmd)
+        assert type(cmd) is BatchCommand  # check_command rejected everything else
+        return self._batch(index, cmd)
 
     def _put(self, index: int, key: bytes, value: bytes) -> WriteResult:
         data = self._data
@@ -376,6 +375,7 @@ class KVStateMachine:
             and self._sessions == other._sessions
         )
 
+    # Mutable, so unhashable; typeshed types object.__hash__ as a method, not None.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

@@ -104,18 +104,15 @@ def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | 
     The non-raising form used on the apply path, where exceptions would cost
     time per write and a violation is an ordinary (failed) outcome.
     """
-    t = type(cmd)
-    if t is PutCommand:
-        return _check_key(cmd.key, limits, "") or _check_value(
-            cmd.value, limits, ""  # type: ignore[union-attr]
-        )
-    if t is DeleteCommand:
+    if type(cmd) is PutCommand:
+        return _check_key(cmd.key, limits, "") or _check_value(cmd.value, limits, "")
+    if type(cmd) is DeleteCommand:
         return _check_key(cmd.key, limits, "")
-    if t is CompareAndSetCommand:
-        return _check_cas(cmd, limits)  # type: ignore[arg-type]
-    if t is BatchCommand:
-        return _check_batch(cmd, limits)  # type: ignore[arg-type]
-    return ResultCode.INVALID_COMMAND, f"not a command: {t.__name__}"
+    if type(cmd) is CompareAndSetCommand:
+        return _check_cas(cmd, limits)
+    if type(cmd) is BatchCommand:
+        return _check_batch(cmd, limits)
+    return ResultCode.INVALID_COMMAND, f"not a command: {type(cmd).__name__}"
 
 
 def _check_cas(cmd: CompareAndSetCommand, limits: Limits) -> Violation | None:
@@ -153,13 +150,12 @@ def _check_batch(cmd: BatchCommand, limits: Limits) -> Violation | None:
         )
     for i, op in enumerate(ops):
         where = f"batch op {i}: "
-        t = type(op)
-        if t is PutCommand:
+        if type(op) is PutCommand:
             v = _check_key(op.key, limits, where) or _check_value(op.value, limits, where)
-        elif t is DeleteCommand:
+        elif type(op) is DeleteCommand:
             v = _check_key(op.key, limits, where)
         else:
-            v = ResultCode.INVALID_COMMAND, f"{where}must be Put or Delete, got {t.__name__}"
+            v = ResultCode.INVALID_COMMAND, f"{where}must be Put or Delete, got {type(op).__name__}"
         if v:
             return v
     return None

@@ -105,6 +105,7 @@ class SessionTable:
             return NotImplemented
         return list(self._sessions.items()) == list(other._sessions.items())
 
+    # Mutable, so unhashable; typeshed types object.__hash__ as a method, not None.
     __hash__ = None  # type: ignore[assignment]
 
     def expire(self, index: int) -> None:
