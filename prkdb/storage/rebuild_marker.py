@@ -27,21 +27,23 @@ class MarkerError(Exception):
 class Target(NamedTuple):
     """When a rebuilt partition may vote again (module doc).
 
-    Done once the durable commit index is >= `commit` and either >= `index`
+    Done once the durable commit index is >= `commit` and either >= `leader_last`
     (when nonzero), or at an entry of a term above `floor`, or (no leader of
     `floor` at the survey) at an entry of `floor` while we follow that term:
     its leader was elected after the survey, so it is a survivor.
     """
 
     commit: int  # the highest commit index any peer reported
-    index: int  # last index of the surviving leader of the floor term, 0 if none
+    # Last index of the surviving leader of the floor term, 0 if none. Not
+    # `index`: that would shadow `tuple.index`.
+    leader_last: int
     floor: int  # the highest term any peer reported
 
     def reached(self, durable_commit: int, term_at_commit: int, current_term: int) -> bool:
         if durable_commit < self.commit:
             return False
-        if self.index:
-            return durable_commit >= self.index or term_at_commit > self.floor
+        if self.leader_last:
+            return durable_commit >= self.leader_last or term_at_commit > self.floor
         return term_at_commit > self.floor or (
             term_at_commit == self.floor == current_term)
 
