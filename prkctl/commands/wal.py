@@ -155,9 +155,8 @@ def repair(ctl: CtlContext, data_dir: Path, node_id: int | None, yes: bool) -> N
     Example:
       prkctl wal repair /var/lib/prkdb/node1 && systemctl start prkdb@1
     """
-    from prkdb.storage import WriteAheadLog
+    from prkdb.storage import Logger, WriteAheadLog
     from prkdb.storage import verify as verify_wal
-    from prkdb.storage.log import Logger
     from prkdb.storage.rebuild_marker import Marker
 
     ident = read_dir_identity(data_dir)

@@ -117,7 +117,7 @@ class RaftCore:
         config.validate()
         self.cfg = config
         self.id = config.id
-        self.log_ = config.logger
+        self.logger = config.logger  # events only; `self.log` below is the Raft log
         self.rng = config.rng
         self.log = RaftLog(storage, config.max_committed_size_per_ready)
         hs, cs = storage.initial_state()
@@ -164,7 +164,7 @@ class RaftCore:
         if config.applied > 0:
             self.log.applied_to(config.applied)
         self._become_follower(self.term, NONE)
-        self.log_.info(
+        self.logger.info(
             "raft_started",
             term=self.term,
             commit=self.log.committed,
@@ -274,7 +274,7 @@ class RaftCore:
             raise RaftInvariantError(f"need a snapshot for {to} but there is none")
         pr.become_snapshot(snap.meta.index)
         pr.snapshot_sent_tick = self.ticks
-        self.log_.info("sent_snapshot", to=to, index=snap.meta.index, term=snap.meta.term)
+        self.logger.info("sent_snapshot", to=to, index=snap.meta.index, term=snap.meta.term)
         self._send(self._msg(MsgType.SNAP, to, snapshot=snap))
         return True
 
@@ -330,7 +330,7 @@ class RaftCore:
         self._reset(term)
         self.lead = lead
         self.role = Role.FOLLOWER
-        self.log_.info("became_follower", term=term, leader=lead)
+        self.logger.info("became_follower", term=term, leader=lead)
 
     def _become_pre_candidate(self) -> None:
         if self.role == Role.LEADER:
@@ -341,7 +341,7 @@ class RaftCore:
         self.lead = NONE
         self.role = Role.PRE_CANDIDATE
         self._reset_randomized_election_timeout()
-        self.log_.info("became_pre_candidate", term=self.term)
+        self.logger.info("became_pre_candidate", term=self.term)
 
     def _become_candidate(self) -> None:
         if self.role == Role.LEADER:
@@ -349,7 +349,7 @@ class RaftCore:
         self._reset(self.term + 1)
         self.vote = self.id
         self.role = Role.CANDIDATE
-        self.log_.info("became_candidate", term=self.term)
+        self.logger.info("became_candidate", term=self.term)
 
     def _become_leader(self) -> None:
         if self.role == Role.FOLLOWER:
@@ -361,7 +361,7 @@ class RaftCore:
         self.progress[self.id].match = min(self.log.last_index(), self.log.unstable.offset - 1)
         # The no-op lets this term commit, and with it every older entry (§5.4.2, §6.4).
         self._append_entries([Entry(self.term, 0)], count_size=False)
-        self.log_.info("became_leader", term=self.term, last_index=self.log.last_index())
+        self.logger.info("became_leader", term=self.term, last_index=self.log.last_index())
 
     def _abort_leader_transfer(self) -> None:
         self.lead_transferee = NONE
@@ -370,10 +370,10 @@ class RaftCore:
     # -- elections -----------------------------------------------------------
     def _hup(self, kind: CampaignKind) -> None:
         if self.role == Role.LEADER:
-            self.log_.debug("ignored_hup", reason="already leader", term=self.term)
+            self.logger.debug("ignored_hup", reason="already leader", term=self.term)
             return
         if not self.promotable():
-            self.log_.debug("ignored_hup", reason="not a voter", term=self.term)
+            self.logger.debug("ignored_hup", reason="not a voter", term=self.term)
             return
         self._campaign(kind)
 
@@ -418,7 +418,7 @@ class RaftCore:
             # up to date as ours" proves nothing: granting could elect a
             # leader without a committed entry.
             self._send(self._msg(resp, m.from_, reject=True))
-            self.log_.info("rejected_vote", kind=m.type.name, to=m.from_, term=m.term,
+            self.logger.info("rejected_vote", kind=m.type.name, to=m.from_, term=m.term,
                            reason="recovering")
             return
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
@@ -427,10 +427,10 @@ class RaftCore:
             if m.type == MsgType.VOTE:
                 self.election_elapsed = 0
                 self.vote = m.from_
-            self.log_.info("granted_vote", kind=m.type.name, to=m.from_, term=m.term)
+            self.logger.info("granted_vote", kind=m.type.name, to=m.from_, term=m.term)
         else:
             self._send(self._msg(resp, m.from_, reject=True))
-            self.log_.debug("rejected_vote", kind=m.type.name, to=m.from_, term=m.term)
+            self.logger.debug("rejected_vote", kind=m.type.name, to=m.from_, term=m.term)
 
     # -- ticks ---------------------------------------------------------------
     def tick(self) -> None:
@@ -458,7 +458,7 @@ class RaftCore:
         if self.lead_transferee != NONE:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.cfg.election_ticks:
-                self.log_.info("aborted_leader_transfer", to=self.lead_transferee)
+                self.logger.info("aborted_leader_transfer", to=self.lead_transferee)
                 self._abort_leader_transfer()
         if self.cfg.check_quorum:
             self.step(Message(MsgType.CHECK_QUORUM, from_=self.id))
@@ -506,7 +506,7 @@ class RaftCore:
                 pass  # granted pre-vote carries the future term; we are not there yet
             else:
                 lead = m.from_ if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP) else NONE
-                self.log_.info(
+                self.logger.info(
                     "saw_higher_term", term=self.term, msg_term=m.term, from_node=m.from_
                 )
                 self._become_follower(m.term, lead)
@@ -539,7 +539,7 @@ class RaftCore:
                 return self._step_follower(m)
 
     def _dropped(self, m: Message, reason: str) -> str:
-        self.log_.debug("dropped_message", reason=reason, msg=describe_message(m), term=self.term)
+        self.logger.debug("dropped_message", reason=reason, msg=describe_message(m), term=self.term)
         return reason
 
     # -- leader ----------------------------------------------------------------
@@ -580,7 +580,7 @@ class RaftCore:
                 self._broadcast_heartbeat()
             case MsgType.CHECK_QUORUM:
                 if not self.quorum_active():
-                    self.log_.warning("stepped_down", reason="quorum not active", term=self.term)
+                    self.logger.warning("stepped_down", reason="quorum not active", term=self.term)
                     self._become_follower(self.term, NONE)
             case MsgType.PROP:
                 self._propose(m)
@@ -650,7 +650,7 @@ class RaftCore:
             if m.log_term > 0:
                 next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
             if pr.maybe_decr_to(m.index, next_probe):
-                self.log_.debug(
+                self.logger.debug(
                     "append_rejected", node=m.from_, index=m.index, hint=m.reject_hint
                 )
                 if pr.state == ProgressState.REPLICATE:
@@ -675,7 +675,7 @@ class RaftCore:
         while self._send_append(m.from_, send_if_empty=False):
             pass
         if m.from_ == self.lead_transferee and pr.match == self.log.last_index():
-            self.log_.info("sent_timeout_now", to=m.from_, after="caught_up")
+            self.logger.info("sent_timeout_now", to=m.from_, after="caught_up")
             self._send(self._msg(MsgType.TIMEOUT_NOW, m.from_))
 
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
@@ -687,7 +687,7 @@ class RaftCore:
             # The snapshot, or the ack of its installation, may have been lost
             # and the driver reported nothing: probe just past it. A follower
             # that installed it accepts; one that did not rejects and we resend.
-            self.log_.info("retrying_snapshot", node=m.from_, index=pr.pending_snapshot)
+            self.logger.info("retrying_snapshot", node=m.from_, index=pr.pending_snapshot)
             pr.become_probe()
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             # Acks may have been lost; free one slot so replication cannot stall.
@@ -754,10 +754,10 @@ class RaftCore:
         self._abort_leader_transfer()
         self.lead_transferee = target
         self.election_elapsed = 0
-        self.log_.info("started_leader_transfer", to=target, term=self.term)
+        self.logger.info("started_leader_transfer", to=target, term=self.term)
         pr = self.progress[target]
         if pr.match == self.log.last_index():
-            self.log_.info("sent_timeout_now", to=target, after="already_up_to_date")
+            self.logger.info("sent_timeout_now", to=target, after="already_up_to_date")
             self._send(self._msg(MsgType.TIMEOUT_NOW, target))
         else:
             self._send_append(target)
@@ -818,7 +818,7 @@ class RaftCore:
             case MsgType.TIMEOUT_NOW:
                 if m.from_ != self.lead:
                     return self._dropped(m, "timeout-now not from our leader")
-                self.log_.info("campaigning_for_transfer", term=self.term, from_node=m.from_)
+                self.logger.info("campaigning_for_transfer", term=self.term, from_node=m.from_)
                 # Leadership transfer skips pre-vote: the leader asked for it.
                 self._hup(CampaignKind.TRANSFER)
             case MsgType.READ_INDEX:
@@ -848,7 +848,7 @@ class RaftCore:
         pr = self.progress.get(node) if self.role == Role.LEADER else None
         if pr is None or node == self.id:
             return
-        self.log_.info("forgot_acks", node=node, match=pr.match, term=self.term)
+        self.logger.info("forgot_acks", node=node, match=pr.match, term=self.term)
         pr.match = 0
         pr.become_probe()
 
@@ -863,7 +863,7 @@ class RaftCore:
         followers still reject. A silent failure (partition, pause) is never
         reported this way and still waits out the election timeout.
         """
-        self.log_.info("forgot_dead_leader", leader=self.lead, term=self.term)
+        self.logger.info("forgot_dead_leader", leader=self.lead, term=self.term)
         self.lead = NONE
         soon = self.randomized_election_timeout - self.rng.randint(1, 3)
         self.election_elapsed = max(self.election_elapsed, soon)
@@ -903,7 +903,7 @@ class RaftCore:
             self._dropped(m, "snapshot message without snapshot")
             return
         if self._restore(snap):
-            self.log_.info("restored_snapshot", index=snap.meta.index, term=snap.meta.term)
+            self.logger.info("restored_snapshot", index=snap.meta.index, term=snap.meta.term)
             self._send(self._msg(MsgType.APP_RESP, m.from_, index=self.log.last_index()))
         else:
             self._send(self._msg(MsgType.APP_RESP, m.from_, index=self.log.committed))

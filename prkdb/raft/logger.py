@@ -1,7 +1,16 @@
-"""The logger Protocol the core logs through (STYLE.md §8.12).
+"""The one logger Protocol of PrkDB's lower layers (STYLE.md §8.12).
 
-Logging never changes what the core decides; the driver passes a structlog
-logger bound to node and partition, tests pass a recorder.
+The Raft core logs through it, and so does prkdb/storage (the WAL, recovery
+and the snapshot store). It lives here because prkdb.raft is the bottom
+layer: it may import nothing outside the stdlib and itself, and storage
+already depends on it (for `Entry`, `HardState`, ...), so storage importing
+it from here adds no new edge, while a third "shared" module would be one
+more place to look for no gain.
+
+Events are snake_case past-tense verbs with the data as keyword arguments,
+so the driver can pass a structlog logger bound to node and partition
+straight in; tests pass a recorder. Whatever a method returns is ignored
+(hence `-> object`). Logging never changes what the core decides.
 """
 
 from __future__ import annotations
@@ -10,9 +19,9 @@ from typing import Any, Protocol
 
 
 class Logger(Protocol):
-    def debug(self, event: str, **kw: Any) -> Any: ...
-    def info(self, event: str, **kw: Any) -> Any: ...
-    def warning(self, event: str, **kw: Any) -> Any: ...
+    def debug(self, event: str, **kw: Any) -> object: ...
+    def info(self, event: str, **kw: Any) -> object: ...
+    def warning(self, event: str, **kw: Any) -> object: ...
 
 
 class NullLogger:
@@ -26,6 +35,10 @@ class NullLogger:
 
     def warning(self, event: str, **kw: Any) -> None:
         pass
+
+
+NULL_LOGGER = NullLogger()
+"""A shared `NullLogger` for defaults (it has no state)."""
 
 
 class RecordingLogger:

@@ -156,8 +156,8 @@ class RawNode:
         """The log now holds everything that was committed when the rebuild began: vote again."""
         if self.core.recovering:
             self.core.recovering = False
-            self.core.log_.info("recovery_ended", term=self.core.term,
-                                commit=self.core.log.committed)
+            self.core.logger.info("recovery_ended", term=self.core.term,
+                                  commit=self.core.log.committed)
 
     def forget_acks(self, node: int) -> None:
         """`node` is being rebuilt on an empty disk: ignore what its old process acknowledged."""
@@ -181,7 +181,7 @@ class RawNode:
         """Feed a message from a peer; returns the reason it was dropped, if it was."""
         reason = self._validate(m)
         if reason is not None:
-            self.core.log_.debug("dropped_peer_message", reason=reason, type=int(m.type))
+            self.core.logger.debug("dropped_peer_message", reason=reason, type=int(m.type))
             return reason
         return self.core.step(m)
 

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prkdb.raft.logger import NULL_LOGGER, Logger
 from prkdb.raft.types import ConfState, Snapshot, SnapshotMeta
 from prkdb.storage.errors import SnapshotCorruptionError
-from prkdb.storage.log import NULL_LOGGER, Logger
 from prkdb.storage.segment import fsync_dir
 
 MAGIC = b"PRKSNAP1"
