@@ -176,6 +176,7 @@ class _FdReader:
 def _checksum(fd: int, name: str) -> tuple[int, bytes]:
     size = os.fstat(fd).st_size
     try:
+        # _FdReader has the one method the check calls (read), not all of IO[bytes].
         info = verify_snapshot_stream(_FdReader(fd), size, name)  # type: ignore[arg-type]
     except BackupFileError as e:
         raise InternalError(f"this node's snapshot file fails its checks: {e}") from None

@@ -27,6 +27,7 @@ from prkdb.errors import (
     TooLarge,
     Unavailable,
 )
+from prkdb.logging import NodeLogger
 from prkdb.partitioning import partition_for
 from prkdb.raft import RaftStatus
 from prkdb.server.backup import BackupFiles, describe
@@ -103,7 +104,7 @@ class ServedNode(Protocol):
     """What the service needs of its node (a `Node`), and nothing more."""
 
     cfg: NodeConfig
-    log: Any
+    log: NodeLogger
     reply_outbox: ReplyOutbox
     snapshots: SnapshotStore
 

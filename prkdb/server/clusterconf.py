@@ -55,6 +55,7 @@ def write_cluster_configs(
         data_dir = (data_dirs or {}).get(p.id, root / f"node{p.id}")
         path = root / f"node{p.id}.toml"
         path.write_text(
+            # `kw` is render_node_config's remaining keywords, passed through untyped.
             render_node_config(p.id, peers, cluster_id=cluster_id,
                                data_dir=Path(data_dir).resolve(), **kw)  # type: ignore[arg-type]
         )

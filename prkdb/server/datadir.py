@@ -13,10 +13,10 @@ with a damaged dir:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prkdb import __version__
 from prkdb.config import NodeConfig
+from prkdb.logging import NodeLogger
 from prkdb.storage import SnapshotStore, WriteAheadLog
 from prkdb.storage.identity import (
     IDENTITY_FILE,
@@ -38,7 +38,7 @@ WAL_DIR = "wal"
 SNAPSHOT_DIR = "snapshots"
 
 
-def ensure_identity(cfg: NodeConfig, log: Any) -> DataDirIdentity:
+def ensure_identity(cfg: NodeConfig, log: NodeLogger) -> DataDirIdentity:
     """The data dir's identity, checked against `cfg`; written on a first start.
 
     A dir that already holds a WAL but no IDENTITY was written by a prkdb
@@ -88,7 +88,7 @@ def _header(path: Path) -> SegmentHeader | None:
         return decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
 
 
-def open_storage(cfg: NodeConfig, ident: DataDirIdentity, log: Any
+def open_storage(cfg: NodeConfig, ident: DataDirIdentity, log: NodeLogger
                  ) -> tuple[WriteAheadLog, SnapshotStore]:
     """Replay the WAL and open the snapshot store of a checked data dir.
 

@@ -87,6 +87,7 @@ class FramedStream:
         """host:port of the other end, for logs ("?" if the socket cannot tell)."""
         sock = getattr(self.stream, "socket", None)
         try:
+            # sock may be None (a memory stream in tests): the AttributeError is caught.
             host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
         except (AttributeError, OSError, TypeError, ValueError):
             return "?"

@@ -18,12 +18,13 @@ cluster-id check still holds), so a slow peer never costs availability.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
+from prkdb.logging import NodeLogger
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PROTOCOL_VERSION, from_wire
 from prkdb.wire.messages import (
@@ -127,7 +128,7 @@ class Quarantine(Protocol):
     def quarantine(self, peer_id: int, reason: str) -> None: ...
 
 
-async def check_peer_layouts(cfg: NodeConfig, transport: Quarantine, log: Any) -> None:
+async def check_peer_layouts(cfg: NodeConfig, transport: Quarantine, log: NodeLogger) -> None:
     """Ask every peer once (retrying the ones that cannot be reached); quarantine disagreement."""
     pending = [p.id for p in cfg.peers if p.id != cfg.node_id]
     delay = RETRY_FIRST_S

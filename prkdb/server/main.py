@@ -127,12 +127,12 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None)
     except* (IdentityMismatch, ListenError) as eg:
         # The configuration does not fit the data dir, or the port is taken
         # (two nodes started at once both bound it; see listen.py): exit 2.
-        for e in eg.exceptions:
-            click.echo(f"prkdb: node {cfg.node_id} refused to start: {e}", err=True)
+        for refusal in eg.exceptions:
+            click.echo(f"prkdb: node {cfg.node_id} refused to start: {refusal}", err=True)
         sys.exit(2)
     except* (FatalStorageError, StorageError, RecoveryError, RebuildError, OSError) as eg:
-        for e in eg.exceptions:
-            click.echo(f"prkdb: node {cfg.node_id} stopped: {e}", err=True)
+        for failure in eg.exceptions:
+            click.echo(f"prkdb: node {cfg.node_id} stopped: {failure}", err=True)
         sys.exit(1)
 
 

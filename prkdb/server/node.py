@@ -87,7 +87,7 @@ class Node:
         for d in self.drivers:
             d.report_peer_down(peer)
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Before the data dir is looked at: a taken port must cost nothing.
         bound = self._bound or bind_addresses(self.cfg)
         self._bound = None

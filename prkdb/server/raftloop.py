@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
+from prkdb.logging import NodeLogger
 from prkdb.server.framed import ReplyOutbox
 from prkdb.server.groupcommit import GroupCommitter
 from prkdb.server.inbox import Inbox, InboxItem, PeerMessage, SlowStepDone
@@ -70,7 +71,7 @@ class FatalStorageError(Exception):
 
 
 class RaftLoop:
-    def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: Any,
+    def __init__(self, cfg: NodeConfig, committer: GroupCommitter, log: NodeLogger,
                  outbox: Outbox, replies: ReplyOutbox, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.committer = committer
@@ -84,7 +85,7 @@ class RaftLoop:
         # This node's tick phase, a fraction of a tick (see _next_tick_after).
         self.tick_phase = (rng if rng is not None else random.Random()).random()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as background:
             for p in self.partitions:
                 p.background = background

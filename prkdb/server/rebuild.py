@@ -61,13 +61,13 @@ voted, and it catches up before voting, which it had to do anyway.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from prkdb import __version__
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import ErrorCode, PrkdbError
+from prkdb.logging import NodeLogger
 from prkdb.raft import Role
 from prkdb.raft.types import HardState
 from prkdb.server import systemd
@@ -126,8 +126,9 @@ def log_lost(data_dir: Path) -> bool:
 # -- asking the peers (layout.ask_peers) -----------------------------------------
 
 
-async def answer_while_rebuilding(cfg: NodeConfig, *,
-                                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def answer_while_rebuilding(
+    cfg: NodeConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve our client port during the survey: Status says "nothing here yet".
 
     Two nodes rebuilding at once (or two nodes of a new cluster starting
@@ -168,7 +169,7 @@ async def answer_while_rebuilding(cfg: NodeConfig, *,
         task_status.started()
 
 
-async def survey_all(cfg: NodeConfig, log: Any) -> dict[int, StatusOk]:
+async def survey_all(cfg: NodeConfig, log: NodeLogger) -> dict[int, StatusOk]:
     """Every other node's Status; waits (logging who is missing) until all answered."""
     others = [p.id for p in cfg.peers if p.id != cfg.node_id]
     got: dict[int, StatusOk] = {}
@@ -217,7 +218,7 @@ def floors_and_targets(cfg: NodeConfig, answers: dict[int, StatusOk]
 # -- the start-up step ---------------------------------------------------------
 
 
-async def prepare(cfg: NodeConfig, log: Any, *, requested: bool, empty: bool,
+async def prepare(cfg: NodeConfig, log: NodeLogger, *, requested: bool, empty: bool,
                   identity: DataDirIdentity) -> dict[int, Target] | None:
     """Run before the node opens its WAL: the targets if rebuilding, else None.
 
@@ -304,7 +305,7 @@ class RebuildTracker:
     """The partitions still recovering; forgets each (in the marker) once it caught up."""
 
     def __init__(self, data_dir: Path, node_id: int, targets: dict[int, Target],
-                 log: Any) -> None:
+                 log: NodeLogger) -> None:
         self.data_dir = data_dir
         self.node_id = node_id
         self.targets = dict(targets)

@@ -34,9 +34,9 @@ partition's log begins right after the snapshot: every node has the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prkdb import __version__
 from prkdb.backupfile import (
@@ -126,7 +126,7 @@ def check_config(manifest: Manifest, cfg: NodeConfig, *, keep_cluster_id: bool) 
 
 
 def restore(path: Path, cfg: NodeConfig, *, keep_cluster_id: bool = False,
-            log: Any = None) -> RestoreReport:
+            log: Callable[[str], None] | None = None) -> RestoreReport:
     """Build `cfg.data_dir` from the backup at `path` (module docstring).
 
     Args:

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
+from prkdb.logging import NodeLogger
 from prkdb.raft import COMMIT_ONLY, Message, MsgType
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
@@ -63,7 +63,7 @@ class PeerTransport:
         self,
         config: NodeConfig,
         deliver: Callable[[int, Message], None],
-        log: Any,
+        log: NodeLogger,
         on_peer_down: Callable[[int], None] | None = None,
         *,
         data_dir_id: str = "",
@@ -109,7 +109,7 @@ class PeerTransport:
     def connected(self) -> dict[int, bool]:
         return {peer: link.fd >= 0 for peer, link in self._links.items()}
 
-    def send(self, partition: int, msgs: tuple[Message, ...] | list[Message]) -> None:
+    def send(self, partition: int, msgs: Sequence[Message]) -> None:
         """Collect messages for their peers; they leave at the next `flush`."""
         links = self._links
         for m in msgs:
@@ -157,8 +157,8 @@ class PeerTransport:
                 if not link.write(data):
                     self.dropped += len(chunk)
 
-    async def run(self, listeners: list[trio.SocketListener], *, task_status: Any =
-                  trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, listeners: list[trio.SocketListener], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for peer_id in self._links:
                 nursery.start_soon(self._sender, peer_id)
