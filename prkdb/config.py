@@ -124,15 +124,15 @@ class NodeConfig:
         node = r.table("node")
         cfg = cls(
             node_id=r.int(node, "node.id", 1, lo=1),
-            cluster_id=r.str(node, "node.cluster_id", "prkdb"),
-            data_dir=Path(r.str(node, "node.data_dir", "prkdb-data")),
+            cluster_id=r.text(node, "node.cluster_id", "prkdb"),
+            data_dir=Path(r.text(node, "node.data_dir", "prkdb-data")),
             partitions=r.int(r.table("cluster"), "cluster.partitions", 8, lo=1, hi=1024),
             peers=_read_peers(r),
             raft=r.section("raft", RaftSettings),
             storage=r.section("storage", StorageSettings),
             limits=r.section("limits", LimitSettings),
-            log_format=r.str(r.table("log"), "log.format", "json"),
-            log_level=r.str(r.table("log"), "log.level", "info"),
+            log_format=r.text(r.table("log"), "log.format", "json"),
+            log_level=r.text(r.table("log"), "log.level", "info"),
             source=source,
         )
         r.reject_unknown()
@@ -220,8 +220,8 @@ def _read_peers(r: _Reader) -> tuple[PeerConfig, ...]:
             raise ConfigError(f"{r.source}: peers[{i}] must be a table")
         t = dict(t)
         pid = r.int(t, f"peers[{i}].id", None, lo=1)
-        client = r.str(t, f"peers[{i}].client", None)
-        peer = r.str(t, f"peers[{i}].peer", None)
+        client = r.text(t, f"peers[{i}].client", None)
+        peer = r.text(t, f"peers[{i}].peer", None)
         if t:
             raise ConfigError(f"{r.source}: unknown key peers[{i}].{sorted(t)[0]}")
         peers.append(PeerConfig(pid, client, peer))
@@ -263,7 +263,7 @@ class _Reader:
             raise ConfigError(f"{self.source}: {key} = {v} must be <= {hi}")
         return v
 
-    def str(self, t: dict[str, Any], key: str, default: Any) -> str:
+    def text(self, t: dict[str, Any], key: str, default: Any) -> str:
         v = self._get(t, key, default)
         if not isinstance(v, str):
             raise ConfigError(f"{self.source}: {key} = {v!r} must be a string")
