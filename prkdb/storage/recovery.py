@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import prkdb.storage.record as rec
 from prkdb.raft.logger import NULL_LOGGER, Logger
 from prkdb.raft.types import EMPTY_HARD_STATE, Entry, HardState, SnapshotMeta
-from prkdb.storage import record as rec
 from prkdb.storage.errors import WalCorruptionError
 from prkdb.storage.record import RecordKind
 from prkdb.storage.segment import TMP_SUFFIX, parse_segment_name

@@ -66,9 +66,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import prkdb.storage.record as rec
 from prkdb.raft.logger import NULL_LOGGER, Logger
 from prkdb.raft.types import Entry, HardState, SnapshotMeta
-from prkdb.storage import record as rec
 from prkdb.storage.errors import InvalidAppendError, StorageError, WalClosedError
 from prkdb.storage.recovery import PartitionLog, recover
 from prkdb.storage.segment import Segment
