@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -183,7 +182,7 @@ def _checksum(fd: int, name: str) -> tuple[int, bytes]:
     return size, bytes.fromhex(info.sha256)
 
 
-def describe(held: HeldSnapshot) -> dict[str, Any]:
+def describe(held: HeldSnapshot) -> dict[str, object]:
     """For logs."""
     return {"partition": held.partition, "index": held.index, "term": held.term,
             "bytes": held.size}

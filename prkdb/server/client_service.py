@@ -74,6 +74,7 @@ from prkdb.wire.messages import (
     Status,
     StatusOk,
     TransferLeader,
+    WireMessage,
     WriteOk,
     check_hello,
     error_for,
@@ -280,7 +281,7 @@ class ClientService:
             case Batch():
                 self._batch(req, reply, fail)
 
-    async def handle(self, req: Any) -> Any:
+    async def handle(self, req: WireMessage) -> WireMessage:
         """Serve an administrative request (in a task of its own: they may wait)."""
         match req:
             case Status():
@@ -439,7 +440,7 @@ class ClientService:
             raise driver.not_leader_error()
         # One ReadIndex round, as a linearizable read: confirms we lead and
         # waits until applied >= our commit index as of now.
-        w = Waiter()
+        w: Waiter[int] = Waiter()
         driver.submit_read(self._deadline(), w.set)
         floor = await w.get()
         for _ in range(5):

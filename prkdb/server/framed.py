@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
 
 import trio
 
@@ -99,7 +98,7 @@ class FramedStream:
                 trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await self.stream.send_all(http_refusal(port))
 
-    async def receive(self) -> Any:
+    async def receive(self) -> object:
         """The next decoded CBOR item; raises StreamClosed at EOF or on a reset.
 
         Raises `RemoteProtocolError` for bad bytes (after which the decoder is dead).

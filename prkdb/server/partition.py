@@ -285,19 +285,17 @@ class PartitionDriver:
 
     async def transfer_leadership(self, to: int) -> int:
         """Start handing leadership to `to` (0 = the most caught-up follower); returns it."""
-        w = Waiter()
+        w: Waiter[int] = Waiter()
         p = Pending(w.set)
         self._enqueue(TransferLeadership(self.partition, to, p), p)
-        result: int = await w.get()
-        return result
+        return await w.get()
 
     async def snapshot_now(self) -> int:
         """Take a snapshot now (if anything was applied since the last); its index."""
-        w = Waiter()
+        w: Waiter[int] = Waiter()
         p = Pending(w.set)
         self._enqueue(TakeSnapshot(self.partition, p), p)
-        index: int = await w.get()
-        return index
+        return await w.get()
 
     def deliver(self, msg: Message) -> None:
         """A peer's message (from the transport); dropped if the inbox is full."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar, cast
 
 import trio
 
 from prkdb.errors import PrkdbError
 
-Callback = Callable[[Any, "PrkdbError | None"], None]
+T = TypeVar("T")
+
+Callback = Callable[[object, "PrkdbError | None"], None]
+"""``(result, error)``: how a request ends (the result's type depends on the request)."""
 
 
-def _ignore(result: Any, error: PrkdbError | None) -> None:
+def _ignore(result: object, error: PrkdbError | None) -> None:
     pass
 
 
@@ -33,7 +36,7 @@ class Pending:
         self.term = 0
         self.index = 0  # log index once proposed (then a timeout is OUTCOME_UNKNOWN)
 
-    def finish(self, result: Any = None, error: PrkdbError | None = None) -> None:
+    def finish(self, result: object = None, error: PrkdbError | None = None) -> None:
         if not self.done:
             self.done = True
             callback, self.callback = self.callback, _ignore
@@ -42,23 +45,26 @@ class Pending:
             callback(result, error)
 
 
-class Waiter:
-    """An awaitable result slot, for callers that prefer `await` to a callback."""
+class Waiter(Generic[T]):
+    """An awaitable result slot, for callers that prefer `await` to a callback.
+
+    ``Waiter[int]`` says what its `Pending`'s driver finishes it with.
+    """
 
     __slots__ = ("error", "event", "result")
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.result: Any = None
+        self.result: object = None
         self.error: PrkdbError | None = None
 
-    def set(self, result: Any = None, error: PrkdbError | None = None) -> None:
+    def set(self, result: object = None, error: PrkdbError | None = None) -> None:
         if not self.event.is_set():
             self.result, self.error = result, error
             self.event.set()
 
-    async def get(self) -> Any:
+    async def get(self) -> T:
         await self.event.wait()
         if self.error is not None:
             raise self.error
-        return self.result
+        return cast(T, self.result)
