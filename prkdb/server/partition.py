@@ -24,7 +24,7 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import trio
 
@@ -65,6 +65,8 @@ from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import recover_partition
 from prkdb.state import DecodedSnapshot, KVStateMachine
 from prkdb.storage import SnapshotStore, WriteAheadLog
+
+Ts = TypeVarTuple("Ts")
 
 SendMessages = Callable[[int, Sequence[Message]], None]
 """``(partition, messages)``: hand Raft messages to the transport (sent at its next flush)."""
@@ -505,12 +507,12 @@ class PartitionDriver:
             self.storage.set_hard_state(rd.hard_state)
 
     # -- the slow path: one partition steps aside, the others go on ----------------
-    def go_slow(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def go_slow(self, fn: Callable[[*Ts], Awaitable[None]], *args: *Ts) -> None:
         """Run `await fn(*args)` in the background; the loop skips us until it is done."""
         self.busy = True
         self.background.start_soon(self._slow, fn, args)
 
-    async def _slow(self, fn: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
+    async def _slow(self, fn: Callable[[*Ts], Awaitable[None]], args: tuple[*Ts]) -> None:
         error: Exception | None = None
         try:
             await fn(*args)
