@@ -9,7 +9,8 @@ the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
 - `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`,
   and fast encoders for the per-operation messages (`encode_put_request`,
   `encode_write_ok`, ... generated from the table; `RaftBatchEncoder`),
-  byte-identical to the generic path.
+  byte-identical to the generic path; `next_message` reads them with
+  parsers generated from the table too.
 - `raft_codec`: compact positional arrays for `prkdb.raft.types.Message`.
 - `errors`: `RemoteProtocolError` (the peer's fault) / `LocalProtocolError` (ours).
 
@@ -39,6 +40,7 @@ from prkdb.wire.messages import (
     encode_raft_batch,
     encode_write_ok,
     from_wire,
+    next_message,
     to_wire,
 )
 
@@ -64,5 +66,6 @@ __all__ = [
     "encode_raft_batch",
     "encode_write_ok",
     "from_wire",
+    "next_message",
     "to_wire",
 ]

@@ -20,6 +20,10 @@ Invariants:
 - Bytes in ``_buf[:_pos]`` are consumed; compaction happens at most once per
   `receive_data` call, so a chunk holding thousands of small frames is
   decoded in O(total bytes), not O(frames x bytes).
+- ``_buf`` is the chunk `receive_data` got, as it is (bytes, no copy), when
+  nothing else was buffered: the common case of one whole answer per
+  ``recv``. Only bytes left over when more arrive go into a bytearray, which
+  then grows in place (a frame in many chunks costs O(its size), not more).
 - A frame body must decode to one CBOR item with no trailing bytes.
 
 CBOR safety: untrusted input may not construct objects. Every CBOR tag is
@@ -405,8 +409,10 @@ class FrameDecoder:
             raise ValueError(f"max_frame ({max_frame}) must be in 1..{_MAX_LENGTH}")
         self.max_frame = max_frame
         self.state = DecoderState.OPEN
-        self._buf = bytearray()
-        self._pos = 0  # Invariant: _buf[:_pos] is consumed, 0 <= _pos <= len(_buf)
+        # Invariant: _buf[:_pos] is consumed, 0 <= _pos <= len(_buf). bytes
+        # (a whole chunk, see the module doc) or bytearray (grows in place).
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
         # One CBOR decoder per connection, reused for every frame: building one
@@ -438,19 +444,35 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        if self._pos:
-            # Compact once per chunk; bytearray deletes from the front cheaply.
-            del self._buf[: self._pos]
+        buf = self._buf
+        pos = self._pos
+        if pos == len(buf):  # nothing left over: keep the chunk itself
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        self._buf += data
+            return
+        if type(buf) is not bytearray:  # a chunk's leftover: copy it, once, to grow
+            buf = self._buf = bytearray(memoryview(buf)[pos:])
+        elif pos:
+            # Compact once per chunk; bytearray deletes from the front cheaply.
+            del buf[:pos]
+        self._pos = 0
+        buf += data
 
-    def next_frame(self) -> Any:
+    def next_frame(self, parse: Callable[[bytes], Any] | None = None) -> Any:
         """Return the next decoded item, `NEED_DATA` or `CLOSED`.
+
+        Args:
+            parse: tried first on the body (bytes) of a frame of up to 64 KiB;
+                what it returns, unless None, is returned instead of the
+                CBOR item, and its errors are its own (the decoder stays OPEN).
+                For parsers that read what they know and leave the rest to
+                cbor2 (`prkdb.wire.messages.next_message`).
 
         Returns:
             A CBOR item (list, dict, int, ... - unvalidated: pass it to
-            `prkdb.wire.messages.from_wire`), or `NEED_DATA` when no whole
-            frame is buffered, or `CLOSED` after a clean EOF.
+            `prkdb.wire.messages.from_wire`), or what `parse` returned, or
+            `NEED_DATA` when no whole frame is buffered, or `CLOSED` after a
+            clean EOF.
 
         Raises:
             RemoteProtocolError: TOO_LARGE for a length over `max_frame`
@@ -494,7 +516,14 @@ class FrameDecoder:
         start = pos + HEADER_SIZE
         if length <= _SMALL_FRAME:
             # Copying a small slice beats setting up a memoryview (and its release).
-            body = io.BytesIO(buf[start:end])
+            small = buf[start:end]
+            if parse is not None:
+                if type(small) is not bytes:  # a bytearray's slice: parsers take bytes
+                    small = bytes(small)
+                parsed = parse(small)
+                if parsed is not None:
+                    return parsed
+            body = io.BytesIO(small)
         else:
             with memoryview(buf) as view, view[start:end] as part:
                 body = io.BytesIO(part)

@@ -41,8 +41,13 @@ from prkdb.raft.types import Entry, Message, Role
 from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
+    CBOR_ARRAY,
+    CBOR_UINT,
     DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    FrameDecoder,
     PreEncoded,
+    cbor_head,
     encode_frame,
     encode_frames,
 )
@@ -118,6 +123,7 @@ __all__ = [
     "encode_write_ok",
     "error_for",
     "from_wire",
+    "next_message",
     "to_wire",
 ]
 
@@ -939,10 +945,11 @@ def encode_messages(
 # an int past 64 bits), so odd input gets the generic bytes or error.
 
 HOT_MESSAGES: Final = (Get, Put, Delete, GetOk, WriteOk)
-"""The messages sent once per client operation, whose encoders are generated.
+"""The messages sent once per client operation, whose encoders and parsers are generated.
 
 `encode_message` takes a generated ``(msg, max_frame)`` encoder for each, and
-the function forms below (no message object built) are generated too.
+the function forms below (no message object built) are generated too;
+`next_message` reads them with a generated parser.
 """
 
 _Encoder = TypeVar("_Encoder", bound=Callable[..., bytes])
@@ -1162,3 +1169,55 @@ _FAST_ENCODERS: Final[dict[type, Callable[[Any, int], bytes]]] = {
     RaftBatch: lambda m, mf: _encode_raft_batch(m.from_node, m.items, mf, _entries_uncached),
 }
 """Message type -> encoder ``(msg, max_frame) -> frame``, for `encode_message`."""
+
+
+# --- reading: generated parsers for the hot messages ------------------------------------
+#
+# Decoding a small reply the generic way (cbor2 into a list, then the schema
+# walk of `from_wire`) costs more than the rest of a client call's Python. The
+# hot messages get a parser generated from their schema (`Schema.compile_decoder`)
+# that reads the frame body's bytes straight into the message, and answers
+# None for anything it does not read, which then takes the generic path: the
+# same message or the same error either way (tests/wire/test_decoders.py).
+
+
+def _hot_head(schema: Schema) -> bytes:
+    """The bytes every body of `schema`'s message starts with: array head and type id."""
+    return cbor_head(CBOR_ARRAY, len(schema.fields) + 1) + cbor_head(CBOR_UINT, schema.type_id)
+
+
+_HOT_PARSERS: Final[dict[bytes, Callable[[bytes], Any]]] = {
+    _hot_head(SCHEMAS[cls]): SCHEMAS[cls].compile_decoder(name=f"parse_{cls.__name__}")
+    for cls in HOT_MESSAGES
+}
+"""Body head (`_hot_head`) -> that message's generated parser."""
+# A type id below 24 is in the byte after the array head; 24..255 in the one
+# after a 0x18 byte (what `_parse_hot` looks at).
+assert all(len(head) in (2, 3) for head in _HOT_PARSERS), "hot type ids must be below 256"
+
+
+def _parse_hot(body: bytes) -> WireMessage | None:
+    """A hot message read by its generated parser, or None (not one, or not read)."""
+    parse = _HOT_PARSERS.get(body[:3] if body[1] == 0x18 else body[:2]) if len(body) > 1 else None
+    return None if parse is None else parse(body)
+
+
+# What `next_message` hands back without `from_wire`: parsed messages and the sentinels.
+_PASSED: Final = frozenset({*HOT_MESSAGES, type(NEED_DATA)})
+
+
+def next_message(decoder: FrameDecoder) -> Any:
+    """``from_wire(decoder.next_frame())``, faster for the hot messages; sentinels as they are.
+
+    Returns:
+        The next validated message, `NEED_DATA` or `CLOSED`.
+
+    Raises:
+        RemoteProtocolError: what `FrameDecoder.next_frame` raises (and the
+            decoder is then in ERROR), or what `from_wire` raises (the
+            decoder stays OPEN: the owner closes the connection).
+    """
+    item = decoder.next_frame(_parse_hot)
+    if item.__class__ in _PASSED:
+        return item
+    return from_wire(item)

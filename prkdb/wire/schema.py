@@ -33,6 +33,16 @@ order and types therefore live only in the table; a type that cannot be
 written by hand, or a value its guard rejects (a bool where an int belongs,
 an int past 64 bits), sends that message down the generic path, so odd
 input gets the generic bytes or error.
+
+Decoding has two paths that build the same message too. The generic one,
+``from_wire(decode_body(body))``, lets cbor2 turn the body into plain data
+and then walks the schema. The hot messages also get a parser generated from
+their schema (`Schema.compile_decoder`) that reads the body's bytes itself:
+straight-line code per field, from `WireType.hand_parse`. It accepts only the
+forms it knows (definite lengths, no tags, the exact field count, no trailing
+byte, every field valid) and answers None for anything else, so odd or
+hostile input always meets the generic path and its errors; the parser
+never raises and never builds a message the generic path would refuse.
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ __all__ = [
     "Field",
     "FieldError",
     "HandCbor",
+    "HandParse",
     "ListOf",
     "Optional",
     "Record",
@@ -167,7 +178,62 @@ class HandCbor:
 # Field variables never start with "_" (Schema.compile_encoder checks), so
 # these cannot collide with them.
 _HEAD: Final = "_head"
+_ONE_BYTE_HEADS: Final = "_one"  # tuple: i -> bytes((i,)), for heads with an argument < 24
 _CBOR_NULL, _CBOR_TRUE, _CBOR_FALSE = b"\xf6", b"\xf5", b"\xf4"
+
+
+def _head_source(major: int, arg: str) -> str:
+    """Source of the CBOR head of major type `major` with argument `arg` (an int expression).
+
+    `cbor_head`, with its most common case (an argument below 24, one byte)
+    inline: a tuple lookup instead of a call. Evaluates `arg` up to three times.
+    """
+    index = arg if major == 0 else f"{major} | {arg}"
+    return f"({_ONE_BYTE_HEADS}[{index}] if 0 <= {arg} < 24 else {_HEAD}({major}, {arg}))"
+
+
+HandParse = list[str]
+"""How generated code reads one field's CBOR item from bytes (`WireType.hand_parse`).
+
+Python statements, unindented, over three variables of the generated parser:
+``_b`` (the body, bytes), ``_i`` (where the item starts) and the field's own
+variable. They assign the field's value, validated as `WireType.decode`
+would, and leave ``_i`` just past the item; for any form they do not handle
+(or a value `decode` would refuse) they ``return None``. They may read past
+the end of ``_b``: an IndexError, or an ``_i`` past the end, makes the
+parser answer None. Scratch variables start with ``_``.
+"""
+
+
+def _parse_head(major: int, var: str) -> HandParse:
+    """Statements reading a CBOR head of major type `major` into `var` (its argument).
+
+    Every definite-length form cbor2 accepts: the argument in the first byte
+    (0..23) or in the 1, 2, 4 or 8 bytes after it (big-endian; the short ones
+    by hand, which costs less than a slice and a call). Indefinite lengths
+    and other major types make the parser answer None.
+    """
+    small = "_x < 24" if major == 0 else f"{major} <= _x < {major + 24}"  # never < 0
+    return [
+        "_x = _b[_i]",
+        f"if {small}:",
+        f"    {var} = _x{f' - {major}' if major else ''}",
+        "    _i += 1",
+        f"elif _x == {major + 24}:",
+        f"    {var} = _b[_i + 1]",
+        "    _i += 2",
+        f"elif _x == {major + 25}:",
+        f"    {var} = _b[_i + 1] << 8 | _b[_i + 2]",
+        "    _i += 3",
+        f"elif _x == {major + 26}:",
+        f"    {var} = _from_bytes(_b[_i + 1:_i + 5], 'big')",
+        "    _i += 5",
+        f"elif _x == {major + 27}:",
+        f"    {var} = _from_bytes(_b[_i + 1:_i + 9], 'big')",
+        "    _i += 9",
+        "else:",
+        "    return None",
+    ]
 
 
 class WireType:
@@ -197,6 +263,15 @@ class WireType:
         """
         return None
 
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse | None:
+        """Statements that read a value of this type from bytes (`HandParse`), or None.
+
+        Args:
+            var: the variable to assign in the generated code.
+            env: as for `hand_cbor`.
+        """
+        return None
+
 
 class UInt(WireType):
     def __init__(self, lo: int = 0, hi: int = U64_MAX) -> None:
@@ -213,7 +288,16 @@ class UInt(WireType):
 
     def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
         # Like `encode`, no range check: lo/hi are the receiver's business.
-        return HandCbor(f"type({var}) is int", (f"{_HEAD}({CBOR_UINT}, {var})",))
+        return HandCbor(f"type({var}) is int", (_head_source(CBOR_UINT, var),))
+
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
+        lines = _parse_head(CBOR_UINT, var)
+        # A head holds 0..2**64-1: only a narrower range needs a check.
+        if self.lo > 0:
+            lines += [f"if {var} < {self.lo}:", "    return None"]
+        if self.hi < U64_MAX:
+            lines += [f"if {var} > {self.hi}:", "    return None"]
+        return lines
 
 
 class Bool(WireType):
@@ -229,6 +313,18 @@ class Bool(WireType):
             f"type({var}) is bool", (f"({_CBOR_TRUE!r} if {var} else {_CBOR_FALSE!r})",)
         )
 
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
+        return [
+            "_x = _b[_i]",
+            f"if _x == {_CBOR_TRUE[0]}:",
+            f"    {var} = True",
+            f"elif _x == {_CBOR_FALSE[0]}:",
+            f"    {var} = False",
+            "else:",
+            "    return None",
+            "_i += 1",
+        ]
+
 
 class Bytes(WireType):
     def __init__(self, min_len: int = 0) -> None:
@@ -243,7 +339,16 @@ class Bytes(WireType):
         return value
 
     def hand_cbor(self, var: str, env: dict[str, Any]) -> HandCbor:
-        return HandCbor(f"type({var}) is bytes", (f"{_HEAD}({CBOR_BYTES}, len({var}))", var))
+        return HandCbor(
+            f"type({var}) is bytes", (_head_source(CBOR_BYTES, f"len({var})"), var)
+        )
+
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
+        # A slice of bytes is bytes, as cbor2 returns (the parser only takes bytes).
+        lines = [*_parse_head(CBOR_BYTES, "_n"), f"{var} = _b[_i:_i + _n]", "_i += _n"]
+        if self.min_len:
+            lines += [f"if len({var}) < {self.min_len}:", "    return None"]
+        return lines
 
 
 class Text(WireType):
@@ -297,7 +402,18 @@ class Enum(WireType):
         # subclasses (bool above all) take the generic path.
         types = f"_{var}_types"
         env[types] = (self.cls, int)
-        return HandCbor(f"type({var}) in {types}", (f"{_HEAD}({CBOR_UINT}, {var})",))
+        return HandCbor(f"type({var}) in {types}", (_head_source(CBOR_UINT, var),))
+
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
+        # Members only: a lenient enum's unknown int is left to the generic path.
+        members = f"_{var}_members"
+        env[members] = self._by_value
+        return [
+            *_parse_head(CBOR_UINT, var),
+            f"{var} = {members}.get({var})",
+            f"if {var} is None:",
+            "    return None",
+        ]
 
 
 class Optional(WireType):
@@ -319,6 +435,18 @@ class Optional(WireType):
             f"({var} is None or {inner.guard})",
             (f"({_CBOR_NULL!r} if {var} is None else {' + '.join(inner.parts)})",),
         )
+
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse | None:
+        inner = self.inner.hand_parse(var, env)
+        if inner is None:
+            return None
+        return [
+            f"if _b[_i] == {_CBOR_NULL[0]}:",
+            f"    {var} = None",
+            "    _i += 1",
+            "else:",
+            *(f"    {line}" for line in inner),
+        ]
 
 
 class ListOf(WireType):
@@ -349,6 +477,10 @@ class ListOf(WireType):
         # the generic path.
         empty = cbor_head(CBOR_ARRAY, 0)
         return HandCbor(f"(type({var}) is tuple and not {var})", (repr(empty),))
+
+    def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
+        # Only the empty array, as for `hand_cbor`; items go the generic way.
+        return [f"if _b[_i] != {CBOR_ARRAY}:", "    return None", f"{var} = ()", "_i += 1"]
 
 
 class Custom(WireType):
@@ -530,20 +662,12 @@ def _compile_encoder(
         raise TypeError(
             f"{name}: parameters {tuple(args)} must start {cls.__name__}'s fields {tuple(names)}"
         )
-    for var in names:
-        # A field's variable must not shadow a builtin the guards use (type,
-        # len, ...) nor a helper (all named "_..."), and must be a name.
-        if (
-            var.startswith("_")
-            or not var.isidentifier()
-            or keyword.iskeyword(var)
-            or hasattr(builtins, var)
-            or var == "max_frame"
-        ):
-            raise TypeError(f"{name}: field {cls.__name__}.{var} cannot be a variable")
+    _check_variables(cls, names, name)
     env: dict[str, Any] = {
         _HEAD: cbor_head,
+        _ONE_BYTE_HEADS: tuple(bytes((i,)) for i in range(256)),
         "_join": b"".join,
+        "_pack_length": struct.Struct(">I").pack,
         "_frame_of": frame_of,
         "_struct_error": struct.error,
         "_generic": schema.encode_frame,
@@ -598,16 +722,93 @@ def _compile_encoder(
         f"        except _struct_error:\n"
         f"            pass  # an int outside 0..2**64-1: cbor2 writes it (or refuses it)\n"
         f"        else:\n"
-        f"            return _frame_of(_body, max_frame)\n"
+        f"            if len(_body) <= max_frame:  # frame_of, inline\n"
+        f"                return _pack_length(len(_body)) + _body\n"
+        f"            return _frame_of(_body, max_frame)  # raises TOO_LARGE\n"
         f"    return _generic({fallback}, max_frame)\n"
     )
-    # A file name of its own, with the source in linecache, so that tracebacks
-    # and inspect.getsource show the generated lines.
+    encoder: Callable[..., bytes] = _exec_generated(source, env, name, cls)
+    return encoder
+
+
+def _check_variables(cls: type, names: Sequence[str], name: str) -> None:
+    """Refuse field names that cannot be variables of generated code.
+
+    A field's variable must not shadow a builtin the generated code uses
+    (type, len, ...) nor a helper (all named "_..."), and must be a name.
+    """
+    for var in names:
+        if (
+            var.startswith("_")
+            or not var.isidentifier()
+            or keyword.iskeyword(var)
+            or hasattr(builtins, var)
+            or var == "max_frame"
+        ):
+            raise TypeError(f"{name}: field {cls.__name__}.{var} cannot be a variable")
+
+
+def _exec_generated(source: str, env: dict[str, Any], name: str, cls: type) -> Any:
+    """Compile `source` into `env` and return its function `name`.
+
+    A file name of its own, with the source in linecache, so that tracebacks
+    and inspect.getsource show the generated lines.
+    """
     filename = f"<{name} generated from the {cls.__name__} schema>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), env)
-    encoder: Callable[..., bytes] = env[name]
-    return encoder
+    return env[name]
+
+
+def _compile_decoder(schema: Schema, name: str) -> Callable[[bytes], Any]:
+    """`Schema.compile_decoder`: write the parser's source, then exec it.
+
+    The source is the message head's check, then every field's `HandParse`
+    in order inside one ``try`` (an IndexError means the body ended early),
+    then the end-of-body check and the build. Straight-line code, for the
+    reason `_compile_encoder` gives.
+    """
+    cls = schema.cls
+    names = [f.name for f in schema.fields]
+    _check_variables(cls, names, name)
+    env: dict[str, Any] = {"_from_bytes": int.from_bytes, "_cls": cls, "_check": schema.check}
+    head = cbor_head(CBOR_ARRAY, len(names) + 1) + cbor_head(CBOR_UINT, schema.type_id)
+    body: list[str] = []
+    for field in schema.fields:
+        lines = field.type.hand_parse(field.name, env)
+        if lines is None:
+            raise TypeError(
+                f"{name}: {cls.__name__}.{field.name} ({type(field.type).__name__}) "
+                "has no hand parser"
+            )
+        body += lines
+    if _buildable(cls):
+        # `frozen_builder`'s code, inline: one call fewer per message.
+        env["_new"] = object.__new__
+        finish = ["    _msg = _new(_cls)"]
+        for i, var in enumerate(names):
+            env[f"_set{i}"] = vars(cls)[var].__set__
+            finish.append(f"    _set{i}(_msg, {var})")
+    else:
+        finish = [f"    _msg = _cls({', '.join(names)})"]
+    finish.append("    return _msg" if schema.check is None else
+                  "    return None if _check(_msg) else _msg")
+    source = "\n".join([
+        f"def {name}(_b):",
+        f"    if type(_b) is not bytes or _b[:{len(head)}] != {head!r}:",
+        "        return None",
+        f"    _i = {len(head)}",
+        "    try:",
+        *(f"        {line}" for line in body),
+        "    except IndexError:",
+        "        return None  # the body ended inside an item",
+        "    if _i != len(_b):",
+        "        return None  # trailing bytes, or an item ran past the end",
+        *finish,
+        "",
+    ])
+    decoder: Callable[[bytes], Any] = _exec_generated(source, env, name, cls)
+    return decoder
 
 
 def _is_identity(wtype: WireType) -> bool:
@@ -744,3 +945,24 @@ class Schema:
                 cannot be a variable, or a field's type has no hand encoding.
         """
         return _compile_encoder(self, params, name, max_frame)
+
+    def compile_decoder(self, *, name: str) -> Callable[[bytes], Any]:
+        """Generate this message's parser: frame body (bytes) -> message, or None.
+
+        The generated function reads the body's bytes itself, field by field
+        (`WireType.hand_parse`), with no cbor2 and no intermediate list. When
+        it returns a message, it is the one ``from_wire(decode_body(body))``
+        returns (same class, equal fields, bytes as bytes). It returns None,
+        and never raises, for anything else: another message, a form it does
+        not read (indefinite lengths, tags, a lenient enum's unknown value),
+        an invalid field, a short body or trailing bytes. The caller then
+        takes the generic path, which decodes the rest and raises its errors.
+
+        Args:
+            name: the function's name (for tracebacks and profiles).
+
+        Raises:
+            TypeError: a field name cannot be a variable, or a field's type
+                has no hand parser (e.g. Text, Details).
+        """
+        return _compile_decoder(self, name)
