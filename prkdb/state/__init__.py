@@ -31,7 +31,14 @@ from prkdb.state.errors import (
     StateError,
     StateInvariantError,
 )
-from prkdb.state.kv import SNAPSHOT_FORMAT, DecodedSnapshot, KeyRecord, KVStateMachine
+from prkdb.state.kv import (
+    SNAPSHOT_FORMAT,
+    DecodedSnapshot,
+    KeyRecord,
+    KVStateMachine,
+    ScanItem,
+    prefix_end,
+)
 from prkdb.state.limits import DEFAULT_LIMITS, Limits, Violation, check_command, validate_command
 from prkdb.state.results import OpResult, ResultCode, WriteResult
 from prkdb.state.sessions import (
@@ -62,6 +69,7 @@ __all__ = [
     "OpTag",
     "PutCommand",
     "ResultCode",
+    "ScanItem",
     "SessionTable",
     "SnapshotDecodeError",
     "StateError",
@@ -72,5 +80,6 @@ __all__ = [
     "check_command",
     "decode_command",
     "encode_command",
+    "prefix_end",
     "validate_command",
 ]

@@ -16,6 +16,12 @@ State:
   record Python has: no per-object ``__dict__``, and the cyclic GC untracks
   tuples of atomic objects, so a million keys do not slow full collections.
   :meth:`get` returns the stored tuple itself, with no copy.
+* ``_keys``: the same keys in byte order, a ``sortedcontainers.SortedList``
+  (a list of sorted sublists of ~1,000 keys: one pointer per key plus a
+  bisect, no tree nodes). It serves :meth:`scan` and :meth:`count`; point
+  reads never touch it. Invariant: ``list(_keys) == sorted(_data)``. Only a
+  put of an absent key adds to it and only a delete of a present key removes
+  from it, so overwrites (the common write) cost one dict lookup as before.
 * ``_sessions``: the exactly-once table (sessions.py).
 * ``_applied``: the index of the last applied entry.
   Invariant: strictly increasing; ``apply`` refuses anything else.
@@ -47,16 +53,20 @@ Snapshot format (CBOR, one array, version-tagged)::
 
 Keys appear in the dict's insertion order, which is itself a function of the
 applied log, so two replicas at the same index produce identical bytes
-(useful for divergence checks) without paying for a sort.
+(useful for divergence checks) without paying for a sort. The ordered index
+is not in the snapshot: :meth:`KVStateMachine.decode_snapshot` rebuilds it
+from the keys (one sort, off the event loop).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from typing import Any, Final, final
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any, Final, Protocol, final
 
 import cbor2
+from sortedcontainers import SortedList
 
 from prkdb.state.commands import (
     UNCHECKED,
@@ -76,13 +86,50 @@ from prkdb.state.sessions import (
     SessionTable,
 )
 
-__all__ = ["SNAPSHOT_FORMAT", "KVStateMachine", "KeyRecord"]
+__all__ = ["SNAPSHOT_FORMAT", "KVStateMachine", "KeyRecord", "ScanItem", "prefix_end"]
 
 #: Version tag of the snapshot array. Bump on any layout change, keep readers.
 SNAPSHOT_FORMAT: Final = 1
 
 #: What the machine stores per key: ``(value, version, mod_revision)``.
 KeyRecord = tuple[bytes, int, int]
+
+#: What :meth:`KVStateMachine.scan` returns per key:
+#: ``(key, value, version, mod_revision)``; value is ``b""`` for keys_only.
+ScanItem = tuple[bytes, bytes, int, int]
+
+
+class _SortedKeys(Protocol):
+    """The part of ``sortedcontainers.SortedList`` this module uses (it ships no types)."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[bytes]: ...
+    def add(self, key: bytes, /) -> None: ...
+    def remove(self, key: bytes, /) -> None: ...
+    def bisect_left(self, key: bytes, /) -> int: ...
+    def irange(
+        self, minimum: bytes | None, maximum: bytes | None, inclusive: tuple[bool, bool]
+    ) -> Iterator[bytes]: ...
+
+
+def _sorted_keys(keys: Iterable[bytes] = ()) -> _SortedKeys:
+    sorted_keys: _SortedKeys = SortedList(keys)
+    return sorted_keys
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """Return the smallest key greater than every key that starts with ``prefix``.
+
+    ``scan(prefix, prefix_end(prefix))`` is then exactly the keys with the
+    prefix. Trailing ``0xff`` bytes cannot be incremented, so they are dropped
+    and the byte before them is incremented: ``b"a\\xff"`` gives ``b"b"``.
+    Returns None (no upper bound) when there is no such key, i.e. when the
+    prefix is empty or all ``0xff``. O(len(prefix)).
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 _OK: Final = ResultCode.OK
 _CAS_FAILED: Final = ResultCode.CAS_FAILED
@@ -92,10 +139,13 @@ _CAS_FAILED: Final = ResultCode.CAS_FAILED
 class DecodedSnapshot:
     """A partition's whole state decoded from a snapshot, not yet installed."""
 
-    __slots__ = ("applied", "data", "sessions")
+    __slots__ = ("applied", "data", "keys", "sessions")
 
     def __init__(self, data: dict[bytes, KeyRecord], sessions: SessionTable, applied: int) -> None:
         self.data = data
+        # The ordered index, built here so that `install` stays instant: the
+        # sort (O(n log n)) runs wherever decoding runs, off the event loop.
+        self.keys = _sorted_keys(data)
         self.sessions = sessions
         self.applied = applied
 
@@ -111,7 +161,7 @@ class KVStateMachine:
             indexes is dropped.
     """
 
-    __slots__ = ("_applied", "_data", "_sessions", "limits")
+    __slots__ = ("_applied", "_data", "_keys", "_sessions", "limits")
 
     def __init__(
         self,
@@ -125,6 +175,8 @@ class KVStateMachine:
         #: The limits every committed command is checked against.
         self.limits = Limits(max_key_size, max_value_size, max_batch_ops)
         self._data: dict[bytes, KeyRecord] = {}
+        # The keys of _data in byte order (module doc: invariant).
+        self._keys = _sorted_keys()
         self._sessions = SessionTable(max_sessions, session_ttl_entries)
         # Index of the last applied entry; 0 = nothing applied.
         self._applied = 0
@@ -148,6 +200,52 @@ class KVStateMachine:
         whether that is fresh enough (ReadIndex) before calling it.
         """
         return self._data.get(key)
+
+    def scan(
+        self, start: bytes, end: bytes | None, *, limit: int = 0, keys_only: bool = False
+    ) -> list[ScanItem]:
+        """Return the keys in ``[start, end)`` in byte order, with their records.
+
+        Args:
+            start: the first key to include (``b""`` = from the first key).
+            end: the first key to exclude; None = up to and including the last
+                key. ``end <= start`` is an empty range, not an error. For a
+                prefix scan pass ``end=prefix_end(prefix)``.
+            limit: return at most this many keys; 0 = no limit.
+            keys_only: leave values out (``b""`` in their place), as a
+                keys-only listing needs.
+
+        Returns:
+            ``(key, value, version, mod_revision)`` per key (see :data:`ScanItem`),
+            a new list; state as of :attr:`applied_index`, like :meth:`get`.
+
+        O(log n + k) for n keys in the partition and k keys returned: a bisect
+        into the ordered index, then one dict lookup per returned key.
+        """
+        if limit < 0:
+            raise ValueError(f"scan limit must be >= 0, got {limit}")
+        if end is not None and end <= start:
+            return []
+        it = self._keys.irange(start, end, (True, False))
+        if limit:
+            it = islice(it, limit)
+        data = self._data
+        if keys_only:
+            return [(k, b"", (r := data[k])[1], r[2]) for k in it]
+        return [(k, *data[k]) for k in it]
+
+    def count(self, start: bytes, end: bytes | None) -> int:
+        """Return how many keys are in ``[start, end)`` (``end`` None = to the last key).
+
+        O(log n): two bisects of the ordered index, whatever the count (the
+        index's positional tree is rebuilt, O(n / 1000), after a write that
+        split a sublist).
+        """
+        keys = self._keys
+        if end is not None and end <= start:
+            return 0
+        hi = len(keys) if end is None else keys.bisect_left(end)
+        return hi - keys.bisect_left(start)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -219,13 +317,20 @@ class KVStateMachine:
     def _put(self, index: int, key: bytes, value: bytes) -> WriteResult:
         data = self._data
         old = data.get(key)
-        prev = 0 if old is None else old[1]
+        if old is None:
+            prev = 0
+            self._keys.add(key)
+        else:
+            prev = old[1]
         data[key] = (value, prev + 1, index)
         return WriteResult(_OK, index, prev + 1, prev)
 
     def _delete(self, index: int, key: bytes) -> WriteResult:
         old = self._data.pop(key, None)
-        return WriteResult(_OK, index, 0, 0 if old is None else old[1])
+        if old is None:
+            return WriteResult(_OK, index, 0, 0)
+        self._keys.remove(key)
+        return WriteResult(_OK, index, 0, old[1])
 
     def _compare_and_set(self, index: int, cmd: CompareAndSetCommand) -> WriteResult:
         current = self._data.get(cmd.key)
@@ -308,6 +413,7 @@ class KVStateMachine:
     def install(self, state: DecodedSnapshot) -> None:
         """Replace the whole state with one `decode_snapshot` built (instant)."""
         self._data = state.data
+        self._keys = state.keys
         self._sessions = state.sessions
         self._applied = state.applied
 
