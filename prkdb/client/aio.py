@@ -59,6 +59,7 @@ from prkdb.wire import (
     RemoteProtocolError,
     encode_frame,
     from_wire,
+    next_message,
 )
 from prkdb.wire.messages import Error, WireMessage
 
@@ -221,17 +222,22 @@ class AioConnection(asyncio.Protocol):
         decoder = self._decoder
         try:
             decoder.receive_data(data)
-            while (item := decoder.next_frame()) is not NEED_DATA:
+            hello = self._hello
+            if hello is not None:  # the first frame answers the Hello (judged by `open`)
+                item = decoder.next_frame()
+                if item is NEED_DATA:
+                    return
                 if item is CLOSED:
                     self._mark_broken(ConnectionLost(self.address, "closed by the server"))
                     return
-                hello = self._hello
-                if hello is not None:  # the first frame answers the Hello
-                    self._hello = None
-                    if not hello.done():
-                        hello.set_result(item)
-                    continue
-                self._dispatch(from_wire(item))
+                self._hello = None
+                if not hello.done():
+                    hello.set_result(item)
+            while (msg := next_message(decoder)) is not NEED_DATA:
+                if msg is CLOSED:
+                    self._mark_broken(ConnectionLost(self.address, "closed by the server"))
+                    return
+                self._dispatch(msg)
         except Exception as exc:  # garbage from the node: the connection is done
             self._mark_broken(exc)
 
@@ -345,7 +351,7 @@ class AsyncClient(AsyncApi):
         conn = self._connections.get(action.address)
         if conn is None or conn.broken:
             conn = await self._connection(action.address, action.deadline)
-        return await conn.request(action.build, action.state, action.deadline)
+        return await conn.request(action.build, action, action.deadline)
 
     async def _connection(self, address: str, deadline: float) -> AioConnection:
         if self._closed:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any
 
 from prkdb.errors import ErrorCode, PrkdbError, error_from_code
 from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, encode_message
@@ -60,17 +60,18 @@ class AttemptExpired(Exception):
     """The attempt's deadline passed before an answer came (see `AttemptState.sent`)."""
 
 
-@final
 class AttemptState:
     """What one attempt did, readable after it was cancelled or failed.
 
     While the request waits, it is also the connection's handle on it (the
-    task or future to wake and its deadline), which saves one object per request.
+    task or future to wake and its deadline), which saves one object per
+    request; and the core's `prkdb.client.core.Send` action is one, which
+    saves another.
     """
 
     __slots__ = ("abandoned", "deadline", "sent", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = math.inf) -> None:
         #: True once the request's bytes were handed to the stream: from then
         #: on the server may have executed it.
         self.sent = False
@@ -80,7 +81,7 @@ class AttemptState:
         #: Whatever the connection wakes (a trio task, an asyncio future).
         self.task: Any = None
         #: When to stop waiting, in the front end's clock.
-        self.deadline = math.inf
+        self.deadline = deadline
 
 
 def error_from_frame(err: Error) -> PrkdbError:

@@ -46,6 +46,7 @@ from prkdb.wire import (
     RemoteProtocolError,
     encode_frame,
     from_wire,
+    next_message,
 )
 from prkdb.wire.messages import Error, WireMessage
 
@@ -152,26 +153,27 @@ class BlockingConnection:
             raise
         if deadline <= clock():
             raise AttemptExpired()
-        sock = self._sock
         decoder = self._decoder
         ok = False
         try:
             state.sent = True
-            sock.sendall(frame)
+            self._sock.sendall(frame)
             while True:
-                item = decoder.next_frame()
-                while item is NEED_DATA:
-                    decoder.receive_data(self._recv(deadline, clock))
-                    item = decoder.next_frame()
-                if item is CLOSED:
-                    raise ConnectionLost(self.address, "closed by the server")
-                msg = from_wire(item)
-                if msg.request_id == request_id:  # type: ignore[union-attr]
-                    ok = True
-                    return msg
-                if isinstance(msg, Error) and msg.request_id == 0:
-                    raise ConnectionLost(self.address, msg.message)
-                # else: an answer to nobody (cannot happen: expired connections are closed)
+                # Receive first: between requests nothing whole is buffered (an
+                # answer is read up to its own frame, and a connection whose
+                # attempt failed is closed); what is, is read right after.
+                decoder.receive_data(self._recv(deadline, clock))
+                msg = next_message(decoder)
+                while msg is not NEED_DATA:
+                    if msg is CLOSED:
+                        raise ConnectionLost(self.address, "closed by the server")
+                    if msg.request_id == request_id:
+                        ok = True
+                        return msg  # type: ignore[no-any-return]
+                    if isinstance(msg, Error) and msg.request_id == 0:
+                        raise ConnectionLost(self.address, msg.message)
+                    # else: an answer to nobody (cannot happen: expired connections are closed)
+                    msg = next_message(decoder)
         except (TimeoutError, BlockingIOError):
             raise AttemptExpired() from None
         except OSError as exc:

@@ -193,7 +193,7 @@ class PrkDbClient(AsyncApi):
             if scope.cancelled_caught:
                 raise AttemptExpired()
             assert conn is not None
-        return await conn.request(action.build, action.state, action.deadline)
+        return await conn.request(action.build, action, action.deadline)
 
     async def _connection(self, address: str) -> Connection:
         if self._closed:

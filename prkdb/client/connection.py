@@ -68,6 +68,7 @@ from prkdb.wire import (
     RemoteProtocolError,
     encode_frame,
     from_wire,
+    next_message,
 )
 from prkdb.wire.messages import (
     AdminOk,
@@ -311,13 +312,13 @@ class Connection:
             with self._reader_scope:
                 while True:
                     # Dispatch every whole frame already buffered before reading again.
-                    item = decoder.next_frame()
-                    while item is not NEED_DATA:
-                        if item is CLOSED:
+                    msg = next_message(decoder)
+                    while msg is not NEED_DATA:
+                        if msg is CLOSED:
                             self._mark_broken(ConnectionLost(self.address, "closed by the server"))
                             return
-                        self._dispatch(from_wire(item))
-                        item = decoder.next_frame()
+                        self._dispatch(msg)
+                        msg = next_message(decoder)
                     decoder.receive_data(await read(_RECEIVE_SIZE))
         except (*_TRANSPORT_ERRORS, ProtocolError, PrkdbError) as exc:
             self._mark_broken(exc)

@@ -13,8 +13,9 @@ actions, in its own kind of I/O:
   plan the answer (any message; an `Error` frame is an answer too), or
   ``throw`` into the plan what went wrong: `ConnectFailed`, `ConnectionLost`,
   `AttemptExpired` (``deadline`` passed, dial included), or a fatal error
-  (`WrongCluster`, `ProtocolError`, `TooLarge`). ``state.sent`` must be true
-  once the request's bytes may have reached the node.
+  (`WrongCluster`, `ProtocolError`, `TooLarge`). The action is also the
+  attempt's `AttemptState` (pass it as the connection's ``state``):
+  ``sent`` must be true once the request's bytes may have reached the node.
 - `Sleep`: pause that many seconds (a backoff), then ``send`` None.
 
 A front end must ``close()`` a plan it stops driving (cancellation): that
@@ -67,6 +68,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any, Final, TypeVar, final
 
 from prkdb.client.attempt import (
@@ -85,11 +87,12 @@ from prkdb.client.results import (
     WriteResult,
     check_key,
     check_value,
+    new_get_result,
     parse_batch_op,
     write_result,
 )
 from prkdb.client.routing import Topology, normalize_address
-from prkdb.client.sessions import SessionPool, SessionSlot
+from prkdb.client.sessions import SessionPool
 from prkdb.errors import (
     ErrorCode,
     InvalidRequest,
@@ -166,14 +169,27 @@ _TRIED_SHOWN: Final = 6  # attempts listed in a give-up message
 
 
 @final
-@dataclass(slots=True)
-class Send:
-    """Action: one request to one node; answer with its reply (see module doc)."""
+class Send(AttemptState):
+    """Action: one request to one node; answer with its reply (see module doc).
 
-    address: str
-    build: Callable[[int], Any]  # request id -> wire array, or a finished frame (bytes)
-    deadline: float  # in the front end's clock
-    state: AttemptState
+    Also the attempt's `AttemptState` (one object per attempt, not two): the
+    front end hands it to the connection as the ``state`` to mark ``sent``.
+    """
+
+    __slots__ = ("address", "build")
+
+    def __init__(self, address: str, build: Callable[[int], Any], deadline: float) -> None:
+        # AttemptState's fields set here too: a super() call costs as much as they do.
+        self.sent = False
+        self.abandoned = False
+        self.task = None
+        self.deadline = deadline
+        self.address = address
+        #: request id -> the wire array (`to_wire` form), or a finished frame (bytes).
+        self.build = build
+
+    def __repr__(self) -> str:
+        return f"Send({self.address!r}, deadline={self.deadline}, sent={self.sent})"
 
 
 @final
@@ -191,7 +207,11 @@ Plan = Generator[Send | Sleep, Any, T]
 @final
 @dataclass(slots=True)
 class _Op:
-    """One logical request and how to route it."""
+    """One logical request and how to route it.
+
+    Made once per call: positional arguments, and (on the hot calls) no
+    closure but `build`, since each costs more than the fields together.
+    """
 
     # For messages ("put key=b'k'"); a function because most calls never
     # need the text, and formatting it would cost more than the call itself.
@@ -206,6 +226,32 @@ class _Op:
 
 def _status_array(request_id: int) -> list[Any]:
     return to_wire(Status(request_id))
+
+
+def _describe_get(key: bytes, consistency: ReadConsistency) -> str:
+    return f"get key={key[:32]!r} ({consistency.name.lower()})"
+
+
+def _describe_write(what: str, key: bytes | None, partition: int, client_id: int,
+                    seq: int) -> str:
+    about = what if key is None else f"{what} key={key[:32]!r}"
+    return f"{about} (partition {partition}, client {client_id} seq {seq})"
+
+
+def _cas_array(request_id: int, key: bytes, expected_value: bytes | None,
+               expected_version: int | None, new_value: bytes | None, client_id: int,
+               seq: int) -> list[Any]:
+    return to_wire(Cas(request_id, key, expected_value, expected_version, new_value,
+                       client_id, seq))
+
+
+def _batch_array(request_id: int, partition: int, ops: tuple[BatchOp, ...], client_id: int,
+                 seq: int) -> list[Any]:
+    return to_wire(Batch(request_id, partition, ops, client_id, seq))
+
+
+_STALE: Final = ReadConsistency.STALE
+_LINEARIZABLE: Final = ReadConsistency.LINEARIZABLE
 
 
 def _backoff_delays(rng: random.Random) -> Generator[float, None, None]:
@@ -307,42 +353,36 @@ class ClientCore:
         self, key: bytes, consistency: ReadConsistency, timeout: float | None
     ) -> Plan[GetResult]:
         """Read `key` at `consistency` (see `PrkDbClient.get_entry`)."""
-        key = check_key(key)
+        if type(key) is not bytes or not key:
+            key = check_key(key)
         if type(consistency) is not ReadConsistency:
             consistency = ReadConsistency(consistency)
         level = int(consistency)
         count = self.topology.partitions or (yield from self._partition_count(timeout))
         partition = partition_for(key, count)
         op = _Op(
-            lambda: f"get key={key[:32]!r} ({consistency.name.lower()})",
+            partial(_describe_get, key, consistency),
             lambda rid: encode_get_request(rid, key, level, partition),
-            partition=partition,
-            consistency=consistency,
+            partition,
+            consistency,
         )
         reply = yield from self.execute(op, timeout, GetOk)
         assert isinstance(reply, GetOk)
-        return GetResult(reply.value, reply.version, reply.mod_revision, reply.applied_index)
+        return new_get_result(
+            (reply.value, reply.version, reply.mod_revision, reply.applied_index))
 
     def put(self, key: bytes, value: bytes, timeout: float | None) -> Plan[WriteResult]:
         """Store `value` under `key`, exactly once."""
-        key = check_key(key)
-        value = check_value(value)
-        return self._write(
-            lambda: f"put key={key[:32]!r}",
-            key,
-            lambda rid, s: encode_put_request(rid, key, value, s.client_id, s.next_seq),
-            timeout,
-        )
+        if type(key) is not bytes or not key:
+            key = check_key(key)
+        if type(value) is not bytes:
+            value = check_value(value)
+        return self._write("put", key, encode_put_request, (key, value), timeout)
 
     def delete(self, key: bytes, timeout: float | None) -> Plan[WriteResult]:
         """Remove `key`."""
         key = check_key(key)
-        return self._write(
-            lambda: f"delete key={key[:32]!r}",
-            key,
-            lambda rid, s: encode_delete_request(rid, key, s.client_id, s.next_seq),
-            timeout,
-        )
+        return self._write("delete", key, encode_delete_request, (key,), timeout)
 
     def cas(
         self,
@@ -375,14 +415,8 @@ class ClientCore:
         if wire_value is None and expected_version is None:
             raise InvalidRequest("cas needs expected_value or expected_version (else use put)")
         stored = None if new_value is None else check_value(new_value, "new_value")
-        version = expected_version
         return self._write(
-            lambda: f"cas key={key[:32]!r}",
-            key,
-            lambda rid, s: to_wire(
-                Cas(rid, key, wire_value, version, stored, s.client_id, s.next_seq)
-            ),
-            timeout,
+            "cas", key, _cas_array, (key, wire_value, expected_version, stored), timeout
         )
 
     def batch(
@@ -405,10 +439,8 @@ class ClientCore:
         (partition,) = partitions
         return (
             yield from self._write(
-                lambda: f"batch of {len(parsed)} ops",
-                parsed[0].key,
-                lambda rid, s: to_wire(Batch(rid, partition, parsed, s.client_id, s.next_seq)),
-                timeout,
+                f"batch of {len(parsed)} ops", parsed[0].key, _batch_array, (partition, parsed),
+                timeout, describe_key=False,
             )
         )
 
@@ -602,22 +634,37 @@ class ClientCore:
 
     def _write(
         self,
-        what: Callable[[], str],
+        what: str,
         key: bytes,
-        build: Callable[[int, SessionSlot], Any],
+        encode: Callable[..., Any],
+        args: tuple[Any, ...],
         timeout: float | None,
+        *,
+        describe_key: bool = True,
     ) -> Plan[WriteResult]:
+        """Run a write with a session slot held throughout (module doc).
+
+        Args:
+            what: the operation's name in messages ("put").
+            key: routes the write (its partition); named in messages if `describe_key`.
+            encode: ``encode(request_id, *args, client_id, seq)`` -> the
+                request's frame or wire array.
+        """
         partition = partition_for(
             key, self.topology.partitions or (yield from self._partition_count(timeout))
         )
         slot = self.sessions.acquire()
-        seq = slot.next_seq  # the text is made later, maybe after release() bumped it
+        # Every attempt is the same request: the slot's ids do not change while held.
+        client_id = slot.client_id
+        seq = slot.next_seq
         try:
             op = _Op(
-                lambda: f"{what()} (partition {partition}, client {slot.client_id} seq {seq})",
-                lambda rid: build(rid, slot),
-                partition=partition,
-                write=True,
+                partial(_describe_write, what, key if describe_key else None, partition,
+                        client_id, seq),
+                lambda rid: encode(rid, *args, client_id, seq),
+                partition,
+                _LINEARIZABLE,
+                True,
             )
             reply = yield from self.execute(op, timeout, WriteOk)
         finally:
@@ -664,11 +711,8 @@ class ClientCore:
                 now = clock()
                 if now >= end:
                     break
-                state = AttemptState()
                 try:
-                    reply = yield Send(
-                        address, _status_array, min(end, now + _STATUS_TRY_TIMEOUT), state
-                    )
+                    reply = yield Send(address, _status_array, min(end, now + _STATUS_TRY_TIMEOUT))
                 except (ConnectFailed, ConnectionLost) as exc:
                     problems.append(str(exc))
                     continue
@@ -706,26 +750,26 @@ class ClientCore:
             candidates = topo.candidate_addresses(self._round_robin)
             fresh = [a for a in candidates if a not in failed and not self.suspected(a, now)]
             return (fresh or candidates)[0]
+        consistency = op.consistency
+        if consistency is _STALE and topo.nodes:  # any node; no leader needed
+            self._round_robin += 1
+            pool: Sequence[str] = topo.sorted_addresses()
+            if failed or suspects:
+                pool = [a for a in pool if a not in failed and not self.suspected(a, now)] or pool
+            return pool[self._round_robin % len(pool)]
         leader = topo.leaders.get(op.partition, 0)
         leader_addr = topo.nodes.get(leader) if leader else None
         if suspects and self.suspected(leader_addr, now):
             leader_addr = None
-        if op.consistency != ReadConsistency.LINEARIZABLE and topo.nodes:
+        if consistency == ReadConsistency.FOLLOWER and topo.nodes:
             self._round_robin += 1
-            if op.consistency == ReadConsistency.FOLLOWER:
-                # Spread over followers; the leader (if known) is the fallback.
-                others = [a for a in topo.addresses_by_id() if a != leader_addr]
-                pool = [a for a in others if a not in failed]
-                if suspects:
-                    pool = [a for a in pool if not self.suspected(a, now)]
-                if not pool:
-                    pool = [leader_addr] if leader_addr else others
-            else:
-                pool = list(topo.sorted_addresses())
-                if failed or suspects:
-                    pool = [
-                        a for a in pool if a not in failed and not self.suspected(a, now)
-                    ] or pool
+            # Spread over followers; the leader (if known) is the fallback.
+            others = [a for a in topo.addresses_by_id() if a != leader_addr]
+            pool = [a for a in others if a not in failed]
+            if suspects:
+                pool = [a for a in pool if not self.suspected(a, now)]
+            if not pool:
+                pool = [leader_addr] if leader_addr else others
             return pool[self._round_robin % len(pool)]
         return leader_addr
 
@@ -748,10 +792,14 @@ class ClientCore:
     def execute(self, op: _Op, timeout: float | None, expect: type[WireMessage]) -> Plan[Any]:
         """Run `op` until a definite answer or the deadline (module docstring)."""
         clock = self.clock
-        budget = self._budget(timeout)
+        budget = self.timeout if timeout is None else _positive(timeout, "timeout")
         start = clock()
         deadline = start + budget
-        span = op.attempt_timeout or min(self.attempt_timeout, budget / 2)
+        span = op.attempt_timeout
+        if not span:  # the client's, at most half the budget (min() costs a call)
+            span = self.attempt_timeout
+            if span > budget / 2:
+                span = budget / 2
         delays: Generator[float, None, None] | None = None  # made on the first retry
         tried: list[str] = []
         failed: set[str] = set()  # addresses that failed during this call
@@ -760,10 +808,12 @@ class ClientCore:
         last_error: BaseException | None = None
         now = start
         while now < deadline:
-            state = AttemptState()
+            send: Send | None = None  # the attempt (and its state), once there is a target
             reply: Any = None
             expired = False  # the attempt's time ran out
-            attempt_end = min(deadline, now + span)
+            attempt_end = now + span
+            if attempt_end > deadline:
+                attempt_end = deadline
             target = self._route(op, failed, now)
             try:
                 if target is None:
@@ -773,14 +823,15 @@ class ClientCore:
                         tried.append(f"no leader known ({why})")
                         expired = clock() >= deadline
                 if target is not None:
-                    reply = yield Send(target, op.build, attempt_end, state)
+                    send = Send(target, op.build, attempt_end)
+                    reply = yield send
             except ConnectFailed as exc:
                 tried.append(str(exc))
                 last_error = exc
             except ConnectionLost as exc:
                 tried.append(str(exc))
                 last_error = exc
-                ambiguous |= op.write and state.sent
+                ambiguous |= op.write and send is not None and send.sent
             except AttemptExpired:
                 expired = True
             if target is not None and reply is None:  # failed, or silent: suspect the node
@@ -789,7 +840,7 @@ class ClientCore:
                 if expired:
                     self.suspects[target] = clock() + SUSPECT_FOR
             if expired:
-                ambiguous |= op.write and state.sent
+                ambiguous |= op.write and send is not None and send.sent
                 if attempt_end >= deadline:
                     tried.append(f"{target or 'routing'}: no answer before the deadline")
                     break

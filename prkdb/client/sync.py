@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import IO, Any, TypeVar, final
 
-from prkdb.client.attempt import AttemptState
 from prkdb.client.blocking import BlockingConnection, Pool
 from prkdb.client.core import (
     BACKUP_CHUNK,
@@ -199,7 +198,6 @@ class SyncClient:
             core = self.core
             conn = BlockingConnection.open(action.address, core.hello_frame(),
                                            core.accept_hello, action.deadline, time.monotonic)
-        state: AttemptState = action.state
-        reply = conn.request(action.build, state, action.deadline, time.monotonic)
+        reply = conn.request(action.build, action, action.deadline, time.monotonic)
         self._pool.give(conn)
         return reply

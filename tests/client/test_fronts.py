@@ -8,6 +8,7 @@ cluster on real TCP, tests/client/fronts.py); calls are blocking through the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from prkdb.client import (
 )
 from prkdb.errors import ErrorCode
 from prkdb.partitioning import partition_for
-from prkdb.wire.messages import Put
+from prkdb.wire.messages import Put, Status
 from tests.client.fake import DROP_AFTER, HANG, FakeNode, error, key_in
 from tests.client.fronts import Front, TcpFake
 
@@ -215,3 +216,35 @@ def test_status_and_closed_client(front: Front, tcp_fake: TcpFake) -> None:
     db.close()
     with pytest.raises(InvalidRequest, match="closed"):
         db.put(b"k", b"v")
+
+
+def test_give_up_messages_name_the_call(front: Front, tcp_fake: TcpFake) -> None:
+    """Each call describes itself as before (partition, session and seq for writes)."""
+    cluster = tcp_fake.cluster
+    db = front.connect(cluster.seeds, cluster_id="prkdb")
+
+    async def unavailable(node: FakeNode, msg: Any) -> Any:
+        return None if isinstance(msg, Status) else error(ErrorCode.UNAVAILABLE, "no quorum")
+
+    cluster.hook = unavailable
+    key = key_in(2, cluster.partitions)
+    client = db.client_id
+    calls: list[tuple[Callable[[], Any], str]] = [
+        (lambda: db.get_entry(key, consistency=ReadConsistency.STALE, timeout=0.2),
+         f"get key={key!r} (stale): partition 2 did not answer within 0.2s"),
+        (lambda: db.get(key, timeout=0.2),
+         f"get key={key!r} (linearizable): partition 2 did not answer"),
+        (lambda: db.put(key, b"v", timeout=0.2),
+         f"put key={key!r} (partition 2, client {client} seq 1): partition 2 did not"),
+        (lambda: db.delete(key, timeout=0.2),
+         f"delete key={key!r} (partition 2, client {client} seq 2): partition 2"),
+        (lambda: db.cas(key, expected_version=3, new_value=b"w", timeout=0.2),
+         f"cas key={key!r} (partition 2, client {client} seq 3): partition 2"),
+        (lambda: db.batch([("put", key, b"v"), ("delete", key)], timeout=0.2),
+         f"batch of 2 ops (partition 2, client {client} seq 4): partition 2"),
+    ]
+    for call, text in calls:
+        with pytest.raises(Timeout) as info:
+            call()
+        assert info.value.message.startswith(text), info.value.message
+        assert "no quorum" in info.value.message
