@@ -11,26 +11,43 @@ questions for prkdb/state/kv.py:
   (what the OS sees, incl. allocator slack). Printed next to the raw payload
   (16 + 100 = 116 bytes) as a ratio.
 * throughput: PutCommand commands per second through ``apply`` (decode, limit
-  checks, dict update, result object), from pre-encoded entry data, with and
-  without a session envelope; plus snapshot/restore time.
+  checks, dict and ordered-index update, result object), from pre-encoded
+  entry data: keys in ascending order (the index's best case: every insert
+  lands in its last sublist), keys in hash order (16 random-looking bytes,
+  inserts land anywhere), and ascending with a session envelope; plus
+  snapshot/restore time and, where the machine has ``scan``, a 1,000-key scan.
 
 Usage: python scripts/bench_state.py [--keys N]   (default 1,000,000)
+
+Before/after in one run: ``--baseline DIR`` measures DIR's prkdb (a checkout,
+e.g. ``git worktree add --detach /tmp/state-base <commit>``) against this
+checkout's, each measurement in a fresh subprocess (so neither side's heap
+or RSS leaks into the other's), alternating sides for ``--rounds`` rounds;
+it prints per-side medians and the ratio after/before.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 
+_HERE = Path(__file__).resolve().parent.parent
+# Which checkout's prkdb to measure: this one, or --root's (set by --baseline).
+if "--root" in sys.argv:
+    _HERE = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
 # Run from a checkout without installing: make the repo root importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(_HERE))
 
-from prkdb.state import KVStateMachine, PutCommand, encode_command
+from prkdb.state import KVStateMachine, PutCommand, encode_command  # noqa: E402
 
 KEY_SIZE = 16
 VALUE_SIZE = 100
@@ -43,6 +60,11 @@ def _key(i: int) -> bytes:
 def _value(i: int) -> bytes:
     # Distinct per key, 100 bytes.
     return (b"%010d" % i) * (VALUE_SIZE // 10)
+
+
+def _hashed_key(i: int) -> bytes:
+    # 16 bytes in no particular order: inserts land anywhere in the index.
+    return hashlib.blake2b(b"%d" % i, digest_size=KEY_SIZE).digest()
 
 
 def _rss_bytes() -> int:
@@ -85,14 +107,17 @@ def bench_memory_rss(n: int) -> float:
     return used / n
 
 
-def bench_apply(n: int, *, session: bool) -> tuple[float, float, float, int]:
+def bench_apply(
+    n: int, *, session: bool, hashed: bool = False
+) -> tuple[float, float, float, int]:
     """Return (apply ops/s, snapshot s, restore s, snapshot bytes) for n Puts."""
+    key = _hashed_key if hashed else _key
     if session:
         entries = [
-            encode_command(PutCommand(_key(i), _value(i)), b"bench-client", i + 1) for i in range(n)
+            encode_command(PutCommand(key(i), _value(i)), b"bench-client", i + 1) for i in range(n)
         ]
     else:
-        entries = [encode_command(PutCommand(_key(i), _value(i))) for i in range(n)]
+        entries = [encode_command(PutCommand(key(i), _value(i))) for i in range(n)]
     machine = KVStateMachine()
     apply = machine.apply
     gc.collect()
@@ -109,11 +134,84 @@ def bench_apply(n: int, *, session: bool) -> tuple[float, float, float, int]:
     return n / elapsed, t1 - t0, t2 - t1, len(snap)
 
 
+def bench_scan(n: int, width: int = 1000, reps: int = 200) -> float:
+    """Seconds per ``scan`` of ``width`` keys from the middle of n keys (0 if no scan)."""
+    machine = KVStateMachine()
+    if not hasattr(machine, "scan"):
+        return 0.0
+    _fill(machine, n)
+    start = _key(n // 2)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        got = machine.scan(start, None, limit=width)
+    elapsed = time.perf_counter() - t0
+    assert len(got) == min(width, n - n // 2)
+    return elapsed / reps
+
+
+# (name, unit, higher is better): what a --worker run reports, in JSON.
+_METRICS = [
+    ("rss_bytes_per_key", "B/key", False),
+    ("tracemalloc_bytes_per_key", "B/key", False),
+    ("put_seq_ops", "ops/s", True),
+    ("put_hashed_ops", "ops/s", True),
+    ("put_session_ops", "ops/s", True),
+    ("snapshot_s", "s", False),
+    ("restore_s", "s", False),
+    ("scan1000_us", "us", False),
+]
+
+
+def _measure(n: int) -> dict[str, float]:
+    out: dict[str, float] = {
+        "rss_bytes_per_key": bench_memory_rss(n),
+        "tracemalloc_bytes_per_key": bench_memory_tracemalloc(n),
+    }
+    ops, snap_s, restore_s, _ = bench_apply(n, session=False)
+    out.update(put_seq_ops=ops, snapshot_s=snap_s, restore_s=restore_s)
+    out["put_hashed_ops"] = bench_apply(n, session=False, hashed=True)[0]
+    out["put_session_ops"] = bench_apply(n, session=True)[0]
+    out["scan1000_us"] = bench_scan(min(n, 100_000)) * 1e6
+    return out
+
+
+def compare(baseline: Path, n: int, rounds: int) -> None:
+    """Measure baseline and this checkout alternately in subprocesses; print medians."""
+    sides = {"before": baseline.resolve(), "after": _HERE}
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for r in range(rounds):
+        # Alternate which side goes first, so drift favours neither.
+        order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+        for side in order:
+            root = str(sides[side])
+            cmd = [sys.executable, __file__, "--worker", "--keys", str(n), "--root", root]
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            runs[side].append(json.loads(proc.stdout))
+            print(f"round {r + 1}/{rounds} {side}: done", file=sys.stderr)
+    print(f"keys: {n:,}; {rounds} rounds, sides alternated; before = {sides['before']}")
+    print(f"{'metric':34} {'before':>12} {'after':>12} {'after/before':>13}")
+    for name, unit, _ in _METRICS:
+        b = statistics.median(x[name] for x in runs["before"])
+        a = statistics.median(x[name] for x in runs["after"])
+        ratio = f"{a / b:.3f}" if b else "-"
+        print(f"{name + ' (' + unit + ')':34} {b:12,.3f} {a:12,.3f} {ratio:>13}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys to insert")
+    parser.add_argument("--baseline", type=Path, help="checkout to compare against")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per side (--baseline)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)  # read before imports
     args = parser.parse_args()
     n: int = args.keys
+    if args.worker:
+        print(json.dumps(_measure(n)))
+        return
+    if args.baseline is not None:
+        compare(args.baseline, n, args.rounds)
+        return
     raw = KEY_SIZE + VALUE_SIZE
     print(f"keys: {n:,} ({KEY_SIZE}-byte keys, {VALUE_SIZE}-byte values; raw payload {raw} B)")
 
@@ -122,9 +220,9 @@ def main() -> None:
     per_key = bench_memory_tracemalloc(n)
     print(f"memory (tracemalloc): {per_key:7.1f} bytes/key  = {per_key / raw:.2f}x raw")
 
-    for session in (False, True):
-        ops, snap_s, restore_s, snap_len = bench_apply(n, session=session)
-        label = "put+session" if session else "put        "
+    for session, hashed in ((False, False), (False, True), (True, False)):
+        ops, snap_s, restore_s, snap_len = bench_apply(n, session=session, hashed=hashed)
+        label = "put+session" if session else "put hashed " if hashed else "put        "
         print(f"apply {label}: {ops:10,.0f} ops/s")
     print(
         f"snapshot: {snap_len / 1e6:.1f} MB in {snap_s:.2f} s; restore {restore_s:.2f} s"
