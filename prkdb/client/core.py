@@ -834,6 +834,10 @@ class ClientCore:
                 ambiguous |= op.write and send is not None and send.sent
             except AttemptExpired:
                 expired = True
+            if reply.__class__ is expect:  # the common case first (None never is)
+                if self.suspects:
+                    self.suspects.pop(target, None)  # type: ignore[arg-type]  # set with reply
+                return reply
             if target is not None and reply is None:  # failed, or silent: suspect the node
                 failed.add(target)
                 self.topology.forget_node_leadership(target)
@@ -847,10 +851,6 @@ class ClientCore:
                 tried.append(f"{target or 'routing'}: no answer in {round(span, 3)}s")
             if reply is not None:
                 assert target is not None
-                if reply.__class__ is expect:
-                    if self.suspects:
-                        self.suspects.pop(target, None)
-                    return reply
                 self.suspects.pop(target, None)
                 if not isinstance(reply, Error):
                     raise ProtocolError(f"{target}: answered {op.describe()} with "

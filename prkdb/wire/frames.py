@@ -382,6 +382,9 @@ def _http_start(header: bytes | bytearray) -> RemoteProtocolError | None:
     return None
 
 
+_OPEN: Final = DecoderState.OPEN  # one global lookup, not two, per next_frame
+
+
 class FrameDecoder:
     """Incremental frame decoder; feed bytes, pull decoded CBOR items.
 
@@ -482,7 +485,7 @@ class FrameDecoder:
                 undecodable body, trailing bytes, or EOF inside a frame. The
                 decoder is then in ERROR and raises on every later call.
         """
-        if self.state is not DecoderState.OPEN:
+        if self.state is not _OPEN:
             if self.state is DecoderState.CLOSED:
                 return CLOSED
             assert self._error is not None

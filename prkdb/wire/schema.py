@@ -200,8 +200,8 @@ Python statements, unindented, over three variables of the generated parser:
 variable. They assign the field's value, validated as `WireType.decode`
 would, and leave ``_i`` just past the item; for any form they do not handle
 (or a value `decode` would refuse) they ``return None``. They may read past
-the end of ``_b``: an IndexError, or an ``_i`` past the end, makes the
-parser answer None. Scratch variables start with ``_``.
+the end of ``_b``: an IndexError or struct.error, or an ``_i`` past the
+end, makes the parser answer None. Scratch variables start with ``_``.
 """
 
 
@@ -209,9 +209,10 @@ def _parse_head(major: int, var: str) -> HandParse:
     """Statements reading a CBOR head of major type `major` into `var` (its argument).
 
     Every definite-length form cbor2 accepts: the argument in the first byte
-    (0..23) or in the 1, 2, 4 or 8 bytes after it (big-endian; the short ones
-    by hand, which costs less than a slice and a call). Indefinite lengths
-    and other major types make the parser answer None.
+    (0..23) or in the 1, 2, 4 or 8 bytes after it (big-endian: the short ones
+    by hand, the long ones with struct, which costs less than a slice and
+    ``int.from_bytes``). Indefinite lengths and other major types make the
+    parser answer None.
     """
     small = "_x < 24" if major == 0 else f"{major} <= _x < {major + 24}"  # never < 0
     return [
@@ -226,10 +227,10 @@ def _parse_head(major: int, var: str) -> HandParse:
         f"    {var} = _b[_i + 1] << 8 | _b[_i + 2]",
         "    _i += 3",
         f"elif _x == {major + 26}:",
-        f"    {var} = _from_bytes(_b[_i + 1:_i + 5], 'big')",
+        f"    ({var},) = _u32(_b, _i + 1)",
         "    _i += 5",
         f"elif _x == {major + 27}:",
-        f"    {var} = _from_bytes(_b[_i + 1:_i + 9], 'big')",
+        f"    ({var},) = _u64(_b, _i + 1)",
         "    _i += 9",
         "else:",
         "    return None",
@@ -764,14 +765,20 @@ def _compile_decoder(schema: Schema, name: str) -> Callable[[bytes], Any]:
     """`Schema.compile_decoder`: write the parser's source, then exec it.
 
     The source is the message head's check, then every field's `HandParse`
-    in order inside one ``try`` (an IndexError means the body ended early),
+    in order inside one ``try`` (IndexError or struct.error: the body ended early),
     then the end-of-body check and the build. Straight-line code, for the
     reason `_compile_encoder` gives.
     """
     cls = schema.cls
     names = [f.name for f in schema.fields]
     _check_variables(cls, names, name)
-    env: dict[str, Any] = {"_from_bytes": int.from_bytes, "_cls": cls, "_check": schema.check}
+    env: dict[str, Any] = {
+        "_u32": struct.Struct(">I").unpack_from,
+        "_u64": struct.Struct(">Q").unpack_from,
+        "_short": (IndexError, struct.error),
+        "_cls": cls,
+        "_check": schema.check,
+    }
     head = cbor_head(CBOR_ARRAY, len(names) + 1) + cbor_head(CBOR_UINT, schema.type_id)
     body: list[str] = []
     for field in schema.fields:
@@ -800,7 +807,7 @@ def _compile_decoder(schema: Schema, name: str) -> Callable[[bytes], Any]:
         f"    _i = {len(head)}",
         "    try:",
         *(f"        {line}" for line in body),
-        "    except IndexError:",
+        "    except _short:",
         "        return None  # the body ended inside an item",
         "    if _i != len(_b):",
         "        return None  # trailing bytes, or an item ran past the end",
