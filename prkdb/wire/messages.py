@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 
+import prkdb.wire.raft_codec as raft_codec
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft.types import Entry, Message, Role
-from prkdb.wire import raft_codec
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
     CBOR_ARRAY,
