@@ -29,16 +29,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, final
 
-from prkdb.client.api import AsyncApi
+from prkdb.client.api import AsyncApi, Connecting
 from prkdb.client.attempt import (
     AttemptExpired,
     AttemptState,
     ConnectFailed,
     ConnectionLost,
     HelloCheck,
+    request_frame,
 )
 from prkdb.client.core import (
     DEFAULT_ATTEMPT_TIMEOUT,
@@ -49,15 +50,13 @@ from prkdb.client.core import (
     drive_async,
 )
 from prkdb.client.routing import split_address
-from prkdb.errors import ErrorCode, InvalidRequest, TooLarge
+from prkdb.errors import InvalidRequest
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
-    LocalProtocolError,
     RemoteProtocolError,
-    encode_frame,
     from_wire,
     next_message,
 )
@@ -144,14 +143,7 @@ class AioConnection(asyncio.Protocol):
             raise ConnectionLost(self.address, self._broken)
         request_id = self._next_request_id
         self._next_request_id += 1
-        try:
-            built = build(request_id)
-            frame = (built if type(built) is bytes
-                     else encode_frame(built, max_frame=DEFAULT_MAX_FRAME))
-        except LocalProtocolError as exc:
-            if exc.code == ErrorCode.TOO_LARGE:
-                raise TooLarge(exc.message, details=exc.details) from None
-            raise
+        frame = request_frame(build, request_id, DEFAULT_MAX_FRAME)
         loop = self._loop
         future: asyncio.Future[WireMessage] = loop.create_future()
         state.task = future
@@ -255,27 +247,6 @@ class AioConnection(asyncio.Protocol):
             state.task.set_result(msg)
 
 
-class _Connecting:
-    """What `AsyncClient.connect` returns: ``await`` it, or ``async with`` it."""
-
-    __slots__ = ("_client", "_open")
-
-    def __init__(self, open_: Callable[[], Any]) -> None:
-        self._open = open_
-        self._client: AsyncClient | None = None
-
-    def __await__(self) -> Generator[Any, None, AsyncClient]:
-        opened: Generator[Any, None, AsyncClient] = self._open().__await__()
-        return opened
-
-    async def __aenter__(self) -> AsyncClient:
-        self._client = await self._open()
-        return self._client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._client is not None
-        await self._client.aclose()
-
 
 @final
 class AsyncClient(AsyncApi):
@@ -309,7 +280,7 @@ class AsyncClient(AsyncApi):
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
-    ) -> _Connecting:
+    ) -> Connecting[AsyncClient]:
         """Connect and learn the topology; arguments and errors as `PrkDbClient.connect`.
 
         Usage: ``db = await AsyncClient.connect([...])`` (then ``await db.aclose()``),
@@ -326,7 +297,7 @@ class AsyncClient(AsyncApi):
                 raise
             return client
 
-        return _Connecting(open_)
+        return Connecting(open_)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -8,8 +8,8 @@ docstrings and one behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import IO, Any, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from typing import IO, Any, Generic, TypeVar
 
 from prkdb.client.core import BACKUP_CHUNK, ClientCore, Plan
 from prkdb.client.results import UNSET, GetResult, Unset, WriteResult
@@ -24,9 +24,10 @@ from prkdb.wire.messages import (
     StatusOk,
 )
 
-__all__ = ["AsyncApi"]
+__all__ = ["AsyncApi", "Connecting"]
 
 T = TypeVar("T")
+C = TypeVar("C", bound="AsyncApi")
 
 
 class AsyncApi:
@@ -258,3 +259,27 @@ class AsyncApi:
         """
         return await self._drive(self.core.backup_partition(
             partition, out, attempts, chunk_size, timeout, begin_timeout))
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+class Connecting(Generic[C]):
+    """What ``connect`` returns: ``await`` it, or ``async with`` it (closed on exit)."""
+
+    __slots__ = ("_client", "_open")
+
+    def __init__(self, open_: Callable[[], Awaitable[C]]) -> None:
+        self._open = open_
+        self._client: C | None = None
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> C:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._client is not None
+        await self._client.aclose()

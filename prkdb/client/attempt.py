@@ -17,8 +17,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from prkdb.errors import ErrorCode, PrkdbError, error_from_code
-from prkdb.wire import PROTOCOL_VERSION, RemoteProtocolError, encode_message
+from prkdb.errors import ErrorCode, PrkdbError, TooLarge, error_from_code
+from prkdb.wire import (
+    PROTOCOL_VERSION,
+    LocalProtocolError,
+    RemoteProtocolError,
+    encode_frame,
+    encode_message,
+)
 from prkdb.wire.messages import ROLE_CLIENT, Error, Hello, HelloOk
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "error_from_frame",
     "hello_frame",
     "hello_node_id",
+    "request_frame",
 ]
 
 
@@ -116,3 +123,18 @@ def hello_node_id(address: str, msg: object) -> tuple[int, str]:
         raise RemoteProtocolError(f"expected HelloOk, got {type(msg).__name__}")
     return msg.node_id, msg.cluster_id
 
+
+
+def request_frame(build: Callable[[int], Any], request_id: int, max_frame: int) -> bytes:
+    """The frame of one request: `build` gives a finished frame or a wire array to frame.
+
+    Raises:
+        TooLarge: over `max_frame` (nothing was sent).
+    """
+    try:
+        built = build(request_id)
+        return built if type(built) is bytes else encode_frame(built, max_frame=max_frame)
+    except LocalProtocolError as exc:
+        if exc.code == ErrorCode.TOO_LARGE:
+            raise TooLarge(exc.message, details=exc.details) from None
+        raise

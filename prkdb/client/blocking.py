@@ -34,17 +34,15 @@ from prkdb.client.attempt import (
     ConnectFailed,
     ConnectionLost,
     HelloCheck,
+    request_frame,
 )
 from prkdb.client.routing import split_address
-from prkdb.errors import ErrorCode, TooLarge
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
-    LocalProtocolError,
     RemoteProtocolError,
-    encode_frame,
     from_wire,
     next_message,
 )
@@ -143,14 +141,7 @@ class BlockingConnection:
         """
         request_id = self._next_request_id
         self._next_request_id += 1
-        try:
-            built = build(request_id)
-            frame = (built if type(built) is bytes
-                     else encode_frame(built, max_frame=DEFAULT_MAX_FRAME))
-        except LocalProtocolError as exc:
-            if exc.code == ErrorCode.TOO_LARGE:
-                raise TooLarge(exc.message, details=exc.details) from None
-            raise
+        frame = request_frame(build, request_id, DEFAULT_MAX_FRAME)
         if deadline <= clock():
             raise AttemptExpired()
         decoder = self._decoder

@@ -22,12 +22,12 @@ All waiting uses trio time (`trio.current_time`), so tests drive it with
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Generator, Sequence
-from typing import Any, TypeVar, final
+from collections.abc import Sequence
+from typing import TypeVar, final
 
 import trio
 
-from prkdb.client.api import AsyncApi
+from prkdb.client.api import AsyncApi, Connecting
 from prkdb.client.attempt import AttemptExpired
 from prkdb.client.connection import Connection, StreamFactory
 from prkdb.client.core import (
@@ -39,7 +39,7 @@ from prkdb.client.core import (
     Send,
     drive_async,
 )
-from prkdb.client.results import UNSET, BackupFailed, GetResult, Unset, WriteResult
+from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.client.routing import split_address
 from prkdb.errors import InvalidRequest
 from prkdb.wire.messages import WireMessage
@@ -56,29 +56,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_Unset = Unset  # the old private name, for callers that imported it
 
-
-class _Connecting:
-    """What `PrkDbClient.connect` returns: ``await`` it, or ``async with`` it."""
-
-    __slots__ = ("_client", "_open")
-
-    def __init__(self, open_: Callable[[], Any]) -> None:
-        self._open = open_
-        self._client: PrkDbClient | None = None
-
-    def __await__(self) -> Generator[Any, None, PrkDbClient]:
-        opened: Generator[Any, None, PrkDbClient] = self._open().__await__()
-        return opened
-
-    async def __aenter__(self) -> PrkDbClient:
-        self._client = await self._open()
-        return self._client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._client is not None
-        await self._client.aclose()
 
 
 @final
@@ -124,7 +102,7 @@ class PrkDbClient(AsyncApi):
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
-    ) -> _Connecting:
+    ) -> Connecting[PrkDbClient]:
         """Connect to a cluster and learn its topology from any seed.
 
         Usage: ``client = await PrkDbClient.connect([...])`` (then
@@ -162,7 +140,7 @@ class PrkDbClient(AsyncApi):
                 raise
             return client
 
-        return _Connecting(open_)
+        return Connecting(open_)
 
     async def __aenter__(self) -> PrkDbClient:
         return self

@@ -56,17 +56,16 @@ from prkdb.client.attempt import (
     ConnectionLost,
     HelloCheck,
     error_from_frame,
+    request_frame,
 )
-from prkdb.errors import ErrorCode, PrkdbError, ProtocolError, TooLarge
+from prkdb.errors import PrkdbError, ProtocolError
 from prkdb.netio import SocketReader
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
-    LocalProtocolError,
     RemoteProtocolError,
-    encode_frame,
     from_wire,
     next_message,
 )
@@ -202,14 +201,7 @@ class Connection:
             raise ConnectionLost(self.address, self._broken)
         request_id = self._next_request_id
         self._next_request_id += 1
-        try:
-            built = build(request_id)
-            frame = (built if type(built) is bytes
-                     else encode_frame(built, max_frame=self.max_frame))
-        except LocalProtocolError as exc:
-            if exc.code == ErrorCode.TOO_LARGE:
-                raise TooLarge(exc.message, details=exc.details) from None
-            raise
+        frame = request_frame(build, request_id, self.max_frame)
         state.task = current_task()
         state.deadline = deadline
         self._waiters[request_id] = state
