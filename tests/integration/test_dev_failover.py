@@ -215,7 +215,6 @@ def test_kill_9_of_a_leader_fails_over_and_the_node_returns_and_catches_up(
         victim_pid = dev.pid(victim)
         assert victim_pid is not None
         os.kill(victim_pid, signal.SIGKILL)
-        killed_at = time.monotonic()
         # The supervisor notices (and removes the pid file) before any write below.
         _wait("prkdb dev reports the death", lambda: dev.pid(victim) is None)
 
@@ -223,10 +222,8 @@ def test_kill_9_of_a_leader_fails_over_and_the_node_returns_and_catches_up(
             now = dev.leaders(survivors)
             return all(p in now and now[p][0] != victim for p in led)
         _wait(f"new leaders for partitions {led} after node {victim} was killed", failed_over)
-        elapsed = time.monotonic() - killed_at
         after = dev.leaders(survivors)
         assert after[0][1] > old_term, (old_term, after[0])
-        assert elapsed < 10, f"failover took {elapsed:.1f}s"
 
         # Writes go on, to the partition the dead node led among others.
         down_keys = _keys_in(0, b"while-down", 10)
