@@ -16,6 +16,14 @@ the model: here one register per key, ``put``/``delete`` write a value
 (None = absent), ``get`` reads it, ``cas(expected, new)`` writes ``new`` iff
 the value equals ``expected`` and reports whether it did.
 
+Transactions (``txn``) act on a *group* of keys that share a partition (a
+hash tag): the op's key names the group, and the register's value is then
+the tuple of the group's values (`TxnSpec`: compares on values, then one of
+two lists of put / delete / get). An ``ok`` txn's result is ``(succeeded,
+values read)``; the model checks both that the branch taken was the one the
+compares allow and that every read saw the group's value at that point, so
+a txn applied half-way, twice, or out of order is caught like a lost write.
+
 Keys are independent registers, and linearizability is compositional
 (Herlihy & Wing), so each key's sub-history is checked on its own.
 
@@ -58,11 +66,12 @@ __all__ = [
     "History",
     "KeyResult",
     "Op",
+    "TxnSpec",
     "check_history",
     "check_ops",
 ]
 
-Kind = Literal["put", "delete", "get", "cas"]
+Kind = Literal["put", "delete", "get", "cas", "txn"]
 Status = Literal["ok", "fail", "info"]
 
 INF: Final = float("inf")
@@ -79,6 +88,28 @@ class _Any:
 
 ANY: Final = _Any()
 
+TxnStep = tuple[Literal["put", "delete", "get"], int, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSpec:
+    """A transaction on a group of `width` keys, named by their position 0..width-1.
+
+    ``compares``: ``(i, value)`` pairs that must all hold (value None = the
+    key is absent); then ``success`` runs, else ``failure``. Steps are
+    ``("put", i, value)``, ``("delete", i, None)`` and ``("get", i, None)``;
+    an ok txn's result is ``(succeeded, (value read by each get, in order))``.
+    """
+
+    width: int
+    compares: tuple[tuple[int, bytes | None], ...]
+    success: tuple[TxnStep, ...]
+    failure: tuple[TxnStep, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        return any(kind != "get" for kind, _, _ in (*self.success, *self.failure))
+
 
 @dataclass(slots=True)
 class Op:
@@ -86,8 +117,10 @@ class Op:
 
     ``value``: what put/cas writes (None for delete / cas-to-delete).
     ``expected``: what cas compares against (None = must be absent).
-    ``result``: get -> the value read; cas -> True/False (succeeded); else None.
+    ``result``: get -> the value read; cas -> True/False (succeeded); txn ->
+    ``(succeeded, values read)``; else None.
     ``complete`` is ``INF`` while pending and for ``info`` ops.
+    ``txn``: what a txn does (its ``key`` names the group; see `TxnSpec`).
     """
 
     id: int
@@ -102,6 +135,7 @@ class Op:
     result: Any = None
     error: str = ""
     node: int | None = None  # which node answered, when the caller knows
+    txn: TxnSpec | None = None
 
     @property
     def is_write(self) -> bool:
@@ -116,6 +150,10 @@ class Op:
                 what = "delete"
             case "get":
                 what = f"get -> {self.result!r}" if self.status == "ok" else "get"
+            case "txn":
+                what = f"txn {self.txn}"
+                if self.status == "ok":
+                    what += f" -> {self.result!r}"
             case _:
                 what = f"cas {self.expected!r} -> {self.value!r}"
                 if self.status == "ok":
@@ -152,9 +190,13 @@ class History:
         value: bytes | None = None,
         expected: bytes | None = None,
         node: int | None = None,
+        txn: TxnSpec | None = None,
     ) -> Op:
+        if (kind == "txn") != (txn is not None):
+            raise ValueError("a txn op needs a TxnSpec, and only a txn op takes one")
         with self._lock:
-            op = Op(next(self._ids), process, key, kind, self._clock(), value, expected, node=node)
+            op = Op(next(self._ids), process, key, kind, self._clock(), value, expected, node=node,
+                    txn=txn)
             self.ops.append(op)
         return op
 
@@ -210,7 +252,62 @@ def _next_states(state: Any, op: Op) -> tuple[Any, ...]:
             if state is ANY:
                 return (ANY,)  # an approximation: "anything but expected"
             return (state,) if state != op.expected else ()
+        case "txn":
+            assert op.txn is not None
+            return _txn_states(state, op, op.txn)
     raise ValueError(f"unknown op kind {op.kind!r}")
+
+
+def _components(state: Any, width: int) -> tuple[Any, ...]:
+    if state is None:
+        return (None,) * width
+    if state is ANY:
+        return (ANY,) * width
+    assert isinstance(state, tuple) and len(state) == width, f"not a group of {width}: {state!r}"
+    return state
+
+
+def _branches(values: tuple[Any, ...], spec: TxnSpec) -> list[tuple[bool, tuple[Any, ...]]]:
+    """Which branch the compares allow from `values`, with the unknowns that choice pins."""
+    known_false = any(values[i] is not ANY and values[i] != want for i, want in spec.compares)
+    unknown = [(i, want) for i, want in spec.compares if values[i] is ANY]
+    out: list[tuple[bool, tuple[Any, ...]]] = []
+    if not known_false:
+        pinned = list(values)
+        for i, want in unknown:
+            pinned[i] = want  # success means each unknown held its expected value
+        out.append((True, tuple(pinned)))
+    if known_false or unknown:
+        out.append((False, values))  # an approximation: "some compare failed"
+    return out
+
+
+def _txn_states(state: Any, op: Op, spec: TxnSpec) -> tuple[Any, ...]:
+    values = _components(state, spec.width)
+    ok = op.status == "ok"
+    out = []
+    for succeeded, start in _branches(values, spec):
+        if ok and succeeded != op.result[0]:
+            continue
+        reads = iter(op.result[1]) if ok else iter(())
+        after = list(start)
+        legal = True
+        for kind, i, value in spec.success if succeeded else spec.failure:
+            if kind == "put":
+                after[i] = value
+            elif kind == "delete":
+                after[i] = None
+            elif ok:
+                got = next(reads, ANY)
+                if got is ANY or (after[i] is not ANY and after[i] != got):
+                    legal = False  # read the wrong value (or fewer reads than gets)
+                    break
+                after[i] = got
+        if legal and ok and next(reads, ANY) is not ANY:
+            legal = False  # more values read than the branch has gets
+        if legal:
+            out.append(tuple(after))
+    return tuple(out)
 
 
 # --- the search ----------------------------------------------------------------------
@@ -240,6 +337,8 @@ def _prepare(ops: Iterable[Op]) -> list[Op]:
             continue
         if op.kind == "get" and status != "ok":
             continue  # a read without an answer has no effect
+        if op.kind == "txn" and status != "ok" and op.txn is not None and not op.txn.writes:
+            continue  # a read-only txn without an answer has no effect either
         kept.append(op)
         if op.kind == "get" and status == "ok":
             observed.add(op.result)
@@ -452,10 +551,10 @@ def _prefix(ops: list[Op], cut: float) -> list[Op]:
         if op.invoke > cut:
             continue
         if op.complete > cut and op.status == "ok":
-            if op.kind == "get":
+            if op.kind == "get" or (op.txn is not None and not op.txn.writes):
                 continue
             op = Op(op.id, op.process, op.key, op.kind, op.invoke, op.value, op.expected,
-                    INF, "info", None, "pending at the cut")
+                    INF, "info", None, "pending at the cut", op.node, op.txn)
         out.append(op)
     return out
 
