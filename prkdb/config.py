@@ -68,6 +68,16 @@ class LimitSettings:
     max_batch_ops: int = 1000
     # Default server-side deadline for a request, in seconds.
     request_timeout: float = 5.0
+    # Most keys in one scan page (a Scan asking for more, or for 0, gets this many).
+    max_scan_page: int = 1000
+    # A scan page stops before this many bytes of keys + values (at least one key).
+    max_scan_bytes: int = 4 * 1024 * 1024
+    # Most leases one partition holds; a grant beyond it fails (TOO_MANY_LEASES).
+    max_leases: int = 100_000
+    # A lease granted with a shorter TTL gets this one, in milliseconds. Must
+    # exceed the election timeout: a new leader restarts every TTL, so a
+    # shorter one could lapse before its owner found the new leader.
+    min_lease_ttl_ms: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +177,18 @@ class NodeConfig:
                 f"{s}: limits.max_peer_frame = {lim.max_peer_frame} must be >= "
                 f"limits.max_frame = {lim.max_frame}"
             )
-        for name in ("max_frame", "max_key_size", "max_value_size", "max_batch_ops"):
+        for name in ("max_frame", "max_key_size", "max_value_size", "max_batch_ops",
+                     "max_scan_page", "max_scan_bytes", "max_leases", "min_lease_ttl_ms"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"{s}: limits.{name} = {getattr(lim, name)} must be > 0")
         if lim.request_timeout <= 0:
             raise ConfigError(f"{s}: limits.request_timeout = {lim.request_timeout} must be > 0")
+        election_ms = rf.election_ticks * rf.tick_ms
+        if lim.min_lease_ttl_ms <= election_ms:
+            raise ConfigError(
+                f"{s}: limits.min_lease_ttl_ms = {lim.min_lease_ttl_ms} must be > the election "
+                f"timeout (raft.election_ticks * raft.tick_ms = {election_ms} ms)"
+            )
         if lim.max_value_size + lim.max_key_size + 1024 > lim.max_frame:
             raise ConfigError(
                 f"{s}: limits.max_frame = {lim.max_frame} must exceed max_key_size + "
