@@ -3,7 +3,10 @@
 Pure and deterministic: no clock, no I/O, no trio. The partition driver
 applies committed Raft entries to a :class:`KVStateMachine`, one per
 partition, and the server encodes client writes with :func:`encode_command`
-after checking them with :func:`validate_command`.
+after checking them with :func:`validate_command`. Besides puts, deletes,
+CAS and batches the machine applies transactions (compares + two branches of
+put/delete/get ops) and leases (grant, revoke/expire; keys attached to a
+lease are deleted with it); see kv.py for the state and its invariants.
 
 Modules: ``commands`` (command types, log encoding), ``results`` (results,
 version/revision rules), ``limits`` (size limits, validation), ``sessions``
@@ -16,10 +19,18 @@ from prkdb.state.commands import (
     BatchOp,
     ClientId,
     Command,
+    Compare,
     CompareAndSetCommand,
+    CompareOp,
+    CompareTarget,
     DeleteCommand,
+    GetOp,
+    LeaseGrantCommand,
+    LeaseRevokeCommand,
     OpTag,
     PutCommand,
+    TxnCommand,
+    TxnOp,
     Unchecked,
     decode_command,
     encode_command,
@@ -32,11 +43,13 @@ from prkdb.state.errors import (
     StateInvariantError,
 )
 from prkdb.state.kv import (
+    LEASE_PARTITION_BITS,
     SNAPSHOT_FORMAT,
     DecodedSnapshot,
     KeyRecord,
     KVStateMachine,
     ScanItem,
+    lease_partition,
     prefix_end,
 )
 from prkdb.state.limits import DEFAULT_LIMITS, Limits, Violation, check_command, validate_command
@@ -51,6 +64,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_SESSION_TTL_ENTRIES",
+    "LEASE_PARTITION_BITS",
     "SNAPSHOT_FORMAT",
     "UNCHECKED",
     "BatchCommand",
@@ -58,12 +72,18 @@ __all__ = [
     "ClientId",
     "Command",
     "CommandDecodeError",
+    "Compare",
     "CompareAndSetCommand",
+    "CompareOp",
+    "CompareTarget",
     "DecodedSnapshot",
     "DeleteCommand",
+    "GetOp",
     "InvalidCommand",
     "KVStateMachine",
     "KeyRecord",
+    "LeaseGrantCommand",
+    "LeaseRevokeCommand",
     "Limits",
     "OpResult",
     "OpTag",
@@ -74,12 +94,15 @@ __all__ = [
     "SnapshotDecodeError",
     "StateError",
     "StateInvariantError",
+    "TxnCommand",
+    "TxnOp",
     "Unchecked",
     "Violation",
     "WriteResult",
     "check_command",
     "decode_command",
     "encode_command",
+    "lease_partition",
     "prefix_end",
     "validate_command",
 ]

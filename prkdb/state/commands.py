@@ -8,7 +8,8 @@ apply time. The encoding therefore favours size and decode speed over
 self-description: every command is a short CBOR array whose first element is
 an integer op tag (:class:`OpTag`), never a map with string keys::
 
-    PutCommand            [1, key, value]
+    PutCommand            [1, key, value]                  (lease == 0)
+                          [8, key, value, lease]           (lease > 0; never with lease 0)
     DeleteCommand         [2, key]
     CompareAndSetCommand  [3, key, expected_value, expected_version, new_value]
                    expected_value: bytes | null (= key must be absent)
@@ -16,9 +17,23 @@ an integer op tag (:class:`OpTag`), never a map with string keys::
                    expected_version: uint | null (= version not compared)
                    new_value: bytes | null (= delete the key)
     BatchCommand          [4, [op, op, ...]]    each op is an encoded PutCommand or DeleteCommand
+    TxnCommand            [5, [compare, ...], [op, ...], [op, ...]]   compares, success, failure
+                   op: an encoded PutCommand, DeleteCommand or GetOp
+    GetOp                 [9, key]              (a read; only inside a TxnCommand)
+    Compare               [key, target, op, operand]   (only inside a TxnCommand)
+                   target: CompareTarget (VALUE 0, VERSION 1, CREATE_REVISION 2,
+                           MOD_REVISION 3, LEASE 4)
+                   op: CompareOp (EQUAL 0, NOT_EQUAL 1, LESS 2, GREATER 3)
+                   operand: bytes for VALUE, uint for every other target
+    LeaseGrantCommand     [6, ttl_ms]
+    LeaseRevokeCommand    [7, lease_id, expired]   expired: bool (the leader's expiry)
     session        [0, client_id, seq, command]
                    client_id: bytes | int, seq: uint — the exactly-once
                    envelope (see sessions.py); absent for session-less writes
+
+Tags 5-9 arrived with transactions and leases (issue 16); tags 1-4 are as
+they were, so an old log decodes the same. A PutCommand without a lease keeps
+tag 1 (byte-identical to before), so plain writes pay nothing for leases.
 
 A PutCommand of a 16-byte key and a 100-byte value costs 5 bytes of framing
 (array head, tag, 1-byte key head, 2-byte value head) on top of the payload;
@@ -26,9 +41,12 @@ the session envelope adds 4 more for a small client id and seq.
 
 Decoding is strict: exactly one CBOR item in canonical (shortest) form as
 ``cbor2.dumps`` writes it, no trailing bytes, exact array lengths, exact types
-(``bytes`` not ``str``, ``int`` not ``bool``, ints below 2**64). Anything else
+(``bytes`` not ``str``, ``int`` not ``bool``, ints below 2**64, a known
+:class:`CompareTarget`/:class:`CompareOp` and the operand type its target
+needs, a lease only under tag 8 and never 0 there, a GetOp only inside a
+TxnCommand). Anything else
 raises :class:`CommandDecodeError` with a message naming what was wrong. Decoding
-checks *shape* only; *limits* (key/value size, batch length) are checked by
+checks *shape* only; *limits* (key/value size, batch and txn length, positive TTLs) are checked by
 :func:`prkdb.state.limits.validate_command`, because limits are configuration
 and shape is format.
 
@@ -56,10 +74,18 @@ __all__ = [
     "BatchOp",
     "ClientId",
     "Command",
+    "Compare",
     "CompareAndSetCommand",
+    "CompareOp",
+    "CompareTarget",
     "DeleteCommand",
+    "GetOp",
+    "LeaseGrantCommand",
+    "LeaseRevokeCommand",
     "OpTag",
     "PutCommand",
+    "TxnCommand",
+    "TxnOp",
     "Unchecked",
     "decode_command",
     "encode_command",
@@ -74,6 +100,36 @@ class OpTag(enum.IntEnum):
     DELETE = 2
     COMPARE_AND_SET = 3
     BATCH = 4
+    TXN = 5
+    LEASE_GRANT = 6
+    LEASE_REVOKE = 7
+    PUT_LEASE = 8  # a PutCommand with a lease; tag 1 stays the lease-less form
+    GET = 9  # a GetOp, only inside a TxnCommand
+
+
+class CompareTarget(enum.IntEnum):
+    """What a :class:`Compare` looks at. Values are on disk and on the wire: never reuse one.
+
+    The wire layer (prkdb/wire/messages.py) imports this enum: one definition.
+    """
+
+    VALUE = 0
+    VERSION = 1
+    CREATE_REVISION = 2
+    MOD_REVISION = 3
+    LEASE = 4
+
+
+class CompareOp(enum.IntEnum):
+    """How a :class:`Compare` relates the key's field to the operand (``field OP operand``).
+
+    Values are on disk and on the wire; the wire layer imports this enum.
+    """
+
+    EQUAL = 0
+    NOT_EQUAL = 1
+    LESS = 2
+    GREATER = 3
 
 
 class Unchecked(enum.Enum):
@@ -90,10 +146,18 @@ UNCHECKED: Final = Unchecked.UNCHECKED
 @final
 @dataclass(frozen=True, slots=True)
 class PutCommand:
-    """Set ``key`` to ``value``, creating it (version 1) or bumping its version."""
+    """Set ``key`` to ``value``, creating it (version 1) or bumping its version.
+
+    ``lease``: 0 (default) = no lease, and a put without a lease detaches the
+    key from any lease it had; else the id of a lease of this partition, which
+    the key is attached to (revoking or expiring the lease deletes it). A
+    lease that does not exist when the entry applies makes the whole command a
+    ``LEASE_NOT_FOUND`` no-op.
+    """
 
     key: bytes
     value: bytes
+    lease: int = 0
 
 
 @final
@@ -130,7 +194,40 @@ class CompareAndSetCommand:
     expected_version: int | None = None
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class GetOp:
+    """Read ``key`` inside a :class:`TxnCommand` (after the txn's earlier ops)."""
+
+    key: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One condition of a :class:`TxnCommand`: ``key's target  op  operand``.
+
+    An absent key has version, create and mod revision and lease 0, and *no
+    value*: a VALUE compare on an absent key is false whatever ``op`` is
+    (etcd's rule), so "exists" is ``VERSION GREATER 0`` and "absent" is
+    ``VERSION EQUAL 0``. Values compare as byte strings (lexicographically).
+
+    Attributes:
+        key: the key compared.
+        target: the record field (:class:`CompareTarget`).
+        op: the relation (:class:`CompareOp`).
+        operand: bytes for VALUE; an int in ``[0, 2**64)`` for the other targets.
+    """
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    operand: bytes | int
+
+
 BatchOp: TypeAlias = PutCommand | DeleteCommand
+#: The ops a :class:`TxnCommand` branch may hold.
+TxnOp: TypeAlias = PutCommand | DeleteCommand | GetOp
 
 
 @final
@@ -146,7 +243,60 @@ class BatchCommand:
     ops: tuple[BatchOp, ...]
 
 
-Command: TypeAlias = PutCommand | DeleteCommand | CompareAndSetCommand | BatchCommand
+@final
+@dataclass(frozen=True, slots=True)
+class TxnCommand:
+    """If every compare holds, run ``success``; else run ``failure``. Atomic.
+
+    No compares = always ``success``. The branch's ops run in order and see
+    the effects of earlier ops; all share one revision (the entry's index).
+    If a put of the chosen branch names a lease that does not exist, nothing
+    runs (``LEASE_NOT_FOUND``). Each of ``compares``, ``success`` and
+    ``failure`` holds at most ``max_batch_ops`` items (etcd's max-txn-ops).
+    """
+
+    compares: tuple[Compare, ...]
+    success: tuple[TxnOp, ...]
+    failure: tuple[TxnOp, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseGrantCommand:
+    """Create a lease of ``ttl_ms`` milliseconds (> 0).
+
+    Its id is ``index << 16 | partition`` (index = this entry's log index), so
+    ids are unique in the cluster and name their partition. The state
+    machine keeps no deadline (it has no clock): the partition leader
+    expires leases and proposes a :class:`LeaseRevokeCommand` for them.
+    """
+
+    ttl_ms: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeCommand:
+    """Delete lease ``lease_id`` and every key attached to it, in one entry.
+
+    ``expired`` is True when the leader proposed it because the lease ran
+    out (not a client's revoke); it changes nothing in the state machine and
+    is kept for logs and tools (``prkctl wal dump``).
+    """
+
+    lease_id: int
+    expired: bool = False
+
+
+Command: TypeAlias = (
+    PutCommand
+    | DeleteCommand
+    | CompareAndSetCommand
+    | BatchCommand
+    | TxnCommand
+    | LeaseGrantCommand
+    | LeaseRevokeCommand
+)
 ClientId: TypeAlias = bytes | int
 
 
@@ -154,13 +304,15 @@ ClientId: TypeAlias = bytes | int
 # Encoding
 
 
-def _op_to_cbor(cmd: Command) -> list[Any]:
+def _op_to_cbor(cmd: Command | GetOp) -> list[Any]:
     # `type(...) is` rather than match/isinstance: this runs once per write and
     # the classes are final (and a type checker narrows `cmd` on each test).
     if type(cmd) is PutCommand:
-        return [OpTag.PUT.value, cmd.key, cmd.value]
+        if cmd.lease:
+            return [_PUT_LEASE, cmd.key, cmd.value, cmd.lease]
+        return [_PUT, cmd.key, cmd.value]
     if type(cmd) is DeleteCommand:
-        return [OpTag.DELETE.value, cmd.key]
+        return [_DELETE, cmd.key]
     if type(cmd) is CompareAndSetCommand:
         ev = cmd.expected_value
         return [
@@ -176,7 +328,35 @@ def _op_to_cbor(cmd: Command) -> list[Any]:
             if type(op) is not PutCommand and type(op) is not DeleteCommand:
                 raise TypeError(f"batch ops must be Put or Delete, got {type(op).__name__}")
         return [OpTag.BATCH.value, [_op_to_cbor(op) for op in ops]]
+    if type(cmd) is TxnCommand:
+        return [
+            _TXN,
+            [_compare_to_cbor(c) for c in cmd.compares],
+            _txn_ops_to_cbor(cmd.success),
+            _txn_ops_to_cbor(cmd.failure),
+        ]
+    if type(cmd) is LeaseGrantCommand:
+        return [_LEASE_GRANT, cmd.ttl_ms]
+    if type(cmd) is LeaseRevokeCommand:
+        return [_LEASE_REVOKE, cmd.lease_id, cmd.expired]
+    if type(cmd) is GetOp:
+        return [_GET, cmd.key]
     raise TypeError(f"not a command: {type(cmd).__name__}")
+
+
+def _compare_to_cbor(c: Compare) -> list[Any]:
+    if type(c) is not Compare:
+        raise TypeError(f"txn compares must be Compare, got {type(c).__name__}")
+    # int(): the enums encode as plain ints (cbor2 would write an IntEnum the
+    # same way, but the list then compares equal to a decoded one only by value).
+    return [c.key, int(c.target), int(c.op), c.operand]
+
+
+def _txn_ops_to_cbor(ops: tuple[TxnOp, ...]) -> list[Any]:
+    for op in ops:
+        if type(op) is not PutCommand and type(op) is not DeleteCommand and type(op) is not GetOp:
+            raise TypeError(f"txn ops must be Put, Delete or GetOp, got {type(op).__name__}")
+    return [_op_to_cbor(op) for op in ops]
 
 
 def encode_command(
@@ -196,12 +376,14 @@ def encode_command(
         The entry data. Never empty, since ``b""`` is reserved for Raft no-ops.
 
     Raises:
-        TypeError: ``cmd`` is not a command, or a batch holds something other
-            than PutCommand/DeleteCommand.
+        TypeError: ``cmd`` is not a command, a batch holds something other
+            than PutCommand/DeleteCommand, or a txn something other than
+            Compare (compares) and PutCommand/DeleteCommand/GetOp (ops).
         ValueError: only one of ``client_id``/``seq`` given, or either is ill-typed.
     """
     if (
         type(cmd) is PutCommand
+        and not cmd.lease
         and type(client_id) is int
         and type(seq) is int
         and _CLIENT_ID_MIN <= client_id <= _U64_MAX
@@ -266,7 +448,8 @@ def _encoded_len(item: Any) -> int:
     additions instead of a streaming decoder: trailing bytes, indefinite
     lengths, non-shortest heads, and string references. So the log holds
     exactly one canonical encoding per command. Only called on items whose
-    shape was already checked (bytes, ints below 2**64, None, undefined, lists).
+    shape was already checked (bytes, ints below 2**64, None, undefined, bools,
+    lists).
     """
     t = type(item)
     if t is bytes:
@@ -275,7 +458,7 @@ def _encoded_len(item: Any) -> int:
         return _head_len(len(item)) + sum(map(_encoded_len, item))
     if t is int:
         return _head_len(item if item >= 0 else -1 - item)
-    return 1  # None, undefined
+    return 1  # None, undefined, True, False
 
 
 def _bytes_field(value: Any, what: str) -> bytes:
@@ -296,15 +479,37 @@ _PUT: Final = int(OpTag.PUT)
 _DELETE: Final = int(OpTag.DELETE)
 _CAS: Final = int(OpTag.COMPARE_AND_SET)
 _BATCH: Final = int(OpTag.BATCH)
+_TXN: Final = int(OpTag.TXN)
+_LEASE_GRANT: Final = int(OpTag.LEASE_GRANT)
+_LEASE_REVOKE: Final = int(OpTag.LEASE_REVOKE)
+_PUT_LEASE: Final = int(OpTag.PUT_LEASE)
+_GET: Final = int(OpTag.GET)
 _U64_MAX: Final = 2**64 - 1
 _CLIENT_ID_MIN: Final = -(2**64)
+_TARGETS: Final = {int(t): t for t in CompareTarget}
+_COMPARE_OPS: Final = {int(o): o for o in CompareOp}
+
+# Where an op array sits, for _op_from_cbor: which tags are allowed there.
+_TOP: Final = 0
+_IN_BATCH: Final = 1
+_IN_TXN: Final = 2
+
+
+def _uint_field(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= _U64_MAX:
+        raise CommandDecodeError(
+            f"{what} must be a non-negative 64-bit int, got {value!r:.40}"
+        )
+    return value
 
 
 @overload
-def _op_from_cbor(item: Any, *, in_batch: Literal[True]) -> BatchOp: ...
+def _op_from_cbor(item: Any, where: Literal[1]) -> BatchOp: ...
 @overload
-def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command: ...
-def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
+def _op_from_cbor(item: Any, where: Literal[2]) -> TxnOp: ...
+@overload
+def _op_from_cbor(item: Any, where: Literal[0] = ...) -> Command: ...
+def _op_from_cbor(item: Any, where: int = _TOP) -> Command | GetOp:
     if type(item) is not list or not item:
         raise CommandDecodeError(f"command must be a non-empty array, got {type(item).__name__}")
     tag = item[0]
@@ -316,8 +521,23 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
     if tag == _DELETE:
         _check_len(item, 2, "Delete")
         return DeleteCommand(_bytes_field(item[1], "Delete key"))
-    if in_batch:
-        raise CommandDecodeError(f"batch ops must be Put (1) or Delete (2), got tag {tag}")
+    if tag == _PUT_LEASE:
+        _check_len(item, 4, "leased Put")
+        lease = _uint_field(item[3], "leased Put lease")
+        if not lease:
+            raise CommandDecodeError("leased Put (tag 8) must have a lease > 0 (else tag 1)")
+        return PutCommand(
+            _bytes_field(item[1], "Put key"), _bytes_field(item[2], "Put value"), lease
+        )
+    if where == _IN_TXN:
+        if tag == _GET:
+            _check_len(item, 2, "GetOp")
+            return GetOp(_bytes_field(item[1], "GetOp key"))
+        raise CommandDecodeError(
+            f"txn ops must be Put (1, 8), Delete (2) or Get (9), got tag {tag}"
+        )
+    if where == _IN_BATCH:
+        raise CommandDecodeError(f"batch ops must be Put (1, 8) or Delete (2), got tag {tag}")
     if tag == _CAS:
         _check_len(item, 5, "CompareAndSet")
         _, key, ev, ever, nv = item
@@ -342,8 +562,50 @@ def _op_from_cbor(item: Any, *, in_batch: bool = False) -> Command:
         _check_len(item, 2, "Batch")
         if type(item[1]) is not list:
             raise CommandDecodeError(f"Batch ops must be an array, got {type(item[1]).__name__}")
-        return BatchCommand(tuple(_op_from_cbor(op, in_batch=True) for op in item[1]))
+        return BatchCommand(tuple(_op_from_cbor(op, _IN_BATCH) for op in item[1]))
+    if tag == _TXN:
+        _check_len(item, 4, "Txn")
+        _, compares, success, failure = item
+        for name, part in (("compares", compares), ("success", success), ("failure", failure)):
+            if type(part) is not list:
+                raise CommandDecodeError(f"Txn {name} must be an array, got {type(part).__name__}")
+        return TxnCommand(
+            tuple(_compare_from_cbor(c) for c in compares),
+            tuple(_op_from_cbor(op, _IN_TXN) for op in success),
+            tuple(_op_from_cbor(op, _IN_TXN) for op in failure),
+        )
+    if tag == _LEASE_GRANT:
+        _check_len(item, 2, "LeaseGrant")
+        return LeaseGrantCommand(_uint_field(item[1], "LeaseGrant ttl_ms"))
+    if tag == _LEASE_REVOKE:
+        _check_len(item, 3, "LeaseRevoke")
+        expired = item[2]
+        if type(expired) is not bool:
+            raise CommandDecodeError(
+                f"LeaseRevoke expired must be a bool, got {type(expired).__name__}"
+            )
+        return LeaseRevokeCommand(_uint_field(item[1], "LeaseRevoke lease_id"), expired)
+    if tag == _GET:
+        raise CommandDecodeError("GetOp (tag 9) is only allowed inside a Txn")
     raise CommandDecodeError(f"unknown command tag {tag}")
+
+
+def _compare_from_cbor(item: Any) -> Compare:
+    if type(item) is not list:
+        raise CommandDecodeError(f"Txn compare must be an array, got {type(item).__name__}")
+    _check_len(item, 4, "Txn compare")
+    key, target, op, operand = item
+    t = _TARGETS.get(target) if type(target) is int else None
+    if t is None:
+        raise CommandDecodeError(f"Txn compare target must be 0-4, got {target!r:.40}")
+    o = _COMPARE_OPS.get(op) if type(op) is int else None
+    if o is None:
+        raise CommandDecodeError(f"Txn compare op must be 0-3, got {op!r:.40}")
+    if t is CompareTarget.VALUE:
+        _bytes_field(operand, "Txn compare operand (VALUE)")
+    else:
+        _uint_field(operand, f"Txn compare operand ({t.name})")
+    return Compare(_bytes_field(key, "Txn compare key"), t, o, operand)
 
 
 def decode_command(data: bytes) -> tuple[Command, ClientId | None, int | None]:
@@ -379,7 +641,7 @@ def decode_command(data: bytes) -> tuple[Command, ClientId | None, int | None]:
             nk, nv = len(key), len(value)
             if envelope_len + 2 + _head_len(nk) + nk + _head_len(nv) + nv == len(data):
                 return PutCommand(key, value), client_id, seq
-    cmd = _op_from_cbor(body)
+    cmd = _op_from_cbor(body, _TOP)
     if _encoded_len(item) != len(data):
         raise CommandDecodeError(
             f"command is not in canonical CBOR form ({len(data)} bytes for an item "

@@ -11,10 +11,13 @@ replaying the log.
 
 State:
 
-* ``_data``: ``key -> (value, version, mod_revision)``, a plain tuple per key
-  (see results.py for the version/revision rules). Tuples are the cheapest
-  record Python has: no per-object ``__dict__``, and the cyclic GC untracks
-  tuples of atomic objects, so a million keys do not slow full collections.
+* ``_data``: ``key -> (value, version, mod_revision, create_revision, lease)``,
+  a plain tuple per key (:data:`KeyRecord`; see results.py for the
+  version/revision rules; ``lease`` 0 = none). Tuples are the cheapest record
+  Python has: no per-object ``__dict__``, and the cyclic GC untracks tuples
+  of atomic objects, so a million keys do not slow full collections. A key
+  created by a put has ``create_revision is mod_revision`` (the same int
+  object), so the two revisions cost one tuple slot each and nothing more.
   :meth:`get` returns the stored tuple itself, with no copy.
 * ``_keys``: the same keys in byte order, a ``sortedcontainers.SortedList``
   (a list of sorted sublists of ~1,000 keys: one pointer per key plus a
@@ -22,9 +25,28 @@ State:
   reads never touch it. Invariant: ``list(_keys) == sorted(_data)``. Only a
   put of an absent key adds to it and only a delete of a present key removes
   from it, so overwrites (the common write) cost one dict lookup as before.
+* ``_leases``: ``lease_id -> _Lease(ttl_ms, keys)`` in grant order (which is
+  ascending id order, since an id is ``grant_index << 16 | partition``).
+  ``keys`` is the set of keys attached to the lease. Invariant: ``k in
+  _leases[L].keys`` iff ``_data[k][4] == L != 0``, and every lease a record
+  names exists. So only leased keys cost anything here; the attached-key sets
+  are derived state (not in snapshots) and, being sets of randomly hashed
+  bytes, are never iterated without sorting (that would differ between
+  processes). No deadlines: expiry is the leader's job (spec: the leader
+  proposes ``LeaseRevokeCommand(expired=True)`` from its own clock).
 * ``_sessions``: the exactly-once table (sessions.py).
 * ``_applied``: the index of the last applied entry.
   Invariant: strictly increasing; ``apply`` refuses anything else.
+* ``partition``: this partition's number (< 65536), the low 16 bits of every
+  lease id granted here.
+
+Lease rules. A put with lease ``L`` attaches the key to ``L`` (detaching it
+from a previous lease); a put with lease 0 (and a CompareAndSet that stores
+a value) detaches it; a delete detaches it. A put naming a lease that does not
+exist fails the whole command (``LEASE_NOT_FOUND``). A revoke (by a client,
+or the leader's expiry) deletes the attached keys in key order in its one
+entry (each a normal delete at that revision), then the lease. A grant
+beyond ``Limits.max_leases`` fails with ``LEASE_LIMIT``.
 
 apply(index, data), in order:
 
@@ -38,24 +60,38 @@ apply(index, data), in order:
    and refusing to apply it would wedge the partition forever.
 5. If the command carries a session: a retry returns its cached result, an
    older seq returns ``STALE_SEQUENCE``, both without touching the data.
+   Every command kind (txns, grants, revokes too) is covered.
 6. Check limits (limits.py); a violation is a failed no-op result.
-7. Execute. Batches were fully validated in 6, and PutCommand/DeleteCommand cannot fail
-   afterwards, so a batch applies all ops or none.
+7. Execute. A txn first evaluates its compares against the state before
+   the entry, picks a branch, then checks that every lease the branch's puts
+   name exists; only then does it run the ops (which cannot fail), so a txn
+   or batch applies all its ops or none. Ops run in order and see earlier
+   ops' effects; all share the revision ``index``.
 8. Record the result in the session table (failed results too: a retry must
    see the same answer).
 
-Configuration (limits, session bounds) must be the same on every replica of
-a partition, since it decides results.
+Compare semantics (etcd's): an absent key has version, create and mod
+revision and lease 0, and no value; a VALUE compare on an absent key is
+false, whatever the op. Values compare as byte strings.
 
-Snapshot format (CBOR, one array, version-tagged)::
+Configuration (limits, session bounds, partition) must be the same on every
+replica of a partition, since it decides results.
 
-    [1, applied_index, [k, v, version, mod_rev, k, v, ...], [session, ...]]
+Snapshot format 2 (CBOR, one array, version-tagged)::
 
-Keys appear in the dict's insertion order, which is itself a function of the
-applied log, so two replicas at the same index produce identical bytes
-(useful for divergence checks) without paying for a sort. The ordered index
-is not in the snapshot: :meth:`KVStateMachine.decode_snapshot` rebuilds it
-from the keys (one sort, off the event loop).
+    [2, applied_index, [k, v, version, mod_rev, create_rev, lease, k, ...],
+     [session, ...], [lease_id, ttl_ms, lease_id, ttl_ms, ...]]
+
+Format 1 (before leases) is still read: ``[1, applied, [k, v, version,
+mod_rev, ...], [session, ...]]``; its records get ``create_revision :=
+mod_revision`` (the true one is unknown; exact for version 1) and lease 0.
+
+Keys appear in the dict's insertion order and leases in grant order, both
+functions of the applied log, so two replicas at the same index produce
+identical bytes (useful for divergence checks) without paying for a sort.
+Derived state is not in the snapshot: :meth:`KVStateMachine.decode_snapshot`
+rebuilds the ordered index and the lease key sets (one sort, off the event
+loop) and checks every invariant above.
 """
 
 from __future__ import annotations
@@ -72,9 +108,16 @@ from prkdb.state.commands import (
     UNCHECKED,
     BatchCommand,
     Command,
+    Compare,
     CompareAndSetCommand,
+    CompareOp,
+    CompareTarget,
     DeleteCommand,
+    LeaseGrantCommand,
+    LeaseRevokeCommand,
     PutCommand,
+    TxnCommand,
+    TxnOp,
     decode_command,
 )
 from prkdb.state.errors import CommandDecodeError, SnapshotDecodeError, StateInvariantError
@@ -86,17 +129,39 @@ from prkdb.state.sessions import (
     SessionTable,
 )
 
-__all__ = ["SNAPSHOT_FORMAT", "KVStateMachine", "KeyRecord", "ScanItem", "prefix_end"]
+__all__ = [
+    "LEASE_PARTITION_BITS",
+    "SNAPSHOT_FORMAT",
+    "DecodedSnapshot",
+    "KVStateMachine",
+    "KeyRecord",
+    "ScanItem",
+    "lease_partition",
+    "prefix_end",
+]
 
-#: Version tag of the snapshot array. Bump on any layout change, keep readers.
-SNAPSHOT_FORMAT: Final = 1
+#: Version tag of the snapshot array this build writes. Bump on any layout
+#: change, keep readers (this build reads 1 and 2).
+SNAPSHOT_FORMAT: Final = 2
+_READABLE_FORMATS: Final = (1, 2)
 
-#: What the machine stores per key: ``(value, version, mod_revision)``.
-KeyRecord = tuple[bytes, int, int]
+#: A lease id is ``grant_index << LEASE_PARTITION_BITS | partition``.
+LEASE_PARTITION_BITS: Final = 16
+_PARTITION_MASK: Final = (1 << LEASE_PARTITION_BITS) - 1
+
+#: What the machine stores per key:
+#: ``(value, version, mod_revision, create_revision, lease)``; lease 0 = none.
+KeyRecord = tuple[bytes, int, int, int, int]
 
 #: What :meth:`KVStateMachine.scan` returns per key:
-#: ``(key, value, version, mod_revision)``; value is ``b""`` for keys_only.
-ScanItem = tuple[bytes, bytes, int, int]
+#: ``(key, value, version, mod_revision, create_revision, lease)``; value is
+#: ``b""`` for keys_only.
+ScanItem = tuple[bytes, bytes, int, int, int, int]
+
+
+def lease_partition(lease_id: int) -> int:
+    """Return the partition a lease id belongs to (its low 16 bits)."""
+    return lease_id & _PARTITION_MASK
 
 
 class _SortedKeys(Protocol):
@@ -133,21 +198,69 @@ def prefix_end(prefix: bytes) -> bytes | None:
 
 _OK: Final = ResultCode.OK
 _CAS_FAILED: Final = ResultCode.CAS_FAILED
+_LEASE_NOT_FOUND: Final = ResultCode.LEASE_NOT_FOUND
+_VALUE: Final = CompareTarget.VALUE
+# Record field per non-VALUE compare target: VERSION, CREATE_REVISION,
+# MOD_REVISION, LEASE -> index into KeyRecord.
+_FIELD: Final = {
+    CompareTarget.VERSION: 1,
+    CompareTarget.CREATE_REVISION: 3,
+    CompareTarget.MOD_REVISION: 2,
+    CompareTarget.LEASE: 4,
+}
+
+
+def _holds(op: int, a: Any, b: Any) -> bool:
+    """``a op b`` for a :class:`CompareOp` (a, b both ints or both bytes)."""
+    if op == CompareOp.EQUAL:
+        return bool(a == b)
+    if op == CompareOp.NOT_EQUAL:
+        return bool(a != b)
+    if op == CompareOp.LESS:
+        return bool(a < b)
+    return bool(a > b)  # GREATER; check_command admitted nothing else
+
+
+@final
+class _Lease:
+    """One lease: its TTL (ms) and the keys attached to it (derived, unordered)."""
+
+    __slots__ = ("keys", "ttl_ms")
+
+    def __init__(self, ttl_ms: int, keys: set[bytes] | None = None) -> None:
+        self.ttl_ms = ttl_ms
+        # Never iterate unsorted: bytes hashing is randomized per process.
+        self.keys: set[bytes] = set() if keys is None else keys
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Lease):
+            return NotImplemented
+        return self.ttl_ms == other.ttl_ms and self.keys == other.keys
+
+    # Mutable, so unhashable; typeshed types object.__hash__ as a method, not None.
+    __hash__ = None  # type: ignore[assignment]
 
 
 @final
 class DecodedSnapshot:
     """A partition's whole state decoded from a snapshot, not yet installed."""
 
-    __slots__ = ("applied", "data", "keys", "sessions")
+    __slots__ = ("applied", "data", "keys", "leases", "sessions")
 
-    def __init__(self, data: dict[bytes, KeyRecord], sessions: SessionTable, applied: int) -> None:
+    def __init__(
+        self,
+        data: dict[bytes, KeyRecord],
+        sessions: SessionTable,
+        applied: int,
+        leases: dict[int, _Lease] | None = None,
+    ) -> None:
         self.data = data
         # The ordered index, built here so that `install` stays instant: the
         # sort (O(n log n)) runs wherever decoding runs, off the event loop.
         self.keys = _sorted_keys(data)
         self.sessions = sessions
         self.applied = applied
+        self.leases: dict[int, _Lease] = {} if leases is None else leases
 
 
 @final
@@ -155,28 +268,42 @@ class KVStateMachine:
     """The deterministic KV state of one partition. Not thread-safe: one owner.
 
     Args:
-        max_key_size, max_value_size, max_batch_ops: see :class:`Limits`.
+        partition: this partition's number, ``0 <= partition < 65536``; the
+            low 16 bits of every lease id granted here. Must be right before
+            the first grant (and for decode_snapshot, which checks lease ids).
+        max_key_size, max_value_size, max_batch_ops, max_leases: see :class:`Limits`.
         max_sessions: most client sessions kept (LRU by log index beyond it).
         session_ttl_entries: a session unused for more than this many log
             indexes is dropped.
+
+    Raises:
+        ValueError: a limit or ``partition`` out of range.
     """
 
-    __slots__ = ("_applied", "_data", "_keys", "_sessions", "limits")
+    __slots__ = ("_applied", "_data", "_keys", "_leases", "_sessions", "limits", "partition")
 
     def __init__(
         self,
         *,
+        partition: int = 0,
         max_key_size: int = 64 * 1024,
         max_value_size: int = 4 * 1024 * 1024,
         max_batch_ops: int = 1000,
+        max_leases: int = 100_000,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_ttl_entries: int = DEFAULT_SESSION_TTL_ENTRIES,
     ) -> None:
+        if type(partition) is not int or not 0 <= partition <= _PARTITION_MASK:
+            raise ValueError(f"partition ({partition!r}) must be an int in [0, 65536)")
+        #: This partition's number: the low 16 bits of its lease ids.
+        self.partition = partition
         #: The limits every committed command is checked against.
-        self.limits = Limits(max_key_size, max_value_size, max_batch_ops)
+        self.limits = Limits(max_key_size, max_value_size, max_batch_ops, max_leases)
         self._data: dict[bytes, KeyRecord] = {}
         # The keys of _data in byte order (module doc: invariant).
         self._keys = _sorted_keys()
+        # lease id -> _Lease, in grant (= id) order (module doc: invariant).
+        self._leases: dict[int, _Lease] = {}
         self._sessions = SessionTable(max_sessions, session_ttl_entries)
         # Index of the last applied entry; 0 = nothing applied.
         self._applied = 0
@@ -194,10 +321,10 @@ class KVStateMachine:
         return self._sessions
 
     def get(self, key: bytes) -> KeyRecord | None:
-        """Return ``(value, version, mod_revision)`` of ``key``, or None if absent.
+        """Return ``(value, version, mod_revision, create_revision, lease)`` of ``key``.
 
-        Reads the local state as of :attr:`applied_index`; the server decides
-        whether that is fresh enough (ReadIndex) before calling it.
+        None if absent. Reads the local state as of :attr:`applied_index`; the
+        server decides whether that is fresh enough (ReadIndex) before calling it.
         """
         return self._data.get(key)
 
@@ -216,8 +343,9 @@ class KVStateMachine:
                 keys-only listing needs.
 
         Returns:
-            ``(key, value, version, mod_revision)`` per key (see :data:`ScanItem`),
-            a new list; state as of :attr:`applied_index`, like :meth:`get`.
+            ``(key, value, version, mod_revision, create_revision, lease)`` per
+            key (see :data:`ScanItem`), a new list; state as of
+            :attr:`applied_index`, like :meth:`get`.
 
         O(log n + k) for n keys in the partition and k keys returned: a bisect
         into the ordered index, then one dict lookup per returned key.
@@ -231,7 +359,7 @@ class KVStateMachine:
             it = islice(it, limit)
         data = self._data
         if keys_only:
-            return [(k, b"", (r := data[k])[1], r[2]) for k in it]
+            return [(k, b"", (r := data[k])[1], r[2], r[3], r[4]) for k in it]
         return [(k, *data[k]) for k in it]
 
     def count(self, start: bytes, end: bytes | None) -> int:
@@ -254,8 +382,37 @@ class KVStateMachine:
         return key in self._data
 
     def items(self) -> list[tuple[bytes, KeyRecord]]:
-        """All ``(key, (value, version, mod_revision))`` pairs, in insertion order (a copy)."""
+        """All ``(key, record)`` pairs (see :data:`KeyRecord`), in insertion order (a copy)."""
         return list(self._data.items())
+
+    # -- leases ----------------------------------------------------------------
+
+    @property
+    def lease_count(self) -> int:
+        """How many leases the partition has."""
+        return len(self._leases)
+
+    def leases(self) -> list[tuple[int, int]]:
+        """Every lease as ``(lease_id, ttl_ms)``, in ascending id (= grant) order.
+
+        The leader uses it after it takes over (or installs a snapshot) to give
+        every lease a fresh deadline.
+        """
+        return [(lid, lease.ttl_ms) for lid, lease in self._leases.items()]
+
+    def lease(self, lease_id: int) -> tuple[int, list[bytes]] | None:
+        """Return ``(ttl_ms, attached keys in byte order)`` of a lease, None if unknown.
+
+        O(k log k) for k attached keys.
+        """
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        return lease.ttl_ms, sorted(lease.keys)
+
+    def has_lease(self, lease_id: int) -> bool:
+        """Whether the lease exists (O(1); :meth:`lease` also sorts its keys)."""
+        return lease_id in self._leases
 
     # -- apply -----------------------------------------------------------------
 
@@ -306,31 +463,61 @@ class KVStateMachine:
         if violation is not None:
             return WriteResult(violation[0], index, message=violation[1])
         if type(cmd) is PutCommand:
-            return self._put(index, cmd.key, cmd.value)
+            lease = cmd.lease
+            if lease and lease not in self._leases:
+                return self._no_lease(index, lease, "")
+            prev = self._put(index, cmd.key, cmd.value, lease)
+            return WriteResult(_OK, index, prev + 1, prev)
         if type(cmd) is DeleteCommand:
-            return self._delete(index, cmd.key)
+            return WriteResult(_OK, index, 0, self._delete(cmd.key))
         if type(cmd) is CompareAndSetCommand:
             return self._compare_and_set(index, cmd)
-        assert type(cmd) is BatchCommand  # check_command rejected everything else
-        return self._batch(index, cmd)
+        if type(cmd) is TxnCommand:
+            return self._txn(index, cmd)
+        if type(cmd) is BatchCommand:
+            missing = self._missing_lease(index, cmd.ops, "batch")
+            if missing is not None:
+                return missing
+            return WriteResult(_OK, index, ops=self._run_ops(index, cmd.ops))
+        if type(cmd) is LeaseGrantCommand:
+            return self._grant(index, cmd.ttl_ms)
+        assert type(cmd) is LeaseRevokeCommand  # check_command rejected everything else
+        return self._revoke(index, cmd.lease_id)
 
-    def _put(self, index: int, key: bytes, value: bytes) -> WriteResult:
+    def _put(self, index: int, key: bytes, value: bytes, lease: int) -> int:
+        """Store ``value`` under ``key`` at revision ``index``; return the previous version.
+
+        ``lease`` must exist (or be 0): the caller checked.
+        """
         data = self._data
         old = data.get(key)
         if old is None:
             prev = 0
+            create = index
             self._keys.add(key)
+            if lease:
+                self._leases[lease].keys.add(key)
         else:
             prev = old[1]
-        data[key] = (value, prev + 1, index)
-        return WriteResult(_OK, index, prev + 1, prev)
+            create = old[3]
+            old_lease = old[4]
+            if old_lease != lease:
+                if old_lease:
+                    self._leases[old_lease].keys.discard(key)
+                if lease:
+                    self._leases[lease].keys.add(key)
+        data[key] = (value, prev + 1, index, create, lease)
+        return prev
 
-    def _delete(self, index: int, key: bytes) -> WriteResult:
+    def _delete(self, key: bytes) -> int:
+        """Remove ``key`` if present; return its version before (0 = was absent)."""
         old = self._data.pop(key, None)
         if old is None:
-            return WriteResult(_OK, index, 0, 0)
+            return 0
         self._keys.remove(key)
-        return WriteResult(_OK, index, 0, old[1])
+        if old[4]:
+            self._leases[old[4]].keys.discard(key)
+        return old[1]
 
     def _compare_and_set(self, index: int, cmd: CompareAndSetCommand) -> WriteResult:
         current = self._data.get(cmd.key)
@@ -352,23 +539,95 @@ class KVStateMachine:
                 _CAS_FAILED, index, version, version, message=f"compare failed: {failure}"
             )
         if cmd.new_value is None:
-            return self._delete(index, cmd.key)
-        return self._put(index, cmd.key, cmd.new_value)
+            return WriteResult(_OK, index, 0, self._delete(cmd.key))
+        prev = self._put(index, cmd.key, cmd.new_value, 0)
+        return WriteResult(_OK, index, prev + 1, prev)
 
-    def _batch(self, index: int, cmd: BatchCommand) -> WriteResult:
+    def _compare(self, c: Compare) -> bool:
+        """Whether one txn compare holds in the current state (module doc: etcd's rules)."""
+        record = self._data.get(c.key)
+        if c.target == _VALUE:
+            if record is None:
+                return False  # an absent key has no value: every VALUE compare is false
+            return _holds(c.op, record[0], c.operand)
+        field = 0 if record is None else record[_FIELD[c.target]]
+        return _holds(c.op, field, c.operand)
+
+    def _txn(self, index: int, cmd: TxnCommand) -> WriteResult:
+        compare = self._compare
+        succeeded = all(compare(c) for c in cmd.compares)
+        ops = cmd.success if succeeded else cmd.failure
+        missing = self._missing_lease(index, ops, "success" if succeeded else "failure")
+        if missing is not None:
+            return missing
+        return WriteResult(_OK, index, ops=self._run_ops(index, ops), succeeded=succeeded)
+
+    def _missing_lease(
+        self, index: int, ops: tuple[TxnOp, ...], branch: str
+    ) -> WriteResult | None:
+        """The LEASE_NOT_FOUND result if a put in ``ops`` names an unknown lease, else None.
+
+        Checked before any op runs, so a failing txn or batch changes nothing
+        (no op of a txn can add or remove a lease).
+        """
+        leases = self._leases
+        for i, op in enumerate(ops):
+            if type(op) is PutCommand and op.lease and op.lease not in leases:
+                return self._no_lease(index, op.lease, f"{branch} op {i}: ")
+        return None
+
+    def _no_lease(self, index: int, lease: int, where: str) -> WriteResult:
+        return WriteResult(
+            _LEASE_NOT_FOUND,
+            index,
+            message=f"{where}lease {lease} not found (expired, revoked, or of another partition)",
+        )
+
+    def _run_ops(self, index: int, ops: tuple[TxnOp, ...]) -> tuple[OpResult, ...]:
+        """Run checked ops in order at revision ``index``; one OpResult each. Cannot fail."""
         results = []
-        for op in cmd.ops:
+        for op in ops:
             if type(op) is PutCommand:
-                r = self._put(index, op.key, op.value)
+                prev = self._put(index, op.key, op.value, op.lease)
+                results.append(OpResult(prev + 1, prev))
+            elif type(op) is DeleteCommand:
+                results.append(OpResult(0, self._delete(op.key)))
             else:
-                r = self._delete(index, op.key)
-            results.append(OpResult(r.version, r.prev_version))
-        return WriteResult(_OK, index, ops=tuple(results))
+                record = self._data.get(op.key)
+                if record is None:
+                    results.append(OpResult(0, 0))
+                else:
+                    value, version, mod, create, lease = record
+                    results.append(OpResult(version, version, value, mod, create, lease))
+        return tuple(results)
+
+    def _grant(self, index: int, ttl_ms: int) -> WriteResult:
+        leases = self._leases
+        if len(leases) >= self.limits.max_leases:
+            return WriteResult(
+                ResultCode.LEASE_LIMIT,
+                index,
+                message=f"partition has {len(leases)} leases, the most max_leases allows",
+            )
+        lease_id = index << LEASE_PARTITION_BITS | self.partition
+        leases[lease_id] = _Lease(ttl_ms)
+        return WriteResult(_OK, index, lease_id=lease_id)
+
+    def _revoke(self, index: int, lease_id: int) -> WriteResult:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return self._no_lease(index, lease_id, "")
+        data, keys = self._data, self._keys
+        # Key order (sorted): a set's own order differs between processes.
+        for key in sorted(lease.keys):
+            del data[key]
+            keys.remove(key)
+        return WriteResult(_OK, index, version=len(lease.keys))
 
     # -- snapshots -------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Serialize the whole state (data, sessions, applied index) as CBOR.
+        """Serialize the whole state (data, sessions, leases, applied index) as CBOR.
 
         The driver calls it right after applying the entry the snapshot is
         taken at; restoring the bytes anywhere yields an equal machine.
@@ -379,23 +638,26 @@ class KVStateMachine:
         """Freeze the state now; return a function that serializes that frozen state.
 
         Freezing copies the key -> record table (one C-level pass; records are
-        immutable tuples), so the slow part, the encoding, can run in another
-        thread while this machine keeps applying entries.
-        Memory: the copy, then one flat list of 4 pointers per key, then the bytes.
+        immutable tuples) and the lease ids and TTLs, so the slow part, the
+        encoding, can run in another thread while this machine keeps applying
+        entries.
+        Memory: the copy, then one flat list of 6 pointers per key, then the bytes.
         """
         items = list(self._data.items())
         applied = self._applied
         sessions = self._sessions.to_cbor()
+        leases: list[int] = []
+        for lease_id, lease in self._leases.items():
+            leases.append(lease_id)
+            leases.append(lease.ttl_ms)
 
         def encode() -> bytes:
             flat: list[Any] = []
-            append = flat.append
-            for key, (value, version, rev) in items:
-                append(key)
-                append(value)
-                append(version)
-                append(rev)
-            return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions])
+            extend = flat.extend
+            for key, record in items:
+                flat.append(key)
+                extend(record)
+            return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions, leases])
 
         return encode
 
@@ -416,14 +678,22 @@ class KVStateMachine:
         self._keys = state.keys
         self._sessions = state.sessions
         self._applied = state.applied
+        self._leases = state.leases
 
     def decode_snapshot(self, data: bytes) -> DecodedSnapshot:
         """Decode and check a :meth:`snapshot`'s bytes into a state `install` can take.
 
-        Touches nothing of this machine but its session limits, so it may run
-        in a worker thread while the machine keeps serving: for a large
-        partition it takes about a second per million keys, which on the
-        event loop would stall every partition of the node.
+        Touches nothing of this machine but its session limits and partition,
+        so it may run in a worker thread while the machine keeps serving: for
+        a large partition it takes about a second per million keys, which on
+        the event loop would stall every partition of the node.
+
+        Checks every invariant of the module doc: record fields (version >= 1,
+        ``0 < create_revision <= mod_revision <= applied``, ``create ==
+        mod`` at version 1), no duplicate key, leases in ascending id order,
+        each id of this partition and granted at an index <= applied, TTLs
+        positive, and every record's lease granted before the record's
+        ``mod_revision``. Reads formats 1 and 2 (module doc).
 
         Raises:
             SnapshotDecodeError: ``data`` is not a well-formed snapshot.
@@ -435,41 +705,82 @@ class KVStateMachine:
             raise SnapshotDecodeError(f"snapshot is not valid CBOR: {e}") from None
         if fp.tell() != len(data):
             raise SnapshotDecodeError("snapshot has trailing bytes after the CBOR item")
-        if type(item) is not list or len(item) != 4:
-            raise SnapshotDecodeError("snapshot must be a 4-element array")
-        fmt, applied, flat, raw_sessions = item
-        if fmt != SNAPSHOT_FORMAT or type(fmt) is not int:
+        if type(item) is not list or not item:
+            raise SnapshotDecodeError("snapshot must be a non-empty array")
+        fmt = item[0]
+        if type(fmt) is not int or fmt not in _READABLE_FORMATS:
             raise SnapshotDecodeError(
-                f"unsupported snapshot format {fmt!r:.40} (this build reads {SNAPSHOT_FORMAT})"
+                f"unsupported snapshot format {fmt!r:.40} (this build reads 1 and 2)"
             )
+        if len(item) != 3 + fmt:
+            raise SnapshotDecodeError(
+                f"snapshot format {fmt} must be a {3 + fmt}-element array, got {len(item)}"
+            )
+        applied = item[1]
         if type(applied) is not int or applied < 0:
             raise SnapshotDecodeError(f"snapshot applied index must be >= 0, got {applied!r:.40}")
-        if type(flat) is not list or len(flat) % 4:
-            raise SnapshotDecodeError("snapshot data must be an array of 4-tuples")
-        new_data: dict[bytes, KeyRecord] = {}
-        it = iter(flat)
-        for key, value, version, rev in zip(it, it, it, it):
-            if (
-                type(key) is not bytes
-                or type(value) is not bytes
-                or type(version) is not int
-                or type(rev) is not int
-                or version < 1
-                or not 0 < rev <= applied
-            ):
-                raise SnapshotDecodeError(f"snapshot has a malformed record for key {key!r:.60}")
-            new_data[key] = (value, version, rev)
-        if len(new_data) * 4 != len(flat):
-            raise SnapshotDecodeError("snapshot has a duplicate key")
+        leases = self._decode_leases(item[4], applied) if fmt == 2 else {}
+        new_data = (
+            _decode_records_v2(item[2], applied, leases)
+            if fmt == 2
+            else _decode_records_v1(item[2], applied)
+        )
         sessions = SessionTable(self._sessions.max_sessions, self._sessions.ttl_entries)
         try:
-            sessions.load_cbor(raw_sessions, applied)
+            sessions.load_cbor(item[3], applied)
         except ValueError as e:
             raise SnapshotDecodeError(f"snapshot has a malformed session table: {e}") from None
-        return DecodedSnapshot(new_data, sessions, applied)
+        return DecodedSnapshot(new_data, sessions, applied, leases)
+
+    def _decode_leases(self, flat: Any, applied: int) -> dict[int, _Lease]:
+        if type(flat) is not list or len(flat) % 2:
+            raise SnapshotDecodeError("snapshot leases must be an array of (id, ttl_ms) pairs")
+        leases: dict[int, _Lease] = {}
+        prev = 0
+        it = iter(flat)
+        for lease_id, ttl_ms in zip(it, it):
+            if (
+                type(lease_id) is not int
+                or not prev < lease_id < 2**64
+                or lease_id & _PARTITION_MASK != self.partition
+                or not 0 < lease_id >> LEASE_PARTITION_BITS <= applied
+            ):
+                raise SnapshotDecodeError(
+                    f"snapshot lease id {lease_id!r:.40} is out of order, of another partition "
+                    f"than {self.partition}, or granted after the applied index {applied}"
+                )
+            if type(ttl_ms) is not int or not 0 < ttl_ms < 2**64:
+                raise SnapshotDecodeError(
+                    f"snapshot lease {lease_id} has a malformed ttl_ms {ttl_ms!r:.40}"
+                )
+            leases[lease_id] = _Lease(ttl_ms)
+            prev = lease_id
+        return leases
+
+    def check_invariants(self) -> None:
+        """Check the module doc's invariants on the live state (for tests; O(n log n)).
+
+        Raises:
+            StateInvariantError: one does not hold.
+        """
+        if list(self._keys) != sorted(self._data):
+            raise StateInvariantError("ordered index differs from the key table")
+        attached: dict[int, set[bytes]] = {lid: set() for lid in self._leases}
+        for key, (_, version, mod, create, lease) in self._data.items():
+            if not (version >= 1 and 0 < create <= mod <= self._applied):
+                raise StateInvariantError(f"bad record for {key!r}")
+            if lease:
+                if lease not in attached:
+                    raise StateInvariantError(f"{key!r} names unknown lease {lease}")
+                attached[lease].add(key)
+        for lid, lease_ in self._leases.items():
+            if lease_.keys != attached[lid]:
+                raise StateInvariantError(f"lease {lid} key set differs from the records")
+        if list(self._leases) != sorted(self._leases):
+            raise StateInvariantError("leases are not in id order")
 
     def __eq__(self, other: object) -> bool:
-        """Equal state: applied index, data (order included) and session table.
+        """Equal state: applied index, data (order included), leases and session table.
 
         Insertion order is compared because it decides the snapshot bytes.
         """
@@ -478,6 +789,7 @@ class KVStateMachine:
         return (
             self._applied == other._applied
             and list(self._data.items()) == list(other._data.items())
+            and list(self._leases.items()) == list(other._leases.items())
             and self._sessions == other._sessions
         )
 
@@ -486,6 +798,65 @@ class KVStateMachine:
 
     def __repr__(self) -> str:
         return (
-            f"KVStateMachine(applied_index={self._applied}, keys={len(self._data)}, "
+            f"KVStateMachine(partition={self.partition}, applied_index={self._applied}, "
+            f"keys={len(self._data)}, leases={len(self._leases)}, "
             f"sessions={len(self._sessions)})"
         )
+
+
+def _decode_records_v1(flat: Any, applied: int) -> dict[bytes, KeyRecord]:
+    """Format 1 records ``[k, v, version, mod, ...]``: create := mod, lease 0."""
+    if type(flat) is not list or len(flat) % 4:
+        raise SnapshotDecodeError("snapshot data must be an array of 4-tuples")
+    new_data: dict[bytes, KeyRecord] = {}
+    it = iter(flat)
+    for key, value, version, rev in zip(it, it, it, it):
+        if (
+            type(key) is not bytes
+            or type(value) is not bytes
+            or type(version) is not int
+            or type(rev) is not int
+            or version < 1
+            or not 0 < rev <= applied
+        ):
+            raise SnapshotDecodeError(f"snapshot has a malformed record for key {key!r:.60}")
+        new_data[key] = (value, version, rev, rev, 0)
+    if len(new_data) * 4 != len(flat):
+        raise SnapshotDecodeError("snapshot has a duplicate key")
+    return new_data
+
+
+def _decode_records_v2(
+    flat: Any, applied: int, leases: dict[int, _Lease]
+) -> dict[bytes, KeyRecord]:
+    """Format 2 records ``[k, v, version, mod, create, lease, ...]``; fills the lease key sets."""
+    if type(flat) is not list or len(flat) % 6:
+        raise SnapshotDecodeError("snapshot data must be an array of 6-tuples")
+    new_data: dict[bytes, KeyRecord] = {}
+    it = iter(flat)
+    for key, value, version, mod, create, lease in zip(it, it, it, it, it, it):
+        if (
+            type(key) is not bytes
+            or type(value) is not bytes
+            or type(version) is not int
+            or type(mod) is not int
+            or type(create) is not int
+            or type(lease) is not int
+            or version < 1
+            or not 0 < create <= mod <= applied
+            or (version == 1 and create != mod)
+        ):
+            raise SnapshotDecodeError(f"snapshot has a malformed record for key {key!r:.60}")
+        if lease:
+            holder = leases.get(lease)
+            # A key is attached by a put after the grant: grant index < mod.
+            if holder is None or lease >> LEASE_PARTITION_BITS >= mod:
+                raise SnapshotDecodeError(
+                    f"snapshot record for key {key!r:.60} names lease {lease!r:.40}, "
+                    f"which the snapshot does not have (or granted later)"
+                )
+            holder.keys.add(key)
+        new_data[key] = (value, version, mod, create, lease)
+    if len(new_data) * 6 != len(flat):
+        raise SnapshotDecodeError("snapshot has a duplicate key")
+    return new_data

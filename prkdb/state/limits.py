@@ -18,9 +18,19 @@ different limits would apply the same entry differently and diverge. They
 must be changed only together (TODO(#3): carry them in the log).
 
 Rules beyond sizes: keys are non-empty ``bytes``; values are ``bytes``
-(empty allowed); a CompareAndSetCommand has at least one condition; a BatchCommand holds
-only PutCommand/DeleteCommand, at most ``max_batch_ops`` of them (an empty batch is a
-valid no-op).
+(empty allowed); a put's lease is an int in ``[0, 2**64)``; a
+CompareAndSetCommand has at least one condition; a BatchCommand holds only
+PutCommand/DeleteCommand, at most ``max_batch_ops`` of them (an empty batch
+is a valid no-op); a TxnCommand holds at most ``max_batch_ops`` compares and
+as many ops per branch (like etcd's ``--max-txn-ops``, counted per list),
+every key (compares and ops of *both* branches) within ``max_key_size``, every
+value and VALUE operand within ``max_value_size``, compare targets and ops
+known and each operand of its target's type; a LeaseGrantCommand's TTL and a
+LeaseRevokeCommand's id are positive 64-bit ints.
+
+What depends on the state is not checked here but in ``apply``: a put's
+lease must exist (``LEASE_NOT_FOUND``), a grant must not exceed
+``max_leases`` (``LEASE_LIMIT``).
 """
 
 from __future__ import annotations
@@ -32,9 +42,16 @@ from prkdb.state.commands import (
     UNCHECKED,
     BatchCommand,
     Command,
+    Compare,
     CompareAndSetCommand,
+    CompareOp,
+    CompareTarget,
     DeleteCommand,
+    GetOp,
+    LeaseGrantCommand,
+    LeaseRevokeCommand,
     PutCommand,
+    TxnCommand,
 )
 from prkdb.state.errors import InvalidCommand
 from prkdb.state.results import ResultCode
@@ -45,21 +62,25 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "Violation", "check_command", "validate_c
 @final
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-command size limits, in bytes (keys, values) and ops (batches).
+    """Per-command size limits, in bytes (keys, values) and ops (batches), and the lease cap.
 
     Attributes:
         max_key_size: longest allowed key, bytes. Default 64 KiB.
-        max_value_size: longest allowed value (also CAS expected value), bytes.
-            Default 4 MiB.
-        max_batch_ops: most ops in one BatchCommand. Default 1000.
+        max_value_size: longest allowed value (also CAS expected value and
+            txn VALUE operand), bytes. Default 4 MiB.
+        max_batch_ops: most ops in one BatchCommand; most compares, and most
+            ops per branch, in one TxnCommand. Default 1000.
+        max_leases: most leases alive in one partition; a grant beyond it
+            fails with ``LEASE_LIMIT``. Default 100,000.
     """
 
     max_key_size: int = 64 * 1024
     max_value_size: int = 4 * 1024 * 1024
     max_batch_ops: int = 1000
+    max_leases: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("max_key_size", "max_value_size", "max_batch_ops"):
+        for name in ("max_key_size", "max_value_size", "max_batch_ops", "max_leases"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} ({value!r}) must be a positive int")
@@ -105,14 +126,46 @@ def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | 
     time per write and a violation is an ordinary (failed) outcome.
     """
     if type(cmd) is PutCommand:
-        return _check_key(cmd.key, limits, "") or _check_value(cmd.value, limits, "")
+        return _check_put(cmd, limits, "")
     if type(cmd) is DeleteCommand:
         return _check_key(cmd.key, limits, "")
     if type(cmd) is CompareAndSetCommand:
         return _check_cas(cmd, limits)
     if type(cmd) is BatchCommand:
         return _check_batch(cmd, limits)
+    if type(cmd) is TxnCommand:
+        return _check_txn(cmd, limits)
+    if type(cmd) is LeaseGrantCommand:
+        return _check_positive(cmd.ttl_ms, "lease ttl_ms")
+    if type(cmd) is LeaseRevokeCommand:
+        if type(cmd.expired) is not bool:
+            return (
+                ResultCode.INVALID_COMMAND,
+                f"LeaseRevoke expired must be a bool, got {type(cmd.expired).__name__}",
+            )
+        return _check_positive(cmd.lease_id, "lease id")
     return ResultCode.INVALID_COMMAND, f"not a command: {type(cmd).__name__}"
+
+
+def _check_put(cmd: PutCommand, limits: Limits, where: str) -> Violation | None:
+    v = _check_key(cmd.key, limits, where) or _check_value(cmd.value, limits, where)
+    if v is None and cmd.lease:  # 0 is the common case: one truth test
+        lease = cmd.lease
+        if type(lease) is not int or not 0 <= lease < 2**64:
+            return (
+                ResultCode.INVALID_COMMAND,
+                f"{where}lease must be a 64-bit int >= 0, got {lease!r:.40}",
+            )
+    return v
+
+
+def _check_positive(value: Any, what: str) -> Violation | None:
+    if type(value) is not int or not 0 < value < 2**64:
+        return (
+            ResultCode.INVALID_COMMAND,
+            f"{what} must be a positive 64-bit int, got {value!r:.40}",
+        )
+    return None
 
 
 def _check_cas(cmd: CompareAndSetCommand, limits: Limits) -> Violation | None:
@@ -151,7 +204,7 @@ def _check_batch(cmd: BatchCommand, limits: Limits) -> Violation | None:
     for i, op in enumerate(ops):
         where = f"batch op {i}: "
         if type(op) is PutCommand:
-            v = _check_key(op.key, limits, where) or _check_value(op.value, limits, where)
+            v = _check_put(op, limits, where)
         elif type(op) is DeleteCommand:
             v = _check_key(op.key, limits, where)
         else:
@@ -159,6 +212,72 @@ def _check_batch(cmd: BatchCommand, limits: Limits) -> Violation | None:
         if v:
             return v
     return None
+
+
+def _check_txn(cmd: TxnCommand, limits: Limits) -> Violation | None:
+    n = limits.max_batch_ops
+    for name, part in (("compares", cmd.compares), ("success", cmd.success),
+                       ("failure", cmd.failure)):
+        if type(part) is not tuple:
+            return (
+                ResultCode.INVALID_COMMAND,
+                f"Txn {name} must be a tuple, got {type(part).__name__}",
+            )
+        if len(part) > n:
+            return (
+                ResultCode.BATCH_TOO_LARGE,
+                f"txn has {len(part)} {'compares' if name == 'compares' else name + ' ops'}, "
+                f"over max_batch_ops ({n})",
+            )
+    for i, c in enumerate(cmd.compares):
+        v = _check_compare(c, limits, f"txn compare {i}: ")
+        if v:
+            return v
+    for name, ops in (("success", cmd.success), ("failure", cmd.failure)):
+        for i, op in enumerate(ops):
+            where = f"txn {name} op {i}: "
+            if type(op) is PutCommand:
+                v = _check_put(op, limits, where)
+            elif type(op) is DeleteCommand or type(op) is GetOp:
+                v = _check_key(op.key, limits, where)
+            else:
+                v = (
+                    ResultCode.INVALID_COMMAND,
+                    f"{where}must be Put, Delete or GetOp, got {type(op).__name__}",
+                )
+            if v:
+                return v
+    return None
+
+
+def _check_compare(c: Any, limits: Limits, where: str) -> Violation | None:
+    if type(c) is not Compare:
+        return ResultCode.INVALID_COMMAND, f"{where}must be a Compare, got {type(c).__name__}"
+    v = _check_key(c.key, limits, where)
+    if v:
+        return v
+    # Any: the fields are typed as the enums, but a caller may build a Compare
+    # with anything (the wire layer, plain ints); only a known int value counts.
+    target: Any = c.target
+    op: Any = c.op
+    if type(target) is bool or not isinstance(target, int) or target not in _TARGETS:
+        return ResultCode.INVALID_COMMAND, f"{where}unknown compare target {target!r:.40}"
+    if type(op) is bool or not isinstance(op, int) or op not in _OPS:
+        return ResultCode.INVALID_COMMAND, f"{where}unknown compare op {op!r:.40}"
+    if target == CompareTarget.VALUE:
+        return _check_value(c.operand, limits, where, "compare operand (VALUE)")
+    operand = c.operand
+    if type(operand) is not int or not 0 <= operand < 2**64:
+        return (
+            ResultCode.INVALID_COMMAND,
+            f"{where}compare operand ({CompareTarget(target).name}) must be a 64-bit int >= 0, "
+            f"got {operand!r:.40}",
+        )
+    return None
+
+
+_TARGETS = frozenset(int(t) for t in CompareTarget)
+_OPS = frozenset(int(o) for o in CompareOp)
 
 
 def validate_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -170,8 +289,10 @@ def validate_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> None:
 
     Raises:
         InvalidCommand: ``cmd`` breaks a limit or a rule; ``.code`` tells which
-            (``KEY_TOO_LARGE``, ``VALUE_TOO_LARGE``, ``BATCH_TOO_LARGE``,
-            ``INVALID_COMMAND``) and the message gives the numbers.
+            (``KEY_TOO_LARGE``, ``VALUE_TOO_LARGE``, ``BATCH_TOO_LARGE`` (also
+            for a txn), ``INVALID_COMMAND``) and the message gives the numbers.
+            State-dependent outcomes (``LEASE_NOT_FOUND``, ``LEASE_LIMIT``)
+            are only known at apply time.
     """
     violation = check_command(cmd, limits)
     if violation is not None:

@@ -12,9 +12,14 @@ dataclass with a compact CBOR form (:func:`result_to_cbor` /
 Versions and revisions (the definitions every layer relies on):
 
 * ``version`` — per key. 1 when the key is created, +1 on every modification
-  (PutCommand, or a successful CompareAndSetCommand that stores a value). A delete removes the
+  (PutCommand, or a successful CompareAndSetCommand that stores a value, or a
+  put op of a txn or batch). A delete removes the
   key, so the next create starts again at 1. ``0`` means "absent"; this is why
   ``CompareAndSetCommand(expected_version=0)`` means "only if absent".
+* ``create_revision`` — per key: the index of the entry that created it
+  (version 1); kept by later modifications, reset by delete + re-create.
+* ``lease`` — per key: the id of the lease it is attached to, 0 = none (see
+  kv.py for the rules).
 * ``revision`` — per partition: the Raft log index of an entry. The state
   machine stores, per key, ``mod_revision`` = the index of the entry that last
   modified it. A result's ``revision`` is the index of the entry that produced
@@ -22,6 +27,12 @@ Versions and revisions (the definitions every layer relies on):
   where the write happened). Revisions increase across the whole partition, so
   they order writes to different keys, and a STALE read that reports its
   applied index can be compared with them.
+
+Transactions: a TxnCommand whose compares fail still applies (its
+``failure`` branch) and returns ``OK`` with ``succeeded=False``; a
+result code other than ``OK`` always means nothing changed at all.
+Leases: a grant's result carries the new id in ``lease_id``; a revoke's
+``version`` is the number of keys it deleted.
 
 Failures are results, not exceptions: the entry is already committed, so the
 only deterministic thing to do is to apply it as a no-op and say why.
@@ -31,9 +42,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, final
+from typing import Any, Final, final
 
-__all__ = ["OpResult", "ResultCode", "WriteResult", "result_from_cbor", "result_to_cbor"]
+__all__ = [
+    "RESULT_SHAPE",
+    "OpResult",
+    "ResultCode",
+    "WriteResult",
+    "result_from_cbor",
+    "result_to_cbor",
+]
 
 
 class ResultCode(IntEnum):
@@ -55,20 +73,38 @@ class ResultCode(IntEnum):
     #: The entry's bytes do not decode as a command (a bug or a version skew
     #: in the proposer); applied as a no-op so replicas stay identical.
     MALFORMED_COMMAND = 7
+    #: A put (alone, or in the branch of a txn or batch that ran) names a lease
+    #: this partition does not have, or a revoke names an unknown lease.
+    LEASE_NOT_FOUND = 8
+    #: A grant would exceed ``Limits.max_leases`` leases in the partition.
+    LEASE_LIMIT = 9
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class OpResult:
-    """Per-operation outcome inside a successful :class:`~prkdb.state.commands.Batch`.
+    """Per-operation outcome inside a :class:`WriteResult` of a batch or txn.
+
+    For a PutCommand/DeleteCommand op only ``version`` and ``prev_version``
+    are set. For a GetOp (txn read) the read fields give the key's record as
+    that op saw it (after the txn's earlier ops); ``prev_version == version``
+    since a read changes nothing.
 
     Attributes:
         version: the key's version after the op (0 = absent afterwards).
         prev_version: the key's version before the op (0 = was absent).
+        value: GetOp: the key's value, None = absent. None for writes.
+        mod_revision: GetOp: index of the entry that last modified the key (0 = absent).
+        create_revision: GetOp: index of the entry that created the key (0 = absent).
+        lease: GetOp: id of the key's lease (0 = none or absent).
     """
 
     version: int
     prev_version: int
+    value: bytes | None = None
+    mod_revision: int = 0
+    create_revision: int = 0
+    lease: int = 0
 
 
 @final
@@ -82,12 +118,19 @@ class WriteResult:
             doc). For a replayed session retry, the original entry's index.
         version: for PutCommand/DeleteCommand/CompareAndSetCommand, the key's version after the
             command (0 = absent). On ``CAS_FAILED``, the key's *current*
-            version, so a client can retry its read-modify-write. 0 for a BatchCommand.
+            version, so a client can retry its read-modify-write. For a
+            LeaseRevokeCommand, the number of keys it deleted. 0 for a
+            BatchCommand, TxnCommand or LeaseGrantCommand.
         prev_version: the key's version before the command (0 = was absent);
             for DeleteCommand, ``prev_version > 0`` says a key was actually removed.
-        ops: for a successful BatchCommand, one :class:`OpResult` per op, in order;
-            empty otherwise.
+        ops: for a successful BatchCommand or TxnCommand, one :class:`OpResult`
+            per op of the branch that ran, in order; empty otherwise.
         message: human-readable reason when ``code`` is not ``OK``.
+        succeeded: for a TxnCommand with ``code == OK``: True if its compares
+            held and ``success`` ran, False if ``failure`` ran (still ``OK``:
+            the txn applied). True for every other command.
+        lease_id: for a LeaseGrantCommand with ``code == OK``, the new lease's
+            id (``revision << 16 | partition``); 0 otherwise.
     """
 
     code: ResultCode
@@ -96,6 +139,8 @@ class WriteResult:
     prev_version: int = 0
     ops: tuple[OpResult, ...] = ()
     message: str = ""
+    succeeded: bool = True
+    lease_id: int = 0
 
     @property
     def ok(self) -> bool:
@@ -103,44 +148,103 @@ class WriteResult:
         return self.code == ResultCode.OK
 
 
+#: First element of a result in the current cached shape (see result_to_cbor).
+RESULT_SHAPE: Final = 2
+
+
 def result_to_cbor(result: WriteResult) -> list[Any]:
     """Flatten ``result`` to a CBOR-ready list (for snapshots of the session table).
 
-    BatchCommand op results are flattened to ``[v0, p0, v1, p1, ...]`` to keep the
-    snapshot small.
+    Shape 2 (written since snapshot format 2)::
+
+        [2, code, revision, version, prev_version, ops, message, succeeded, lease_id]
+        ops: one array per op: [version, prev_version] for a write,
+             [version, prev_version, value | null, mod_revision, create_revision, lease]
+             for a GetOp (recognised by its length; a write's read fields are defaults)
+
+    Shape 1 (snapshot format 1, still read by :func:`result_from_cbor`)::
+
+        [code, revision, version, prev_version, [v0, p0, v1, p1, ...], message]
     """
-    flat_ops: list[int] = []
+    ops: list[list[Any]] = []
     for op in result.ops:
-        flat_ops.append(op.version)
-        flat_ops.append(op.prev_version)
+        if (
+            op.value is None
+            and not op.mod_revision
+            and not op.create_revision
+            and not op.lease
+        ):
+            ops.append([op.version, op.prev_version])
+        else:
+            ops.append([
+                op.version, op.prev_version, op.value, op.mod_revision, op.create_revision,
+                op.lease,
+            ])
     return [
+        RESULT_SHAPE,
         int(result.code),
         result.revision,
         result.version,
         result.prev_version,
-        flat_ops,
+        ops,
         result.message,
+        result.succeeded,
+        result.lease_id,
     ]
 
 
+def _uint(value: Any, name: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"result {name} must be a non-negative int, got {value!r:.40}")
+    return value
+
+
+def _op_from_cbor(raw: Any) -> OpResult:
+    if type(raw) is not list or len(raw) not in (2, 6):
+        raise ValueError(f"result op must be an array of 2 or 6 items, got {raw!r:.60}")
+    if len(raw) == 2:
+        return OpResult(_uint(raw[0], "op version"), _uint(raw[1], "op prev_version"))
+    version, prev, value, mod, create, lease = raw
+    if value is not None and type(value) is not bytes:
+        raise ValueError(f"result op value must be bytes or null, got {type(value).__name__}")
+    return OpResult(
+        _uint(version, "op version"), _uint(prev, "op prev_version"), value,
+        _uint(mod, "op mod_revision"), _uint(create, "op create_revision"),
+        _uint(lease, "op lease"),
+    )
+
+
 def result_from_cbor(item: Any) -> WriteResult:
-    """Inverse of :func:`result_to_cbor`.
+    """Inverse of :func:`result_to_cbor`; reads shape 2 and the older shape 1.
 
     Raises:
-        ValueError: ``item`` does not have the shape ``result_to_cbor`` produces.
-            The snapshot reader wraps it into ``SnapshotDecodeError``.
+        ValueError: ``item`` does not have either shape ``result_to_cbor``
+            produces. The snapshot reader wraps it into ``SnapshotDecodeError``.
     """
-    if type(item) is not list or len(item) != 6:
-        raise ValueError(f"result must be a 6-element array, got {item!r:.80}")
-    code, revision, version, prev_version, flat_ops, message = item
-    for name, value in (("revision", revision), ("version", version),
-                        ("prev_version", prev_version)):
-        if type(value) is not int or value < 0:
-            raise ValueError(f"result {name} must be a non-negative int, got {value!r:.40}")
-    if type(flat_ops) is not list or len(flat_ops) % 2:
-        raise ValueError("result ops must be an array of (version, prev_version) pairs")
-    if any(type(v) is not int or v < 0 for v in flat_ops):
-        raise ValueError("result op versions must be non-negative ints")
+    if type(item) is list and len(item) == 9 and item[0] == RESULT_SHAPE:
+        _, code, revision, version, prev_version, raw_ops, message, succeeded, lease_id = item
+        if type(raw_ops) is not list:
+            raise ValueError("result ops must be an array")
+        ops = tuple(_op_from_cbor(op) for op in raw_ops)
+        if type(succeeded) is not bool:
+            raise ValueError(f"result succeeded must be a bool, got {succeeded!r:.40}")
+        _uint(lease_id, "lease_id")
+    elif type(item) is list and len(item) == 6:
+        code, revision, version, prev_version, flat_ops, message = item
+        if type(flat_ops) is not list or len(flat_ops) % 2:
+            raise ValueError("result ops must be an array of (version, prev_version) pairs")
+        if any(type(v) is not int or v < 0 for v in flat_ops):
+            raise ValueError("result op versions must be non-negative ints")
+        ops = tuple(OpResult(flat_ops[i], flat_ops[i + 1]) for i in range(0, len(flat_ops), 2))
+        succeeded, lease_id = True, 0
+    else:
+        raise ValueError(
+            f"result must be a 9-element array starting with {RESULT_SHAPE} "
+            f"or a 6-element one, got {item!r:.80}"
+        )
+    _uint(revision, "revision")
+    _uint(version, "version")
+    _uint(prev_version, "prev_version")
     if type(message) is not str:
         raise ValueError(f"result message must be a string, got {type(message).__name__}")
     if type(code) is not int:
@@ -149,5 +253,4 @@ def result_from_cbor(item: Any) -> WriteResult:
         rc = ResultCode(code)
     except ValueError:
         raise ValueError(f"unknown result code {code!r:.40}") from None
-    ops = tuple(OpResult(flat_ops[i], flat_ops[i + 1]) for i in range(0, len(flat_ops), 2))
-    return WriteResult(rc, revision, version, prev_version, ops, message)
+    return WriteResult(rc, revision, version, prev_version, ops, message, succeeded, lease_id)

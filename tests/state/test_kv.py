@@ -52,8 +52,8 @@ def test_put_creates_at_version_1_and_bumps_with_mod_revision():
     d(PutCommand(b"other", b"x"))
     r = d(PutCommand(b"k", b"v2"))
     assert (r.ok, r.revision, r.version, r.prev_version) == (True, 3, 2, 1)
-    assert d.m.get(b"k") == (b"v2", 2, 3)
-    assert d.m.get(b"other") == (b"x", 1, 2)
+    assert d.m.get(b"k") == (b"v2", 2, 3, 1, 0)  # created at 1
+    assert d.m.get(b"other") == (b"x", 1, 2, 2, 0)
     assert len(d.m) == 2 and d.m.applied_index == 3
 
 
@@ -67,13 +67,13 @@ def test_delete_resets_version_and_reports_previous():
     assert d(DeleteCommand(b"k")) == WriteResult(ResultCode.OK, 4, version=0, prev_version=0)
     # Re-creating starts again at version 1.
     assert d(PutCommand(b"k", b"new")).version == 1
-    assert d.m.get(b"k") == (b"new", 1, 5)
+    assert d.m.get(b"k") == (b"new", 1, 5, 5, 0)  # create_revision reset
 
 
 def test_empty_value_is_allowed():
     d = Driver()
     assert d(PutCommand(b"k", b"")).ok
-    assert d.m.get(b"k") == (b"", 1, 1)
+    assert d.m.get(b"k") == (b"", 1, 1, 1, 0)
 
 
 # -- compare-and-set -------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_cas_conditions(version, cas, ok):
     if ok:
         assert r.code is ResultCode.OK
         assert (r.version, r.prev_version) == (version + 1, version)
-        assert d.m.get(b"k") == (b"n", version + 1, d.index)
+        assert d.m.get(b"k") == (b"n", version + 1, d.index, 1 if version else d.index, 0)
     else:
         assert r.code is ResultCode.CAS_FAILED and not r.ok
         # A failed CAS reports the current version so the client can retry.
@@ -141,7 +141,7 @@ def test_cas_with_new_value_none_deletes():
     # Condition failing leaves the key.
     d(PutCommand(b"k", b"v"))
     assert not d(CompareAndSetCommand(b"k", expected_value=b"other", new_value=None)).ok
-    assert d.m.get(b"k") == (b"v", 1, d.index - 1)
+    assert d.m.get(b"k") == (b"v", 1, d.index - 1, d.index - 1, 0)
 
 
 def test_cas_without_condition_is_invalid():
@@ -164,9 +164,10 @@ def test_batch_applies_in_order_with_one_revision():
                         PutCommand(b"b", b"3"))))
     assert r.ok and r.revision == 2
     assert r.ops == (OpResult(1, 0), OpResult(2, 1), OpResult(0, 1), OpResult(1, 0))
-    assert d.m.get(b"a") == (b"2", 2, 2)
-    assert d.m.get(b"b") == (b"3", 1, 2)
+    assert d.m.get(b"a") == (b"2", 2, 2, 2, 0)
+    assert d.m.get(b"b") == (b"3", 1, 2, 2, 0)
     assert d.m.get(b"gone") is None
+    assert d.m.get(b"a") == (b"2", 2, 2, 2, 0)
 
 
 def test_empty_batch_is_a_successful_noop():
@@ -278,7 +279,7 @@ def test_empty_entry_is_a_skipped_noop_that_advances_applied_index():
     d(PutCommand(b"k", b"v"))
     assert d.raw(b"") is None
     assert d.m.applied_index == 2
-    assert d.m.items() == [(b"k", (b"v", 1, 1))]
+    assert d.m.items() == [(b"k", (b"v", 1, 1, 1, 0))]
 
 
 def test_malformed_entry_is_applied_as_failed_noop():
@@ -311,14 +312,19 @@ def test_apply_index_zero_is_rejected():
 
 @given(st.lists(commands, max_size=40))
 def test_machine_matches_reference_model(cmds):
-    d, model = Driver(), Model()
+    """Every command kind (puts with and without leases, deletes, CAS, batches,
+    txns, grants, revokes) against the naive model: the whole result (the
+    message only where it explains a failure), the records and the leases."""
+    d, model = Driver(KVStateMachine(max_leases=3)), Model(max_leases=3)
     for cmd in cmds:
         r = d(cmd)
-        ok, detail = model.apply(d.index, cmd)
-        assert r.ok == ok, (cmd, r)
-        assert r.revision == d.index
-        if isinstance(cmd, BatchCommand):
-            assert [(o.version, o.prev_version) for o in r.ops] == detail
-        else:
-            assert (r.version, r.prev_version) == detail
+        want = model.expect(d.index, cmd)
+        if not want.ok:
+            assert r.message  # a failure always says why
+            r = WriteResult(r.code, r.revision, r.version, r.prev_version, r.ops)
+        assert r == want, cmd
+        d.m.check_invariants()
     assert dict(d.m.items()) == model.data
+    assert d.m.leases() == list(model.leases.items())
+    for lease_id in model.leases:
+        assert d.m.lease(lease_id) == (model.leases[lease_id], model.lease_keys(lease_id))

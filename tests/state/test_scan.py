@@ -87,7 +87,7 @@ def test_index_and_scans_match_the_dict(log, queries):
         if limit:
             want = want[:limit]
         if keys_only:
-            want = [(k, b"", ver, rev) for k, _, ver, rev in want]
+            want = [(k, b"", *rest) for k, _, *rest in want]
         assert m.scan(start, end, limit=limit, keys_only=keys_only) == want
 
 
@@ -138,8 +138,8 @@ def test_scan_returns_what_get_returns_in_key_order():
     m = _filled(b"b", b"\xff", b"a", b"\x00")
     m.apply(5, encode_command(PutCommand(b"a", b"again")))
     assert m.scan(b"", None) == [(k, *m.get(k)) for k in (b"\x00", b"a", b"b", b"\xff")]
-    assert m.scan(b"", None)[1] == (b"a", b"again", 2, 5)
-    assert m.scan(b"a", b"b", keys_only=True) == [(b"a", b"", 2, 5)]
+    assert m.scan(b"", None)[1] == (b"a", b"again", 2, 5, 3, 0)
+    assert m.scan(b"a", b"b", keys_only=True) == [(b"a", b"", 2, 5, 3, 0)]
 
 
 def test_empty_and_inverted_ranges():
@@ -165,7 +165,7 @@ def test_delete_and_cas_keep_the_index():
     m.apply(4, encode_command(DeleteCommand(b"zz")))  # absent: no change
     m.apply(5, encode_command(CompareAndSetCommand(b"b", expected_version=1, new_value=None)))
     m.apply(6, encode_command(CompareAndSetCommand(b"c", expected_value=None, new_value=b"x")))
-    assert m.scan(b"", None, keys_only=True) == [(b"c", b"", 1, 6)]
+    assert m.scan(b"", None, keys_only=True) == [(b"c", b"", 1, 6, 6, 0)]
 
 
 def test_negative_limit_is_a_caller_mistake():

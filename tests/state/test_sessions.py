@@ -34,7 +34,7 @@ def test_retry_after_lost_reply_applies_once():
     m.apply(2, b"")
     retry = _apply(m, 3, PutCommand(b"k", b"v"), b"client", 1)
     assert retry == first  # same result, including the original revision 1
-    assert m.get(b"k") == (b"v", 1, 1)  # applied once: version 1, not 2
+    assert m.get(b"k") == (b"v", 1, 1, 1, 0)  # applied once: version 1, not 2
     assert m.sessions.get(b"client") == (1, 3, first)  # refreshed at index 3
     # The next seq applies normally.
     assert _apply(m, 4, PutCommand(b"k", b"v2"), b"client", 2).version == 2
@@ -55,7 +55,7 @@ def test_retry_of_non_idempotent_delete_is_not_reapplied():
     first = _apply(m, 2, DeleteCommand(b"k"), b"c", 1)
     _apply(m, 3, PutCommand(b"k", b"again"))
     assert _apply(m, 4, DeleteCommand(b"k"), b"c", 1) == first
-    assert m.get(b"k") == (b"again", 1, 3)
+    assert m.get(b"k") == (b"again", 1, 3, 3, 0)
 
 
 def test_older_seq_is_stale_and_not_applied():
@@ -66,7 +66,7 @@ def test_older_seq_is_stale_and_not_applied():
         ResultCode.STALE_SEQUENCE, 2,
         message="seq 4 is older than the last applied seq 5 of this client",
     )
-    assert m.get(b"k") == (b"v1", 1, 1)
+    assert m.get(b"k") == (b"v1", 1, 1, 1, 0)
     assert m.sessions.get(b"c")[0] == 5  # type: ignore[index]
 
 
@@ -82,7 +82,7 @@ def test_sessionless_writes_leave_the_table_alone():
     m = KVStateMachine()
     _apply(m, 1, PutCommand(b"k", b"v"))
     _apply(m, 2, PutCommand(b"k", b"v"))
-    assert len(m.sessions) == 0 and m.get(b"k") == (b"v", 2, 2)
+    assert len(m.sessions) == 0 and m.get(b"k") == (b"v", 2, 2, 1, 0)
 
 
 def test_session_expires_after_ttl_log_indexes():
