@@ -15,7 +15,9 @@ The codes split by what the caller should do next:
 - cannot know: OUTCOME_UNKNOWN (a write was proposed and may or may not be
   applied; retrying with the same client_id/seq is safe because the state
   machine de-duplicates, a fresh seq is not);
-- do not retry: BAD_REQUEST, TOO_LARGE, WRONG_CLUSTER, BAD_VERSION, INTERNAL.
+- do not retry: BAD_REQUEST, TOO_LARGE, WRONG_CLUSTER, BAD_VERSION, INTERNAL,
+  LEASE_NOT_FOUND (the lease expired or was revoked: grant a new one),
+  TOO_MANY_LEASES (the partition holds its limit of leases: revoke some first).
 
 There is deliberately no CAS_FAILED code. A compare-and-set whose comparison
 does not hold is a normal, committed outcome (etcd's ``Txn.succeeded``): it
@@ -39,12 +41,14 @@ __all__ = [
     "ErrorCode",
     "InternalError",
     "InvalidRequest",
+    "LeaseNotFound",
     "NotLeader",
     "OutcomeUnknown",
     "PrkdbError",
     "ProtocolError",
     "Timeout",
     "TooLarge",
+    "TooManyLeases",
     "Unavailable",
     "WrongCluster",
     "error_from_code",
@@ -64,6 +68,8 @@ class ErrorCode(enum.IntEnum):
     BAD_VERSION = 7  # unsupported protocol version; details: "supported" (list of ints)
     INTERNAL = 8  # a bug or broken invariant on the server; not the caller's fault
     TIMEOUT = 9  # the server gave up waiting before doing anything; safe to retry
+    LEASE_NOT_FOUND = 10  # no such lease (never granted, expired or revoked); details: lease_id
+    TOO_MANY_LEASES = 11  # the partition holds limits.max_leases leases; details: limit
 
 
 ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -86,6 +92,14 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     ),
     ErrorCode.INTERNAL: "a bug or broken invariant on the server; not the caller's fault",
     ErrorCode.TIMEOUT: "the server gave up waiting before doing anything; safe to retry",
+    ErrorCode.LEASE_NOT_FOUND: (
+        "no such lease: never granted, expired or revoked (a put naming it, a revoke, a "
+        "time-to-live); details: lease_id. Do not retry: grant a new lease"
+    ),
+    ErrorCode.TOO_MANY_LEASES: (
+        "the partition already holds the most leases it may (server limit max_leases); "
+        "details: limit. Nothing was done; revoke leases or grant in another partition"
+    ),
 }
 """One line per code: what it means and what the receiver should do (docs/protocol.md)."""
 
@@ -216,6 +230,25 @@ class InternalError(PrkdbError):
     default_code = ErrorCode.INTERNAL
 
 
+class LeaseNotFound(PrkdbError):
+    """The lease named does not exist: never granted, expired, or revoked.
+
+    Not retryable: the lease (and every key attached to it) is gone for
+    good; grant a new one. A keep-alive reports a lost lease this way too.
+    """
+
+    default_code = ErrorCode.LEASE_NOT_FOUND
+
+
+class TooManyLeases(PrkdbError):
+    """The partition already holds its limit of leases; nothing was granted.
+
+    Not retryable as it is: revoke leases you no longer need first.
+    """
+
+    default_code = ErrorCode.TOO_MANY_LEASES
+
+
 _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.OUTCOME_UNKNOWN: OutcomeUnknown,
@@ -225,6 +258,8 @@ _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.BAD_VERSION: ProtocolError,
     ErrorCode.INTERNAL: InternalError,
     ErrorCode.TIMEOUT: Timeout,
+    ErrorCode.LEASE_NOT_FOUND: LeaseNotFound,
+    ErrorCode.TOO_MANY_LEASES: TooManyLeases,
 }
 
 

@@ -48,7 +48,7 @@ from prkdb.errors import PrkdbError
 from prkdb.logging import NodeLogger
 from prkdb.raft import COMMIT_ONLY, Message, MsgType
 from prkdb.server.framed import FramedStream, StreamClosed
-from prkdb.wire import PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
+from prkdb.wire import PEER_PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
 from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, check_hello, error_for
 
 MAX_UNSENT_BYTES = 64 * 1024 * 1024  # per peer, past which new frames are dropped
@@ -191,8 +191,8 @@ class PeerTransport:
             try:
                 with trio.fail_after(HELLO_TIMEOUT):
                     await framed.send_now(
-                        Hello(PROTOCOL_VERSION, self.cfg.cluster_id, ROLE_PEER, self.cfg.node_id,
-                              self.data_dir_id)
+                        Hello(PEER_PROTOCOL_VERSION, self.cfg.cluster_id, ROLE_PEER,
+                              self.cfg.node_id, self.data_dir_id)
                     )
                     reply = from_wire(await framed.receive())
                 if not isinstance(reply, HelloOk):

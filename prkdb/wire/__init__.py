@@ -28,6 +28,9 @@ from prkdb.wire.frames import (
     encode_frames,
 )
 from prkdb.wire.messages import (
+    CLIENT_VERSIONS,
+    PEER_PROTOCOL_VERSION,
+    PEER_VERSIONS,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     RaftBatchEncoder,
@@ -45,9 +48,12 @@ from prkdb.wire.messages import (
 )
 
 __all__ = [
+    "CLIENT_VERSIONS",
     "CLOSED",
     "DEFAULT_MAX_FRAME",
     "NEED_DATA",
+    "PEER_PROTOCOL_VERSION",
+    "PEER_VERSIONS",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "DecoderState",

@@ -211,11 +211,15 @@ def _messages() -> list[str]:
         (
             "2.6 Client requests",
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
-             m.RebuildFence, m.BackupBegin, m.BackupRead],
+             m.RebuildFence, m.BackupBegin, m.BackupRead, m.Scan, m.Txn, m.LeaseGrant,
+             m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList],
         ),
         ("2.7 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
-                               m.BackupChunk]),
+                           m.BackupChunk, m.ScanOk, m.TxnOk, m.LeaseOk, m.LeaseKeepAliveOk,
+                           m.LeaseListOk]),
     ]
+    listed = {cls for _, classes in groups for cls in classes}
+    assert listed | {m.RaftBatch} == set(m.SCHEMAS), "a message is missing from the doc groups"
     out = ["### Type ids", "", "| id | message | kind |", "|---|---|---|"]
     for schema in sorted(m.SCHEMAS.values(), key=lambda s: s.type_id):
         kind = (

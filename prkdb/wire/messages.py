@@ -15,6 +15,12 @@ defines the messages):
    answers `HelloOk`, or `Error` with request_id 0 (WRONG_CLUSTER,
    BAD_VERSION, BAD_REQUEST) and closes. The connecting side may pipeline
    requests right after Hello; if the hello fails they are not executed.
+   Versions (`check_hello`): a client must say `PROTOCOL_VERSION` (3), since
+   version 3 changed client messages (StatusOk.key_rule, and hash-tag key
+   routing that a version-2 client would get wrong); a peer may say any of
+   `PEER_VERSIONS` (2 or 3), since the peer protocol (RaftBatch) is the same
+   in both, and says `PEER_PROTOCOL_VERSION` (2) itself, so an upgraded node
+   can dial nodes not yet upgraded during a rolling upgrade.
 2. Clients send requests (`REQUEST_TYPES`), each with a request_id >= 1
    unique among its in-flight requests on the connection. Every request gets
    exactly one response (`RESPONSE_TYPES`, or `Error`) with the same
@@ -72,13 +78,22 @@ from prkdb.wire.schema import (
 
 __all__ = [
     "BACKUP_CHUNK_MAX",
+    "CLIENT_VERSIONS",
     "HOT_MESSAGES",
+    "KEEPALIVE_IDS_MAX",
+    "KEY_RULE_CRC32",
+    "KEY_RULE_HASHTAG",
+    "LEASE_PARTITION_BITS",
+    "LEASE_PARTITION_MAX",
+    "PEER_PROTOCOL_VERSION",
+    "PEER_VERSIONS",
     "PROTOCOL_VERSION",
     "RECORDS",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
     "ROLE_CLIENT",
     "ROLE_PEER",
+    "SCAN_LIMIT_MAX",
     "SCHEMAS",
     "SCHEMAS_BY_ID",
     "SUPPORTED_VERSIONS",
@@ -90,12 +105,26 @@ __all__ = [
     "Batch",
     "BatchOp",
     "Cas",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
     "Delete",
     "Error",
     "Get",
     "GetOk",
     "Hello",
     "HelloOk",
+    "KeyRule",
+    "KeyValue",
+    "LeaseGrant",
+    "LeaseInfo",
+    "LeaseKeepAlive",
+    "LeaseKeepAliveOk",
+    "LeaseList",
+    "LeaseListOk",
+    "LeaseOk",
+    "LeaseRevoke",
+    "LeaseTimeToLive",
     "NodeInfo",
     "OpKind",
     "OpResult",
@@ -106,10 +135,17 @@ __all__ = [
     "ReadConsistency",
     "RebuildFence",
     "ReplicaProgress",
+    "Scan",
+    "ScanOk",
     "Snapshot",
     "Status",
     "StatusOk",
     "TransferLeader",
+    "Txn",
+    "TxnOk",
+    "TxnOp",
+    "TxnOpKind",
+    "TxnOpResult",
     "WireMessage",
     "WriteOk",
     "check_hello",
@@ -123,18 +159,66 @@ __all__ = [
     "encode_write_ok",
     "error_for",
     "from_wire",
+    "lease_partition",
     "next_message",
     "to_wire",
 ]
 
-PROTOCOL_VERSION: Final = 2
-"""The version this code speaks (Hello.protocol_version). 2: Hello has data_dir_id."""
+PROTOCOL_VERSION: Final = 3
+"""The version this code speaks (a client's Hello.protocol_version, HelloOk's).
 
-SUPPORTED_VERSIONS: Final = (2,)
-"""Versions an acceptor accepts; sent in BAD_VERSION details as "supported"."""
+2: Hello has data_dir_id. 3: Scan, Txn and the lease messages; StatusOk.key_rule.
+"""
+
+CLIENT_VERSIONS: Final = (3,)
+"""Versions an acceptor takes from a client; BAD_VERSION details name them as "supported".
+
+Only 3: a version-2 client would decode StatusOk (one field longer now) as
+garbage and route hash-tagged keys to the wrong partition.
+"""
+
+PEER_PROTOCOL_VERSION: Final = 2
+"""What a peer's own Hello says: the oldest version whose peer protocol is ours.
+
+The peer protocol (RaftBatch and the Raft codec) has not changed since 2, so
+an upgraded node that says 2 is accepted by the nodes not yet upgraded (which
+take only 2) as well as by upgraded ones. Raise it when RaftBatch changes.
+"""
+
+PEER_VERSIONS: Final = (2, 3)
+"""Versions an acceptor takes from a peer: every version with today's peer protocol."""
+
+SUPPORTED_VERSIONS: Final = (2, 3)
+"""Every version some role may say (`CLIENT_VERSIONS` and `PEER_VERSIONS` together)."""
+assert set(SUPPORTED_VERSIONS) == {*CLIENT_VERSIONS, *PEER_VERSIONS}
+assert PROTOCOL_VERSION in CLIENT_VERSIONS and PEER_PROTOCOL_VERSION in PEER_VERSIONS
 
 ROLE_PEER: Final = "peer"
 ROLE_CLIENT: Final = "client"
+
+# TODO(#16): take KeyRule and KEY_RULES from prkdb.partitioning once it has them
+# (the rules are its; the wire only carries their names).
+KeyRule: TypeAlias = Literal["hashtag", "crc32"]
+"""StatusOk.key_rule: "hashtag" hashes the key's ``{tag}`` if it has one, else the
+whole key; "crc32" hashes the whole key (data dirs from before version 3)."""
+KEY_RULE_HASHTAG: Final = "hashtag"
+"""StatusOk.key_rule: hash the key's ``{tag}`` if it has one, else the whole key."""
+KEY_RULE_CRC32: Final = "crc32"
+"""StatusOk.key_rule: hash the whole key (the rule of data dirs from before version 3)."""
+_KEY_RULES: Final[tuple[KeyRule, ...]] = (KEY_RULE_HASHTAG, KEY_RULE_CRC32)
+
+LEASE_PARTITION_BITS: Final = 16
+"""A lease id is ``grant_index << 16 | partition``: its low 16 bits name its partition."""
+LEASE_PARTITION_MAX: Final = (1 << LEASE_PARTITION_BITS) - 1
+SCAN_LIMIT_MAX: Final = U32_MAX
+"""Largest `Scan.limit` on the wire (the server cuts any limit to its page cap)."""
+KEEPALIVE_IDS_MAX: Final = 10_000
+"""Most lease ids one `LeaseKeepAlive` may carry."""
+
+
+def lease_partition(lease_id: int) -> int:
+    """The partition a lease lives in (the low `LEASE_PARTITION_BITS` bits of its id)."""
+    return lease_id & LEASE_PARTITION_MAX
 
 
 class ReadConsistency(enum.IntEnum):
@@ -150,6 +234,39 @@ class OpKind(enum.IntEnum):
 
     PUT = 0
     DELETE = 1
+
+
+class TxnOpKind(enum.IntEnum):
+    """Operation kinds inside a `Txn` branch."""
+
+    PUT = 0  # store value (attached to lease, if not 0)
+    DELETE = 1  # delete the key (absent: a no-op with version 0)
+    GET = 2  # read the key as the earlier ops of the branch left it
+
+
+# TODO(#16): import CompareTarget and CompareOp from prkdb.state.commands once
+# they land there (one definition, the log's); same names and values.
+class CompareTarget(enum.IntEnum):
+    """What a `Compare` looks at (the values are in the log too: never renumber).
+
+    An absent key has version 0, create/mod revision 0, lease 0 and *no
+    value*: a VALUE compare on an absent key is false, whatever the op.
+    """
+
+    VALUE = 0  # the value, compared as bytes (lexicographically for LESS/GREATER)
+    VERSION = 1  # writes since the key was created (0 = absent)
+    CREATE_REVISION = 2  # revision of the write that created the key (0 = absent)
+    MOD_REVISION = 3  # revision of the key's last write (0 = absent)
+    LEASE = 4  # the lease the key is attached to (0 = none)
+
+
+class CompareOp(enum.IntEnum):
+    """How a `Compare` relates the key's target to its operand: ``target <op> operand``."""
+
+    EQUAL = 0
+    NOT_EQUAL = 1
+    LESS = 2
+    GREATER = 3
 
 
 # --- handshake -----------------------------------------------------------------------
@@ -338,6 +455,157 @@ class BackupRead:
     length: int
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """Read the keys in ``[start, end)`` of one partition, in key order, a page at a time.
+
+    Answered with `ScanOk`. At most `limit` keys (0 = the server's page cap,
+    `limits.max_scan_page`, default 1000; a larger limit is cut to the cap),
+    and the server stops before `limits.max_scan_bytes` (default 4 MiB) of
+    keys and values, but always returns at least one key if any is in range.
+    `ScanOk.more` says whether keys remain: ask again from just after the
+    last key returned. Consistency is as for `Get` (ReadIndex on the leader,
+    or on a follower asked of the leader, or local for STALE); each page is
+    read at one point of the partition's history.
+    """
+
+    request_id: int
+    partition: int
+    start: bytes  # first key of the range; b"" = from the first key
+    end: bytes | None  # first key past the range; None = to the last key
+    limit: int  # most keys to return; 0 = the server's page cap
+    keys_only: bool  # values come back empty (b"")
+    count_only: bool  # no keys at all, only ScanOk.count
+    consistency: ReadConsistency
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One condition of a `Txn`: ``key's target <op> operand``.
+
+    The operand is `value` for a VALUE compare and `number` for the others;
+    the other one is None. An absent key has version, revisions and lease 0
+    and no value: every VALUE compare on it is false. "The key exists" is
+    ``VERSION GREATER 0``; "the key is absent" is ``VERSION EQUAL 0``.
+    """
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    value: bytes | None = None
+    number: int | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One op of a `Txn` branch. PUT needs a value; DELETE and GET have None and lease 0."""
+
+    kind: TxnOpKind
+    key: bytes
+    value: bytes | None = None
+    lease: int = 0  # PUT: attach the key to this lease (0 = none, detach)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """If every compare holds, run the `success` ops, else the `failure` ops; atomically.
+
+    Answered with `TxnOk`. Compares, ops and their keys are all in one
+    partition (`partition`; the server refuses keys of another one with
+    BAD_REQUEST: put related keys under one hash tag, ``{user:42}:name``).
+    The whole txn is one Raft entry, so one revision; later ops see the
+    effects of earlier ones (a GET after a PUT of the same key reads the new
+    value). A leased PUT must name a lease of this partition (LEASE_NOT_FOUND
+    otherwise). Taking the failure branch is an answer, not an error.
+    """
+
+    request_id: int
+    partition: int
+    compares: tuple[Compare, ...]
+    success: tuple[TxnOp, ...]
+    failure: tuple[TxnOp, ...]
+    client_id: int
+    seq: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """Create a lease in `partition` that expires `ttl_ms` after its last keep-alive.
+
+    Answered with `LeaseOk` (remaining_ms = ttl_ms). The server raises a TTL
+    below its minimum (`limits.min_lease_ttl_ms`, default 2000, above the
+    election timeout) to that minimum and answers the TTL it granted. The
+    lease id is ``raft_index << 16 | partition``: unique in the cluster, and
+    ``lease_id & 0xFFFF`` names the partition (`lease_partition`).
+    TOO_MANY_LEASES when the partition holds `limits.max_leases` already.
+    """
+
+    request_id: int
+    partition: int
+    ttl_ms: int
+    client_id: int
+    seq: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """Delete a lease and every key attached to it, in one entry (to its partition's leader).
+
+    Answered with `WriteOk` (version = number of keys deleted, revision = the
+    entry); LEASE_NOT_FOUND if no such lease (never granted, expired or revoked).
+    """
+
+    request_id: int
+    lease_id: int
+    client_id: int
+    seq: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """Restart the TTL of some leases of one partition; to its leader, who confirms first.
+
+    Answered with `LeaseKeepAliveOk`. The leader confirms its leadership with
+    a ReadIndex round before it renews (a deposed leader cannot), then sets
+    each lease's deadline to now + ttl on its own clock. Every id must name a
+    lease of `partition`; an unknown one is not an error (its remaining_ms is 0).
+    """
+
+    request_id: int
+    partition: int
+    lease_ids: tuple[int, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseTimeToLive:
+    """How long a lease has left (and its keys, if asked); to its partition's leader.
+
+    Answered with `LeaseOk`, remaining_ms from the leader's clock after a
+    ReadIndex round; LEASE_NOT_FOUND if no such lease.
+    """
+
+    request_id: int
+    lease_id: int
+    with_keys: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseList:
+    """Every lease of one partition, from its leader; answered with `LeaseListOk`."""
+
+    request_id: int
+    partition: int
+
+
 # --- responses -----------------------------------------------------------------------
 
 
@@ -411,12 +679,22 @@ class PartitionStatus:
 @final
 @dataclass(frozen=True, slots=True)
 class StatusOk:
+    """The topology and, per partition, this node's view of its Raft state.
+
+    `key_rule` says how keys map to partitions (`prkdb.partitioning`):
+    "hashtag" hashes only the part between the first ``{`` and the next
+    ``}`` when there is one, so ``{user:42}:name`` and ``{user:42}:mail``
+    share a partition; "crc32" hashes the whole key (data dirs created
+    before version 3). A client must route with the rule its server names.
+    """
+
     request_id: int
     node_id: int
     cluster_id: str
     nodes: tuple[NodeInfo, ...]
     partitions: tuple[PartitionStatus, ...]
     server_version: str = ""
+    key_rule: KeyRule = "hashtag"
 
 
 @final
@@ -453,6 +731,109 @@ class BackupChunk:
     size: int
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key of a `ScanOk` page, with its record (value b"" if keys_only)."""
+
+    key: bytes
+    value: bytes
+    version: int
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ScanOk:
+    """One page of a `Scan`, in key order.
+
+    `count` is the number of keys in the whole range (not only this page);
+    with count_only, `kvs` is empty. `more` is true when the partition has
+    keys in range after the last one returned (ask again from just past it).
+    """
+
+    request_id: int
+    kvs: tuple[KeyValue, ...]
+    count: int
+    more: bool
+    applied_index: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TxnOpResult:
+    """Per-op outcome of a `Txn` branch (mirrors prkdb.state.results.OpResult).
+
+    PUT/DELETE: version after and before, the read fields zero. GET: the
+    key's record as the branch's earlier ops left it (value None = absent,
+    with every number 0).
+    """
+
+    version: int
+    prev_version: int
+    value: bytes | None = None
+    mod_revision: int = 0
+    create_revision: int = 0
+    lease: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TxnOk:
+    """The outcome of a `Txn`: which branch ran, at which revision, and its ops' results."""
+
+    request_id: int
+    succeeded: bool  # true: the compares held and `success` ran; false: `failure` ran
+    revision: int
+    results: tuple[TxnOpResult, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseOk:
+    """A lease: the answer to `LeaseGrant` and `LeaseTimeToLive`.
+
+    Grant: the granted TTL, remaining_ms = ttl_ms, keys empty. TimeToLive:
+    remaining_ms from the leader's clock, the attached keys (sorted) if asked.
+    """
+
+    request_id: int
+    lease_id: int
+    ttl_ms: int
+    remaining_ms: int
+    keys: tuple[bytes, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAliveOk:
+    """One remaining TTL per id of the `LeaseKeepAlive`, in order; 0 = no such lease."""
+
+    request_id: int
+    remaining_ms: tuple[int, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """One lease of a `LeaseListOk`."""
+
+    lease_id: int
+    ttl_ms: int
+    remaining_ms: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseListOk:
+    """Every lease of the partition asked, by id."""
+
+    request_id: int
+    leases: tuple[LeaseInfo, ...]
+
+
 # --- peers ---------------------------------------------------------------------------
 
 
@@ -480,12 +861,24 @@ WireMessage: TypeAlias = (
     | Snapshot
     | BackupBegin
     | BackupRead
+    | Scan
+    | Txn
+    | LeaseGrant
+    | LeaseRevoke
+    | LeaseKeepAlive
+    | LeaseTimeToLive
+    | LeaseList
     | GetOk
     | WriteOk
     | StatusOk
     | AdminOk
     | BackupBeginOk
     | BackupChunk
+    | ScanOk
+    | TxnOk
+    | LeaseOk
+    | LeaseKeepAliveOk
+    | LeaseListOk
     | RaftBatch
 )
 
@@ -538,6 +931,77 @@ def _check_batch(m: Batch) -> str | None:
             return f"ops[{i}].value: a PUT needs a value"
         if op.kind == OpKind.DELETE and op.value is not None:
             return f"ops[{i}].value: a DELETE must have null"
+    return None
+
+
+def _check_lease_id(lease_id: int, partition: int, where: str) -> str | None:
+    """The problem with a (non-zero) lease id used in `partition`, or None."""
+    if lease_id >> LEASE_PARTITION_BITS == 0:
+        return f"{where}: {lease_id} is not a lease id (ids are >= {1 << LEASE_PARTITION_BITS})"
+    if lease_partition(lease_id) != partition:
+        return (
+            f"{where}: lease {lease_id} lives in partition {lease_partition(lease_id)}, "
+            f"not {partition}"
+        )
+    return None
+
+
+def _check_compare(c: Compare, where: str) -> str | None:
+    name = c.target.name
+    if c.target == CompareTarget.VALUE:
+        if c.value is None:
+            return f"{where}.value: a VALUE compare needs a value"
+        if c.number is not None:
+            return f"{where}.number: a VALUE compare must have null (its operand is value)"
+    else:
+        if c.number is None:
+            return f"{where}.number: a {name} compare needs a number"
+        if c.value is not None:
+            return f"{where}.value: a {name} compare must have null (its operand is number)"
+    return None
+
+
+def _check_txn_op(op: TxnOp, where: str, partition: int) -> str | None:
+    if op.kind == TxnOpKind.PUT:
+        if op.value is None:
+            return f"{where}.value: a PUT needs a value"
+        if op.lease:
+            return _check_lease_id(op.lease, partition, f"{where}.lease")
+        return None
+    if op.value is not None:
+        return f"{where}.value: a {op.kind.name} must have null"
+    if op.lease:
+        return f"{where}.lease: a {op.kind.name} must have 0"
+    return None
+
+
+def _check_txn(m: Txn) -> str | None:
+    for i, c in enumerate(m.compares):
+        problem = _check_compare(c, f"compares[{i}]")
+        if problem is not None:
+            return problem
+    for branch, ops in (("success", m.success), ("failure", m.failure)):
+        for i, op in enumerate(ops):
+            problem = _check_txn_op(op, f"{branch}[{i}]", m.partition)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _check_lease_revoke(m: LeaseRevoke | LeaseTimeToLive) -> str | None:
+    # The id names its partition; any partition number is fine here.
+    return _check_lease_id(m.lease_id, lease_partition(m.lease_id), "lease_id")
+
+
+def _check_keep_alive(m: LeaseKeepAlive) -> str | None:
+    if not m.lease_ids:
+        return "lease_ids: name at least one lease"
+    if len(m.lease_ids) > KEEPALIVE_IDS_MAX:
+        return f"lease_ids: {len(m.lease_ids)} ids, more than {KEEPALIVE_IDS_MAX}"
+    for i, lease_id in enumerate(m.lease_ids):
+        problem = _check_lease_id(lease_id, m.partition, f"lease_ids[{i}]")
+        if problem is not None:
+            return problem
     return None
 
 
@@ -616,8 +1080,69 @@ _PARTITION_STATUS = Record(
     ),
 )
 
+_LEASE_PARTITION = UInt(hi=LEASE_PARTITION_MAX)
+_LEASE_ID = UInt(lo=1 << LEASE_PARTITION_BITS)
+_TTL_MS = UInt(lo=1)
+
+_KEY_VALUE = Record(
+    KeyValue,
+    (
+        Field("key", _KEY, "the key"),
+        Field("value", _BYTES, "its value; empty if the Scan was keys_only"),
+        Field("version", _U64, "writes since the key was created (>= 1)"),
+        Field("mod_revision", _U64, "revision (log index) of the key's last write"),
+        Field("create_revision", _U64, "revision of the write that created the key"),
+        Field("lease", _U64, "the lease the key is attached to; 0 = none"),
+    ),
+)
+_COMPARE = Record(
+    Compare,
+    (
+        Field("key", _KEY, "the key compared"),
+        Field("target", Enum(CompareTarget), "what of the key is compared"),
+        Field("op", Enum(CompareOp), "holds if `target <op> operand`"),
+        Field("value", Optional(_BYTES),
+              "the operand of a VALUE compare (bytes order); null for the other targets"),
+        Field("number", Optional(_U64),
+              "the operand of the other targets; null for VALUE"),
+    ),
+)
+_TXN_OP = Record(
+    TxnOp,
+    (
+        Field("kind", Enum(TxnOpKind), "what to do"),
+        Field("key", _KEY, "non-empty key of the Txn's partition"),
+        Field("value", Optional(_BYTES), "PUT: the value; DELETE, GET: null"),
+        Field("lease", _U64,
+              "PUT: attach the key to this lease of the partition (0 = none, detach); "
+              "DELETE, GET: 0"),
+    ),
+)
+_TXN_OP_RESULT = Record(
+    TxnOpResult,
+    (
+        Field("version", _U64, "PUT/DELETE: key version after (0 = absent); GET: the version"),
+        Field("prev_version", _U64, "PUT/DELETE: key version before (0 = was absent); GET: 0"),
+        Field("value", Optional(_BYTES), "GET: the value (null = absent); PUT/DELETE: null"),
+        Field("mod_revision", _U64, "GET: revision of the key's last write; else 0"),
+        Field("create_revision", _U64, "GET: revision that created the key; else 0"),
+        Field("lease", _U64, "GET: the key's lease (0 = none); else 0"),
+    ),
+)
+_LEASE_INFO = Record(
+    LeaseInfo,
+    (
+        Field("lease_id", _LEASE_ID, "the lease"),
+        Field("ttl_ms", _U64, "its TTL as granted, in milliseconds"),
+        Field("remaining_ms", _U64, "milliseconds until it expires, on the leader's clock"),
+    ),
+)
+
 #: Nested records, for docs/protocol.md.
-RECORDS: Final = (_BATCH_OP, _OP_RESULT, _NODE_INFO, _PARTITION_STATUS, _REPLICA_PROGRESS)
+RECORDS: Final = (
+    _BATCH_OP, _OP_RESULT, _NODE_INFO, _PARTITION_STATUS, _REPLICA_PROGRESS,
+    _KEY_VALUE, _COMPARE, _TXN_OP, _TXN_OP_RESULT, _LEASE_INFO,
+)
 
 _ALL = (
     Schema(
@@ -729,6 +1254,77 @@ _ALL = (
         ),
     ),
     Schema(
+        Scan,
+        21,
+        (
+            _rid(),
+            Field("partition", _U32, "the partition scanned"),
+            Field("start", _BYTES, "first key of the range (inclusive); empty = the first key"),
+            Field("end", Optional(_BYTES),
+                  "end of the range (exclusive); null = no end. A prefix p is "
+                  "[p, p with its last byte below 0xff incremented)"),
+            Field("limit", UInt(hi=SCAN_LIMIT_MAX),
+                  "most keys to return; 0 (or more than the server's page cap, "
+                  "default 1000) = the cap"),
+            Field("keys_only", Bool(), "return keys with empty values"),
+            Field("count_only", Bool(), "return no keys, only the count"),
+            Field("consistency", Enum(ReadConsistency), "read level, as for Get"),
+        ),
+    ),
+    Schema(
+        Txn,
+        22,
+        (
+            _rid(),
+            Field("partition", _U32, "every key of the txn must map to it"),
+            Field("compares", ListOf(_COMPARE), "all must hold for `success` to run; may be empty"),
+            Field("success", ListOf(_TXN_OP), "ops run, in order, if every compare holds"),
+            Field("failure", ListOf(_TXN_OP), "ops run, in order, otherwise"),
+            *_session(),
+        ),
+        _check_txn,
+    ),
+    Schema(
+        LeaseGrant,
+        23,
+        (
+            _rid(),
+            Field("partition", _LEASE_PARTITION, "the partition the lease lives in"),
+            Field("ttl_ms", _TTL_MS,
+                  "time to live in milliseconds; raised to the server's minimum"),
+            *_session(),
+        ),
+    ),
+    Schema(
+        LeaseRevoke,
+        24,
+        (_rid(), Field("lease_id", _LEASE_ID, "the lease (its low 16 bits: the partition)"),
+         *_session()),
+        _check_lease_revoke,
+    ),
+    Schema(
+        LeaseKeepAlive,
+        25,
+        (
+            _rid(),
+            Field("partition", _LEASE_PARTITION, "the partition of every lease named"),
+            Field("lease_ids", ListOf(_LEASE_ID),
+                  f"the leases to renew: 1..{KEEPALIVE_IDS_MAX}, all of `partition`"),
+        ),
+        _check_keep_alive,
+    ),
+    Schema(
+        LeaseTimeToLive,
+        26,
+        (
+            _rid(),
+            Field("lease_id", _LEASE_ID, "the lease (its low 16 bits: the partition)"),
+            Field("with_keys", Bool(), "also return the keys attached to it"),
+        ),
+        _check_lease_revoke,
+    ),
+    Schema(LeaseList, 27, (_rid(), Field("partition", _LEASE_PARTITION, "partition id"))),
+    Schema(
         GetOk,
         30,
         (
@@ -761,6 +1357,9 @@ _ALL = (
             Field("nodes", ListOf(_NODE_INFO), "every member"),
             Field("partitions", ListOf(_PARTITION_STATUS), "every partition"),
             Field("server_version", Text(max_len=64), "the answering node's PrkDB version"),
+            Field("key_rule", Text(choices=_KEY_RULES),
+                  "how keys map to partitions: \"hashtag\" (hash the {tag} if any) "
+                  "or \"crc32\" (whole key)"),
         ),
     ),
     Schema(AdminOk, 33, (_rid("the admin request's id"), Field("details", Details(), "extras"))),
@@ -788,6 +1387,57 @@ _ALL = (
         ),
     ),
     Schema(
+        ScanOk,
+        36,
+        (
+            _rid("the Scan's request id"),
+            Field("kvs", ListOf(_KEY_VALUE), "the page, in key order; empty with count_only"),
+            Field("count", _U64, "keys in the whole range, not only this page"),
+            Field("more", Bool(), "keys in range follow the last one returned"),
+            Field("applied_index", _U64, "partition's applied index when read"),
+        ),
+    ),
+    Schema(
+        TxnOk,
+        37,
+        (
+            _rid("the Txn's request id"),
+            Field("succeeded", Bool(), "true: every compare held and `success` ran; "
+                                       "false: `failure` ran"),
+            Field("revision", _U64, "log index of the txn's entry"),
+            Field("results", ListOf(_TXN_OP_RESULT), "one per op of the branch that ran"),
+        ),
+    ),
+    Schema(
+        LeaseOk,
+        38,
+        (
+            _rid("the LeaseGrant's or LeaseTimeToLive's request id"),
+            Field("lease_id", _LEASE_ID, "the lease"),
+            Field("ttl_ms", _U64, "its TTL as granted, in milliseconds"),
+            Field("remaining_ms", _U64, "grant: ttl_ms; time-to-live: left on the leader's clock"),
+            Field("keys", ListOf(_KEY), "time-to-live with_keys: the attached keys, sorted; "
+                                        "else []"),
+        ),
+    ),
+    Schema(
+        LeaseKeepAliveOk,
+        39,
+        (
+            _rid("the LeaseKeepAlive's request id"),
+            Field("remaining_ms", ListOf(_U64),
+                  "per id asked, in order: its new time to live (= its TTL); 0 = no such lease"),
+        ),
+    ),
+    Schema(
+        LeaseListOk,
+        40,
+        (
+            _rid("the LeaseList's request id"),
+            Field("leases", ListOf(_LEASE_INFO), "every lease of the partition, by id"),
+        ),
+    ),
+    Schema(
         RaftBatch,
         50,
         (
@@ -804,11 +1454,13 @@ assert len(SCHEMAS_BY_ID) == len(_ALL), "duplicate type id"
 
 REQUEST_TYPES: Final = frozenset(
     {Get, Put, Delete, Cas, Batch, Status, RebuildFence, TransferLeader, Snapshot,
-     BackupBegin, BackupRead}
+     BackupBegin, BackupRead, Scan, Txn, LeaseGrant, LeaseRevoke, LeaseKeepAlive,
+     LeaseTimeToLive, LeaseList}
 )
 """Messages a client may send after Hello; each gets one response."""
 RESPONSE_TYPES: Final = frozenset(
-    {GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error}
+    {GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, ScanOk, TxnOk, LeaseOk,
+     LeaseKeepAliveOk, LeaseListOk, Error}
 )
 """Messages a server sends to clients after HelloOk."""
 
@@ -864,7 +1516,8 @@ def check_hello(hello: Hello, *, cluster_id: str, role: str | None = None) -> Er
 
     Kept here so every acceptor (client listener, peer listener) applies the
     same rules in the same order: version first (a newer client must learn
-    which versions exist), then cluster, then role.
+    which versions exist), then cluster, then role. Clients must say one of
+    `CLIENT_VERSIONS`, peers one of `PEER_VERSIONS` (module docstring).
 
     Args:
         hello: the validated first frame.
@@ -874,12 +1527,24 @@ def check_hello(hello: Hello, *, cluster_id: str, role: str | None = None) -> Er
     Returns:
         None if accepted, else an `Error` with request_id 0.
     """
-    if hello.protocol_version not in SUPPORTED_VERSIONS:
+    version = hello.protocol_version
+    if hello.role == ROLE_CLIENT and version not in CLIENT_VERSIONS:
+        too_old = version < max(CLIENT_VERSIONS)
+        advice = "upgrade the client" if too_old else "this server is older than the client"
         return Error(
             0,
             ErrorCode.BAD_VERSION,
-            f"protocol version {hello.protocol_version} is not supported",
-            {"supported": list(SUPPORTED_VERSIONS)},
+            f"client protocol version {version} is not supported (this server speaks "
+            f"{', '.join(map(str, CLIENT_VERSIONS))} to clients): {advice}",
+            {"supported": list(CLIENT_VERSIONS)},
+        )
+    if hello.role == ROLE_PEER and version not in PEER_VERSIONS:
+        return Error(
+            0,
+            ErrorCode.BAD_VERSION,
+            f"peer protocol version {version} is not supported (this node speaks "
+            f"{', '.join(map(str, PEER_VERSIONS))} to peers)",
+            {"supported": list(PEER_VERSIONS)},
         )
     # A client that names no cluster asks to be told (HelloOk carries the id);
     # a peer must always name it.

@@ -111,6 +111,60 @@ batch_op = st.one_of(
     st.builds(m.BatchOp, st.just(m.OpKind.DELETE), key, st.none()),
 )
 
+lease_partition = st.integers(0, m.LEASE_PARTITION_MAX)
+
+
+def lease_ids(partition: int) -> st.SearchStrategy[int]:
+    """Valid lease ids of `partition` (grant index >= 1)."""
+    return st.integers(1, (U64 >> m.LEASE_PARTITION_BITS)).map(
+        lambda index: index << m.LEASE_PARTITION_BITS | partition
+    )
+
+
+any_lease_id = lease_partition.flatmap(lease_ids)
+
+compare = st.one_of(
+    st.builds(m.Compare, key, st.just(m.CompareTarget.VALUE), st.sampled_from(m.CompareOp),
+              small_bytes, st.none()),
+    st.builds(m.Compare, key, st.sampled_from([t for t in m.CompareTarget if t.name != "VALUE"]),
+              st.sampled_from(m.CompareOp), st.none(), uint),
+)
+
+
+def txn_ops(partition: int) -> st.SearchStrategy[m.TxnOp]:
+    return st.one_of(
+        st.builds(m.TxnOp, st.just(m.TxnOpKind.PUT), key, small_bytes,
+                  st.just(0) | lease_ids(partition) if partition <= m.LEASE_PARTITION_MAX
+                  else st.just(0)),
+        st.builds(m.TxnOp, st.sampled_from([m.TxnOpKind.DELETE, m.TxnOpKind.GET]), key,
+                  st.none(), st.just(0)),
+    )
+
+
+@st.composite
+def txns(draw: Any) -> m.Txn:
+    partition = draw(st.integers(0, 2**32 - 1) | lease_partition)
+    ops = st.lists(txn_ops(partition), max_size=4).map(tuple)
+    return m.Txn(
+        draw(rid),
+        partition,
+        tuple(draw(st.lists(compare, max_size=4))),
+        draw(ops),
+        draw(ops),
+        **{k: draw(v) for k, v in session.items()},
+    )
+
+
+@st.composite
+def keep_alives(draw: Any) -> m.LeaseKeepAlive:
+    partition = draw(lease_partition)
+    ids = draw(st.lists(lease_ids(partition), min_size=1, max_size=5))
+    return m.LeaseKeepAlive(draw(rid), partition, tuple(ids))
+
+
+key_value = st.builds(m.KeyValue, key, small_bytes, uint, uint, uint, uint)
+txn_op_result = st.builds(m.TxnOpResult, uint, uint, st.none() | small_bytes, uint, uint, uint)
+
 STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.Hello: st.one_of(
         st.builds(m.Hello, st.integers(0, 2**32 - 1), text, st.just("peer"), node),
@@ -180,8 +234,37 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
             ),
             max_size=3,
         ).map(tuple),
+        st.text(max_size=10),
+        st.sampled_from(["hashtag", "crc32"]),
     ),
     m.AdminOk: st.builds(m.AdminOk, rid, details),
+    m.Scan: st.builds(
+        m.Scan, rid, st.integers(0, 2**32 - 1), small_bytes, st.none() | small_bytes,
+        st.integers(0, 2**32 - 1), st.booleans(), st.booleans(),
+        st.sampled_from(m.ReadConsistency),
+    ),
+    m.Txn: txns(),
+    m.LeaseGrant: st.builds(m.LeaseGrant, rid, lease_partition, st.integers(1, U64), **session),
+    m.LeaseRevoke: st.builds(m.LeaseRevoke, rid, any_lease_id, **session),
+    m.LeaseKeepAlive: keep_alives(),
+    m.LeaseTimeToLive: st.builds(m.LeaseTimeToLive, rid, any_lease_id, st.booleans()),
+    m.LeaseList: st.builds(m.LeaseList, rid, lease_partition),
+    m.ScanOk: st.builds(
+        m.ScanOk, rid, st.lists(key_value, max_size=4).map(tuple), uint, st.booleans(), uint
+    ),
+    m.TxnOk: st.builds(
+        m.TxnOk, rid, st.booleans(), uint, st.lists(txn_op_result, max_size=4).map(tuple)
+    ),
+    m.LeaseOk: st.builds(
+        m.LeaseOk, rid, any_lease_id, uint, uint, st.lists(key, max_size=3).map(tuple)
+    ),
+    m.LeaseKeepAliveOk: st.builds(
+        m.LeaseKeepAliveOk, rid, st.lists(uint, max_size=5).map(tuple)
+    ),
+    m.LeaseListOk: st.builds(
+        m.LeaseListOk, rid,
+        st.lists(st.builds(m.LeaseInfo, any_lease_id, uint, uint), max_size=3).map(tuple),
+    ),
     m.RaftBatch: raft_batches(),
 }
 

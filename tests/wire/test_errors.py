@@ -23,6 +23,8 @@ def test_codes_are_stable() -> None:
         "BAD_VERSION": 7,
         "INTERNAL": 8,
         "TIMEOUT": 9,
+        "LEASE_NOT_FOUND": 10,
+        "TOO_MANY_LEASES": 11,
     }
     assert set(e.ERROR_DESCRIPTIONS) == set(ErrorCode)
 
@@ -39,6 +41,8 @@ def test_codes_are_stable() -> None:
         (ErrorCode.BAD_VERSION, e.ProtocolError),
         (ErrorCode.INTERNAL, e.InternalError),
         (ErrorCode.TIMEOUT, e.Timeout),
+        (ErrorCode.LEASE_NOT_FOUND, e.LeaseNotFound),
+        (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases),
     ],
 )
 def test_error_from_code_maps_every_code(code: ErrorCode, cls: type) -> None:

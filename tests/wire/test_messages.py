@@ -9,15 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prkdb.errors import ErrorCode
+from prkdb.client.attempt import error_from_frame, hello_frame
+from prkdb.errors import ErrorCode, ProtocolError
 from prkdb.raft.types import Message, MsgType, Role
 from prkdb.wire import messages as m
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
-from prkdb.wire.frames import NEED_DATA, FrameDecoder, encode_frame
+from prkdb.wire.frames import NEED_DATA, FrameDecoder, decode_body, encode_frame
 from prkdb.wire.schema import Bool, Bytes, Details, Enum, ListOf, Optional, Record, Text, UInt
 from tests.wire.strategies import STRATEGIES, any_message
 
 HB = Message(MsgType.HEARTBEAT, to=2, from_=1, term=3, commit=4)
+LEASE_3 = 77 << 16 | 3  # granted by the entry at index 77 of partition 3
 
 SAMPLES: dict[type, Any] = {
     m.Hello: m.Hello(m.PROTOCOL_VERSION, "c1", "peer", 1),
@@ -49,6 +51,29 @@ SAMPLES: dict[type, Any] = {
     ),
     m.AdminOk: m.AdminOk(1, {"transferred": True}),
     m.RaftBatch: m.RaftBatch(1, ((0, HB), (5, HB))),
+    m.Scan: m.Scan(1, 3, b"user:", b"user;", 100, False, False, m.ReadConsistency.FOLLOWER),
+    m.Txn: m.Txn(
+        1,
+        3,
+        (
+            m.Compare(b"{u}:a", m.CompareTarget.VALUE, m.CompareOp.EQUAL, value=b"x"),
+            m.Compare(b"{u}:b", m.CompareTarget.VERSION, m.CompareOp.GREATER, number=0),
+        ),
+        (m.TxnOp(m.TxnOpKind.PUT, b"{u}:a", b"y", LEASE_3), m.TxnOp(m.TxnOpKind.GET, b"{u}:b")),
+        (m.TxnOp(m.TxnOpKind.DELETE, b"{u}:a"),),
+        9,
+        5,
+    ),
+    m.LeaseGrant: m.LeaseGrant(1, 3, 10_000, 9, 6),
+    m.LeaseRevoke: m.LeaseRevoke(1, LEASE_3, 9, 7),
+    m.LeaseKeepAlive: m.LeaseKeepAlive(1, 3, (LEASE_3, LEASE_3 + (1 << 16))),
+    m.LeaseTimeToLive: m.LeaseTimeToLive(1, LEASE_3, True),
+    m.LeaseList: m.LeaseList(1, 3),
+    m.ScanOk: m.ScanOk(1, (m.KeyValue(b"user:1", b"a", 2, 40, 12, 0),), 7, True, 41),
+    m.TxnOk: m.TxnOk(1, True, 42, (m.TxnOpResult(3, 2), m.TxnOpResult(1, 0, b"v", 9, 9, 0))),
+    m.LeaseOk: m.LeaseOk(1, LEASE_3, 10_000, 9_500, (b"{u}:a",)),
+    m.LeaseKeepAliveOk: m.LeaseKeepAliveOk(1, (10_000, 0)),
+    m.LeaseListOk: m.LeaseListOk(1, (m.LeaseInfo(LEASE_3, 10_000, 4_000),)),
 }
 
 
@@ -176,6 +201,11 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.NodeInfo: lambda: m.to_wire(SAMPLES[m.StatusOk]),
         m.PartitionStatus: lambda: m.to_wire(SAMPLES[m.StatusOk]),
         m.ReplicaProgress: lambda: m.to_wire(SAMPLES[m.StatusOk]),
+        m.KeyValue: lambda: m.to_wire(SAMPLES[m.ScanOk]),
+        m.Compare: lambda: m.to_wire(SAMPLES[m.Txn]),
+        m.TxnOp: lambda: m.to_wire(SAMPLES[m.Txn]),
+        m.TxnOpResult: lambda: m.to_wire(SAMPLES[m.TxnOk]),
+        m.LeaseInfo: lambda: m.to_wire(SAMPLES[m.LeaseListOk]),
     }[cls]()
     locate = {
         m.BatchOp: lambda w: w[3][0],
@@ -183,6 +213,11 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.NodeInfo: lambda w: w[4][0],
         m.PartitionStatus: lambda w: w[5][0],
         m.ReplicaProgress: lambda w: w[5][0][6][0],
+        m.KeyValue: lambda w: w[2][0],
+        m.Compare: lambda w: w[3][0],
+        m.TxnOp: lambda w: w[4][0],
+        m.TxnOpResult: lambda w: w[4][0],
+        m.LeaseInfo: lambda w: w[2][0],
     }[cls]
     idx = [f.name for f in record.fields].index(fld.name)
     for bad in WRONG_VALUES:
@@ -303,12 +338,24 @@ def test_type_ids_are_stable() -> None:
         "RebuildFence": 18,
         "BackupBegin": 19,
         "BackupRead": 20,
+        "Scan": 21,
+        "Txn": 22,
+        "LeaseGrant": 23,
+        "LeaseRevoke": 24,
+        "LeaseKeepAlive": 25,
+        "LeaseTimeToLive": 26,
+        "LeaseList": 27,
         "GetOk": 30,
         "WriteOk": 31,
         "StatusOk": 32,
         "AdminOk": 33,
         "BackupBeginOk": 34,
         "BackupChunk": 35,
+        "ScanOk": 36,
+        "TxnOk": 37,
+        "LeaseOk": 38,
+        "LeaseKeepAliveOk": 39,
+        "LeaseListOk": 40,
         "RaftBatch": 50,
     }
 
@@ -329,11 +376,61 @@ def test_check_hello() -> None:
     assert wrong is not None and wrong.code == ErrorCode.WRONG_CLUSTER and wrong.request_id == 0
     version = m.check_hello(m.Hello(99, "c2", "client", 0), cluster_id="c1")
     assert version is not None and version.code == ErrorCode.BAD_VERSION  # version checked first
-    assert version.details == {"supported": list(m.SUPPORTED_VERSIONS)}
+    assert version.details == {"supported": list(m.CLIENT_VERSIONS)}
     role = m.check_hello(ok, cluster_id="c1", role="peer")
     assert role is not None and role.code == ErrorCode.BAD_REQUEST
     for err in (wrong, version, role):
         assert m.from_wire(through_cbor(m.to_wire(err, check=True))) == err
+
+
+def test_versions() -> None:
+    assert m.PROTOCOL_VERSION == 3
+    assert m.CLIENT_VERSIONS == (3,)
+    assert m.PEER_VERSIONS == (2, 3) and m.PEER_PROTOCOL_VERSION == 2
+    assert m.HelloOk(1, "c1").protocol_version == 3
+
+
+def test_a_version_2_client_is_told_to_upgrade() -> None:
+    for role in (None, "client"):
+        err = m.check_hello(m.Hello(2, "c1", "client", 0), cluster_id="c1", role=role)
+        assert err is not None and err.code == ErrorCode.BAD_VERSION and err.request_id == 0
+        assert err.details == {"supported": [3]}
+        assert "client protocol version 2 is not supported" in err.message
+        assert "upgrade the client" in err.message
+        # what the client SDK makes of it: a ProtocolError carrying the versions
+        exc = error_from_frame(m.from_wire(through_cbor(m.to_wire(err, check=True))))
+        assert isinstance(exc, ProtocolError) and exc.details == {"supported": [3]}
+    newer = m.check_hello(m.Hello(4, "c1", "client", 0), cluster_id="c1")
+    assert newer is not None and newer.details == {"supported": [3]}
+    assert "older than the client" in newer.message
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_peers_may_say_2_or_3(version: int) -> None:
+    """A rolling upgrade: old peers say 2, new ones say PEER_PROTOCOL_VERSION (2) or 3."""
+    hello = m.Hello(version, "c1", "peer", 2, "ab" * 16)
+    assert m.check_hello(hello, cluster_id="c1", role="peer") is None
+    assert m.check_hello(hello, cluster_id="c1") is None
+
+
+@pytest.mark.parametrize("version", [0, 1, 4, 2**32 - 1])
+def test_peers_of_other_versions_are_refused(version: int) -> None:
+    err = m.check_hello(m.Hello(version, "c1", "peer", 2), cluster_id="c1", role="peer")
+    assert err is not None and err.code == ErrorCode.BAD_VERSION
+    assert err.details == {"supported": [2, 3]}
+    assert f"peer protocol version {version} is not supported" in err.message
+
+
+def test_a_peer_hello_is_accepted_by_old_and_new_nodes() -> None:
+    """The version a peer says itself is one a version-2 node takes (it knew only 2)."""
+    assert m.PEER_PROTOCOL_VERSION in (2,)
+    assert m.PEER_PROTOCOL_VERSION in m.PEER_VERSIONS
+
+
+def test_client_hello_frame_says_3() -> None:
+    hello = m.from_wire(decode_body(hello_frame("c1")[4:]))
+    assert isinstance(hello, m.Hello) and hello.protocol_version == 3
+    assert m.check_hello(hello, cluster_id="c1", role="client") is None
 
 
 def test_a_client_may_ask_for_the_cluster_id_a_peer_may_not() -> None:
