@@ -333,7 +333,7 @@ class ClientService:
             if rec is None:
                 reply(GetOk(req.request_id, None, 0, 0, applied))
             else:
-                value, version, mod_revision = rec
+                value, version, mod_revision, _, _ = rec
                 reply(GetOk(req.request_id, value, version, mod_revision, applied))
 
         def confirmed(result: Any, error: PrkdbError | None) -> None:

@@ -150,7 +150,7 @@ class RaftLoop:
                     if p.busy:
                         continue
                     if tick:
-                        p.tick()
+                        p.tick(now)
                     elif not p.touched:
                         continue
                     p.touched = False

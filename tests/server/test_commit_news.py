@@ -73,7 +73,7 @@ class FakePartition:
     def expire(self, now: float) -> None:
         pass
 
-    def tick(self) -> None:
+    def tick(self, now: float) -> None:
         pass
 
     def flush_queued(self) -> None:
