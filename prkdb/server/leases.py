@@ -56,12 +56,13 @@ class LeaseKeeper:
             timeout: a proposal not applied by then was most likely lost).
     """
 
-    __slots__ = ("_deadline", "_due", "_heap", "leading", "retry_s")
+    __slots__ = ("_deadline", "_due", "_heap", "_ttl_ms", "leading", "retry_s")
 
     def __init__(self, retry_s: float) -> None:
         self.retry_s = retry_s
         #: True between `lead` and `step_down`; while False every call is a no-op.
         self.leading = False
+        self._ttl_ms: dict[int, int] = {}  # lease id -> its TTL, ms (as the state says)
         self._deadline: dict[int, float] = {}  # lease id -> when it lapses, seconds
         # lease id -> when `due` looks at it next: its deadline while it lives,
         # else the time its revoke may be proposed again.
@@ -90,6 +91,7 @@ class LeaseKeeper:
     def step_down(self) -> None:
         """This node no longer leads: forget every deadline (the next leader decides)."""
         self.leading = False
+        self._ttl_ms.clear()
         self._deadline.clear()
         self._due.clear()
         self._heap.clear()
@@ -120,7 +122,7 @@ class LeaseKeeper:
     def forget(self, lease_id: int) -> None:
         """The lease is gone from the state (revoked or expired)."""
         if self._due.pop(lease_id, None) is not None:
-            del self._deadline[lease_id]
+            del self._deadline[lease_id], self._ttl_ms[lease_id]
 
     # -- keep-alives and questions ------------------------------------------------------
     def renew(self, lease_id: int, ttl_ms: int, now: float) -> int:
@@ -143,6 +145,10 @@ class LeaseKeeper:
         self._set(lease_id, ttl_ms, now)
         return ttl_ms
 
+    def ttl_ms(self, lease_id: int) -> int | None:
+        """The lease's TTL in ms, None if not known here."""
+        return self._ttl_ms.get(lease_id)
+
     def remaining_ms(self, lease_id: int, now: float) -> int | None:
         """Milliseconds until the lease lapses (0 = lapsed), None if not known here."""
         deadline = self._deadline.get(lease_id)
@@ -156,16 +162,17 @@ class LeaseKeeper:
         """The earliest time `due` may return something (inf: nothing known)."""
         return self._heap[0][0] if self._heap else math.inf
 
-    def due(self, now: float) -> list[int]:
+    def due(self, now: float, limit: int = 0) -> list[int]:
         """The leases that lapsed by `now` and whose revoke should be proposed now.
 
         Each is returned again after `retry_s` if `forget` was not called by
-        then. Call it on ticks when ``next_due <= now``.
+        then. Call it on ticks when ``next_due <= now``. At most `limit` ids
+        (0 = all); the others stay due for the next call.
         """
         heap, due_at = self._heap, self._due
         out: list[int] = []
         retry = now + self.retry_s
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (not limit or len(out) < limit):
             when, lease_id = heapq.heappop(heap)
             if due_at.get(lease_id) != when:
                 continue  # renewed, retried or forgotten since this entry was pushed
@@ -177,6 +184,7 @@ class LeaseKeeper:
     # -- internals ----------------------------------------------------------------
     def _set(self, lease_id: int, ttl_ms: int, now: float) -> None:
         deadline = now + ttl_ms / 1000
+        self._ttl_ms[lease_id] = ttl_ms
         self._deadline[lease_id] = deadline
         self._due[lease_id] = deadline
         heap = self._heap

@@ -86,6 +86,15 @@ def test_a_pending_revoke_is_proposed_again_once_per_retry_interval() -> None:
     assert len(keeper) == 0 and keeper.next_due == math.inf
 
 
+def test_due_returns_at_most_limit_and_keeps_the_rest() -> None:
+    keeper = LeaseKeeper(retry_s=0.5)
+    keeper.lead(0.0, [(i, TTL_MS) for i in range(5)])
+    assert len(keeper.due(2.0, limit=2)) == 2
+    assert len(keeper.due(2.05, limit=2)) == 2
+    assert len(keeper.due(2.1, limit=2)) == 1
+    assert keeper.due(2.2) == []
+
+
 def test_a_grant_known_already_keeps_its_deadline() -> None:
     keeper = LeaseKeeper(retry_s=0.5)
     keeper.lead(0.0, [(7, TTL_MS)])
@@ -93,6 +102,7 @@ def test_a_grant_known_already_keeps_its_deadline() -> None:
     assert keeper.remaining_ms(7, 1.0) == 1000
     assert keeper.sync([(7, TTL_MS), (8, TTL_MS)], 1.0) == 1
     assert keeper.remaining_ms(8, 1.0) == TTL_MS
+    assert keeper.ttl_ms(8) == TTL_MS and keeper.ttl_ms(9) is None
 
 
 def test_a_follower_keeps_nothing() -> None:
