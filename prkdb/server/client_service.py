@@ -7,6 +7,15 @@ and a closed connection; a well-framed request with bad fields gets an error
 response and the connection stays up. Nothing a client sends can crash the
 node: every failure is either a `PrkdbError` turned into an Error frame, or
 a bug logged with its traceback and answered INTERNAL.
+
+Data requests (Get, Put, Delete, Cas, Batch, Scan, Txn and the lease
+requests) do not get a task: `_dispatch` hands them to their partition with
+a callback. Scans are served like Gets (ReadIndex on the leader, or asked of
+the leader by a follower, or local for STALE). A Txn, a Batch (a Txn without
+compares) and a lease grant or revoke are proposed like a Put. Keep-alives,
+time-to-live and lease lists go to the leader, which first confirms its
+leadership with a ReadIndex round (a deposed leader must not renew a lease
+its successor may already have expired), then asks its `LeaseKeeper`.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ from prkdb.errors import (
     ErrorCode,
     InternalError,
     InvalidRequest,
+    LeaseNotFound,
     NotLeader,
     PrkdbError,
     TooLarge,
+    TooManyLeases,
     Unavailable,
 )
 from prkdb.logging import NodeLogger
@@ -35,13 +46,24 @@ from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
 from prkdb.state import (
     UNCHECKED,
-    BatchCommand,
+    Compare,
     CompareAndSetCommand,
+    CompareOp,
+    CompareTarget,
     DeleteCommand,
+    GetOp,
     InvalidCommand,
+    KeyRecord,
+    LeaseGrantCommand,
+    LeaseRevokeCommand,
     PutCommand,
     ResultCode,
+    ScanItem,
+    TxnCommand,
+    TxnOp,
+    WriteResult,
     encode_command,
+    lease_partition,
     validate_command,
 )
 from prkdb.state import Limits as StateLimits
@@ -62,6 +84,16 @@ from prkdb.wire.messages import (
     GetOk,
     Hello,
     HelloOk,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    LeaseKeepAlive,
+    LeaseKeepAliveOk,
+    LeaseList,
+    LeaseListOk,
+    LeaseOk,
+    LeaseRevoke,
+    LeaseTimeToLive,
     NodeInfo,
     OpKind,
     OpResult,
@@ -70,10 +102,16 @@ from prkdb.wire.messages import (
     ReadConsistency,
     RebuildFence,
     ReplicaProgress,
+    Scan,
+    ScanOk,
     Snapshot,
     Status,
     StatusOk,
     TransferLeader,
+    Txn,
+    TxnOk,
+    TxnOpKind,
+    TxnOpResult,
     WireMessage,
     WriteOk,
     check_hello,
@@ -92,10 +130,18 @@ class Partition(Protocol):
     @property
     def applied_index(self) -> int: ...
     def status(self) -> RaftStatus: ...
-    def read(self, key: bytes) -> tuple[bytes, int, int] | None: ...
+    def read(self, key: bytes) -> KeyRecord | None: ...
+    def scan(self, start: bytes, end: bytes | None, limit: int, keys_only: bool
+             ) -> list[ScanItem]: ...
+    def count(self, start: bytes, end: bytes | None) -> int: ...
     def not_leader_error(self) -> NotLeader: ...
     def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None: ...
+    def submit_lease_grant(self, data: bytes, deadline: float, callback: Callback) -> None: ...
     def submit_read(self, deadline: float, callback: Callback) -> None: ...
+    def keep_alive(self, lease_ids: Sequence[int], now: float) -> list[int]: ...
+    def lease_status(self, lease_id: int, now: float, with_keys: bool
+                     ) -> tuple[int, int, list[bytes]] | None: ...
+    def lease_list(self, now: float) -> list[tuple[int, int, int]]: ...
     async def transfer_leadership(self, to: int) -> int: ...
     async def wait_not_leader(self) -> None: ...
     async def snapshot_now(self) -> int: ...
@@ -118,9 +164,12 @@ HELLO_TIMEOUT = 10.0
 # Until the hello is done a peer has proven nothing: keep its frames small.
 HELLO_MAX_FRAME = 64 * 1024
 
-_FAST_REQUESTS = (Get, Put, Delete, Cas, Batch)
+_FAST_REQUESTS = (Get, Put, Delete, Cas, Batch, Scan, Txn, LeaseGrant, LeaseRevoke,
+                  LeaseKeepAlive, LeaseTimeToLive, LeaseList)
 _TOO_LARGE_CODES = {ResultCode.KEY_TOO_LARGE, ResultCode.VALUE_TOO_LARGE,
                     ResultCode.BATCH_TOO_LARGE}
+Reply = Callable[[Any], None]
+Fail = Callable[[BaseException], None]
 
 
 class ClientService:
@@ -129,7 +178,8 @@ class ClientService:
         self.cfg = node.cfg
         self.log = node.log
         lim = self.cfg.limits
-        self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops)
+        self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops,
+                                  lim.max_leases)
         self.connections = 0
         #: Replies that could not be queued (connection closed or not reading).
         self.dropped_replies = 0
@@ -260,7 +310,7 @@ class ClientService:
     # -- requests -----------------------------------------------------------
     def _dispatch(self, req: Any, reply: Callable[[Any], None],
                   fail: Callable[[BaseException], None]) -> None:
-        """Start a Get/Put/Delete/Cas/Batch; `reply` or `fail` is called exactly once."""
+        """Start a data request (`_FAST_REQUESTS`); `reply` or `fail` is called exactly once."""
         match req:
             case Get():
                 self._get(req, reply, fail)
@@ -280,6 +330,20 @@ class ClientService:
                 self._write(req, req.key, cmd, reply, fail)
             case Batch():
                 self._batch(req, reply, fail)
+            case Scan():
+                self._scan(req, reply, fail)
+            case Txn():
+                self._txn(req, reply, fail)
+            case LeaseGrant():
+                self._lease_grant(req, reply, fail)
+            case LeaseRevoke():
+                self._lease_revoke(req, reply, fail)
+            case LeaseKeepAlive():
+                self._lease_keep_alive(req, reply, fail)
+            case LeaseTimeToLive():
+                self._lease_time_to_live(req, reply, fail)
+            case LeaseList():
+                self._lease_list(req, reply, fail)
 
     async def handle(self, req: WireMessage) -> WireMessage:
         """Serve an administrative request (in a task of its own: they may wait)."""
@@ -376,19 +440,180 @@ class ClientService:
 
         driver.submit_write(data, self._deadline(), applied)
 
-    def _batch(self, req: Batch, reply: Callable[[Any], None],
-               fail: Callable[[BaseException], None]) -> None:
-        ops = []
-        for op in req.ops:
-            if self._partition_of(op.key) != req.partition:
+    def _batch(self, req: Batch, reply: Reply, fail: Fail) -> None:
+        """A batch is a transaction without compares (answered WriteOk, as before)."""
+        self._check_partition("batch", req.partition, [op.key for op in req.ops])
+        ops: list[TxnOp] = [PutCommand(op.key, op.value or b"") if op.kind == OpKind.PUT
+                            else DeleteCommand(op.key) for op in req.ops]
+        cmd = TxnCommand((), tuple(ops))
+        self._write(req, b"", cmd, reply, fail, partition=req.partition)
+
+    def _check_partition(self, what: str, partition: int, keys: Sequence[bytes]) -> None:
+        """Every key of a batch or transaction must be of `partition` (they are atomic in one)."""
+        self._driver(partition)
+        partition_of = self._partition_of
+        if all(partition_of(k) == partition for k in keys):
+            return
+        by_partition: dict[int, list[bytes]] = {}
+        for k in keys:
+            by_partition.setdefault(partition_of(k), []).append(k)
+        named = "; ".join(
+            f"partition {p}: " + ", ".join(repr(k[:32]) for k in ks[:3])
+            + (f" and {len(ks) - 3} more" if len(ks) > 3 else "")
+            for p, ks in sorted(by_partition.items()))
+        raise InvalidRequest(
+            f"{what} for partition {partition} has keys of partitions "
+            f"{sorted(by_partition)} ({named}): a {what} is atomic within one partition only; "
+            "give related keys one hash tag, e.g. b'{user:42}:name' and b'{user:42}:mail', "
+            "so that they share a partition")
+
+    # -- scans ----------------------------------------------------------------------
+    def _scan(self, req: Scan, reply: Reply, fail: Fail) -> None:
+        """A page of ``[start, end)`` of one partition, read like a Get at `req.consistency`."""
+        driver = self._driver(req.partition)
+        lim = self.cfg.limits
+        page = req.limit if 0 < req.limit < lim.max_scan_page else lim.max_scan_page
+        max_bytes = lim.max_scan_bytes
+        rid, start, end, keys_only = req.request_id, req.start, req.end, req.keys_only
+
+        def answer_page() -> None:
+            applied = driver.applied_index
+            count = driver.count(start, end)
+            if req.count_only:
+                reply(ScanOk(rid, (), count, False, applied))
+                return
+            kvs = _page(driver.scan(start, end, page, keys_only), max_bytes)
+            # The page is the first len(kvs) keys of the range: more if the range has more.
+            reply(ScanOk(rid, kvs, count, len(kvs) < count, applied))
+
+        self._read(driver, req.consistency, answer_page, fail)
+
+    def _read(self, driver: Partition, consistency: ReadConsistency, answer: Callable[[], None],
+              fail: Fail) -> None:
+        """Call `answer` once the applied state is fresh enough for `consistency` (as `_get`)."""
+        if consistency == ReadConsistency.STALE:
+            answer()
+            return
+        if consistency == ReadConsistency.LINEARIZABLE and not driver.is_leader:
+            raise driver.not_leader_error()
+
+        def confirmed(result: object, error: PrkdbError | None) -> None:
+            if error is not None:
+                fail(error)
+                return
+            try:
+                answer()
+            except Exception as e:
+                fail(e)
+
+        driver.submit_read(self._deadline(), confirmed)
+
+    # -- transactions ---------------------------------------------------------------
+    def _txn(self, req: Txn, reply: Reply, fail: Fail) -> None:
+        keys = [c.key for c in req.compares]
+        keys += [op.key for op in req.success]
+        keys += [op.key for op in req.failure]
+        self._check_partition("transaction", req.partition, keys)
+        cmd = TxnCommand(tuple(map(_compare, req.compares)), tuple(map(_txn_op, req.success)),
+                         tuple(map(_txn_op, req.failure)))
+        self._propose(req, req.partition, cmd, _txn_ok, reply, fail)
+
+    def _propose(self, req: Txn | LeaseGrant | LeaseRevoke, partition: int, cmd: Any,
+                 answer: Callable[[int, WriteResult], WireMessage], reply: Reply, fail: Fail,
+                 grant: bool = False) -> None:
+        """Replicate `cmd` in `partition` (its leader); reply ``answer(request_id, result)``.
+
+        `_write` does the same for the Put/Delete/Cas/Batch path, which stays as lean as it was.
+        """
+        self._check(cmd)
+        driver = self._driver(partition)
+        if not driver.is_leader:
+            raise driver.not_leader_error()
+        data = encode_command(cmd, client_id=req.client_id, seq=req.seq)
+        rid = req.request_id
+
+        def applied(result: object, error: PrkdbError | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                if not isinstance(result, WriteResult):
+                    raise InternalError("write applied without a result")
+                if result.code != ResultCode.OK:
+                    raise _result_error(result)
+                reply(answer(rid, result))
+            except Exception as e:
+                fail(e)
+
+        if grant:
+            driver.submit_lease_grant(data, self._deadline(), applied)
+        else:
+            driver.submit_write(data, self._deadline(), applied)
+
+    # -- leases -----------------------------------------------------------------------
+    def _lease_driver(self, lease_id: int) -> Partition:
+        p = lease_partition(lease_id)
+        if p >= len(self.node.drivers):
+            raise LeaseNotFound(
+                f"lease {lease_id} names partition {p}, and this cluster has "
+                f"{len(self.node.drivers)}: no such lease", details={"lease_id": lease_id})
+        return self.node.drivers[p]
+
+    def _lease_grant(self, req: LeaseGrant, reply: Reply, fail: Fail) -> None:
+        # Like etcd, a TTL below the floor is raised to it (config.py says why).
+        ttl = max(req.ttl_ms, self.cfg.limits.min_lease_ttl_ms)
+
+        def granted(rid: int, result: WriteResult) -> WireMessage:
+            return LeaseOk(rid, result.lease_id, ttl, ttl, ())
+
+        self._propose(req, req.partition, LeaseGrantCommand(ttl), granted, reply, fail,
+                      grant=True)
+
+    def _lease_revoke(self, req: LeaseRevoke, reply: Reply, fail: Fail) -> None:
+        driver = self._lease_driver(req.lease_id)
+        self._propose(req, driver.partition, LeaseRevokeCommand(req.lease_id), _revoke_ok,
+                      reply, fail)
+
+    def _leader_read(self, driver: Partition, answer: Callable[[float], WireMessage],
+                     reply: Reply, fail: Fail) -> None:
+        """On the leader only: one ReadIndex round (leadership confirmed), then `answer(now)`."""
+        if not driver.is_leader:
+            raise driver.not_leader_error()
+        self._read(driver, ReadConsistency.LINEARIZABLE,
+                   lambda: reply(answer(trio.current_time())), fail)
+
+    def _lease_keep_alive(self, req: LeaseKeepAlive, reply: Reply, fail: Fail) -> None:
+        driver = self._driver(req.partition)
+        for lease_id in req.lease_ids:
+            if lease_partition(lease_id) != req.partition:
                 raise InvalidRequest(
-                    f"batch for partition {req.partition} has key {op.key[:32]!r} of partition "
-                    f"{self._partition_of(op.key)}: a batch is atomic within one partition only"
-                )
-            ops.append(PutCommand(op.key, op.value or b"") if op.kind == OpKind.PUT
-                       else DeleteCommand(op.key))
-        cmd = BatchCommand(tuple(ops))
-        self._write(req, ops[0].key if ops else b"", cmd, reply, fail, partition=req.partition)
+                    f"lease {lease_id} is of partition {lease_partition(lease_id)}, the "
+                    f"keep-alive is for partition {req.partition}")
+        ids = req.lease_ids
+        self._leader_read(
+            driver,
+            lambda now: LeaseKeepAliveOk(req.request_id, tuple(driver.keep_alive(ids, now))),
+            reply, fail)
+
+    def _lease_time_to_live(self, req: LeaseTimeToLive, reply: Reply, fail: Fail) -> None:
+        driver = self._lease_driver(req.lease_id)
+
+        def answer(now: float) -> WireMessage:
+            status = driver.lease_status(req.lease_id, now, req.with_keys)
+            if status is None:
+                raise LeaseNotFound(f"lease {req.lease_id} not found (expired or revoked)",
+                                    details={"lease_id": req.lease_id})
+            ttl, remaining, keys = status
+            return LeaseOk(req.request_id, req.lease_id, ttl, remaining, tuple(keys))
+
+        self._leader_read(driver, answer, reply, fail)
+
+    def _lease_list(self, req: LeaseList, reply: Reply, fail: Fail) -> None:
+        driver = self._driver(req.partition)
+        self._leader_read(
+            driver,
+            lambda now: LeaseListOk(req.request_id, tuple(
+                LeaseInfo(i, ttl, remaining) for i, ttl, remaining in driver.lease_list(now))),
+            reply, fail)
 
     def _status(self, req: Status | RebuildFence) -> StatusOk:
         nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in self.cfg.peers)
@@ -478,6 +703,57 @@ def _write_ok(request_id: int, result: Any) -> WriteOk:
             result.prev_version,
             tuple(OpResult(o.version, o.prev_version) for o in result.ops),
         )
-    if result.code in _TOO_LARGE_CODES:
-        raise TooLarge(result.message)
-    raise InvalidRequest(result.message or ResultCode(result.code).name)
+    raise _result_error(result)
+
+
+def _result_error(result: WriteResult) -> PrkdbError:
+    """The error for a write the state machine refused (applied as a no-op)."""
+    code = result.code
+    message = result.message or ResultCode(code).name
+    if code in _TOO_LARGE_CODES:
+        return TooLarge(message)
+    if code == ResultCode.LEASE_NOT_FOUND:
+        return LeaseNotFound(message)
+    if code == ResultCode.LEASE_LIMIT:
+        return TooManyLeases(message)
+    return InvalidRequest(message)
+
+
+def _compare(c: Any) -> Compare:
+    """A wire Compare as the state machine's (the wire checked that the right operand is set)."""
+    operand: bytes | int | None = c.value if c.target == CompareTarget.VALUE else c.number
+    if operand is None:
+        raise InvalidRequest(f"compare of {c.key[:32]!r}: no operand for {c.target.name}")
+    return Compare(c.key, CompareTarget(c.target), CompareOp(c.op), operand)
+
+
+def _txn_op(op: Any) -> TxnOp:
+    """A wire TxnOp as the state machine's op (the wire checked its shape)."""
+    if op.kind == TxnOpKind.PUT:
+        return PutCommand(op.key, op.value, op.lease)
+    if op.kind == TxnOpKind.DELETE:
+        return DeleteCommand(op.key)
+    return GetOp(op.key)
+
+
+def _txn_ok(request_id: int, result: WriteResult) -> TxnOk:
+    return TxnOk(request_id, result.succeeded, result.revision, tuple(
+        TxnOpResult(o.version, o.prev_version, o.value, o.mod_revision, o.create_revision,
+                    o.lease) for o in result.ops))
+
+
+def _revoke_ok(request_id: int, result: WriteResult) -> WriteOk:
+    """A revoke's answer: version = the number of keys deleted with the lease."""
+    return WriteOk(request_id, True, result.revision, result.version, 0, ())
+
+
+def _page(items: list[ScanItem], max_bytes: int) -> tuple[KeyValue, ...]:
+    """The items as KeyValues, cut before `max_bytes` of keys and values (at least one)."""
+    size = 0
+    n = 0
+    for item in items:
+        size += len(item[0]) + len(item[1])
+        if size > max_bytes and n:
+            break
+        n += 1
+    return tuple(KeyValue(*item) for item in (items if n == len(items) else items[:n]))
