@@ -36,6 +36,17 @@ _EXAMPLES: dict[type, Any] = {
     m.Hello: m.Hello(m.PROTOCOL_VERSION, "prod-eu", "client", 0),
     m.Get: m.Get(7, b"user:42", m.ReadConsistency.LINEARIZABLE, 3),
     m.Put: m.Put(8, b"user:42", b"alice", 4711, 12),
+    m.Scan: m.Scan(9, 3, b"user:", b"user;", 100, False, False, m.ReadConsistency.LINEARIZABLE),
+    m.Txn: m.Txn(
+        10,
+        3,
+        (m.Compare(b"{user:42}:name", m.CompareTarget.VERSION, m.CompareOp.EQUAL, number=0),),
+        (m.TxnOp(m.TxnOpKind.PUT, b"{user:42}:name", b"alice"),
+         m.TxnOp(m.TxnOpKind.PUT, b"{user:42}:mail", b"a@example.com")),
+        (m.TxnOp(m.TxnOpKind.GET, b"{user:42}:name"),),
+        4711,
+        13,
+    ),
     m.Error: m.Error(
         8,
         ErrorCode.NOT_LEADER,
@@ -46,6 +57,9 @@ _EXAMPLES: dict[type, Any] = {
         1, ((3, Message(MsgType.HEARTBEAT, to=2, from_=1, term=7, commit=42)),)
     ),
 }
+
+_CLIENT_VERSIONS = ", ".join(map(str, m.CLIENT_VERSIONS))
+_PEER_VERSIONS = ", ".join(map(str, m.PEER_VERSIONS))
 
 _INTRO = f"""\
 # PrkDB wire protocol (version {m.PROTOCOL_VERSION})
@@ -105,7 +119,7 @@ an array of `T`.
    `node_id` 0, or `"peer"` with its own node id).
 2. The accepting side answers `HelloOk`, or `Error` with `request_id` 0 and code
    `WRONG_CLUSTER` (cluster id differs), `BAD_VERSION` (details `supported`: the
-   versions it speaks) or `BAD_REQUEST`, and closes the connection.
+   versions it takes from that role) or `BAD_REQUEST`, and closes the connection.
 3. A client may send requests right after its `Hello`, without waiting for `HelloOk`.
    If the hello fails, none of them is executed.
 4. A frame that is not valid CBOR, or is too large, gets `Error(0, code, message)`
@@ -115,7 +129,26 @@ an array of `T`.
    `request_id` if it could be read (else 0); the server may keep the connection
    open in that case, since framing is intact.
 
-### 2.2 Request ids and pipelining
+### 2.2 Protocol versions
+
+`Hello.protocol_version` is checked first, per role:
+
+| role | versions accepted | a connector of this version says |
+|---|---|---|
+| `"client"` | {_CLIENT_VERSIONS} | {m.PROTOCOL_VERSION} |
+| `"peer"` | {_PEER_VERSIONS} | {m.PEER_PROTOCOL_VERSION} |
+
+- A client must speak version {m.PROTOCOL_VERSION}: it changed client messages (`StatusOk`
+  gained `key_rule`; scans, transactions and leases were added) and how keys map to
+  partitions (hash tags, section 2.5), which an older client would get wrong. An older
+  client gets `Error(0, BAD_VERSION)` with details `{{"supported": [{_CLIENT_VERSIONS}]}}`
+  and a message telling it to upgrade; a newer one gets the same details.
+- Peers exchange only `RaftBatch`, unchanged since version 2, so a node takes peers of
+  versions {_PEER_VERSIONS} and says {m.PEER_PROTOCOL_VERSION} itself: during a rolling
+  upgrade, upgraded nodes and those not yet upgraded (which take only 2) keep talking.
+- `HelloOk.protocol_version` is the acceptor's own version ({m.PROTOCOL_VERSION}).
+
+### 2.3 Request ids and pipelining
 
 - Every request carries a `request_id` (uint64, **>= 1**) chosen by the client and
   unique among that connection's requests still waiting for an answer. A simple
@@ -126,12 +159,13 @@ an array of `T`.
   **in any order** (different partitions progress independently); match them by id.
 - `request_id` 0 is reserved for connection-level errors.
 
-### 2.3 Writes, sessions and retries
+### 2.4 Writes, sessions and retries
 
-Every write (`Put`, `Delete`, `Cas`, `Batch`) carries `client_id` and `seq` (both
-uint64 >= 1). A client picks a random `client_id` once and increments `seq` for each
-new write. The server applies a given `(client_id, seq)` **at most once** and answers a
-retry with the original result. Therefore:
+Every write (`Put`, `Delete`, `Cas`, `Batch`, `Txn`, `LeaseGrant`, `LeaseRevoke`)
+carries `client_id` and `seq` (both uint64 >= 1). A client picks a random `client_id`
+once and increments `seq` for each new write. The server applies a given
+`(client_id, seq)` **at most once** and answers a retry with the original result.
+Therefore:
 
 - after a timeout, a lost connection, `UNAVAILABLE` or `OUTCOME_UNKNOWN`, retry the
   write with the **same** `client_id` and `seq` (to any node; it is routed by key);
@@ -139,15 +173,80 @@ retry with the original result. Therefore:
   and refresh the topology with `Status`.
 
 A `Cas` whose condition does not hold is **not** an error: it returns
-`WriteOk(succeeded=false)` with the key's current `version`.
+`WriteOk(succeeded=false)` with the key's current `version`; likewise a `Txn` whose
+compares fail runs its `failure` ops and returns `TxnOk(succeeded=false)`.
 
-### 2.4 Reads
+A key's *revision* numbers are Raft log indexes of its partition: `mod_revision` is
+the index of the entry that last wrote the key, `create_revision` that of the entry
+that created it (version 1); `version` counts writes since it was created (0 =
+absent). Revisions of different partitions are not comparable.
 
-`Get.consistency`: `0` LINEARIZABLE (send to the partition's leader), `1` FOLLOWER
-(any replica; it confirms the leader's commit index first, still linearizable), `2`
-STALE (any replica, answers from local state at once; `GetOk.applied_index` tells how
-current it is). Keys map to partitions with `prkdb.partitioning` (the number of
-partitions is the length of `StatusOk.partitions`).
+### 2.5 Reads and key routing
+
+`Get.consistency` (and `Scan.consistency`): `0` LINEARIZABLE (send to the partition's
+leader), `1` FOLLOWER (any replica; it confirms the leader's commit index first, still
+linearizable), `2` STALE (any replica, answers from local state at once;
+`GetOk.applied_index` tells how current it is).
+
+A key belongs to partition `crc32(h) mod n`, where `n` is the number of partitions (the
+length of `StatusOk.partitions`), crc32 is zlib's CRC-32 (IEEE polynomial) and `h`
+depends on `StatusOk.key_rule`:
+
+- `"hashtag"`: if the key holds a `{{` and, after it, a `}}` with at least one byte
+  between them, `h` is the bytes between the first `{{` and the first `}}` after it
+  (Redis Cluster's hash tags); otherwise the whole key. `{{user:42}}:name` and
+  `{{user:42}}:mail` share a partition, so one `Txn` or lease can cover both; `a{{}}b` has
+  an empty tag and is hashed whole.
+- `"crc32"`: `h` is always the whole key (clusters created before version 3).
+
+### 2.6 Scans
+
+A `Scan` reads one partition's keys in `[start, end)` in key order, one page per
+request. The page holds at most `limit` keys (0, or anything above the server's page
+cap `limits.max_scan_page`, default 1000, means the cap) and stops before
+`limits.max_scan_bytes` (default 4 MiB) of keys and values, but holds at least one key
+if any is in range. `ScanOk.more` is true when keys in range follow the page: ask
+again with `start` = the last key returned plus a zero byte. `ScanOk.count` is the
+number of keys in the whole range; `count_only` asks for it alone. Each page is read at
+one point of the partition's history, with the consistency asked; pages read one
+after another are not one snapshot. To scan the whole key space, scan every partition
+and merge by key (a prefix's keys are spread over all partitions unless they share a
+hash tag).
+
+### 2.7 Transactions
+
+A `Txn` names one partition; every key of its compares and ops must belong to it
+(else `BAD_REQUEST`). If every `Compare` holds (an empty list holds), the `success`
+ops run in order, else the `failure` ops; either way it is one Raft entry, so all its
+writes share one revision (`TxnOk.revision`) and other clients see all or none of them.
+An op sees the effects of the ops before it; a `GET` op reads the key as they left it.
+`TxnOk.results` has one `TxnOpResult` per op of the branch that ran.
+
+A compare is `key's target <op> operand`: the operand is `value` (bytes, compared
+lexicographically) for target VALUE, `number` for the others; the other one is null.
+An absent key has version, revisions and lease 0 and no value: every VALUE compare on
+it is false. "Exists" is `VERSION GREATER 0`, "absent" is `VERSION EQUAL 0`.
+
+### 2.8 Leases
+
+A lease lives in one partition and has a TTL in milliseconds. Its id is
+`grant_index << {m.LEASE_PARTITION_BITS} | partition`, where grant_index is the Raft index
+of its `LeaseGrant`: unique in the cluster, and its low {m.LEASE_PARTITION_BITS} bits name its
+partition, so `LeaseRevoke` and `LeaseTimeToLive` need no partition. A `PUT` op of a
+`Txn` with a non-zero `lease` attaches its key to that lease of the same partition (a
+later put without a lease, or a delete, detaches it). When the lease is revoked, or
+expires, every key attached to it is deleted in one entry.
+
+The server raises a TTL below its minimum (`limits.min_lease_ttl_ms`, default 2000,
+above the election timeout) to it and answers the TTL it granted. Only the partition's
+leader keeps the deadlines, on its own clock: a new leader gives every lease its full
+TTL again. A lease therefore lives at least its TTL after its last keep-alive; when the
+leader changes it may live up to twice its TTL plus the election. `LeaseKeepAlive`,
+`LeaseTimeToLive` and `LeaseList` go to the partition's leader (`NOT_LEADER` otherwise);
+keep-alive and time-to-live confirm its leadership first, so a deposed leader never
+renews a lease. Keep a lease alive every third of its TTL. An unknown lease is
+`LEASE_NOT_FOUND` (in a keep-alive: remaining 0); more than `limits.max_leases` (default
+100000) leases in a partition is `TOO_MANY_LEASES`.
 """
 
 
@@ -207,14 +306,14 @@ def _schema_section(schema: Schema) -> list[str]:
 
 def _messages() -> list[str]:
     groups = [
-        ("2.5 Handshake and errors", [m.Hello, m.HelloOk, m.Error]),
+        ("2.9 Handshake and errors", [m.Hello, m.HelloOk, m.Error]),
         (
-            "2.6 Client requests",
+            "2.10 Client requests",
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
              m.RebuildFence, m.BackupBegin, m.BackupRead, m.Scan, m.Txn, m.LeaseGrant,
              m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList],
         ),
-        ("2.7 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
+        ("2.11 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
                            m.BackupChunk, m.ScanOk, m.TxnOk, m.LeaseOk, m.LeaseKeepAliveOk,
                            m.LeaseListOk]),
     ]
@@ -237,7 +336,7 @@ def _messages() -> list[str]:
         out += [f"### {title}", ""]
         for cls in classes:
             out += _schema_section(m.SCHEMAS[cls])
-    out += ["### 2.8 Nested records", ""]
+    out += ["### 2.12 Nested records", ""]
     for record in m.RECORDS:
         out += [f"#### {record.cls.__name__}", ""]
         doc = (record.cls.__doc__ or "").strip()
@@ -334,7 +433,13 @@ _OUTRO = f"""\
 | CBOR nesting depth | {MAX_DEPTH} | `Error(0, BAD_REQUEST)`, connection closed |
 | key | 1 byte minimum; maximum is server configuration (default 64 KiB) | `TOO_LARGE` |
 | value | server configuration (default 4 MiB) | `TOO_LARGE` |
-| ops per `Batch` | server configuration (default 1000) | `TOO_LARGE` |
+| ops per `Batch`; compares, ops per branch of a `Txn` | config (default 1000) | `TOO_LARGE` |
+| keys per `ScanOk` page | `Scan.limit`, at most the page cap (default 1000) | `more` = true |
+| keys and values per page | server configuration (default 4 MiB); >= 1 key | `more` = true |
+| ids per `LeaseKeepAlive` | 1..{m.KEEPALIVE_IDS_MAX} | `BAD_REQUEST` |
+| leases per partition | server configuration (default 100000) | `TOO_MANY_LEASES` |
+| lease TTL | >= 1 ms; raised to server configuration (default 2000 ms) | raised, not refused |
+| partitions (for leases) | 0..{m.LEASE_PARTITION_MAX} | `BAD_REQUEST` |
 | `cluster_id`, addresses | 255 characters | `TOO_LARGE`, connection closed |
 | `Error.message` | 4096 characters | `TOO_LARGE` |
 | `request_id`, `client_id`, `seq` | 1..2^64-1 | `BAD_REQUEST` |
@@ -345,7 +450,10 @@ _OUTRO = f"""\
   protocol version; new messages get new type ids, new codes are appended.
 - A message's field list is fixed for a protocol version: adding a field means a new
   protocol version, negotiated by `Hello.protocol_version`.
-- Supported versions: {", ".join(str(v) for v in m.SUPPORTED_VERSIONS)}.
+- Supported versions: clients {_CLIENT_VERSIONS}; peers {_PEER_VERSIONS} (section 2.2).
+- Version 3 added `Scan`, `Txn` and the lease messages (type ids 21-27, 36-40), the error
+  codes `LEASE_NOT_FOUND` and `TOO_MANY_LEASES`, the last field of `StatusOk`
+  (`key_rule`) and hash-tag routing.
 """
 
 

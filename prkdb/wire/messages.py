@@ -45,6 +45,10 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 import prkdb.wire.raft_codec as raft_codec
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft.types import Entry, Message, Role
+
+# The log's own enums (one definition): a Compare's target and op mean the same
+# on the wire and in a TxnCommand, so the server copies them across unchanged.
+from prkdb.state.commands import CompareOp, CompareTarget
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
     CBOR_ARRAY,
@@ -242,31 +246,6 @@ class TxnOpKind(enum.IntEnum):
     PUT = 0  # store value (attached to lease, if not 0)
     DELETE = 1  # delete the key (absent: a no-op with version 0)
     GET = 2  # read the key as the earlier ops of the branch left it
-
-
-# TODO(#16): import CompareTarget and CompareOp from prkdb.state.commands once
-# they land there (one definition, the log's); same names and values.
-class CompareTarget(enum.IntEnum):
-    """What a `Compare` looks at (the values are in the log too: never renumber).
-
-    An absent key has version 0, create/mod revision 0, lease 0 and *no
-    value*: a VALUE compare on an absent key is false, whatever the op.
-    """
-
-    VALUE = 0  # the value, compared as bytes (lexicographically for LESS/GREATER)
-    VERSION = 1  # writes since the key was created (0 = absent)
-    CREATE_REVISION = 2  # revision of the write that created the key (0 = absent)
-    MOD_REVISION = 3  # revision of the key's last write (0 = absent)
-    LEASE = 4  # the lease the key is attached to (0 = none)
-
-
-class CompareOp(enum.IntEnum):
-    """How a `Compare` relates the key's target to its operand: ``target <op> operand``."""
-
-    EQUAL = 0
-    NOT_EQUAL = 1
-    LESS = 2
-    GREATER = 3
 
 
 # --- handshake -----------------------------------------------------------------------
@@ -988,11 +967,6 @@ def _check_txn(m: Txn) -> str | None:
     return None
 
 
-def _check_lease_revoke(m: LeaseRevoke | LeaseTimeToLive) -> str | None:
-    # The id names its partition; any partition number is fine here.
-    return _check_lease_id(m.lease_id, lease_partition(m.lease_id), "lease_id")
-
-
 def _check_keep_alive(m: LeaseKeepAlive) -> str | None:
     if not m.lease_ids:
         return "lease_ids: name at least one lease"
@@ -1261,8 +1235,9 @@ _ALL = (
             Field("partition", _U32, "the partition scanned"),
             Field("start", _BYTES, "first key of the range (inclusive); empty = the first key"),
             Field("end", Optional(_BYTES),
-                  "end of the range (exclusive); null = no end. A prefix p is "
-                  "[p, p with its last byte below 0xff incremented)"),
+                  "end of the range (exclusive); null = no end. The keys starting with p: "
+                  "start p, end p without its trailing 0xff bytes and with its last byte "
+                  "incremented (null if nothing is left)"),
             Field("limit", UInt(hi=SCAN_LIMIT_MAX),
                   "most keys to return; 0 (or more than the server's page cap, "
                   "default 1000) = the cap"),
@@ -1300,7 +1275,6 @@ _ALL = (
         24,
         (_rid(), Field("lease_id", _LEASE_ID, "the lease (its low 16 bits: the partition)"),
          *_session()),
-        _check_lease_revoke,
     ),
     Schema(
         LeaseKeepAlive,
@@ -1321,7 +1295,6 @@ _ALL = (
             Field("lease_id", _LEASE_ID, "the lease (its low 16 bits: the partition)"),
             Field("with_keys", Bool(), "also return the keys attached to it"),
         ),
-        _check_lease_revoke,
     ),
     Schema(LeaseList, 27, (_rid(), Field("partition", _LEASE_PARTITION, "partition id"))),
     Schema(

@@ -126,3 +126,25 @@ def test_remote_protocol_error_carries_request_id() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         m.from_wire([1, 1, "c", "peer", 0])  # Hello has no request id
     assert info.value.request_id == 0
+
+
+def test_lease_errors_are_not_retryable() -> None:
+    """The client retries UNAVAILABLE, TIMEOUT and OUTCOME_UNKNOWN only; a lost lease is final."""
+    for cls in (e.LeaseNotFound, e.TooManyLeases):
+        assert issubclass(cls, e.PrkdbError)
+        assert not issubclass(cls, e.Unavailable | e.OutcomeUnknown)
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [(ErrorCode.LEASE_NOT_FOUND, e.LeaseNotFound), (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases)],
+)
+def test_the_client_raises_lease_errors(code: ErrorCode, cls: type) -> None:
+    """An Error frame with a lease code becomes its class in the SDK (error_from_frame)."""
+    from prkdb.client.attempt import error_from_frame
+
+    frame = m.from_wire([3, 4, int(code), "lease 5046275 not found", {"lease_id": 5046275}])
+    assert isinstance(frame, m.Error) and frame.code is code
+    exc = error_from_frame(frame)
+    assert type(exc) is cls and exc.code == code
+    assert exc.details == {"lease_id": 5046275} and exc.message == "lease 5046275 not found"

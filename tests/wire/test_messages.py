@@ -273,6 +273,57 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         ([50, 1, [[2**32, [10, 2, 1, 3]]]], r"RaftBatch.items\[0\]\[0\]"),
         ([50, 1, [[0]]], r"RaftBatch.items\[0\]: expected a \[partition, message\]"),
         ([50, 0, []], "RaftBatch.from_node"),
+        # --- version 3: scans, txns, leases
+        ([21, 1, 3, "a", None, 0, False, False, 0], "Scan.start: expected bytes, got str"),
+        ([21, 1, 3, b"a", "b", 0, False, False, 0], "Scan.end: expected bytes, got str"),
+        ([21, 1, 3, b"a", None, 2**32, False, False, 0], r"Scan.limit: 4294967296 is outside"),
+        ([21, 1, 3, b"a", None, 0, 1, False, 0], "Scan.keys_only: expected a bool"),
+        ([21, 1, 3, b"a", None, 0, False, None, 0], "Scan.count_only: expected a bool"),
+        ([21, 1, 3, b"a", None, 0, False, False, 3], "Scan.consistency: 3 is not a valid"),
+        ([22, 1, 3, [[b"k", 0, 0, None, None]], [], [], 1, 1],
+         r"Txn.compares\[0\].value: a VALUE compare needs a value"),
+        ([22, 1, 3, [[b"k", 0, 1, b"x", 5]], [], [], 1, 1],
+         r"Txn.compares\[0\].number: a VALUE compare must have null"),
+        ([22, 1, 3, [[b"k", 0, 0, b"x", None], [b"k", 1, 3, None, None]], [], [], 1, 1],
+         r"Txn.compares\[1\].number: a VERSION compare needs a number"),
+        ([22, 1, 3, [[b"k", 4, 0, b"x", 0]], [], [], 1, 1],
+         r"Txn.compares\[0\].value: a LEASE compare must have null"),
+        ([22, 1, 3, [[b"k", 5, 0, None, 1]], [], [], 1, 1],
+         r"Txn.compares\[0\].target: 5 is not a valid CompareTarget"),
+        ([22, 1, 3, [[b"k", 1, 4, None, 1]], [], [], 1, 1],
+         r"Txn.compares\[0\].op: 4 is not a valid CompareOp"),
+        ([22, 1, 3, [[b"", 1, 0, None, 1]], [], [], 1, 1], r"Txn.compares\[0\].key"),
+        ([22, 1, 3, [[b"k", 1, 0, None]], [], [], 1, 1], r"Txn.compares\[0\]: Compare needs 5"),
+        ([22, 1, 3, [], [[0, b"k", None, 0]], [], 1, 1],
+         r"Txn.success\[0\].value: a PUT needs a value"),
+        ([22, 1, 3, [], [], [[2, b"k", None, 0], [1, b"k", b"v", 0]], 1, 1],
+         r"Txn.failure\[1\].value: a DELETE must have null"),
+        ([22, 1, 3, [], [[2, b"k", None, LEASE_3]], [], 1, 1],
+         r"Txn.success\[0\].lease: a GET must have 0"),
+        ([22, 1, 4, [], [[0, b"k", b"v", LEASE_3]], [], 1, 1],
+         rf"Txn.success\[0\].lease: lease {LEASE_3} lives in partition 3, not 4"),
+        ([22, 1, 3, [], [[0, b"k", b"v", 5]], [], 1, 1],
+         r"Txn.success\[0\].lease: 5 is not a lease id \(ids are >= 65536\)"),
+        ([22, 1, 3, [], [[3, b"k", None, 0]], [], 1, 1], r"Txn.success\[0\].kind: 3 is not"),
+        ([22, 1, 3, [], [], [], 0, 1], "Txn.client_id"),
+        ([23, 1, 3, 0, 1, 1], r"LeaseGrant.ttl_ms: 0 is outside 1\.\."),
+        ([23, 1, 65536, 1000, 1, 1], r"LeaseGrant.partition: 65536 is outside 0\.\.65535"),
+        ([23, 1, 3, 1000, 1, 0], "LeaseGrant.seq"),
+        ([24, 1, 5, 1, 1], r"LeaseRevoke.lease_id: 5 is outside 65536\.\."),
+        ([25, 1, 3, []], "LeaseKeepAlive.lease_ids: name at least one lease"),
+        ([25, 1, 4, [LEASE_3 + 1, LEASE_3]],
+         rf"LeaseKeepAlive.lease_ids\[1\]: lease {LEASE_3} lives in partition 3, not 4"),
+        ([25, 1, 3, [LEASE_3] * 10_001], "LeaseKeepAlive.lease_ids: 10001 ids, more than 10000"),
+        ([25, 1, 3, [LEASE_3, 7]], r"LeaseKeepAlive.lease_ids\[1\]: 7 is outside 65536"),
+        ([26, 1, LEASE_3, 1], "LeaseTimeToLive.with_keys: expected a bool"),
+        ([27, 1, 2**16], "LeaseList.partition"),
+        ([32, 1, 1, "c", [], [], "", "md5"], 'StatusOk.key_rule: .md5. is not one of hashtag'),
+        ([36, 1, [[b"", b"", 1, 1, 1, 0]], 1, False, 1], r"ScanOk.kvs\[0\].key"),
+        ([36, 1, [[b"k", None, 1, 1, 1, 0]], 1, False, 1], r"ScanOk.kvs\[0\].value"),
+        ([37, 1, True, 5, [[1, 0, "v", 0, 0, 0]]], r"TxnOk.results\[0\].value"),
+        ([38, 1, LEASE_3, 1000, 900, [b""]], r"LeaseOk.keys\[0\]"),
+        ([39, 1, [5, -1]], r"LeaseKeepAliveOk.remaining_ms\[1\]"),
+        ([40, 1, [[1, 1000, 5]]], r"LeaseListOk.leases\[0\].lease_id"),
     ],
 )
 def test_specific_rejections(obj: Any, why: str | None) -> None:
@@ -283,6 +334,60 @@ def test_specific_rejections(obj: Any, why: str | None) -> None:
         return
     with pytest.raises(RemoteProtocolError, match=why):
         m.from_wire(obj)
+
+
+def test_keep_alive_ids_at_the_limit() -> None:
+    ids = [LEASE_3] * m.KEEPALIVE_IDS_MAX
+    msg = m.from_wire([25, 1, 3, ids])
+    assert isinstance(msg, m.LeaseKeepAlive) and len(msg.lease_ids) == m.KEEPALIVE_IDS_MAX
+
+
+def test_scan_ranges_and_limits() -> None:
+    """Any start/end is a range (an empty or inverted one has no keys); limit is per page."""
+    for start, end in ((b"", None), (b"b", b"a"), (b"a", b"a"), (b"\xff", None)):
+        scan = m.Scan(1, 0, start, end, m.SCAN_LIMIT_MAX, True, True, m.ReadConsistency.STALE)
+        assert m.from_wire(through_cbor(m.to_wire(scan, check=True))) == scan
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "number"),
+    [(m.CompareTarget.VALUE, b"", None)]
+    + [(t, None, 0) for t in m.CompareTarget if t != m.CompareTarget.VALUE],
+)
+def test_every_compare_target_takes_its_operand(
+    target: m.CompareTarget, value: bytes | None, number: int | None
+) -> None:
+    txn = m.Txn(1, 0, tuple(m.Compare(b"k", target, op, value, number) for op in m.CompareOp),
+                (), (), 1, 1)
+    assert m.from_wire(through_cbor(m.to_wire(txn, check=True))) == txn
+    # the other operand instead (or both): refused, naming the field
+    swapped = m.Compare(b"k", target, m.CompareOp.EQUAL,
+                        value=None if value is not None else b"x",
+                        number=None if number is not None else 0)
+    with pytest.raises(LocalProtocolError, match=r"Txn.compares\[0\]\.(value|number)"):
+        m.to_wire(m.Txn(1, 0, (swapped,), (), (), 1, 1), check=True)
+
+
+def test_the_compare_enums_are_the_logs() -> None:
+    """One definition: the server copies a Compare's target and op into the TxnCommand."""
+    from prkdb.state import commands
+
+    assert m.CompareTarget is commands.CompareTarget
+    assert m.CompareOp is commands.CompareOp
+
+
+def test_lease_ids_name_their_partition() -> None:
+    assert m.lease_partition(LEASE_3) == 3
+    assert m.lease_partition(1 << 16 | m.LEASE_PARTITION_MAX) == 65535
+    assert LEASE_3 >> m.LEASE_PARTITION_BITS == 77
+
+
+def test_status_ok_key_rule() -> None:
+    status = SAMPLES[m.StatusOk]
+    assert status.key_rule == "hashtag"  # the dataclass default
+    old = m.StatusOk(1, 1, "c1", (), (), "0.3", "crc32")
+    assert m.from_wire(through_cbor(m.to_wire(old, check=True))).key_rule == "crc32"
+    assert m.to_wire(status)[-1] == "hashtag"
 
 
 def test_long_text_is_too_large() -> None:
