@@ -8,13 +8,19 @@ from functools import partial
 from typing import Any, Final, NamedTuple, cast, final
 
 from prkdb.errors import InvalidRequest, PrkdbError
-from prkdb.wire.messages import BatchOp, OpKind, OpResult, WriteOk
+from prkdb.wire.messages import BatchOp, KeyValue, OpKind, OpResult, TxnOpResult, WriteOk
 from prkdb.wire.schema import frozen_builder
 
 __all__ = [
     "UNSET",
     "BackupFailed",
     "GetResult",
+    "KeyValue",
+    "Lease",
+    "LeaseStatus",
+    "ScanPage",
+    "TxnOpResult",
+    "TxnResult",
     "Unset",
     "WriteResult",
     "check_key",
@@ -60,6 +66,78 @@ class WriteResult:
     version: int
     prev_version: int
     ops: tuple[OpResult, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of `scan_page`: keys in order, and where the next page starts.
+
+    Attributes:
+        items: `KeyValue` records (key, value, version, mod_revision,
+            create_revision, lease); value ``b""`` for keys_only scans.
+        token: opaque bytes for ``scan_page(token=...)``; None: this was the
+            last page. Holds the range, keys_only and the limit left, not the
+            consistency, so pass that again.
+    """
+
+    items: tuple[KeyValue, ...]
+    token: bytes | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """The outcome of a txn.
+
+    Attributes:
+        succeeded: True if every compare held and the success ops ran;
+            False if the failure ops ran (a normal outcome, not an error).
+        revision: the partition's log index of the txn (one for all its ops).
+        results: one `TxnOpResult` per op of the branch that ran, in order:
+            for Put/Delete ``version`` and ``prev_version``; for Get the key's
+            record as the earlier ops left it (``value`` None = absent).
+    """
+
+    succeeded: bool
+    revision: int
+    results: tuple[TxnOpResult, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted lease.
+
+    Attributes:
+        id: the lease id; ``id & 0xFFFF`` is its partition. Attach keys with
+            ``put(key, value, lease=id)`` (keys of that partition only).
+        ttl: seconds the lease lives without a keep-alive (as granted: the
+            server raises a TTL below its minimum, 2 s by default).
+        partition: where the lease lives.
+    """
+
+    id: int
+    ttl: float
+    partition: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LeaseStatus:
+    """A lease as its partition's leader sees it now.
+
+    Attributes:
+        id: the lease id.
+        ttl: the granted TTL, seconds.
+        remaining: seconds until it expires without a keep-alive (the leader's clock).
+        keys: the attached keys, sorted (only when asked: ``lease_ttl(id, keys=True)``).
+    """
+
+    id: int
+    ttl: float
+    remaining: float
+    keys: tuple[bytes, ...] = ()
 
 
 class GetResult(NamedTuple):
