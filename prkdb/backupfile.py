@@ -7,7 +7,8 @@ this order:
 
 ``manifest.json``
     ``{"format": "prkdb-backup", "format_version": 1, "cluster_id": ...,
-    "partitions": N, "prkdb_version": ..., "created": "<ISO 8601 UTC>",
+    "partitions": N, "key_rule": "hashtag" | "crc32", "prkdb_version": ...,
+    "created": "<ISO 8601 UTC>",
     "snapshots": [{"partition", "member", "index", "term", "bytes",
     "sha256", "node_id"}, ...]}``, one entry per partition 0..N-1.
 ``partitions/p<partition:05d>.snap``
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from prkdb.partitioning import KEY_RULES
 from prkdb.storage.snapshots import MAGIC as SNAPSHOT_MAGIC
 from prkdb.storage.snapshots import parse_head
 
@@ -100,6 +102,9 @@ class Manifest:
     snapshots: tuple[PartitionEntry, ...]
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    # How the cluster maps keys to partitions (prkdb.partitioning); a backup
+    # written before hash tags has none and comes from a "crc32" cluster.
+    key_rule: str = "crc32"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +112,7 @@ class Manifest:
             "format_version": self.format_version,
             "cluster_id": self.cluster_id,
             "partitions": self.partitions,
+            "key_rule": self.key_rule,
             "prkdb_version": self.prkdb_version,
             "created": self.created,
             "snapshots": [asdict(s) for s in self.snapshots],
@@ -138,6 +144,9 @@ class Manifest:
         partitions = _field(doc, "partitions", int, where)
         if not 1 <= partitions <= 1 << 20:
             raise BackupFileError(f"{where}: partitions = {partitions} is out of range")
+        key_rule = doc.get("key_rule", "crc32")
+        if key_rule not in KEY_RULES:
+            raise BackupFileError(f"{where}: key_rule {key_rule!r:.40} is not one of {KEY_RULES}")
         raw = _field(doc, "snapshots", list, where)
         entries = []
         for i, item in enumerate(raw):
@@ -171,7 +180,7 @@ class Manifest:
                 + (f" (unexpected or repeated {extra})" if extra else ""))
         entries.sort(key=lambda e: e.partition)
         return cls(cluster_id, partitions, _field(doc, "prkdb_version", str, where),
-                   _field(doc, "created", str, where), tuple(entries))
+                   _field(doc, "created", str, where), tuple(entries), key_rule=key_rule)
 
 
 def _field(doc: dict[str, Any], name: str, kind: type, where: str) -> Any:
@@ -261,10 +270,10 @@ def _read_exact(f: IO[bytes], n: int, what: str) -> bytes:
 
 
 def new_manifest(cluster_id: str, partitions: int, prkdb_version: str,
-                 snapshots: Sequence[PartitionEntry]) -> Manifest:
+                 snapshots: Sequence[PartitionEntry], key_rule: str) -> Manifest:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Manifest(cluster_id, partitions, prkdb_version, created,
-                    tuple(sorted(snapshots, key=lambda s: s.partition)))
+                    tuple(sorted(snapshots, key=lambda s: s.partition)), key_rule=key_rule)
 
 
 def write_backup(path: Path, manifest: Manifest, files: dict[int, IO[bytes]]) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prkdb.partitioning import KEY_RULES
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file, key and value."""
@@ -86,6 +88,9 @@ class NodeConfig:
     cluster_id: str = "prkdb"
     data_dir: Path = Path("prkdb-data")
     partitions: int = 8
+    # "hashtag" or "crc32" (prkdb.partitioning); "" = not set: a new data dir
+    # takes "hashtag", an existing one keeps the rule it recorded.
+    key_rule: str = ""
     peers: tuple[PeerConfig, ...] = DEFAULT_PEERS
     raft: RaftSettings = field(default_factory=RaftSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -137,6 +142,7 @@ class NodeConfig:
             cluster_id=r.text(node, "node.cluster_id", "prkdb"),
             data_dir=Path(r.text(node, "node.data_dir", "prkdb-data")),
             partitions=r.int(r.table("cluster"), "cluster.partitions", 8, lo=1, hi=1024),
+            key_rule=r.text(r.table("cluster"), "cluster.key_rule", ""),
             peers=_read_peers(r),
             raft=r.section("raft", RaftSettings),
             storage=r.section("storage", StorageSettings),
@@ -158,6 +164,11 @@ class NodeConfig:
         rf = self.raft
         if not self.cluster_id:
             raise ConfigError(f"{s}: node.cluster_id must not be empty")
+        if self.key_rule and self.key_rule not in KEY_RULES:
+            raise ConfigError(
+                f"{s}: cluster.key_rule = {self.key_rule!r} must be one of "
+                f"{', '.join(map(repr, KEY_RULES))} (or left out)"
+            )
         if rf.election_ticks <= rf.heartbeat_ticks:
             raise ConfigError(
                 f"{s}: raft.election_ticks = {rf.election_ticks} must be > "

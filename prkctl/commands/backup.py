@@ -72,7 +72,7 @@ def backup(ctl: CtlContext, file: Path, force: bool, snapshot_timeout: float,
             return stack.enter_context(tempfile.TemporaryFile(dir=parent,
                                                               prefix=f".{file.name}."))
 
-        async def body(client: Any) -> tuple[str, list[PartitionEntry]]:
+        async def body(client: Any) -> tuple[str, str, list[PartitionEntry]]:
             st = await client.status()
             count = len(st.partitions)
             entries = []
@@ -86,9 +86,9 @@ def backup(ctl: CtlContext, file: Path, force: bool, snapshot_timeout: float,
                 click.echo(f"partition {p + 1}/{count} (p{p}): index {got.index} term "
                            f"{got.term} from node {got.node_id}, {_mib(got.size)} in "
                            f"{time.monotonic() - t0:.2f}s", err=True)
-            return st.cluster_id, entries
+            return st.cluster_id, st.key_rule, entries
 
-        cluster_id, entries = ctl.run_client(body)
+        cluster_id, key_rule, entries = ctl.run_client(body)
         for e in entries:  # the node checked its file; check what we got too
             f = files[e.partition]
             f.seek(0)
@@ -100,7 +100,7 @@ def backup(ctl: CtlContext, file: Path, force: bool, snapshot_timeout: float,
                     (e.partition, e.index, e.term, e.sha256):
                 raise PrkctlError(f"backup not written: partition {e.partition}: the copied "
                                   f"snapshot is not the one its node announced")
-        manifest = new_manifest(cluster_id, len(entries), __version__, entries)
+        manifest = new_manifest(cluster_id, len(entries), __version__, entries, key_rule)
         write_backup(file, manifest, files)
     summary = {
         "file": str(file),

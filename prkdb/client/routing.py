@@ -8,8 +8,9 @@ node returns every member's client address and, per partition, the leader
 
 - ``nodes``: node id -> "host:port" (the node's ``client_addr``);
 - ``leaders``: partition -> leader node id, 0 = unknown;
-- ``partitions``: the partition count (fixed for a cluster's life), which
-  `prkdb.partitioning.partition_for` needs to route a key.
+- ``partitions`` and ``key_rule``: the partition count and the key rule
+  (both fixed for a cluster's life), which `partition_of` needs to route a
+  key (`prkdb.partitioning`: hash tags).
 
 The cache is only a hint. A NOT_LEADER reply corrects one partition
 (`set_leader` / `forget_leader`); a failed connection forgets every
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from typing import final
 
 from prkdb.errors import InvalidRequest
+from prkdb.partitioning import DEFAULT_KEY_RULE, KeyRule, partition_for
 from prkdb.wire.messages import StatusOk
 
 __all__ = ["Topology", "normalize_address", "split_address"]
@@ -85,7 +87,8 @@ def split_address(address: str, *, original: str | None = None) -> tuple[str, in
 class Topology:
     """The client's cached view of members and partition leaders (a hint, never truth)."""
 
-    __slots__ = ("_by_id", "_sorted", "leaders", "nodes", "partitions", "seeds", "version")
+    __slots__ = ("_by_id", "_sorted", "key_rule", "leaders", "nodes", "partitions", "seeds",
+                 "version")
 
     def __init__(self, seeds: Iterable[str]) -> None:
         #: Normalized seed addresses, in the order given; never forgotten.
@@ -96,6 +99,8 @@ class Topology:
         self.leaders: dict[int, int] = {}
         #: Partition count; 0 until the first Status answer.
         self.partitions = 0
+        #: How keys map to partitions (the cluster's rule; valid once `partitions` > 0).
+        self.key_rule: KeyRule = DEFAULT_KEY_RULE
         #: Bumped on every `apply_status`, so waiters can tell a refresh happened.
         self.version = 0
         # Node addresses by node id / by address, derived from `nodes`; None = stale.
@@ -107,10 +112,15 @@ class Topology:
         self.nodes = {n.node_id: n.client_addr for n in status.nodes}
         self._by_id = self._sorted = None
         self.partitions = len(status.partitions)
+        self.key_rule = status.key_rule
         self.leaders = {
             p.partition: (p.leader if p.leader in self.nodes else 0) for p in status.partitions
         }
         self.version += 1
+
+    def partition_of(self, key: bytes) -> int:
+        """The partition that owns `key` (needs `partitions` > 0: a Status answer first)."""
+        return partition_for(key, self.partitions, self.key_rule)
 
     def leader_of(self, partition: int) -> int:
         """The cached leader node id of `partition`, 0 if unknown."""

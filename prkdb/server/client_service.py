@@ -39,7 +39,7 @@ from prkdb.errors import (
     Unavailable,
 )
 from prkdb.logging import NodeLogger
-from prkdb.partitioning import partition_for
+from prkdb.partitioning import KeyRule, partition_for
 from prkdb.raft import RaftStatus
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
@@ -176,6 +176,8 @@ class ClientService:
     def __init__(self, node: ServedNode) -> None:
         self.node = node
         self.cfg = node.cfg
+        #: How keys map to partitions here (the data dir's rule; Node sets it).
+        self.key_rule: KeyRule = "crc32" if self.cfg.key_rule == "crc32" else "hashtag"
         self.log = node.log
         lim = self.cfg.limits
         self.limits = StateLimits(lim.max_key_size, lim.max_value_size, lim.max_batch_ops,
@@ -379,7 +381,7 @@ class ClientService:
         return self.node.drivers[partition]
 
     def _partition_of(self, key: bytes) -> int:
-        return partition_for(key, self.cfg.partitions)
+        return partition_for(key, self.cfg.partitions, self.key_rule)
 
     def _get(self, req: Get, reply: Callable[[Any], None],
              fail: Callable[[BaseException], None]) -> None:
@@ -624,7 +626,7 @@ class ClientService:
             parts.append(PartitionStatus(d.partition, st.leader, st.term, st.commit,
                                          d.applied_index, st.role, progress))
         return StatusOk(req.request_id, self.cfg.node_id, self.cfg.cluster_id, nodes,
-                        tuple(parts), __version__)
+                        tuple(parts), __version__, self.key_rule)
 
     async def _transfer(self, req: TransferLeader) -> AdminOk:
         driver = self._driver(req.partition)

@@ -17,6 +17,7 @@ from pathlib import Path
 from prkdb import __version__
 from prkdb.config import NodeConfig
 from prkdb.logging import NodeLogger
+from prkdb.partitioning import DEFAULT_KEY_RULE
 from prkdb.storage import SnapshotStore, WriteAheadLog
 from prkdb.storage.identity import (
     IDENTITY_FILE,
@@ -53,7 +54,11 @@ def ensure_identity(cfg: NodeConfig, log: NodeLogger) -> DataDirIdentity:
     path = cfg.data_dir / IDENTITY_FILE
     ident = read_identity(cfg.data_dir)
     if ident is not None:
-        ident.check(path, cfg.cluster_id, cfg.node_id, cfg.partitions)
+        ident.check(path, cfg.cluster_id, cfg.node_id, cfg.partitions, cfg.key_rule)
+        if not ident.key_rule:
+            log.info("data_dir_key_rule_legacy", key_rule=ident.rule,
+                     detail="a data dir from before hash tags: keys keep mapping by their "
+                            "whole key; see docs/operations.md, 'Hash tags'")
         return ident
     wal_dir = cfg.data_dir / WAL_DIR
     segments = list_segments(wal_dir) if wal_dir.is_dir() else []
@@ -67,7 +72,10 @@ def ensure_identity(cfg: NodeConfig, log: NodeLogger) -> DataDirIdentity:
             f"one (data dir id {', '.join(stamped)}): restore the IDENTITY file from a copy, "
             f"or treat the node as lost (docs/operations.md, 'Rebuild one node')")
     legacy = bool(segments)
-    ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__)
+    # A legacy WAL was placed by whole-key hashing: record that rule ("" in
+    # the file reads as "crc32"), unless the configuration names one.
+    rule = cfg.key_rule or ("" if legacy else DEFAULT_KEY_RULE)
+    ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__, rule)
     write_identity(cfg.data_dir, ident)
     if legacy:
         log.warning("data_dir_identity_adopted", file=str(path), cluster_id=cfg.cluster_id,

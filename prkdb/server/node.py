@@ -101,6 +101,8 @@ class Node:
         # Whose dir is this? Checked before anything is written into it.
         empty = data_dir_is_empty(cfg.data_dir)
         identity = ensure_identity(cfg, self.log)
+        # From here on cfg.key_rule is the rule the data dir records.
+        self.cfg = cfg = cfg.replace(key_rule=identity.rule)
         # Before the WAL is opened: a node that lost its data must learn from
         # its peers what it may have promised, and must not vote until it
         # has its log back (rebuild.py).

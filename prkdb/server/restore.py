@@ -117,6 +117,12 @@ def check_config(manifest: Manifest, cfg: NodeConfig, *, keep_cluster_id: bool) 
             f"the backup has {manifest.partitions} partitions but the configuration says "
             f"cluster.partitions = {cfg.partitions}; a key's partition depends on the count, "
             f"so set cluster.partitions = {manifest.partitions} for the restored cluster", 2)
+    if cfg.key_rule and cfg.key_rule != manifest.key_rule:
+        raise RestoreRefused(
+            f"the backup's cluster maps keys with key rule {manifest.key_rule!r} but the "
+            f"configuration says cluster.key_rule = {cfg.key_rule!r}; keys would be looked for "
+            f"in other partitions, so set cluster.key_rule = {manifest.key_rule!r} or leave it "
+            f"out", 2)
     if manifest.cluster_id == cfg.cluster_id and not keep_cluster_id:
         raise RestoreRefused(
             f"the configuration's cluster id {cfg.cluster_id!r} is the backup's: a restored "
@@ -148,7 +154,8 @@ def restore(path: Path, cfg: NodeConfig, *, keep_cluster_id: bool = False,
     data_dir.mkdir(parents=True, exist_ok=True)
     check_data_dir_empty(data_dir)  # nobody wrote into it while we verified
 
-    ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__)
+    ident = DataDirIdentity.new(cfg.cluster_id, cfg.node_id, cfg.partitions, __version__,
+                                manifest.key_rule)
     write_identity(data_dir, ident)
     store = SnapshotStore(data_dir / SNAPSHOT_DIR, data_dir_id=ident.dir_id_bytes)
     voters = ConfState(tuple(cfg.voter_ids))

@@ -12,6 +12,11 @@ atomically, who the dir belongs to, and every start compares:
 - cluster id, node id, partition count: must equal the configuration's,
   else the node refuses to start (`IdentityMismatch`, exit 2) naming both
   values and the fix;
+- key rule (prkdb.partitioning): how keys map to partitions. A dir written
+  before hash tags existed records none and keeps the whole-key rule
+  ``"crc32"``, so its keys stay in their partitions; a new dir records the
+  configured rule (``"hashtag"`` unless the configuration says otherwise). A
+  configured rule that differs from the recorded one is refused;
 - format version: the on-disk format the dir was written in (a newer one
   than this code knows is refused);
 - data dir id: 16 random bytes (hex), also stamped into every WAL segment
@@ -32,6 +37,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prkdb.partitioning import DEFAULT_KEY_RULE, KEY_RULES, KeyRule
 from prkdb.storage.errors import StorageError
 from prkdb.storage.segment import fsync_dir
 
@@ -74,38 +80,55 @@ class DataDirIdentity:
     format_version: int
     data_dir_id: str  # 32 lowercase hex digits
     created_by: str = ""  # prkdb version that created the dir (informational)
+    # How keys map to partitions; "" = written before hash tags (see `rule`).
+    key_rule: str = ""
 
     @classmethod
     def new(cls, cluster_id: str, node_id: int, partitions: int,
-            created_by: str = "") -> DataDirIdentity:
+            created_by: str = "", key_rule: str = DEFAULT_KEY_RULE) -> DataDirIdentity:
         return cls(cluster_id, node_id, partitions, FORMAT_VERSION, secrets.token_hex(16),
-                   created_by)
+                   created_by, key_rule)
+
+    @property
+    def rule(self) -> KeyRule:
+        """The key rule this dir's data was placed with ("crc32" for a dir from before)."""
+        return "hashtag" if self.key_rule == "hashtag" else "crc32"
 
     @property
     def dir_id_bytes(self) -> bytes:
         """The 16 bytes stamped into WAL segment headers."""
         return bytes.fromhex(self.data_dir_id)
 
-    def mismatches(self, cluster_id: str, node_id: int,
-                   partitions: int) -> list[tuple[str, object, object]]:
-        """(setting, on disk, configured) for every setting that differs."""
+    def mismatches(self, cluster_id: str, node_id: int, partitions: int,
+                   key_rule: str = "") -> list[tuple[str, object, object]]:
+        """(setting, on disk, configured) for every setting that differs.
+
+        An empty `key_rule` (not configured) matches any recorded rule.
+        """
         out: list[tuple[str, object, object]] = []
         for name, disk, cfg in (("node.cluster_id", self.cluster_id, cluster_id),
                                 ("node.id", self.node_id, node_id),
                                 ("cluster.partitions", self.partitions, partitions)):
             if disk != cfg:
                 out.append((name, disk, cfg))
+        if key_rule and key_rule != self.rule:
+            out.append(("cluster.key_rule", self.rule, key_rule))
         return out
 
-    def check(self, path: Path, cluster_id: str, node_id: int, partitions: int) -> None:
+    def check(self, path: Path, cluster_id: str, node_id: int, partitions: int,
+              key_rule: str = "") -> None:
         """Raise IdentityMismatch unless the configuration matches (path: the file)."""
-        diffs = self.mismatches(cluster_id, node_id, partitions)
+        diffs = self.mismatches(cluster_id, node_id, partitions, key_rule)
         if diffs:
             raise IdentityMismatch(path, diffs)
 
 
 def _body(ident: DataDirIdentity) -> str:
-    return json.dumps(asdict(ident), sort_keys=True, separators=(",", ":"))
+    doc = asdict(ident)
+    if not doc["key_rule"]:
+        # Written before the field existed: its CRC covers the body without it.
+        del doc["key_rule"]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def read_identity(data_dir: str | Path) -> DataDirIdentity | None:
@@ -128,7 +151,10 @@ def read_identity(data_dir: str | Path) -> DataDirIdentity | None:
         ident = DataDirIdentity(
             cluster_id=str(doc["cluster_id"]), node_id=int(doc["node_id"]),
             partitions=int(doc["partitions"]), format_version=int(doc["format_version"]),
-            data_dir_id=str(doc["data_dir_id"]), created_by=str(doc.get("created_by", "")))
+            data_dir_id=str(doc["data_dir_id"]), created_by=str(doc.get("created_by", "")),
+            key_rule=str(doc.get("key_rule", "")))
+        if ident.key_rule not in ("", *KEY_RULES):
+            raise ValueError(f"key_rule {ident.key_rule!r} is not one of {KEY_RULES}")
         if len(ident.data_dir_id) != 32:
             raise ValueError(f"data_dir_id {ident.data_dir_id!r} is not 32 hex digits")
         bytes.fromhex(ident.data_dir_id)

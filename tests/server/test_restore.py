@@ -75,7 +75,7 @@ def make_backup(tmp: Path, *, partitions: int = PARTITIONS) -> tuple[Path, dict[
         entries.append(PartitionEntry(p, member_name(p), index, 2, len(raw),
                                       hashlib.sha256(raw).hexdigest(), 1))
     out = tmp / "backup.tar"
-    write_backup(out, new_manifest(OLD_ID, partitions, "test", entries), files)
+    write_backup(out, new_manifest(OLD_ID, partitions, "test", entries, "hashtag"), files)
     return out, everything
 
 
@@ -136,7 +136,7 @@ def test_a_restored_data_dir_recovers_every_key(tmp_path: Path) -> None:
             assert r.snapshot_index == hs.commit > 0
             assert hs.term == 2 and hs.vote == 0
             assert r.storage.snapshot().meta.conf_state.voters == (1, 2, 3)
-            found.update({k: v for k, (v, _, _) in r.sm.items()})
+            found.update({k: v for k, (v, *_) in r.sm.items()})
     finally:
         wal.close()
     assert found == everything
