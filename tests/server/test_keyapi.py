@@ -273,6 +273,19 @@ async def test_a_txn_across_partitions_is_refused_naming_them(tmp_path: Path) ->
         assert "hash tag" in err.message
 
 
+async def test_keys_of_one_hash_tag_make_one_txn(tmp_path: Path) -> None:
+    async with serving(tmp_path) as c:
+        tagged = [b"{order:7}:items", b"{order:7}:total"]
+        p = c.partition_of(tagged[0])
+        assert c.partition_of(tagged[1]) == p
+        # One txn, and one lease holding both (a lease holds keys of its partition).
+        lease = (await c.grant(p, 1000)).lease_id
+        ok = await c.txn(p, [], [put_op(tagged[0], b"3", lease), put_op(tagged[1], b"9.99", lease)])
+        assert ok.succeeded
+        assert (await c.ttl(lease, keys=True)).keys == tuple(sorted(tagged))
+        assert (await c.revoke(lease)).version == 2
+
+
 async def test_a_batch_is_a_txn_answered_as_before(tmp_path: Path) -> None:
     async with serving(tmp_path) as c:
         a, b = c.keys_of(2, 2)
