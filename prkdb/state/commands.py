@@ -608,6 +608,21 @@ def _compare_from_cbor(item: Any) -> Compare:
     return Compare(_bytes_field(key, "Txn compare key"), t, o, operand)
 
 
+_set_put_key, _set_put_value, _set_put_lease = (
+    getattr(PutCommand, name).__set__ for name in ("key", "value", "lease")
+)
+_new = object.__new__
+
+
+def _lease_less_put(key: bytes, value: bytes) -> PutCommand:
+    """``PutCommand(key, value)`` without the dataclass ``__init__`` (see results.ok_result)."""
+    cmd = _new(PutCommand)
+    _set_put_key(cmd, key)
+    _set_put_value(cmd, value)
+    _set_put_lease(cmd, 0)
+    return cmd
+
+
 def decode_command(data: bytes) -> tuple[Command, ClientId | None, int | None]:
     """Decode entry data written by :func:`encode_command`.
 
@@ -640,7 +655,7 @@ def decode_command(data: bytes) -> tuple[Command, ClientId | None, int | None]:
         if type(key) is bytes and type(value) is bytes:
             nk, nv = len(key), len(value)
             if envelope_len + 2 + _head_len(nk) + nk + _head_len(nv) + nv == len(data):
-                return PutCommand(key, value), client_id, seq
+                return _lease_less_put(key, value), client_id, seq
     cmd = _op_from_cbor(body, _TOP)
     if _encoded_len(item) != len(data):
         raise CommandDecodeError(

@@ -98,7 +98,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
+from operator import add
 from typing import Any, Final, Protocol, final
 
 import cbor2
@@ -122,7 +123,7 @@ from prkdb.state.commands import (
 )
 from prkdb.state.errors import CommandDecodeError, SnapshotDecodeError, StateInvariantError
 from prkdb.state.limits import Limits, check_command
-from prkdb.state.results import OpResult, ResultCode, WriteResult
+from prkdb.state.results import OpResult, ResultCode, WriteResult, ok_result
 from prkdb.state.sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_SESSION_TTL_ENTRIES,
@@ -467,9 +468,9 @@ class KVStateMachine:
             if lease and lease not in self._leases:
                 return self._no_lease(index, lease, "")
             prev = self._put(index, cmd.key, cmd.value, lease)
-            return WriteResult(_OK, index, prev + 1, prev)
+            return ok_result(index, prev + 1, prev)
         if type(cmd) is DeleteCommand:
-            return WriteResult(_OK, index, 0, self._delete(cmd.key))
+            return ok_result(index, 0, self._delete(cmd.key))
         if type(cmd) is CompareAndSetCommand:
             return self._compare_and_set(index, cmd)
         if type(cmd) is TxnCommand:
@@ -637,13 +638,15 @@ class KVStateMachine:
     def snapshot_view(self) -> Callable[[], bytes]:
         """Freeze the state now; return a function that serializes that frozen state.
 
-        Freezing copies the key -> record table (one C-level pass; records are
-        immutable tuples) and the lease ids and TTLs, so the slow part, the
+        Freezing copies the keys and the records (two C-level passes; records
+        are immutable tuples) and the lease ids and TTLs, so the slow part, the
         encoding, can run in another thread while this machine keeps applying
         entries.
-        Memory: the copy, then one flat list of 6 pointers per key, then the bytes.
+        Memory: the copies, then one flat list of 6 pointers per key, then the bytes.
         """
-        items = list(self._data.items())
+        data = self._data
+        keys = list(data)
+        records = list(data.values())
         applied = self._applied
         sessions = self._sessions.to_cbor()
         leases: list[int] = []
@@ -652,11 +655,8 @@ class KVStateMachine:
             leases.append(lease.ttl_ms)
 
         def encode() -> bytes:
-            flat: list[Any] = []
-            extend = flat.extend
-            for key, record in items:
-                flat.append(key)
-                extend(record)
+            # (key,) + record per key, flattened: all in C (zip, map, chain).
+            flat = list(chain.from_iterable(map(add, zip(keys), records)))
             return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions, leases])
 
         return encode
@@ -829,7 +829,11 @@ def _decode_records_v1(flat: Any, applied: int) -> dict[bytes, KeyRecord]:
 def _decode_records_v2(
     flat: Any, applied: int, leases: dict[int, _Lease]
 ) -> dict[bytes, KeyRecord]:
-    """Format 2 records ``[k, v, version, mod, create, lease, ...]``; fills the lease key sets."""
+    """Format 2 records ``[k, v, version, mod, create, lease, ...]``; fills the lease key sets.
+
+    One plain loop: column-wise checks in C (``map`` over slices) measured
+    twice as slow on CPython 3.11 as this specialised loop.
+    """
     if type(flat) is not list or len(flat) % 6:
         raise SnapshotDecodeError("snapshot data must be an array of 6-tuples")
     new_data: dict[bytes, KeyRecord] = {}

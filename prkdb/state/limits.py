@@ -126,7 +126,11 @@ def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | 
     time per write and a violation is an ordinary (failed) outcome.
     """
     if type(cmd) is PutCommand:
-        return _check_put(cmd, limits, "")
+        # _check_put inlined: the per-write path (one call fewer).
+        v = _check_key(cmd.key, limits, "") or _check_value(cmd.value, limits, "")
+        if v is None and cmd.lease:
+            return _check_put(cmd, limits, "")
+        return v
     if type(cmd) is DeleteCommand:
         return _check_key(cmd.key, limits, "")
     if type(cmd) is CompareAndSetCommand:

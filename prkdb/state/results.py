@@ -40,6 +40,7 @@ only deterministic thing to do is to apply it as a no-op and say why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, final
@@ -146,6 +147,41 @@ class WriteResult:
     def ok(self) -> bool:
         """True if the command took effect (``code == OK``)."""
         return self.code == ResultCode.OK
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of a frozen slots dataclass, in ``names`` order."""
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+(
+    _set_code, _set_revision, _set_version, _set_prev, _set_ops, _set_message,
+    _set_succeeded, _set_lease_id,
+) = _slot_setters(WriteResult, (
+    "code", "revision", "version", "prev_version", "ops", "message", "succeeded", "lease_id",
+))
+_new = object.__new__
+
+
+def ok_result(revision: int, version: int, prev_version: int) -> WriteResult:
+    """``WriteResult(ResultCode.OK, revision, version, prev_version)``, at half the cost.
+
+    The result of every plain put and delete, built once per write on the
+    apply path. A frozen dataclass's ``__init__`` sets each of the 8 fields
+    through ``object.__setattr__`` from Python (about 1 us); setting the slots
+    through their descriptors from here skips the frame and the lookups
+    (about 0.5 us). Same object: equal, hashable, frozen afterwards.
+    """
+    r = _new(WriteResult)
+    _set_code(r, ResultCode.OK)
+    _set_revision(r, revision)
+    _set_version(r, version)
+    _set_prev(r, prev_version)
+    _set_ops(r, ())
+    _set_message(r, "")
+    _set_succeeded(r, True)
+    _set_lease_id(r, 0)
+    return r
 
 
 #: First element of a result in the current cached shape (see result_to_cbor).
