@@ -15,7 +15,9 @@ questions for prkdb/state/kv.py:
   entry data: keys in ascending order (the index's best case: every insert
   lands in its last sublist), keys in hash order (16 random-looking bytes,
   inserts land anywhere), and ascending with a session envelope; plus
-  snapshot/restore time and, where the machine has ``scan``, a 1,000-key scan.
+  snapshot/restore time and, where the machine has ``scan``, a 1,000-key scan;
+  where it has transactions and leases (issue 16), puts attached to a lease
+  and one-compare transactions (create-if-absent, etcd's lock idiom).
 
 Usage: python scripts/bench_state.py [--keys N]   (default 1,000,000)
 
@@ -39,6 +41,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent.parent
 # Which checkout's prkdb to measure: this one, or --root's (set by --baseline).
@@ -47,6 +50,7 @@ if "--root" in sys.argv:
 # Run from a checkout without installing: make the repo root importable.
 sys.path.insert(0, str(_HERE))
 
+import prkdb.state  # noqa: E402
 from prkdb.state import KVStateMachine, PutCommand, encode_command  # noqa: E402
 
 KEY_SIZE = 16
@@ -134,6 +138,35 @@ def bench_apply(
     return n / elapsed, t1 - t0, t2 - t1, len(snap)
 
 
+def bench_new_commands(n: int) -> tuple[float, float]:
+    """(leased put ops/s, txn ops/s) for n new keys; (0, 0) before issue 16."""
+    st: Any = prkdb.state
+    if not hasattr(st, "TxnCommand"):
+        return 0.0, 0.0
+    leased = [encode_command(st.LeaseGrantCommand(10_000))] + [
+        encode_command(PutCommand(_key(i), _value(i), 1 << 16)) for i in range(n)
+    ]
+    absent = st.Compare(b"", st.CompareTarget.VERSION, st.CompareOp.EQUAL, 0)
+    txns = [
+        encode_command(st.TxnCommand(
+            (st.Compare(_key(i), absent.target, absent.op, 0),),
+            (PutCommand(_key(i), _value(i)),),
+            (st.GetOp(_key(i)),),
+        ))
+        for i in range(n)
+    ]
+    rates = []
+    for entries in (leased, txns):
+        machine = KVStateMachine()
+        apply = machine.apply
+        gc.collect()
+        start = time.perf_counter()
+        for index, data in enumerate(entries, 1):
+            apply(index, data)
+        rates.append(len(entries) / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
 def bench_scan(n: int, width: int = 1000, reps: int = 200) -> float:
     """Seconds per ``scan`` of ``width`` keys from the middle of n keys (0 if no scan)."""
     machine = KVStateMachine()
@@ -159,6 +192,8 @@ _METRICS = [
     ("snapshot_s", "s", False),
     ("restore_s", "s", False),
     ("scan1000_us", "us", False),
+    ("put_leased_ops", "ops/s", True),
+    ("txn_ops", "ops/s", True),
 ]
 
 
@@ -172,6 +207,7 @@ def _measure(n: int) -> dict[str, float]:
     out["put_hashed_ops"] = bench_apply(n, session=False, hashed=True)[0]
     out["put_session_ops"] = bench_apply(n, session=True)[0]
     out["scan1000_us"] = bench_scan(min(n, 100_000)) * 1e6
+    out["put_leased_ops"], out["txn_ops"] = bench_new_commands(min(n, 200_000))
     return out
 
 
@@ -227,6 +263,10 @@ def main() -> None:
     print(
         f"snapshot: {snap_len / 1e6:.1f} MB in {snap_s:.2f} s; restore {restore_s:.2f} s"
     )
+    leased, txn = bench_new_commands(min(n, 200_000))
+    if leased:
+        print(f"apply put+lease  : {leased:10,.0f} ops/s")
+        print(f"apply txn        : {txn:10,.0f} ops/s  (1 compare, put or get)")
 
 
 if __name__ == "__main__":
