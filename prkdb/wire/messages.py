@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 
@@ -49,6 +50,7 @@ from prkdb.raft.types import Entry, Message, Role
 # The log's own enums (one definition): a Compare's target and op mean the same
 # on the wire and in a TxnCommand, so the server copies them across unchanged.
 from prkdb.state.commands import CompareOp, CompareTarget
+from prkdb.state.kv import ScanItem  # a KeyValue's fields, in order (`key_values`)
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
     CBOR_ARRAY,
@@ -163,6 +165,7 @@ __all__ = [
     "encode_write_ok",
     "error_for",
     "from_wire",
+    "key_values",
     "lease_partition",
     "next_message",
     "to_wire",
@@ -1552,9 +1555,9 @@ def encode_message(
 ) -> bytes:
     """`to_wire` + `encode_frame`: one complete frame for `msg`.
 
-    The messages sent per operation (`HOT_MESSAGES`, and RaftBatch) take the
-    fast encoders below unless `check` is set: same bytes, same errors, a
-    fraction of the CPU.
+    The messages sent per operation (`HOT_MESSAGES`, and RaftBatch) and scan
+    pages (ScanOk) take the fast encoders below unless `check` is set: same
+    bytes, same errors, a fraction of the CPU.
     """
     if not check:
         fast = _FAST_ENCODERS.get(type(msg))
@@ -1797,6 +1800,39 @@ def _entries_uncached(partition: int, entries: tuple[Entry, ...]) -> bytes:
     return raft_codec.encode_entries_cbor(entries)
 
 
+def key_values(items: Iterable[ScanItem]) -> tuple[KeyValue, ...]:
+    """``tuple(KeyValue(*item) for item in items)`` at 60% of the cost (no validation).
+
+    For a server building a `ScanOk` page from its state machine's scan
+    items (1,000 keys: 10.2M -> 6.3M instructions): the frozen dataclass's
+    ``__init__`` pays an ``object.__setattr__`` per field, the record's
+    builder (`prkdb.wire.schema.frozen_builder`) does not.
+    """
+    build = _KEY_VALUE.build
+    return tuple([build(*item) for item in items])
+
+
+_SCAN_OK_ID: Final = SCHEMAS[ScanOk].type_id
+_KEY_VALUE_FIELDS: Final = operator.attrgetter(*(f.name for f in _KEY_VALUE.fields))
+assert [f.name for f in SCHEMAS[ScanOk].fields] == [
+    "request_id", "kvs", "count", "more", "applied_index"
+], "_encode_scan_ok writes these fields in this order"
+
+
+def _encode_scan_ok(msg: ScanOk, max_frame: int) -> bytes:
+    """The frame of a ScanOk, each KeyValue written from a tuple of its fields.
+
+    cbor2 writes a tuple as the array it writes for a list, so these are the
+    generic path's bytes (tests/wire/test_encoders.py), without its list per
+    record (a 1,000-key page: 9.2M -> 7.1M instructions, cbor2's 5.5M included).
+    """
+    kvs = [_KEY_VALUE_FIELDS(kv) for kv in msg.kvs]
+    return encode_frame(
+        [_SCAN_OK_ID, msg.request_id, kvs, msg.count, msg.more, msg.applied_index],
+        max_frame=max_frame,
+    )
+
+
 _FAST_ENCODERS: Final[dict[type, Callable[[Any, int], bytes]]] = {
     **{
         cls: SCHEMAS[cls].compile_encoder(
@@ -1805,6 +1841,7 @@ _FAST_ENCODERS: Final[dict[type, Callable[[Any, int], bytes]]] = {
         for cls in HOT_MESSAGES
     },
     RaftBatch: lambda m, mf: _encode_raft_batch(m.from_node, m.items, mf, _entries_uncached),
+    ScanOk: _encode_scan_ok,
 }
 """Message type -> encoder ``(msg, max_frame) -> frame``, for `encode_message`."""
 

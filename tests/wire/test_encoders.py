@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prkdb.errors import ErrorCode
@@ -547,3 +547,40 @@ def test_local_message_is_refused_like_the_generic_path() -> None:
     with pytest.raises(LocalProtocolError) as fast:
         m.RaftBatchEncoder(1).encode(((0, beat),))
     assert fast.value.message == slow.value.message
+
+
+# --- ScanOk: a hand-written fast encoder (a page of records, not a generated one) -------
+
+
+@settings(max_examples=100, deadline=None)
+@given(STRATEGIES[m.ScanOk])
+def test_scan_ok_encoder_equals_generic(msg: m.ScanOk) -> None:
+    assert m._FAST_ENCODERS[m.ScanOk] is m._encode_scan_ok
+    assert m.encode_message(msg) == generic(msg, DEFAULT_MAX_FRAME)
+
+
+@settings(max_examples=200, deadline=None)
+@given(odd_messages(m.SCHEMAS[m.ScanOk]))
+def test_scan_ok_encoder_equals_generic_for_odd_fields(msg: Any) -> None:
+    assert _outcome(lambda: m.encode_message(msg)) == _outcome(
+        lambda: generic(msg, DEFAULT_MAX_FRAME)
+    )
+
+
+def test_scan_ok_encoder_keeps_the_frame_limit() -> None:
+    page = m.ScanOk(1, m.key_values([(b"k%d" % i, b"v" * 100, 1, 2, 2, 0) for i in range(20)]),
+                    20, False, 9)
+    size = len(generic(page)) - 4
+    assert len(m.encode_message(page, max_frame=size)) == size + 4
+    with pytest.raises(LocalProtocolError) as info:
+        m.encode_message(page, max_frame=size - 1)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=8), st.binary(max_size=8),
+                          *[st.integers(0, 2**64 - 1)] * 4), max_size=5))
+def test_key_values_equals_the_constructor(items: list[Any]) -> None:
+    built = m.key_values(items)
+    assert type(built) is tuple
+    assert built == tuple(m.KeyValue(*item) for item in items)
+    assert all(type(kv) is m.KeyValue for kv in built)
