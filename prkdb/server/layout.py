@@ -23,12 +23,13 @@ from typing import Protocol
 import trio
 
 from prkdb.config import NodeConfig, parse_addr
-from prkdb.errors import PrkdbError
+from prkdb.errors import ErrorCode, PrkdbError, ProtocolError
 from prkdb.logging import NodeLogger
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PROTOCOL_VERSION, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
+    Error,
     Hello,
     HelloOk,
     RebuildFence,
@@ -77,6 +78,10 @@ async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False) ->
     try:
         await framed.send_now(Hello(PROTOCOL_VERSION, cfg.cluster_id, ROLE_CLIENT, 0))
         reply = from_wire(await framed.receive())
+        if isinstance(reply, Error) and reply.code == ErrorCode.BAD_VERSION:
+            # A node of another version (a rolling upgrade): that says nothing
+            # about its layout, so it counts as not reachable yet, not as a mismatch.
+            raise ProtocolError(f"node {peer_id} speaks another protocol: {reply.message}")
         if not isinstance(reply, HelloOk):
             raise _Refused(f"node {peer_id} refused our hello: {reply!r:.200}")
         await framed.send_now(RebuildFence(1, cfg.node_id) if fence else Status(1))

@@ -14,10 +14,13 @@ from pathlib import Path
 import trio
 
 from prkdb.config import NodeConfig, PeerConfig
+from prkdb.errors import ErrorCode
 from prkdb.raft import Role
-from prkdb.server.layout import layout_problem
+from prkdb.server.framed import FramedStream
+from prkdb.server.layout import ask_peers, layout_problem
 from prkdb.server.node import Node
-from prkdb.wire.messages import NodeInfo, PartitionStatus, StatusOk
+from prkdb.wire import from_wire
+from prkdb.wire.messages import Error, Hello, NodeInfo, PartitionStatus, StatusOk
 from tests.server.helpers import eventually, free_addr
 
 
@@ -64,3 +67,34 @@ async def test_a_node_with_another_layout_is_quarantined(tmp_path: Path) -> None
         # Nothing reaches node 3 any more: it leads nothing and follows nobody.
         assert all(d.role != Role.LEADER for d in bad.drivers)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_of_another_version_is_asked_again_not_quarantined() -> None:
+    """Rolling upgrade: a node not yet upgraded refuses our client hello with BAD_VERSION.
+
+    That says nothing about its layout: it is "not reachable yet" (asked
+    again later), never a mismatch (which would quarantine it).
+    """
+    cfg = dataclasses.replace(_cfg(), node_id=1)
+    old = cfg.peer(2)
+    assert old is not None
+    host, port = old.client_addr.rsplit(":", 1)
+    hellos = []
+
+    async def old_node(stream: trio.SocketStream) -> None:
+        framed = FramedStream(stream, 1 << 16)
+        hello = from_wire(await framed.receive())
+        assert isinstance(hello, Hello)
+        hellos.append(hello.protocol_version)
+        await framed.send_now(Error(0, ErrorCode.BAD_VERSION, "protocol version 3 is not "
+                                    "supported", {"supported": [2]}))
+        await framed.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(int(port), host=host)
+        nursery.start_soon(trio.serve_listeners, old_node, listeners)
+        survey = await ask_peers(cfg, [2], 3.0)
+        nursery.cancel_scope.cancel()
+    assert hellos == [3]
+    assert survey.mismatched == {} and survey.answers == {}
+    assert "node 2 speaks another protocol" in survey.unreachable[2]
