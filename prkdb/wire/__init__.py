@@ -5,8 +5,10 @@ the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
 
 - `frames`: 4-byte length + one CBOR item; `FrameDecoder`, `encode_frame`.
 - `schema`: field types and `Schema` (type id + fields), which drive decoding,
-  encoding, docs, and the generated hot-path encoders (`Schema.compile_encoder`).
+  encoding, docs, and the generated hot-path encoders (`Schema.compile_encoder`),
+  parsers (`Schema.compile_decoder`) and list decoders (`WireType.guard`).
 - `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`,
+  the Hello version rules (`check_hello`: clients say 3, peers 2 or 3),
   and fast encoders for the per-operation messages (`encode_put_request`,
   `encode_write_ok`, ... generated from the table; `RaftBatchEncoder`),
   byte-identical to the generic path; `next_message` reads them with
