@@ -153,8 +153,9 @@ async def answer_while_rebuilding(
                 req = from_wire(await framed.receive())
                 rid = getattr(req, "request_id", 0)
                 if isinstance(req, Status | RebuildFence):
-                    await framed.send_now(StatusOk(rid, cfg.node_id, cfg.cluster_id, nodes,
-                                                   empty, __version__))
+                    await framed.send_now(StatusOk(
+                        rid, cfg.node_id, cfg.cluster_id, nodes, empty, __version__,
+                        "crc32" if cfg.key_rule == "crc32" else "hashtag"))
                 else:
                     await framed.send_now(Error(rid, ErrorCode.UNAVAILABLE,
                                                 "this node is rebuilding its data dir"))
