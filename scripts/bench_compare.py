@@ -15,6 +15,12 @@ seconds measured, systems alternated per workload, --reps repetitions):
   R64-stale     PrkDB STALE reads; etcd serializable gets, spread over all nodes
   FAILOVER      a W1 writer; kill -9 of the leader (PrkDB: of the writer's partition);
                 seconds until the first acknowledged write issued after the kill
+  SCAN-1k       8 clients, each scanning a 1,000-key prefix (100-byte values) over and
+                over, linearizable (PrkDB: `scan(prefix=...)` merging 8 partitions; etcd:
+                one range request, keys and values base64-decoded as a client would)
+  LEASE-KA      8 clients renewing 10,000 leases (TTL 300 s) round-robin; reported in
+                renewals/s (PrkDB: `keep_alive_many` of 100 ids, one request per
+                partition; etcd: its gateway's keepalive, one lease per request)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
@@ -25,6 +31,7 @@ through its SDK. Progress goes to stderr; the table (and --json) to stdout.
 
     python scripts/bench_compare.py            # 3 reps x 10 s, 1,000,000 keys for RSS
     python scripts/bench_compare.py --quick    # ~1-2 minute smoke run
+    python scripts/bench_compare.py --workloads SCAN-1k,LEASE-KA --failover-reps 0 --rss-keys 0
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from prkdb.client import PrkDbClient, ReadConsistency  # noqa: E402
 from prkdb.errors import PrkdbError  # noqa: E402
 from prkdb.partitioning import partition_for  # noqa: E402
 from prkdb.server.main import dev_configs  # noqa: E402
+from prkdb.state.kv import prefix_end  # noqa: E402
 
 CLUSTER_ID = "prkdb-dev"
 VALUE = b"x" * 100
@@ -70,7 +78,14 @@ WORKLOADS = (
     ("R64-lin", "get-linearizable", 64),
     ("R64-follower", "get-follower", 64),
     ("R64-stale", "get-stale", 64),
+    ("SCAN-1k", "scan", 8),
+    ("LEASE-KA", "keepalive", 8),
 )
+SCAN_PREFIX = b"scan/"
+SCAN_KEYS = 1000
+LEASES = 10_000
+LEASE_TTL_S = 300
+KA_BATCH = 100  # lease ids per PrkDB keep_alive_many call
 LEVELS = {
     "get-linearizable": ReadConsistency.LINEARIZABLE,
     "get-follower": ReadConsistency.FOLLOWER,
@@ -301,11 +316,20 @@ async def worker_main(spec: dict) -> None:
     ops = []
     prk: PrkDbClient | None = None
     conns: list[EtcdHttp] = []
+    lease_ids = spec.get("lease_ids", [])
+    per_op = 1  # items (scans, renewals, ...) one op does
     if system == "prkdb":
         prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
-        for _ in range(clients):
+        for j in range(clients):
             if workload == "put":
                 ops.append(lambda k, c=prk: c.put(k, VALUE))
+            elif workload == "scan":
+                ops.append(lambda k, c=prk: c.scan(SCAN_PREFIX))
+            elif workload == "keepalive":
+                per_op = KA_BATCH
+                mine = lease_ids[offset + j::total]
+                batches = [mine[i:i + KA_BATCH] for i in range(0, len(mine), KA_BATCH)]
+                ops.append(lambda k, c=prk, b=batches: _renew(c, b, k))
             else:
                 ops.append(lambda k, c=prk, lv=LEVELS[workload]: c.get_with_consistency(k, lv))
     else:
@@ -316,6 +340,11 @@ async def worker_main(spec: dict) -> None:
             conns.append(conn)
             if workload == "put":
                 ops.append(lambda k, c=conn: c.put(k, VALUE))
+            elif workload == "scan":
+                ops.append(lambda k, c=conn: c.range(SCAN_PREFIX, prefix_end(SCAN_PREFIX)))
+            elif workload == "keepalive":
+                mine = lease_ids[g::total]
+                ops.append(lambda k, c=conn, ids=mine: _renew_etcd(c, ids, k))
             else:
                 ops.append(lambda k, c=conn, s=workload == "get-stale": c.get(k, serializable=s))
     print("@@ready", flush=True)
@@ -359,8 +388,20 @@ async def worker_main(spec: dict) -> None:
     if prk is not None:
         await prk.aclose()
     result = {"lat_us": [round(x * 1e6, 1) for x in lat], "errors": errors,
-              "cpu_s": cpu[1] - cpu[0]}
+              "cpu_s": cpu[1] - cpu[0], "per_op": per_op}
     print("@@result " + json.dumps(result), flush=True)
+
+
+async def _renew(client: PrkDbClient, batches: list[list[int]], key: bytes) -> None:
+    """Renew the next batch of this client's leases (every id must still exist)."""
+    batch = batches[int(key.rsplit(b"-", 1)[-1] or b"0") % len(batches)]
+    left = await client.keep_alive_many(batch)
+    if not all(left.values()):
+        raise RuntimeError(f"a lease of {batch[:3]}... is gone: the benchmark's TTL is too short")
+
+
+async def _renew_etcd(conn: EtcdHttp, ids: list[int], key: bytes) -> None:
+    await conn.lease_keepalive(ids[int(key.rsplit(b"-", 1)[-1] or b"0") % len(ids)])
 
 
 def run_load(system: str, cluster: Cluster, workload: str, clients: int, target: dict,
@@ -404,6 +445,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     lat: list[float] = []
     errors = 0
     gen_cpu = []
+    per_op = 1
     for w in workers:
         try:
             out, _ = w.communicate(timeout=60)
@@ -414,6 +456,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
             raise fail(w, f"exited {w.returncode} without a result")
         r = json.loads(res.removeprefix("@@result "))
         lat += r["lat_us"]
+        per_op = r["per_op"]
         errors += r["errors"]
         gen_cpu.append(r["cpu_s"])
     cluster.check_alive()
@@ -422,6 +465,8 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     d = args.duration
     return {
         "ops": ops, "errors": errors, "ops_per_s": ops / d,
+        "items_per_s": ops * per_op / d,
+        "server_cpu_us_per_item": (cpu1 - cpu0) * 1e6 / (ops * per_op) if ops else None,
         "p50_ms": percentile(lat, 0.50) / 1e3, "p90_ms": percentile(lat, 0.90) / 1e3,
         "p99_ms": percentile(lat, 0.99) / 1e3, "max_ms": (lat[-1] / 1e3) if lat else None,
         "server_cpu_us_per_op": (cpu1 - cpu0) * 1e6 / ops if ops else None,
@@ -441,6 +486,66 @@ async def preload_all(system: str, cluster: Cluster, keys: int) -> None:
             await preload(c, keys, len(VALUE))
     else:
         await bulk_load_etcd(cluster, keys, batch=1)
+
+
+def scan_items() -> list[tuple[bytes, bytes]]:
+    return [(SCAN_PREFIX + b"%06d" % i, VALUE) for i in range(SCAN_KEYS)]
+
+
+async def preload_scan(system: str, cluster: Cluster) -> None:
+    """The 1,000 keys SCAN-1k reads (batched: by partition for PrkDB, txns of 100 for etcd)."""
+    items = scan_items()
+    if system == "prkdb":
+        async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+            by_part: dict[int, list[tuple[str, bytes, bytes]]] = {}
+            for k, v in items:
+                by_part.setdefault(c.topology.partition_of(k), []).append(("put", k, v))
+            for ops in by_part.values():
+                for i in range(0, len(ops), 100):
+                    await c.batch(ops[i:i + 100])
+            assert await c.count(SCAN_PREFIX) == SCAN_KEYS
+    else:
+        assert isinstance(cluster, EtcdCluster)
+        conn = EtcdHttp(cluster.endpoints[await cluster.leader() - 1])
+        try:
+            for i in range(0, len(items), 100):
+                await conn.put_many(items[i:i + 100])
+            assert len(await conn.range(SCAN_PREFIX, prefix_end(SCAN_PREFIX))) == SCAN_KEYS
+        finally:
+            conn.close()
+
+
+async def grant_leases(system: str, cluster: Cluster, count: int,
+                       concurrency: int = 16) -> list[int]:
+    """`count` leases of LEASE_TTL_S seconds (PrkDB: spread over the partitions)."""
+    ids: list[int] = []
+    todo = iter(range(count))
+    if system == "prkdb":
+        async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+
+            async def grant() -> None:
+                for i in todo:
+                    ids.append((await c.grant_lease(LEASE_TTL_S, key=b"lease-%d" % i)).id)
+
+            async with trio.open_nursery() as n:
+                for _ in range(concurrency):
+                    n.start_soon(grant)
+        return ids
+    assert isinstance(cluster, EtcdCluster)
+    endpoint = cluster.endpoints[await cluster.leader() - 1]
+
+    async def grant_etcd() -> None:
+        conn = EtcdHttp(endpoint)
+        try:
+            for _ in todo:
+                ids.append(await conn.lease_grant(LEASE_TTL_S))
+        finally:
+            conn.close()
+
+    async with trio.open_nursery() as n:
+        for _ in range(concurrency):
+            n.start_soon(grant_etcd)
+    return ids
 
 
 async def bulk_load_etcd(cluster: EtcdCluster, keys: int, batch: int = 100,
@@ -642,6 +747,8 @@ def build_table(data: dict, systems: list[str]) -> str:
             check: Any = None, etcd_label: str | None = None) -> None:
         p = stat("prkdb", label, field)
         e = stat("etcd", etcd_label or label, field) if "etcd" in systems else None
+        if p is None and e is None:
+            return  # not run (--workloads)
         ratio = p[0] / e[0] if p and e and e[0] else None
         met = ""
         if check is not None and ratio is not None:
@@ -662,14 +769,21 @@ def build_table(data: dict, systems: list[str]) -> str:
     row("R64 follower p99¹", "R64-follower", "p99_ms", "ms")
     row("R64 stale gets²", "R64-stale", "ops_per_s", "ops/s", "≥ 4.0×", lambda r: r >= 4.0)
     row("R64 stale p99²", "R64-stale", "p99_ms", "ms")
+    row("SCAN-1k prefix scans of 1,000 keys", "SCAN-1k", "ops_per_s", "scans/s", "≥ 1.0×",
+        lambda r: r >= 1.0)
+    row("SCAN-1k p50", "SCAN-1k", "p50_ms", "ms")
+    row("LEASE-KA lease renewals", "LEASE-KA", "items_per_s", "renewals/s", "≥ 1.0×",
+        lambda r: r >= 1.0)
+    row("LEASE-KA server CPU per renewal", "LEASE-KA", "server_cpu_us_per_item", "µs")
     for label, _, _ in WORKLOADS:
         row(f"server CPU {label}", label, "server_cpu_us_per_op", "µs/op")
     # failover: absolute target for PrkDB, etcd for reference
     fo = {s: med([r["failover_s"] for r in data["failover"].get(s, [])]) for s in systems}
     p, e = fo.get("prkdb"), fo.get("etcd")
-    rows.append(("FAILOVER after kill -9 (s)", cell(p, "s"), cell(e, "s"),
-                 f"{p[0] / e[0]:.2f}×" if p and e and e[0] else "n/a", "≤ 0.3 s",
-                 ("yes" if p[0] <= 0.3 else "**no**") if p else ""))
+    if p or e:
+        rows.append(("FAILOVER after kill -9 (s)", cell(p, "s"), cell(e, "s"),
+                     f"{p[0] / e[0]:.2f}×" if p and e and e[0] else "n/a", "≤ 0.3 s",
+                     ("yes" if p[0] <= 0.3 else "**no**") if p else ""))
     rss_keys = None
     for s in ("prkdb", "etcd"):
         if s not in data["rss"]:
@@ -688,9 +802,9 @@ def build_table(data: dict, systems: list[str]) -> str:
     fl = data["floor"]
     w1 = stat("prkdb", "W1", "p50_ms")
     floor_ratio = w1[0] / fl["floor_ms"] if w1 else None
-    rows.append(("W1 p50 / physical floor⁴", f"{floor_ratio:.2f}×" if floor_ratio else "n/a",
-                 "", "", "≤ 3.0×",
-                 ("yes" if floor_ratio <= 3.0 else "**no**") if floor_ratio else ""))
+    if floor_ratio:
+        rows.append(("W1 p50 / physical floor⁴", f"{floor_ratio:.2f}×", "", "", "≤ 3.0×",
+                     "yes" if floor_ratio <= 3.0 else "**no**"))
     head = ("metric", "PrkDB", f"etcd {data.get('etcd_version', '')}".strip(), "PrkDB/etcd",
             "target", "met")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -732,16 +846,26 @@ def main() -> None:
     ap.add_argument("--prkdb-only", action="store_true", help="do not run etcd")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 rep x 2 s, 2 kills, 20,000 keys for RSS")
+    ap.add_argument("--workloads", help="comma-separated labels to run (default: all), e.g. "
+                                        "SCAN-1k,LEASE-KA")
     ap.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        trio.run(worker_main, json.loads(args.worker))
+        spec = json.loads(args.worker)
+        if "lease_file" in spec:
+            spec["lease_ids"] = json.loads(Path(spec["lease_file"]).read_text())
+        trio.run(worker_main, spec)
         return
     q = args.quick
     args.duration = args.duration or (2.0 if q else 10.0)
     args.reps = args.reps or (1 if q else 3)
-    args.failover_reps = args.failover_reps or (2 if q else 5)
+    if args.failover_reps is None:
+        args.failover_reps = 2 if q else 5
+    args.workloads = {w for w in (args.workloads or "").split(",") if w}
+    unknown = args.workloads - {w[0] for w in WORKLOADS}
+    if unknown:
+        ap.error(f"unknown workload(s) {sorted(unknown)}; known: {[w[0] for w in WORKLOADS]}")
     args.rss_keys = args.rss_keys if args.rss_keys is not None else (20_000 if q else 1_000_000)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -786,10 +910,20 @@ def run(args: argparse.Namespace, root: Path) -> None:
     check_ports_free(ports)
     for s in systems:
         clusters[s].start()
+    workloads = [w for w in WORKLOADS if not args.workloads or w[0] in args.workloads]
+    wanted = {w[1] for w in workloads}
+    lease_ids: dict[str, list[int]] = {}
     for s in systems:
         trio.run(clusters[s].ready)
         trio.run(preload_all, s, clusters[s], READ_KEYS)
         log(f"{s}: 3 nodes up, {READ_KEYS} keys preloaded")
+        if "scan" in wanted:
+            trio.run(preload_scan, s, clusters[s])
+            log(f"{s}: {SCAN_KEYS} keys under {SCAN_PREFIX!r} for SCAN-1k")
+        if "keepalive" in wanted:
+            t = time.monotonic()
+            lease_ids[s] = trio.run(grant_leases, s, clusters[s], LEASES)
+            log(f"{s}: {LEASES:,} leases granted in {time.monotonic() - t:.1f} s")
     for s in systems:  # background cost (heartbeats, timers) with no client load
         pids = clusters[s].pids()
         c0 = sum(proc_cpu_s(p) for p in pids)
@@ -798,18 +932,25 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
     def target(system: str, workload: str) -> dict:
         c = clusters[system]
+        extra = {}
+        if workload == "keepalive":  # too many for a command line: a file
+            path = root / f"leases-{system}.json"
+            path.write_text(json.dumps(lease_ids[system]))
+            extra = {"lease_file": str(path)}
         if system == "prkdb":
-            return {"seeds": c.seeds}
+            return {"seeds": c.seeds, **extra}
         leader = trio.run(c.leader)
         eps = c.endpoints
-        if workload in ("put", "get-linearizable"):
+        if workload == "keepalive":
+            return {"endpoints": [eps[leader - 1]], **extra}
+        if workload in ("put", "get-linearizable", "scan"):
             return {"endpoints": [eps[leader - 1]]}
         if workload == "get-follower":
             return {"endpoints": [ep for i, ep in enumerate(eps, 1) if i != leader]}
         return {"endpoints": eps}
 
     for rep in range(args.reps):
-        for wi, (label, workload, clients) in enumerate(WORKLOADS):
+        for wi, (label, workload, clients) in enumerate(workloads):
             order = systems if (rep + wi) % 2 == 0 else systems[::-1]
             for s in order:
                 r = run_load(s, clusters[s], workload, clients, target(s, workload), args, root)

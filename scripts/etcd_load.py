@@ -139,6 +139,24 @@ class EtcdHttp:
         ops = [{"requestPut": {"key": b64(k), "value": b64(v)}} for k, v in items]
         await self.post("/v3/kv/txn", {"success": ops})
 
+    async def range(self, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        """Every key in [start, end) with its value (linearizable), decoded as a client would."""
+        answer = await self.post("/v3/kv/range", {"key": b64(start), "range_end": b64(end)})
+        return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", "")))
+                for kv in answer.get("kvs", ())]
+
+    async def lease_grant(self, ttl: int) -> int:
+        answer = await self.post("/v3/lease/grant", {"TTL": ttl})
+        return int(answer["ID"])
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew one lease (the gateway's keepalive: one id per request); the TTL left."""
+        answer = await self.post("/v3/lease/keepalive", {"ID": lease_id})
+        result = answer.get("result", answer)
+        if "TTL" not in result:
+            raise EtcdError(f"{self.endpoint}: lease {lease_id} not found: {answer}")
+        return int(result["TTL"])
+
     async def status(self) -> dict:
         """/v3/maintenance/status: header.member_id, leader, raftIndex, ... (ids as strings)."""
         return await self.post("/v3/maintenance/status", {})
