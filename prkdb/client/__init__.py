@@ -11,7 +11,12 @@ async with PrkDbClient.connect(["127.0.0.1:8080"]) as client:
     await client.put(b"k", b"v")
     value = await client.get(b"k")                       # linearizable
     nearby = await client.get_with_consistency(b"k", ReadConsistency.FOLLOWER)
+    items = await client.scan(b"app/")                    # every partition, in key order
 ```
+
+Transactions (prkdb.client.txn), leases (``client.lease(ttl)``, kept
+alive in the background) and the `Lock` / `Election` recipes
+(prkdb.client.recipes) are in docs/client.md.
 
 The three share routing, retries, deadlines and exactly-once sessions
 (prkdb.client.core) and have the same methods and errors. Each front end is
@@ -25,17 +30,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from prkdb.client.core import BACKUP_CHUNK, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT
-from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
+from prkdb.client.results import (
+    UNSET,
+    BackupFailed,
+    GetResult,
+    KeyValue,
+    Lease,
+    LeaseStatus,
+    ScanPage,
+    TxnOpResult,
+    TxnResult,
+    WriteResult,
+)
+from prkdb.client.txn import Compare, absent, exists
 from prkdb.errors import (
     ErrorCode,
     InternalError,
     InvalidRequest,
+    LeaseNotFound,
     NotLeader,
     OutcomeUnknown,
     PrkdbError,
     ProtocolError,
     Timeout,
     TooLarge,
+    TooManyLeases,
     Unavailable,
     WrongCluster,
 )
@@ -52,12 +71,15 @@ from prkdb.wire.messages import (
 if TYPE_CHECKING:
     from prkdb.client.aio import AsyncClient
     from prkdb.client.client import PrkDbClient
+    from prkdb.client.recipes import Election, Lock
     from prkdb.client.sync import SyncClient
 
 _FRONT_ENDS = {
     "PrkDbClient": "prkdb.client.client",
     "AsyncClient": "prkdb.client.aio",
     "SyncClient": "prkdb.client.sync",
+    "Lock": "prkdb.client.recipes",
+    "Election": "prkdb.client.recipes",
 }
 
 
@@ -80,10 +102,17 @@ __all__ = [
     "BackupBeginOk",
     "BackupFailed",
     "BatchOp",
+    "Compare",
+    "Election",
     "ErrorCode",
     "GetResult",
     "InternalError",
     "InvalidRequest",
+    "KeyValue",
+    "Lease",
+    "LeaseNotFound",
+    "LeaseStatus",
+    "Lock",
     "NotLeader",
     "OpKind",
     "OpResult",
@@ -92,11 +121,17 @@ __all__ = [
     "PrkdbError",
     "ProtocolError",
     "ReadConsistency",
+    "ScanPage",
     "StatusOk",
     "SyncClient",
     "Timeout",
     "TooLarge",
+    "TooManyLeases",
+    "TxnOpResult",
+    "TxnResult",
     "Unavailable",
     "WriteResult",
     "WrongCluster",
+    "absent",
+    "exists",
 ]

@@ -49,6 +49,7 @@ from prkdb.client.core import (
     Send,
     drive_async,
 )
+from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.routing import split_address
 from prkdb.errors import InvalidRequest
 from prkdb.wire import (
@@ -62,7 +63,7 @@ from prkdb.wire import (
 )
 from prkdb.wire.messages import Error, WireMessage
 
-__all__ = ["AioConnection", "AsyncClient"]
+__all__ = ["AioConnection", "AioKeptLease", "AsyncClient"]
 
 T = TypeVar("T")
 
@@ -316,7 +317,32 @@ class AsyncClient(AsyncApi):
     # --- internals: I/O for the core's plans ----------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
-        return await drive_async(plan, self._send, asyncio.sleep)
+        return await drive_async(plan, self._send, asyncio.sleep, self._gather)
+
+    async def _gather(self, plans: list[Plan[Any]]) -> list[Any]:
+        """Drive `plans` as tasks; the first failure cancels the rest and is raised."""
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._drive(plan)) for plan in plans]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for the finished ones
+            await asyncio.wait(tasks)  # their plans closed, their slots given back
+        failures = [exc for task in tasks if not task.cancelled()
+                    and (exc := task.exception()) is not None]  # each retrieved: no warning
+        if failures:
+            raise failures[0]
+        return [task.result() for task in tasks]
+
+    # --- leases kept alive in the background ------------------------------------------
+
+    def lease(self, ttl: float, *, key: bytes = b"") -> AioKeptLease:
+        """A lease kept alive by an asyncio task while ``async with`` holds it.
+
+        Grants at entry, renews every ttl/3, revokes at exit. See prkdb.client.lease.
+        """
+        return AioKeptLease(self, ttl, key)
 
     async def _send(self, action: Send) -> WireMessage:
         conn = self._connections.get(action.address)
@@ -352,3 +378,33 @@ class AsyncClient(AsyncApi):
         self._connections[address] = conn
         future.set_result(conn)
         return conn
+
+
+@final
+class AioKeptLease(AsyncKeptLease):
+    """`AsyncClient.lease`: the keep-alive runs in an asyncio task."""
+
+    def __init__(self, client: AsyncClient, ttl: float, key: bytes) -> None:
+        super().__init__(client, ttl, key)
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
+
+    async def _start_keeper(self, plan: Plan[None]) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._keep(plan), name=f"prkdb-keep-lease-{self.id}")
+
+    async def _stop_keeper(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _revoke(self, lease_id: int) -> None:
+        # Shielded: a cancelled body still revokes (bounded by the client's timeout).
+        await asyncio.shield(self.client.revoke_lease(lease_id))
+
+    def _notify_lost(self) -> None:
+        self._lost.set()

@@ -8,13 +8,25 @@ docstrings and one behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Iterable
-from typing import IO, Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from prkdb.client.core import BACKUP_CHUNK, ClientCore, Plan
-from prkdb.client.results import UNSET, GetResult, Unset, WriteResult
+from prkdb.client.results import (
+    UNSET,
+    GetResult,
+    KeyValue,
+    Lease,
+    LeaseStatus,
+    ScanPage,
+    TxnResult,
+    Unset,
+    WriteResult,
+)
 from prkdb.client.routing import Topology
+from prkdb.client.scan import DEFAULT_PAGE_SIZE, key_range
 from prkdb.client.sessions import SessionPool
+from prkdb.client.txn import Compare, TxnOpLike
 from prkdb.wire.messages import (
     AdminOk,
     BackupBeginOk,
@@ -23,6 +35,10 @@ from prkdb.wire.messages import (
     ReadConsistency,
     StatusOk,
 )
+from prkdb.wire.messages import Compare as WireCompare
+
+if TYPE_CHECKING:
+    from prkdb.client.lease import AsyncKeptLease
 
 __all__ = ["AsyncApi", "Connecting"]
 
@@ -41,6 +57,15 @@ class AsyncApi:
 
     async def _drive(self, plan: Plan[T]) -> T:
         raise NotImplementedError
+
+    async def drive(self, plan: Plan[T]) -> T:
+        """Run a `ClientCore` plan with this client's I/O; its result.
+
+        The extension point of the SDK: the recipes (prkdb.client.recipes)
+        write their waits and requests once, as plans, and every front end
+        runs them.
+        """
+        return await self._drive(plan)
 
     # --- what the core knows -------------------------------------------------------
 
@@ -104,14 +129,24 @@ class AsyncApi:
         """
         return await self._drive(self.core.get(key, consistency, timeout))
 
-    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> WriteResult:
+    async def put(self, key: bytes, value: bytes, *, lease: int | Lease = 0,
+                  timeout: float | None = None) -> WriteResult:
         """Store `value` under `key`, exactly once.
+
+        Args:
+            lease: attach the key to this lease (an id, or a `Lease` or kept
+                lease): it is deleted when the lease expires or is revoked.
+                The lease must live in the key's partition. 0: no lease (a
+                put without one detaches the key from any).
 
         Raises:
             OutcomeUnknown: the deadline passed while the write's fate was unknown.
             Timeout: the deadline passed and the write surely did not happen.
             InvalidRequest / TooLarge: the write can never succeed.
+            LeaseNotFound: the lease expired or was revoked.
         """
+        if lease:
+            return await self._drive(self.core.put_leased(key, value, lease, timeout))
         return await self._drive(self.core.put(key, value, timeout))
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> WriteResult:
@@ -166,6 +201,206 @@ class AsyncApi:
                 one partition (checked before anything is sent).
         """
         return await self._drive(self.core.batch(ops, timeout))
+
+    # --- scans ---------------------------------------------------------------------
+
+    async def scan(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> list[KeyValue]:
+        """Every key starting with `prefix`, or in ``[start, end)``, in key order (a list).
+
+        Reads every partition a page at a time and merges the pages by key
+        (prkdb.client.scan). Each key that exists for the whole call is
+        returned exactly once; each partition page is read at one
+        linearizable point (at `consistency`), with no snapshot across
+        partitions or pages.
+
+        Args:
+            prefix: the keys' prefix (``b""``: every key); or give start/end.
+            start: first key (None: the first key); end: first key past the
+                range (None: to the last key).
+            limit: at most this many keys (0: all).
+            keys_only: values come back empty (``b""``).
+            consistency: as for `get_entry`, per partition page.
+            page_size: keys asked of one partition per request.
+            timeout: per page request, retries included.
+
+        Returns:
+            `KeyValue` records: key, value, version, mod_revision,
+            create_revision, lease.
+
+        Raises:
+            InvalidRequest: a prefix and start/end together, bad types.
+            Timeout: a partition could not answer in time.
+        """
+        return await self._drive(self.core.scan(
+            key_range(prefix, start, end), limit, keys_only, consistency, page_size, timeout))
+
+    async def scan_iter(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[KeyValue]:
+        """`scan`, lazily: ``async for kv in client.scan_iter(b"app/"): ...``.
+
+        Pages are read as the loop needs them: a loop that stops early reads
+        no more (a partition is asked again only when all it gave was
+        delivered). The guarantees are `scan`'s.
+        """
+        cursor = await self._drive(self.core.scan_cursor(
+            key_range(prefix, start, end), limit, keys_only, consistency, page_size, timeout))
+        while batch := await self._drive(cursor.next_batch()):
+            for item in batch:
+                yield item
+
+    async def scan_page(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        token: bytes | str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> ScanPage:
+        """One page of at most `page_size` keys and an opaque token for the next one.
+
+        For stateless paging (a web API's "next page" link): pass the page's
+        ``token`` to get the next page; ``token`` None means it was the last.
+        The token holds the range, keys_only and the limit left; the range
+        arguments may be given again (they must match) or left out. Each
+        page restarts every partition just after the last key delivered, so
+        the guarantees are `scan`'s, across pages too.
+
+        Raises:
+            InvalidRequest: a damaged token, or one of another range.
+        """
+        given = prefix is not None or start is not None or end is not None
+        return await self._drive(self.core.scan_page(
+            key_range(prefix, start, end) if given or token is None else None, limit,
+            keys_only, consistency, token, page_size, timeout))
+
+    async def count(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> int:
+        """How many keys start with `prefix` (or are in ``[start, end)``); no keys are sent."""
+        return await self._drive(self.core.count(key_range(prefix, start, end), consistency,
+                                                 timeout))
+
+    # --- transactions --------------------------------------------------------------
+
+    async def txn(
+        self,
+        compares: Iterable[Compare | WireCompare],
+        success: Iterable[TxnOpLike],
+        failure: Iterable[TxnOpLike] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """If every compare holds, run the `success` ops, else the `failure` ops; atomically.
+
+        Build compares and ops with prkdb.client.txn: ``Compare.value(k) ==
+        b"x"``, ``Compare.version(k) > 0``, `exists`, `absent`; ``Put(k, v,
+        lease=0)``, ``Delete(k)``, ``Get(k)``. Every key must be in one
+        partition (use a hash tag: ``user:{42}:name``). The txn is one
+        revision; later ops see earlier ones. Exactly once, like every write.
+
+        Returns:
+            `TxnResult` (succeeded, revision, results: one per op of the
+            branch that ran).
+
+        Raises:
+            InvalidRequest: keys in several partitions (named, before
+                sending), a malformed compare or op.
+            LeaseNotFound: a put names a lease that is gone.
+            OutcomeUnknown / Timeout: as for `put`.
+        """
+        return await self._drive(self.core.txn(compares, success, failure, timeout))
+
+    # --- leases --------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: float, *, key: bytes = b"",
+                          timeout: float | None = None) -> Lease:
+        """Grant a lease of `ttl` seconds in the partition of `key` (``b""``: any partition).
+
+        A lease holds keys of its own partition only, so pass one of the
+        keys it will hold (or one with the same hash tag). The server raises
+        a TTL below its minimum (2 s by default); `Lease.ttl` is what it
+        granted. Keep it alive with `keep_alive_once` (or use `lease`,
+        which does that in the background).
+
+        Raises:
+            TooManyLeases: the partition holds its limit of leases.
+        """
+        return await self._drive(self.core.grant_lease(ttl, key, timeout))
+
+    async def keep_alive_once(self, lease_id: int | Lease, *,
+                              timeout: float | None = None) -> float:
+        """Renew a lease now (its full TTL again); the seconds it has left.
+
+        Raises:
+            LeaseNotFound: the lease expired or was revoked.
+        """
+        return await self._drive(self.core.keep_alive_once(lease_id, timeout))
+
+    async def keep_alive_many(self, lease_ids: Iterable[int | Lease], *,
+                              timeout: float | None = None) -> dict[int, float]:
+        """Renew many leases with one request per partition; id -> seconds left (0.0: gone)."""
+        return await self._drive(self.core.keep_alive(lease_ids, timeout))
+
+    async def revoke_lease(self, lease_id: int | Lease, *, timeout: float | None = None) -> int:
+        """Delete a lease and every key attached to it (in one revision); how many keys.
+
+        Raises:
+            LeaseNotFound: no such lease (expired, revoked, never granted).
+        """
+        return await self._drive(self.core.revoke_lease(lease_id, timeout))
+
+    async def lease_ttl(self, lease_id: int | Lease, *, keys: bool = False,
+                        timeout: float | None = None) -> LeaseStatus:
+        """A lease as its partition's leader sees it: TTL, seconds left, keys if `keys`.
+
+        Raises:
+            LeaseNotFound: no such lease.
+        """
+        return await self._drive(self.core.lease_ttl(lease_id, keys, timeout))
+
+    async def leases(self, *, timeout: float | None = None) -> list[LeaseStatus]:
+        """Every lease of the cluster, by id (each partition's leader asked at once)."""
+        return await self._drive(self.core.leases(timeout))
+
+    def lease(self, ttl: float, *, key: bytes = b"") -> AsyncKeptLease:
+        """A lease kept alive in the background while ``async with`` holds it (prkdb.client.lease).
+
+        Grants at entry, renews every ttl/3, revokes at exit (deleting its
+        keys); ``.lost`` turns true if a renewal finds the lease gone.
+        """
+        raise NotImplementedError
 
     # --- admin API -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TypeVar, final
+from typing import Any, TypeVar, final
 
 import trio
 
@@ -39,6 +39,7 @@ from prkdb.client.core import (
     Send,
     drive_async,
 )
+from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.client.routing import split_address
 from prkdb.errors import InvalidRequest
@@ -51,6 +52,7 @@ __all__ = [
     "UNSET",
     "BackupFailed",
     "GetResult",
+    "KeptLease",
     "PrkDbClient",
     "WriteResult",
 ]
@@ -89,6 +91,10 @@ class PrkDbClient(AsyncApi):
         self._connections: dict[str, Connection] = {}
         self._connect_locks: dict[str, trio.Lock] = {}
         self._closed = False
+        # The nursery the client owns for background tasks (kept leases), in a
+        # system task: started on first use, cancelled by aclose.
+        self._background: trio.Nursery | None = None
+        self._background_ready: trio.Event | None = None
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -154,12 +160,71 @@ class PrkDbClient(AsyncApi):
         for conn in self._connections.values():
             conn.close()
         self._connections.clear()
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
         await trio.lowlevel.checkpoint()
+
+    # --- leases kept alive in the background ------------------------------------------
+
+    def lease(self, ttl: float, *, key: bytes = b"",
+              nursery: trio.Nursery | None = None) -> KeptLease:
+        """A lease kept alive in the background while ``async with`` holds it.
+
+        Grants at entry, renews every ttl/3 in a task of `nursery` (default:
+        a nursery this client owns, closed by `aclose`), revokes at exit.
+        See prkdb.client.lease.
+        """
+        return KeptLease(self, ttl, key, nursery)
+
+    async def background_nursery(self) -> trio.Nursery:
+        """The nursery this client owns for background tasks (a system task; see `lease`).
+
+        Raises:
+            InvalidRequest: the client is closed.
+        """
+        if self._closed:
+            raise InvalidRequest("the client is closed")
+        if self._background_ready is None:
+            self._background_ready = trio.Event()
+            trio.lowlevel.spawn_system_task(self._host_background, self._background_ready,
+                                            name="prkdb-client-background")
+        await self._background_ready.wait()
+        assert self._background is not None
+        return self._background
+
+    async def _host_background(self, ready: trio.Event) -> None:
+        # A system task: anything it raised would end the program, so its
+        # children (kept leases) catch their own errors.
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            ready.set()
+            if self._closed:
+                nursery.cancel_scope.cancel()
+            await trio.sleep_forever()
 
     # --- internals: I/O for the core's plans ----------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
-        return await drive_async(plan, self._send, trio.sleep)
+        return await drive_async(plan, self._send, trio.sleep, self._gather)
+
+    async def _gather(self, plans: list[Plan[Any]]) -> list[Any]:
+        """Drive `plans` in tasks of one nursery; the first failure stops the rest."""
+        results: list[Any] = [None] * len(plans)
+        failures: list[Exception] = []
+
+        async def one(index: int, plan: Plan[Any]) -> None:
+            try:
+                results[index] = await self._drive(plan)
+            except Exception as exc:  # judged by the caller's plan, not as a group
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for index, plan in enumerate(plans):
+                nursery.start_soon(one, index, plan)
+        if failures:
+            raise failures[0]
+        return results
 
     async def _send(self, action: Send) -> WireMessage:
         conn = self._connections.get(action.address)
@@ -193,3 +258,51 @@ class PrkDbClient(AsyncApi):
                 raise InvalidRequest("the client is closed")
             self._connections[address] = conn
             return conn
+
+
+@final
+class KeptLease(AsyncKeptLease):
+    """`PrkDbClient.lease`: the keep-alive runs in a task of a trio nursery.
+
+    `start` and `aclose` may be called from different tasks (the task lives
+    in the client's nursery, or the one given), which an election needs.
+    """
+
+    def __init__(self, client: PrkDbClient, ttl: float, key: bytes,
+                 nursery: trio.Nursery | None) -> None:
+        super().__init__(client, ttl, key)
+        self._trio_client = client
+        self._nursery = nursery
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+        self._lost = trio.Event()
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
+
+    async def _start_keeper(self, plan: Plan[None]) -> None:
+        try:
+            nursery = self._nursery or await self._trio_client.background_nursery()
+            nursery.start_soon(self._run, plan, name=f"prkdb-keep-lease-{self.id}")
+        except BaseException:
+            self._stopped.set()  # no keeper to wait for
+            raise
+
+    async def _run(self, plan: Plan[None]) -> None:
+        try:
+            with self._scope:
+                await self._keep(plan)
+        finally:
+            self._stopped.set()
+
+    async def _stop_keeper(self) -> None:
+        self._scope.cancel()
+        with trio.CancelScope(shield=True):  # the body may be cancelled: still stop cleanly
+            await self._stopped.wait()
+
+    async def _revoke(self, lease_id: int) -> None:
+        with trio.CancelScope(shield=True):  # bounded by the client's timeout
+            await self.client.revoke_lease(lease_id)
+
+    def _notify_lost(self) -> None:
+        self._lost.set()

@@ -69,16 +69,7 @@ from prkdb.wire import (
     from_wire,
     next_message,
 )
-from prkdb.wire.messages import (
-    AdminOk,
-    BackupBeginOk,
-    BackupChunk,
-    Error,
-    GetOk,
-    StatusOk,
-    WireMessage,
-    WriteOk,
-)
+from prkdb.wire.messages import RESPONSE_TYPES, Error, GetOk, WireMessage, WriteOk
 
 __all__ = [
     "AttemptExpired",
@@ -93,7 +84,8 @@ __all__ = [
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``(host, port) -> connected stream``; `trio.open_tcp_stream` by default, memory in tests."""
 
-_RESPONSES = (GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, Error)
+# The protocol's response types (the hot two first: isinstance tries them in order).
+_RESPONSES = (GetOk, WriteOk, *sorted(RESPONSE_TYPES - {GetOk, WriteOk}, key=lambda c: c.__name__))
 _RECEIVE_SIZE = 64 * 1024
 # What a broken transport raises; anything else escaping a stream is a bug.
 _TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -291,7 +283,7 @@ class Connection:
         if isinstance(msg, Error) and msg.request_id == 0:
             # About the connection, not a request: the server closes after it.
             raise error_from_frame(msg)
-        state = self._waiters.pop(msg.request_id, None)
+        state = self._waiters.pop(msg.request_id, None)  # type: ignore[union-attr]
         if state is None:
             return  # its caller gave up (cancelled or expired); the answer is not needed
         assert state.task is not None

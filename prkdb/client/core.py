@@ -17,6 +17,10 @@ actions, in its own kind of I/O:
   attempt's `AttemptState` (pass it as the connection's ``state``):
   ``sent`` must be true once the request's bytes may have reached the node.
 - `Sleep`: pause that many seconds (a backoff), then ``send`` None.
+- `Gather`: drive several plans at once (a scan's pages of every
+  partition), then ``send`` their results as a list in plan order; if one
+  raises, stop the others (closing them) and ``throw`` that exception. The
+  blocking front end drives them one after the other.
 
 A front end must ``close()`` a plan it stops driving (cancellation): that
 runs the plan's ``finally`` blocks, which give session slots back.
@@ -83,6 +87,11 @@ from prkdb.client.attempt import (
 from prkdb.client.results import (
     BackupFailed,
     GetResult,
+    KeyValue,
+    Lease,
+    LeaseStatus,
+    ScanPage,
+    TxnResult,
     Unset,
     WriteResult,
     check_key,
@@ -92,10 +101,26 @@ from prkdb.client.results import (
     write_result,
 )
 from prkdb.client.routing import Topology, normalize_address
+from prkdb.client.scan import (
+    KeyRange,
+    ScanMerge,
+    check_count,
+    decode_token,
+    encode_token,
+    pinned_key,
+)
 from prkdb.client.sessions import SessionPool
+from prkdb.client.txn import (
+    Compare,
+    TxnOpLike,
+    check_lease_id,
+    compare_to_wire,
+    ops_to_wire,
+)
 from prkdb.errors import (
     ErrorCode,
     InvalidRequest,
+    LeaseNotFound,
     NotLeader,
     OutcomeUnknown,
     PrkdbError,
@@ -103,29 +128,47 @@ from prkdb.errors import (
     Timeout,
     WrongCluster,
 )
-from prkdb.partitioning import partition_for
 from prkdb.wire import encode_delete_request, encode_get_request, encode_put_request
 from prkdb.wire.messages import (
     BACKUP_CHUNK_MAX,
+    KEEPALIVE_IDS_MAX,
+    KEY_RULE_HASHTAG,
     AdminOk,
     BackupBegin,
     BackupBeginOk,
     BackupChunk,
     BackupRead,
-    Batch,
     BatchOp,
     Cas,
     Error,
     GetOk,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseKeepAliveOk,
+    LeaseList,
+    LeaseListOk,
+    LeaseOk,
+    LeaseRevoke,
+    LeaseTimeToLive,
+    OpKind,
+    OpResult,
     ReadConsistency,
+    Scan,
+    ScanOk,
     Snapshot,
     Status,
     StatusOk,
     TransferLeader,
+    Txn,
+    TxnOk,
+    TxnOp,
+    TxnOpKind,
     WireMessage,
     WriteOk,
+    lease_partition,
     to_wire,
 )
+from prkdb.wire.messages import Compare as WireCompare
 
 __all__ = [
     "BACKUP_CHUNK",
@@ -133,11 +176,14 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "SUSPECT_FOR",
     "ClientCore",
+    "Gather",
     "Plan",
+    "ScanCursor",
     "Send",
     "Sleep",
     "drive_async",
     "drive_blocking",
+    "gather",
 ]
 
 T = TypeVar("T")
@@ -200,7 +246,15 @@ class Sleep:
     seconds: float
 
 
-Plan = Generator[Send | Sleep, Any, T]
+@final
+@dataclass(slots=True)
+class Gather:
+    """Action: drive `plans` at once, then go on with their results, in order (module doc)."""
+
+    plans: list[Generator[Any, Any, Any]]
+
+
+Plan = Generator[Send | Sleep | Gather, Any, T]
 """What every `ClientCore` call returns: drive it to get a ``T``."""
 
 
@@ -243,11 +297,6 @@ def _cas_array(request_id: int, key: bytes, expected_value: bytes | None,
                seq: int) -> list[Any]:
     return to_wire(Cas(request_id, key, expected_value, expected_version, new_value,
                        client_id, seq))
-
-
-def _batch_array(request_id: int, partition: int, ops: tuple[BatchOp, ...], client_id: int,
-                 seq: int) -> list[Any]:
-    return to_wire(Batch(request_id, partition, ops, client_id, seq))
 
 
 _STALE: Final = ReadConsistency.STALE
@@ -358,8 +407,9 @@ class ClientCore:
         if type(consistency) is not ReadConsistency:
             consistency = ReadConsistency(consistency)
         level = int(consistency)
-        count = self.topology.partitions or (yield from self._partition_count(timeout))
-        partition = partition_for(key, count)
+        if not self.topology.partitions:
+            yield from self._partition_count(timeout)
+        partition = self.topology.partition_of(key)
         op = _Op(
             partial(_describe_get, key, consistency),
             lambda rid: encode_get_request(rid, key, level, partition),
@@ -429,20 +479,340 @@ class ClientCore:
         return self._batch(parsed, timeout)
 
     def _batch(self, parsed: tuple[BatchOp, ...], timeout: float | None) -> Plan[WriteResult]:
-        count = yield from self._partition_count(timeout)
-        partitions = {partition_for(op.key, count) for op in parsed}
-        if len(partitions) > 1:
-            raise InvalidRequest(
-                f"batch keys span partitions {sorted(partitions)}; "
-                "an atomic batch must stay in one partition"
-            )
-        (partition,) = partitions
-        return (
-            yield from self._write(
-                f"batch of {len(parsed)} ops", parsed[0].key, _batch_array, (partition, parsed),
-                timeout, describe_key=False,
-            )
+        # A txn without compares on the wire (servers run Batch as one too).
+        ops = tuple(TxnOp(TxnOpKind.PUT, op.key, op.value) if op.kind == OpKind.PUT
+                    else TxnOp(TxnOpKind.DELETE, op.key) for op in parsed)
+        reply = yield from self._txn((), ops, (), timeout, "batch", f"batch of {len(ops)} ops")
+        return WriteResult(True, reply.revision, 0, 0,
+                           tuple(OpResult(r.version, r.prev_version) for r in reply.results))
+
+    def put_leased(self, key: bytes, value: bytes, lease: object,
+                   timeout: float | None) -> Plan[WriteResult]:
+        """Store `value` under `key` attached to `lease` (a one-op txn), exactly once."""
+        op = TxnOp(TxnOpKind.PUT, check_key(key), check_value(value), check_lease_id(lease))
+        reply = yield from self._txn((), (op,), (), timeout, "put", f"put key={op.key[:32]!r}")
+        (result,) = reply.results
+        return WriteResult(True, reply.revision, result.version, result.prev_version)
+
+    # --- scans -----------------------------------------------------------------------
+
+    def scan_cursor(self, rng: KeyRange, limit: int, keys_only: bool,
+                    consistency: ReadConsistency, page_size: int,
+                    timeout: float | None) -> Plan[ScanCursor]:
+        """A scan of `rng` in progress: its `ScanCursor.next_batch` plans deliver keys in order.
+
+        Raises:
+            InvalidRequest: a bad limit or page size.
+        """
+        limit = check_count(limit, "limit")
+        page_size = check_count(page_size, "page_size")
+        merge: ScanMerge[KeyValue] = ScanMerge(
+            (yield from self.scan_partitions(rng, timeout)), rng, limit, page_size)
+        return ScanCursor(self, merge, bool(keys_only), ReadConsistency(consistency), timeout)
+
+    def scan(self, rng: KeyRange, limit: int, keys_only: bool, consistency: ReadConsistency,
+             page_size: int, timeout: float | None) -> Plan[list[KeyValue]]:
+        """Every key of `rng` (at most `limit`; 0 = all), in order, page by page."""
+        cursor = yield from self.scan_cursor(rng, limit, keys_only, consistency, page_size,
+                                             timeout)
+        items: list[KeyValue] = []
+        while batch := (yield from cursor.next_batch()):
+            items += batch
+        return items
+
+    def scan_page(self, rng: KeyRange | None, limit: int, keys_only: bool,
+                  consistency: ReadConsistency, token: object, page_size: int,
+                  timeout: float | None) -> Plan[ScanPage]:
+        """One page of at most `page_size` keys, and the token of the next (None: the last).
+
+        With a `token`, the scan goes on where the page that made it ended:
+        its range, keys_only and limit come from the token (`rng`, if
+        given, must be the scan's range).
+
+        Raises:
+            InvalidRequest: a damaged token, or one from another range than `rng`.
+        """
+        if token is not None:
+            resume = decode_token(token)
+            if rng is not None and not (
+                rng.end == resume.range.end and rng.start <= resume.range.start
+            ):
+                raise InvalidRequest(
+                    f"scan_page: the token continues a scan of "
+                    f"[{resume.range.start[:32]!r}, {resume.range.end!r:.40}), not of "
+                    f"[{rng.start[:32]!r}, {rng.end!r:.40}) (pass the same range, or none)")
+            rng, limit, keys_only = resume.range, resume.limit_left, resume.keys_only
+        elif rng is None:
+            rng = KeyRange(b"", None)
+        page_size = check_count(page_size, "page_size")
+        if page_size < 1:
+            raise InvalidRequest("scan_page: page_size must be >= 1")
+        cursor = yield from self.scan_cursor(rng, limit, keys_only, consistency, page_size,
+                                             timeout)
+        items: list[KeyValue] = []
+        while len(items) < page_size:
+            batch = yield from cursor.next_batch(page_size - len(items))
+            if not batch:
+                break
+            items += batch
+        after = cursor.merge.resume(bool(keys_only))
+        return ScanPage(tuple(items), None if after is None else encode_token(after))
+
+    def count(self, rng: KeyRange, consistency: ReadConsistency,
+              timeout: float | None) -> Plan[int]:
+        """How many keys `rng` holds: every partition counts its part, at once."""
+        if rng.empty:
+            return 0
+        consistency = ReadConsistency(consistency)
+        partitions = yield from self.scan_partitions(rng, timeout)
+        replies = yield from gather([
+            self.scan_request(p, rng.start, rng.end, 0, True, True, consistency, timeout)
+            for p in partitions
+        ])
+        return sum(reply.count for reply in replies)
+
+    def scan_partitions(self, rng: KeyRange, timeout: float | None) -> Plan[list[int]]:
+        """The partitions that may hold keys of `rng`: all, or the one its hash tag picks."""
+        if not self.topology.partitions:
+            yield from self._partition_count(timeout)
+        topo = self.topology
+        if rng.empty:
+            return []
+        if topo.key_rule == KEY_RULE_HASHTAG:
+            tagged = pinned_key(rng)
+            if tagged is not None:
+                return [topo.partition_of(tagged)]
+        return list(range(topo.partitions))
+
+    def scan_request(self, partition: int, start: bytes, end: bytes | None, limit: int,
+                     keys_only: bool, count_only: bool, consistency: ReadConsistency,
+                     timeout: float | None) -> Plan[ScanOk]:
+        """One page (or count) of one partition, at `consistency`, routed as a get is."""
+        op = _Op(
+            lambda: (f"scan of partition {partition} from {start[:32]!r} "
+                     f"({consistency.name.lower()})"),
+            lambda rid: to_wire(Scan(rid, partition, start, end, limit, keys_only, count_only,
+                                     consistency)),
+            partition,
+            consistency,
         )
+        reply = yield from self.execute(op, timeout, ScanOk)
+        assert isinstance(reply, ScanOk)
+        return reply
+
+    # --- transactions ----------------------------------------------------------------
+
+    def txn(self, compares: Iterable[Compare | WireCompare], success: Iterable[TxnOpLike],
+            failure: Iterable[TxnOpLike], timeout: float | None) -> Plan[TxnResult]:
+        """If every compare holds run `success`, else `failure`; atomically, exactly once.
+
+        Raises:
+            InvalidRequest: a malformed compare or op, no key at all, keys in
+                more than one partition, or a leased put whose lease lives in
+                another partition than its key (all before sending).
+        """
+        if isinstance(compares, Compare | WireCompare):
+            compares = [compares]
+        wire_compares = tuple(compare_to_wire(i, c) for i, c in enumerate(compares))
+        yes, no = ops_to_wire("success", success), ops_to_wire("failure", failure)
+        reply = yield from self._txn(
+            wire_compares, yes, no, timeout, "txn",
+            f"txn of {len(wire_compares)} compares, {len(yes)} + {len(no)} ops")
+        return TxnResult(reply.succeeded, reply.revision, reply.results)
+
+    def _txn(self, compares: tuple[WireCompare, ...], success: tuple[TxnOp, ...],
+             failure: tuple[TxnOp, ...], timeout: float | None, what: str,
+             describe: str) -> Plan[TxnOk]:
+        if not self.topology.partitions:
+            yield from self._partition_count(timeout)
+        keys = [c.key for c in compares] + [op.key for op in success] + [
+            op.key for op in failure]
+        partition = self._one_partition(what, keys)
+        for op in (*success, *failure):
+            if op.lease and lease_partition(op.lease) != partition:
+                raise InvalidRequest(
+                    f"{what}: the put of {op.key[:32]!r} names lease {op.lease}, which lives "
+                    f"in partition {lease_partition(op.lease)}, but the key is in partition "
+                    f"{partition}; a lease holds keys of its own partition: grant it with "
+                    f"key= one of the keys it will hold (or a key with the same hash tag)")
+        reply = yield from self._session_call(
+            describe,
+            partition,
+            lambda rid, client_id, seq: Txn(rid, partition, compares, success, failure,
+                                            client_id, seq),
+            TxnOk, timeout)
+        assert isinstance(reply, TxnOk)
+        return reply
+
+    def _one_partition(self, what: str, keys: Sequence[bytes]) -> int:
+        """The partition of all `keys` (the topology is loaded).
+
+        Raises:
+            InvalidRequest: no keys, or keys of several partitions (named, with the cure).
+        """
+        if not keys:
+            raise InvalidRequest(f"{what} needs at least one key (a compare or an op)")
+        topo = self.topology
+        by_partition: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_partition.setdefault(topo.partition_of(key), []).append(key)
+        if len(by_partition) == 1:
+            return next(iter(by_partition))
+        spread = "; ".join(
+            f"partition {p}: {', '.join(repr(k[:32]) for k in dict.fromkeys(ks))}"
+            for p, ks in sorted(by_partition.items()))
+        if topo.key_rule == KEY_RULE_HASHTAG:
+            cure = ("give related keys one hash tag, the part between the first '{' and the "
+                    "next '}', as in 'user:{42}:name' and 'user:{42}:mail'")
+        else:
+            cure = (f"this cluster's key rule is {topo.key_rule!r} (a data dir from before hash "
+                    "tags): it hashes whole keys, so choose keys of one partition")
+        raise InvalidRequest(f"{what} keys span partitions {sorted(by_partition)} ({spread}); "
+                             f"an atomic {what} must stay in one partition: {cure}",
+                             details={"partitions": sorted(by_partition)})
+
+    # --- leases ----------------------------------------------------------------------
+
+    def grant_lease(self, ttl: float, key: bytes, timeout: float | None) -> Plan[Lease]:
+        """A new lease of `ttl` seconds in the partition of `key` (any partition if empty)."""
+        ttl_ms = math.ceil(_positive(ttl, "ttl") * 1000)
+        if not self.topology.partitions:
+            yield from self._partition_count(timeout)
+        if isinstance(key, bytes) and not key:
+            partition = self.rng.randrange(self.topology.partitions)
+        else:
+            partition = self.topology.partition_of(check_key(key, "lease key"))
+        reply = yield from self._session_call(
+            f"lease grant of {ttl}s", partition,
+            lambda rid, client_id, seq: LeaseGrant(rid, partition, ttl_ms, client_id, seq),
+            LeaseOk, timeout)
+        assert isinstance(reply, LeaseOk)
+        if lease_partition(reply.lease_id) != partition or reply.ttl_ms <= 0:
+            raise ProtocolError(f"lease grant in partition {partition} answered lease "
+                                f"{reply.lease_id} of {reply.ttl_ms} ms")
+        return Lease(reply.lease_id, reply.ttl_ms / 1000, partition)
+
+    def keep_alive(self, lease_ids: Iterable[object],
+                   timeout: float | None) -> Plan[dict[int, float]]:
+        """Renew leases at once (one request per partition): id -> seconds left, 0.0 = gone."""
+        ids = list(dict.fromkeys(check_lease_id(i) for i in lease_ids))
+        groups: dict[int, list[int]] = {}
+        for lease_id in ids:
+            partition = yield from self._lease_partition(lease_id, timeout)
+            groups.setdefault(partition, []).append(lease_id)
+        chunks = [(p, tuple(group[i : i + KEEPALIVE_IDS_MAX]))
+                  for p, group in sorted(groups.items())
+                  for i in range(0, len(group), KEEPALIVE_IDS_MAX)]
+        replies = yield from gather(
+            [self._keep_alive_request(p, chunk, timeout) for p, chunk in chunks])
+        remaining: dict[int, float] = {}
+        for (_, chunk), reply in zip(chunks, replies, strict=True):
+            if len(reply.remaining_ms) != len(chunk):
+                raise ProtocolError(f"keep-alive of {len(chunk)} leases answered "
+                                    f"{len(reply.remaining_ms)} times")
+            for lease_id, ms in zip(chunk, reply.remaining_ms, strict=True):
+                remaining[lease_id] = ms / 1000
+        return {lease_id: remaining[lease_id] for lease_id in ids}
+
+    def keep_alive_once(self, lease_id: object, timeout: float | None) -> Plan[float]:
+        """Renew one lease; the seconds it has left.
+
+        Raises:
+            LeaseNotFound: it expired or was revoked.
+        """
+        lease_id = check_lease_id(lease_id)
+        left = (yield from self.keep_alive([lease_id], timeout))[lease_id]
+        if left <= 0:
+            raise LeaseNotFound(f"lease {lease_id} expired or was revoked",
+                                details={"lease_id": lease_id})
+        return left
+
+    def revoke_lease(self, lease_id: object, timeout: float | None) -> Plan[int]:
+        """Delete a lease and its keys (in one entry), exactly once; how many keys went.
+
+        Raises:
+            LeaseNotFound: no such lease (expired, revoked, never granted).
+        """
+        lease_id = check_lease_id(lease_id)
+        partition = yield from self._lease_partition(lease_id, timeout)
+        reply = yield from self._session_call(
+            f"lease revoke of {lease_id}", partition,
+            lambda rid, client_id, seq: LeaseRevoke(rid, lease_id, client_id, seq),
+            WriteOk, timeout)
+        assert isinstance(reply, WriteOk)
+        return reply.version
+
+    def lease_ttl(self, lease_id: object, keys: bool, timeout: float | None
+                  ) -> Plan[LeaseStatus]:
+        """A lease as its leader sees it now (with its keys if `keys`).
+
+        Raises:
+            LeaseNotFound: no such lease.
+        """
+        lease_id = check_lease_id(lease_id)
+        partition = yield from self._lease_partition(lease_id, timeout)
+        op = _Op(lambda: f"lease time-to-live of {lease_id}",
+                 lambda rid: to_wire(LeaseTimeToLive(rid, lease_id, bool(keys))),
+                 partition)
+        reply = yield from self.execute(op, timeout, LeaseOk)
+        assert isinstance(reply, LeaseOk)
+        return LeaseStatus(lease_id, reply.ttl_ms / 1000, reply.remaining_ms / 1000,
+                           tuple(reply.keys))
+
+    def leases(self, timeout: float | None) -> Plan[list[LeaseStatus]]:
+        """Every lease of every partition, by id (asked of all leaders at once)."""
+        count = yield from self._partition_count(timeout)
+        replies = yield from gather(
+            [self._lease_list_request(p, timeout) for p in range(count)])
+        return sorted((LeaseStatus(info.lease_id, info.ttl_ms / 1000, info.remaining_ms / 1000)
+                       for reply in replies for info in reply.leases), key=lambda s: s.id)
+
+    def _lease_partition(self, lease_id: int, timeout: float | None) -> Plan[int]:
+        count = yield from self._partition_count(timeout)
+        partition = lease_partition(lease_id)
+        if lease_id == 0 or partition >= count:
+            raise LeaseNotFound(f"lease {lease_id} cannot exist: it names partition "
+                                f"{partition} of a cluster of {count}",
+                                details={"lease_id": lease_id})
+        return partition
+
+    def _keep_alive_request(self, partition: int, lease_ids: tuple[int, ...],
+                            timeout: float | None) -> Plan[LeaseKeepAliveOk]:
+        op = _Op(lambda: f"keep-alive of {len(lease_ids)} leases in partition {partition}",
+                 lambda rid: to_wire(LeaseKeepAlive(rid, partition, lease_ids)),
+                 partition)
+        reply = yield from self.execute(op, timeout, LeaseKeepAliveOk)
+        assert isinstance(reply, LeaseKeepAliveOk)
+        return reply
+
+    def _lease_list_request(self, partition: int, timeout: float | None
+                            ) -> Plan[LeaseListOk]:
+        op = _Op(lambda: f"lease list of partition {partition}",
+                 lambda rid: to_wire(LeaseList(rid, partition)), partition)
+        reply = yield from self.execute(op, timeout, LeaseListOk)
+        assert isinstance(reply, LeaseListOk)
+        return reply
+
+    def _session_call(self, what: str, partition: int,
+                      build: Callable[[int, int, int], WireMessage],
+                      expect: type[WireMessage], timeout: float | None) -> Plan[WireMessage]:
+        """A write other than put/delete/cas: ``build(request_id, client_id, seq)``
+        with a session slot held throughout (as `_write`, routed by partition)."""
+        slot = self.sessions.acquire()
+        client_id = slot.client_id
+        seq = slot.next_seq
+        try:
+            op = _Op(
+                lambda: f"{what} (partition {partition}, client {client_id} seq {seq})",
+                lambda rid: to_wire(build(rid, client_id, seq)),
+                partition,
+                _LINEARIZABLE,
+                True,
+            )
+            reply = yield from self.execute(op, timeout, expect)
+        finally:
+            self.sessions.release(slot)
+        return reply  # type: ignore[no-any-return]
 
     # --- the admin API -------------------------------------------------------------
 
@@ -650,9 +1020,9 @@ class ClientCore:
             encode: ``encode(request_id, *args, client_id, seq)`` -> the
                 request's frame or wire array.
         """
-        partition = partition_for(
-            key, self.topology.partitions or (yield from self._partition_count(timeout))
-        )
+        if not self.topology.partitions:
+            yield from self._partition_count(timeout)
+        partition = self.topology.partition_of(key)
         slot = self.sessions.acquire()
         # Every attempt is the same request: the slot's ids do not change while held.
         client_id = slot.client_id
@@ -921,13 +1291,63 @@ class ClientCore:
         return Timeout(f"{what}: {where} did not answer within {budget}s (tried: {history})")
 
 
-async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
-                      sleep: Callable[[float], Awaitable[Any]]) -> T:
-    """Run `plan` to its result with an async `send` and `sleep` (trio and asyncio).
+def gather(plans: list[Plan[T]]) -> Plan[list[T]]:
+    """Drive `plans` at once (a `Gather`); one plan is simply run (no action, no task)."""
+    if len(plans) == 1:
+        return [(yield from plans[0])]
+    results: list[T] = yield Gather(plans)
+    return results
 
-    Any exception of `send` is thrown into the plan, which judges it (retry,
-    or raise it back out); a cancellation passes straight through, and the
-    plan is closed so that its session slot is given back.
+
+@final
+class ScanCursor:
+    """A scan in progress: a `ScanMerge` and the requests that feed it.
+
+    Made by `ClientCore.scan_cursor`. Each `next_batch` plan returns the
+    next keys in order (fetching the pages of every partition that needs
+    one, at once), and an empty list once the scan is finished. A front end's
+    ``scan_iter`` drives one plan per batch and yields its keys, so a caller
+    that stops early reads no more pages.
+    """
+
+    __slots__ = ("consistency", "core", "keys_only", "merge", "timeout")
+
+    def __init__(self, core: ClientCore, merge: ScanMerge[KeyValue], keys_only: bool,
+                 consistency: ReadConsistency, timeout: float | None) -> None:
+        self.core = core
+        self.merge = merge
+        self.keys_only = keys_only
+        self.consistency = consistency
+        self.timeout = timeout  # per page request, retries included
+
+    def next_batch(self, at_most: int | None = None) -> Plan[list[KeyValue]]:
+        """The next keys in order (at most `at_most`); empty: the scan is finished."""
+        merge = self.merge
+        while True:
+            items = merge.pop_ready(at_most)
+            if items:
+                return items
+            requests = merge.requests(at_most)
+            if not requests:
+                return items
+            core = self.core
+            replies = yield from gather([
+                core.scan_request(r.partition, r.start, r.end, r.limit, self.keys_only, False,
+                                  self.consistency, self.timeout)
+                for r in requests
+            ])
+            for request, reply in zip(requests, replies, strict=True):
+                merge.add_page(request.partition, reply.kvs, reply.more)
+
+
+async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
+                      sleep: Callable[[float], Awaitable[Any]],
+                      gather: Callable[[list[Plan[Any]]], Awaitable[list[Any]]]) -> T:
+    """Run `plan` to its result with an async `send`, `sleep` and `gather` (trio and asyncio).
+
+    Any exception of `send` or `gather` is thrown into the plan, which judges
+    it (retry, or raise it back out); a cancellation passes straight through,
+    and the plan is closed so that its session slot is given back.
     """
     try:
         action = next(plan)
@@ -939,9 +1359,16 @@ async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
                     action = plan.throw(exc)
                 else:
                     action = plan.send(reply)
-            else:
-                await sleep(action.seconds)  # type: ignore[union-attr]
+            elif action.__class__ is Sleep:
+                await sleep(action.seconds)
                 action = plan.send(None)
+            else:
+                try:
+                    results = await gather(action.plans)  # type: ignore[union-attr]
+                except Exception as exc:
+                    action = plan.throw(exc)
+                else:
+                    action = plan.send(results)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     finally:
@@ -950,7 +1377,10 @@ async def drive_async(plan: Plan[T], send: Callable[[Send], Awaitable[Any]],
 
 def drive_blocking(plan: Plan[T], send: Callable[[Send], Any],
                    sleep: Callable[[float], None]) -> T:
-    """Run `plan` to its result with blocking `send` and `sleep` (the SyncClient's loop)."""
+    """Run `plan` to its result with blocking `send` and `sleep` (the SyncClient's loop).
+
+    A `Gather` runs its plans one after the other (this thread does one thing at a time).
+    """
     try:
         action = next(plan)
         while True:
@@ -961,9 +1391,19 @@ def drive_blocking(plan: Plan[T], send: Callable[[Send], Any],
                     action = plan.throw(exc)
                 else:
                     action = plan.send(reply)
-            else:
-                sleep(action.seconds)  # type: ignore[union-attr]
+            elif action.__class__ is Sleep:
+                sleep(action.seconds)
                 action = plan.send(None)
+            else:
+                plans: list[Plan[Any]] = action.plans  # type: ignore[union-attr]
+                try:
+                    results = [drive_blocking(sub, send, sleep) for sub in plans]
+                except Exception as exc:
+                    for sub in plans:
+                        sub.close()
+                    action = plan.throw(exc)
+                else:
+                    action = plan.send(results)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     finally:

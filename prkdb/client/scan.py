@@ -55,6 +55,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar, final
 import cbor2
 
 from prkdb.errors import InvalidRequest, ProtocolError
+from prkdb.partitioning import hash_slice
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -67,6 +68,7 @@ __all__ = [
     "encode_token",
     "key_after",
     "key_range",
+    "pinned_key",
     "prefix_end",
 ]
 
@@ -153,6 +155,28 @@ def key_range(prefix: object = None, start: object = None, end: object = None) -
                                  f"end={end_b!r:.40})")
         return KeyRange(prefix_b, prefix_end(prefix_b))
     return KeyRange(start_b or b"", end_b)
+
+
+def pinned_key(rng: KeyRange) -> bytes | None:
+    """Under the "hashtag" key rule: a key in the one partition holding all of `rng`, or None.
+
+    Every key of ``[start, end)`` starts with the same ``...{tag}`` when
+    `start` has a hash tag (`prkdb.partitioning.hash_slice`) and `end` is at
+    most the end of the prefix up to the tag's ``}``: then they all share
+    that tag and so a partition. A prefix scan of ``b"{user:42}/"``, or its
+    resumption from a token, reads one partition instead of all.
+    """
+    start, end = rng.start, rng.end
+    if end is None or b"{" not in start:
+        return None
+    tag = hash_slice(start)
+    if len(tag) == len(start):  # no tag: the whole key is hashed
+        return None
+    tagged = start[: start.find(b"{") + len(tag) + 2]  # up to and including the "}"
+    limit = prefix_end(tagged)
+    if limit is None or end > limit:
+        return None
+    return tagged
 
 
 def check_count(value: object, name: str) -> int:

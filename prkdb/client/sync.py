@@ -17,9 +17,11 @@ for the call, as any blocking library would; use `PrkDbClient` or
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any, TypeVar, final
 
 from prkdb.client.blocking import BlockingConnection, Pool
@@ -32,9 +34,22 @@ from prkdb.client.core import (
     Send,
     drive_blocking,
 )
-from prkdb.client.results import UNSET, GetResult, Unset, WriteResult
+from prkdb.client.lease import KeepAliveState, KeptLeaseView, keep_alive_loop
+from prkdb.client.results import (
+    UNSET,
+    GetResult,
+    KeyValue,
+    Lease,
+    LeaseStatus,
+    ScanPage,
+    TxnResult,
+    Unset,
+    WriteResult,
+)
 from prkdb.client.routing import Topology
-from prkdb.errors import InvalidRequest
+from prkdb.client.scan import DEFAULT_PAGE_SIZE, key_range
+from prkdb.client.txn import Compare, TxnOpLike
+from prkdb.errors import InvalidRequest, LeaseNotFound, PrkdbError
 from prkdb.wire.messages import (
     AdminOk,
     BackupBeginOk,
@@ -44,8 +59,9 @@ from prkdb.wire.messages import (
     StatusOk,
     WireMessage,
 )
+from prkdb.wire.messages import Compare as WireCompare
 
-__all__ = ["SyncClient"]
+__all__ = ["SyncClient", "SyncKeptLease"]
 
 T = TypeVar("T")
 
@@ -119,7 +135,10 @@ class SyncClient:
     ) -> GetResult:
         return self._run(self.core.get(key, consistency, timeout))
 
-    def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> WriteResult:
+    def put(self, key: bytes, value: bytes, *, lease: int | Lease = 0,
+            timeout: float | None = None) -> WriteResult:
+        if lease:
+            return self._run(self.core.put_leased(key, value, lease, timeout))
         return self._run(self.core.put(key, value, timeout))
 
     def delete(self, key: bytes, *, timeout: float | None = None) -> WriteResult:
@@ -141,6 +160,103 @@ class SyncClient:
         self, ops: Iterable[tuple[Any, ...] | BatchOp], *, timeout: float | None = None
     ) -> WriteResult:
         return self._run(self.core.batch(ops, timeout))
+
+    def scan(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> list[KeyValue]:
+        return self._run(self.core.scan(
+            key_range(prefix, start, end), limit, keys_only, consistency, page_size, timeout))
+
+    def scan_iter(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> Iterator[KeyValue]:
+        """`scan`, lazily (a generator): pages are read as the loop needs them."""
+        cursor = self._run(self.core.scan_cursor(
+            key_range(prefix, start, end), limit, keys_only, consistency, page_size, timeout))
+        while batch := self._run(cursor.next_batch()):
+            yield from batch
+
+    def scan_page(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        token: bytes | str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> ScanPage:
+        given = prefix is not None or start is not None or end is not None
+        return self._run(self.core.scan_page(
+            key_range(prefix, start, end) if given or token is None else None, limit,
+            keys_only, consistency, token, page_size, timeout))
+
+    def count(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        consistency: ReadConsistency = ReadConsistency.LINEARIZABLE,
+        timeout: float | None = None,
+    ) -> int:
+        return self._run(self.core.count(key_range(prefix, start, end), consistency, timeout))
+
+    def txn(
+        self,
+        compares: Iterable[Compare | WireCompare],
+        success: Iterable[TxnOpLike],
+        failure: Iterable[TxnOpLike] = (),
+        *,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        return self._run(self.core.txn(compares, success, failure, timeout))
+
+    def grant_lease(self, ttl: float, *, key: bytes = b"",
+                    timeout: float | None = None) -> Lease:
+        return self._run(self.core.grant_lease(ttl, key, timeout))
+
+    def keep_alive_once(self, lease_id: int | Lease, *, timeout: float | None = None) -> float:
+        return self._run(self.core.keep_alive_once(lease_id, timeout))
+
+    def keep_alive_many(self, lease_ids: Iterable[int | Lease], *,
+                        timeout: float | None = None) -> dict[int, float]:
+        return self._run(self.core.keep_alive(lease_ids, timeout))
+
+    def revoke_lease(self, lease_id: int | Lease, *, timeout: float | None = None) -> int:
+        return self._run(self.core.revoke_lease(lease_id, timeout))
+
+    def lease_ttl(self, lease_id: int | Lease, *, keys: bool = False,
+                  timeout: float | None = None) -> LeaseStatus:
+        return self._run(self.core.lease_ttl(lease_id, keys, timeout))
+
+    def leases(self, *, timeout: float | None = None) -> list[LeaseStatus]:
+        return self._run(self.core.leases(timeout))
+
+    def lease(self, ttl: float, *, key: bytes = b"") -> SyncKeptLease:
+        """A lease kept alive by a daemon thread while ``with`` holds it (prkdb.client.lease)."""
+        return SyncKeptLease(self, ttl, key)
 
     def status(self, node_id: int | None = None, *, timeout: float | None = None) -> StatusOk:
         return self._run(self.core.status(node_id, timeout))
@@ -184,6 +300,18 @@ class SyncClient:
 
     # --- internals -----------------------------------------------------------------
 
+    def drive(self, plan: Plan[T], *, sleep: Callable[[float], None] = time.sleep) -> T:
+        """Run a `ClientCore` plan on this thread; its result (the SDK's extension point).
+
+        Args:
+            sleep: how to wait between attempts; a background thread passes
+                one that raises when it must stop (a kept lease does).
+        """
+        if self._closed:
+            plan.close()
+            raise InvalidRequest("the client is closed")
+        return drive_blocking(plan, self._send, sleep)
+
     def _run(self, plan: Plan[T]) -> T:
         if self._closed:
             plan.close()
@@ -201,3 +329,84 @@ class SyncClient:
         reply = conn.request(action.build, action, action.deadline, time.monotonic)
         self._pool.give(conn)
         return reply
+
+
+class _Stopped(BaseException):
+    """Raised by a kept lease's sleep when it is closed (a BaseException: no plan catches it)."""
+
+
+@final
+class SyncKeptLease(KeptLeaseView):
+    """`SyncClient.lease`: the keep-alive runs in a daemon thread; ``with`` it.
+
+    Also usable as ``kept.start()`` ... ``kept.close()``. See prkdb.client.lease.
+    """
+
+    def __init__(self, client: SyncClient, ttl: float, key: bytes) -> None:
+        super().__init__(ttl, key)
+        self.client = client
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wait_lost(self, timeout: float | None = None) -> bool:
+        """Block until the lease is lost (True) or `timeout` seconds pass (False)."""
+        return self._lost.wait(timeout)
+
+    def start(self) -> Lease:
+        """Grant the lease and start the keep-alive thread."""
+        if self._state is not None:
+            raise InvalidRequest("the lease is already started")
+        sent_at = self.client.core.clock()
+        lease = self.client.grant_lease(self._ttl, key=self._key)
+        self._state = KeepAliveState(lease, sent_at)
+        self._thread = threading.Thread(target=self._keep, args=(self._state,),
+                                        name=f"prkdb-keep-lease-{lease.id}", daemon=True)
+        self._thread.start()
+        return lease
+
+    def close(self, *, revoke: bool = True) -> None:
+        """Stop the keep-alive thread and (if `revoke` and not lost) revoke. Idempotent.
+
+        Raises:
+            PrkdbError: the revoke failed (the lease then expires within its TTL).
+        """
+        state = self._state
+        if self._closed or state is None:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            # A keep-alive in flight ends within its own timeout (< ttl/3); the
+            # revoke below does not need to wait for it.
+            self._thread.join(state.interval)
+        lost = state.lost
+        state.stopped = True
+        if revoke and not lost:
+            with contextlib.suppress(LeaseNotFound):
+                self.client.revoke_lease(state.lease.id)
+
+    def __enter__(self) -> SyncKeptLease:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.close()
+        except PrkdbError:
+            if exc_type is None:
+                raise  # else the body's error wins; the lease expires by itself
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped()
+
+    def _keep(self, state: KeepAliveState) -> None:
+        try:
+            self.client.drive(keep_alive_loop(self.client.core, state), sleep=self._sleep)
+        except _Stopped:
+            return
+        except Exception as exc:  # a broken client: the lease is as good as lost
+            state.lose(f"lease {state.lease.id}: keep-alive stopped: {exc!r}")
+        if state.lost:
+            self._lost.set()

@@ -16,20 +16,31 @@ answer), or `Delay(seconds)` (answer later).
 
 Writes are de-duplicated per (partition, client_id) like
 prkdb.state.sessions: same seq -> the cached result, lower seq -> an error.
+
+Protocol 3 is served too: `Scan` pages (``scan_page_cap`` keys at most, like
+the server's ``limits.max_scan_page``), `Txn` (compares, then one branch),
+and leases: ids are ``revision << 16 | partition``, deadlines run on trio's
+clock (a kept lease with MockClock is deterministic) and lapsed leases are
+expired, deleting their keys, when the next request arrives. Keys map to
+partitions with ``key_rule`` (hash tags by default).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
 from prkdb.client import PrkDbClient
+from prkdb.client.attempt import ConnectFailed
+from prkdb.client.core import Send, drive_blocking
 from prkdb.errors import ErrorCode
 from prkdb.partitioning import partition_for
 from prkdb.raft.types import Role
@@ -42,25 +53,45 @@ from prkdb.wire.messages import (
     BackupRead,
     Batch,
     Cas,
+    Compare,
+    CompareOp,
+    CompareTarget,
     Delete,
     Error,
     Get,
     GetOk,
     Hello,
     HelloOk,
+    KeyValue,
+    LeaseGrant,
+    LeaseInfo,
+    LeaseKeepAlive,
+    LeaseKeepAliveOk,
+    LeaseList,
+    LeaseListOk,
+    LeaseOk,
+    LeaseRevoke,
+    LeaseTimeToLive,
     NodeInfo,
     OpKind,
     OpResult,
     PartitionStatus,
     Put,
     ReadConsistency,
+    Scan,
+    ScanOk,
     Snapshot,
     Status,
     StatusOk,
     TransferLeader,
+    Txn,
+    TxnOk,
+    TxnOpKind,
+    TxnOpResult,
     WireMessage,
     WriteOk,
     check_hello,
+    lease_partition,
 )
 
 DROP_BEFORE = "drop_before"
@@ -71,6 +102,26 @@ HANG = "hang"
 @dataclass(frozen=True)
 class Delay:
     seconds: float
+
+
+class Record(NamedTuple):
+    """One key of the fake store (``record[0]`` is the value)."""
+
+    value: bytes
+    version: int
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+
+@dataclass
+class FakeLease:
+    ttl_ms: int
+    deadline: float  # trio time
+    keys: set[bytes] = field(default_factory=set)
+
+
+WRITES = (Put, Delete, Cas, Batch, Txn, LeaseGrant, LeaseRevoke)
 
 
 @dataclass
@@ -151,30 +202,82 @@ class FakeNode:
             details["leader_address"] = self.cluster.nodes[leader].address
         return Error(msg.request_id, ErrorCode.NOT_LEADER, "not the leader", details)
 
+    def execute(self, msg: Any) -> WireMessage:
+        """Answer `msg` at once (no hook, no connection): for plans driven without trio."""
+        self.cluster.received.append((self.node_id, msg))
+        return self._execute(msg)
+
     def _execute(self, msg: Any) -> WireMessage:
         cluster = self.cluster
+        cluster.expire_leases()
         match msg:
             case Status():
                 return cluster.status_from(self, msg.request_id)
             case Get():
-                if msg.partition != partition_for(msg.key, cluster.partitions):
+                if msg.partition != cluster.partition_of(msg.key):
                     return Error(msg.request_id, ErrorCode.BAD_REQUEST, "wrong partition")
                 if msg.consistency == ReadConsistency.LINEARIZABLE:
                     err = self._not_leader(msg, msg.partition)
                     if err is not None:
                         return err
-                value, version, mod = cluster.store.get(msg.key, (None, 0, 0))
-                return GetOk(msg.request_id, value, version, mod, cluster.revision)
-            case Put() | Delete() | Cas() | Batch():
-                partition = (
-                    msg.partition
-                    if isinstance(msg, Batch)
-                    else partition_for(msg.key, cluster.partitions)
-                )
+                rec = cluster.store.get(msg.key)
+                if rec is None:
+                    return GetOk(msg.request_id, None, 0, 0, cluster.revision)
+                return GetOk(msg.request_id, rec.value, rec.version, rec.mod_revision,
+                             cluster.revision)
+            case Scan():
+                if msg.consistency == ReadConsistency.LINEARIZABLE:
+                    err = self._not_leader(msg, msg.partition)
+                    if err is not None:
+                        return err
+                return cluster.scan(msg)
+            case Put() | Delete() | Cas() | Batch() | Txn() | LeaseGrant() | LeaseRevoke():
+                match msg:
+                    case Batch() | Txn() | LeaseGrant():
+                        partition = msg.partition
+                    case LeaseRevoke():
+                        partition = lease_partition(msg.lease_id)
+                    case _:
+                        partition = cluster.partition_of(msg.key)
                 err = self._not_leader(msg, partition)
                 if err is not None:
                     return err
                 return cluster.apply_write(msg, partition)
+            case LeaseKeepAlive():
+                err = self._not_leader(msg, msg.partition)
+                if err is not None:
+                    return err
+                now = cluster.clock()
+                remaining = []
+                for lease_id in msg.lease_ids:
+                    lease = cluster.leases.get(lease_id)
+                    if lease is None or lease_partition(lease_id) != msg.partition:
+                        remaining.append(0)
+                        continue
+                    lease.deadline = now + lease.ttl_ms / 1000
+                    remaining.append(lease.ttl_ms)
+                cluster.keep_alives.append(msg.lease_ids)
+                return LeaseKeepAliveOk(msg.request_id, tuple(remaining))
+            case LeaseTimeToLive():
+                err = self._not_leader(msg, lease_partition(msg.lease_id))
+                if err is not None:
+                    return err
+                lease = cluster.leases.get(msg.lease_id)
+                if lease is None:
+                    return Error(msg.request_id, ErrorCode.LEASE_NOT_FOUND, "no such lease",
+                                 {"lease_id": msg.lease_id})
+                left = max(0, round((lease.deadline - cluster.clock()) * 1000))
+                keys = tuple(sorted(lease.keys)) if msg.with_keys else ()
+                return LeaseOk(msg.request_id, msg.lease_id, lease.ttl_ms, left, keys)
+            case LeaseList():
+                err = self._not_leader(msg, msg.partition)
+                if err is not None:
+                    return err
+                now = cluster.clock()
+                return LeaseListOk(msg.request_id, tuple(
+                    LeaseInfo(i, lease.ttl_ms, max(0, round((lease.deadline - now) * 1000)))
+                    for i, lease in sorted(cluster.leases.items())
+                    if lease_partition(i) == msg.partition))
             case TransferLeader():
                 err = self._not_leader(msg, msg.partition)
                 if err is not None:
@@ -204,7 +307,7 @@ class FakeCluster:
 
     def __init__(
         self,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery | None,
         *,
         nodes: int = 3,
         partitions: int = 4,
@@ -216,9 +319,19 @@ class FakeCluster:
         self.nodes = {i: FakeNode(i, f"node{i}.test:{7000 + i}", self) for i in range(1, nodes + 1)}
         # Leaders spread round-robin: partition p led by node p % n + 1.
         self.leaders = {p: p % nodes + 1 for p in range(partitions)}
-        self.store: dict[bytes, tuple[bytes, int, int]] = {}
+        self.store: dict[bytes, Record] = {}
+        self.key_rule = "hashtag"
+        #: Keys a Scan page holds at most (the server's limits.max_scan_page).
+        self.scan_page_cap = 1000
+        #: A granted TTL is at least this (the server's limits.min_lease_ttl_ms).
+        self.min_lease_ttl_ms = 2000
+        self.leases: dict[int, FakeLease] = {}
+        #: What lease deadlines are measured with (tests without trio pass their own).
+        self.clock: Any = trio.current_time
+        #: lease ids of every LeaseKeepAlive served, in order.
+        self.keep_alives: list[tuple[int, ...]] = []
         self.revision = 0
-        self.sessions: dict[tuple[int, int], tuple[int, WriteOk]] = {}
+        self.sessions: dict[tuple[int, int], tuple[int, Any]] = {}
         #: (node_id, request) for every request any node received, in order.
         self.received: list[tuple[int, Any]] = []
         #: (client_id, seq) of every write actually applied (not replayed).
@@ -243,6 +356,7 @@ class FakeCluster:
         if node is None or not node.up:
             raise OSError(errno.ECONNREFUSED, f"connection refused: {host}:{port}")
         client_side, server_side = trio.testing.memory_stream_pair()
+        assert self.nursery is not None
         self.nursery.start_soon(node.serve, server_side)
         return client_side
 
@@ -253,12 +367,19 @@ class FakeCluster:
         for stream in list(node.open_streams):
             await trio.aclose_forcefully(stream)
 
+    def partition_of(self, key: bytes) -> int:
+        return partition_for(key, self.partitions, self.key_rule)  # type: ignore[arg-type]
+
     def writes_received(self, node_id: int | None = None) -> list[tuple[int, Any]]:
         return [
             (n, m)
             for n, m in self.received
-            if isinstance(m, Put | Delete | Cas | Batch) and (node_id is None or n == node_id)
+            if isinstance(m, WRITES) and (node_id is None or n == node_id)
         ]
+
+    def received_of(self, kind: type) -> list[Any]:
+        """Every request of type `kind` any node received, in order."""
+        return [m for _, m in self.received if isinstance(m, kind)]
 
     def status_from(self, node: FakeNode, request_id: int) -> StatusOk:
         return StatusOk(
@@ -280,6 +401,8 @@ class FakeCluster:
                 )
                 for p in range(self.partitions)
             ),
+            "",
+            self.key_rule,
         )
 
     def apply_write(self, msg: Any, partition: int) -> WireMessage:
@@ -289,23 +412,30 @@ class FakeCluster:
             last_seq, result = last
             if msg.seq == last_seq:
                 self.replayed.append((msg.client_id, msg.seq))
-                return WriteOk(
-                    msg.request_id,
-                    result.succeeded,
-                    result.revision,
-                    result.version,
-                    result.prev_version,
-                    result.ops,
-                )
+                return dataclasses.replace(result, request_id=msg.request_id)
             if msg.seq < last_seq:
                 return Error(msg.request_id, ErrorCode.BAD_REQUEST, "stale sequence")
-        self.revision += 1
-        result = self._apply(msg)
+        if isinstance(msg, Txn):
+            wrong = sorted({p for p in map(self.partition_of, _txn_keys(msg)) if p != partition})
+            if wrong:
+                return Error(msg.request_id, ErrorCode.BAD_REQUEST,
+                             f"txn keys in partitions {wrong}, not {partition}")
+        result: Any
+        if isinstance(msg, LeaseRevoke) and msg.lease_id not in self.leases:
+            result = Error(msg.request_id, ErrorCode.LEASE_NOT_FOUND, "no such lease",
+                           {"lease_id": msg.lease_id})
+        elif isinstance(msg, Txn) and any(
+            op.lease and op.lease not in self.leases for op in (*msg.success, *msg.failure)
+        ):
+            result = Error(msg.request_id, ErrorCode.LEASE_NOT_FOUND, "no such lease")
+        else:
+            self.revision += 1
+            result = self._apply(msg, partition)
         self.sessions[session] = (msg.seq, result)
         self.applied.append((msg.client_id, msg.seq))
         return result
 
-    def _apply(self, msg: Any) -> WriteOk:
+    def _apply(self, msg: Any, partition: int) -> Any:
         rev = self.revision
         rid = msg.request_id
         match msg:
@@ -314,8 +444,9 @@ class FakeCluster:
             case Delete():
                 return self._delete(rid, msg.key, rev)
             case Cas():
-                _, version, _ = self.store.get(msg.key, (None, 0, 0))
-                value = self.store.get(msg.key, (None, 0, 0))[0]
+                rec = self.store.get(msg.key)
+                version = rec.version if rec else 0
+                value = rec.value if rec else None
                 ok = (msg.expected_version is None or msg.expected_version == version) and (
                     msg.expected_value is None or msg.expected_value == value
                 )
@@ -333,16 +464,103 @@ class FakeCluster:
                         r = self._delete(rid, op.key, rev)
                     ops.append(OpResult(r.version, r.prev_version))
                 return WriteOk(rid, True, rev, 0, 0, tuple(ops))
+            case Txn():
+                succeeded = all(self._holds(c) for c in msg.compares)
+                results = []
+                for op in msg.success if succeeded else msg.failure:
+                    if op.kind == TxnOpKind.PUT:
+                        w = self._put(rid, op.key, op.value, rev, op.lease)
+                        results.append(TxnOpResult(w.version, w.prev_version))
+                    elif op.kind == TxnOpKind.DELETE:
+                        w = self._delete(rid, op.key, rev)
+                        results.append(TxnOpResult(w.version, w.prev_version))
+                    else:
+                        rec = self.store.get(op.key)
+                        results.append(TxnOpResult(0, 0) if rec is None else TxnOpResult(
+                            rec.version, rec.version, rec.value, rec.mod_revision,
+                            rec.create_revision, rec.lease))
+                return TxnOk(rid, succeeded, rev, tuple(results))
+            case LeaseGrant():
+                ttl_ms = max(msg.ttl_ms, self.min_lease_ttl_ms)
+                lease_id = rev << 16 | partition
+                self.leases[lease_id] = FakeLease(ttl_ms, self.clock() + ttl_ms / 1000)
+                return LeaseOk(rid, lease_id, ttl_ms, ttl_ms)
+            case LeaseRevoke():
+                return WriteOk(rid, True, rev, self._drop_lease(msg.lease_id), 0)
         raise AssertionError(msg)
 
-    def _put(self, rid: int, key: bytes, value: bytes, rev: int) -> WriteOk:
-        _, prev, _ = self.store.get(key, (None, 0, 0))
-        self.store[key] = (value, prev + 1, rev)
+    def _holds(self, cmp: Compare) -> bool:
+        rec = self.store.get(cmp.key)
+        if cmp.target == CompareTarget.VALUE:
+            if rec is None:
+                return False
+            have: Any = rec.value
+            want: Any = cmp.value
+        else:
+            have = 0 if rec is None else {
+                CompareTarget.VERSION: rec.version,
+                CompareTarget.CREATE_REVISION: rec.create_revision,
+                CompareTarget.MOD_REVISION: rec.mod_revision,
+                CompareTarget.LEASE: rec.lease,
+            }[cmp.target]
+            want = cmp.number
+        return {
+            CompareOp.EQUAL: have == want,
+            CompareOp.NOT_EQUAL: have != want,
+            CompareOp.LESS: have < want,
+            CompareOp.GREATER: have > want,
+        }[cmp.op]
+
+    def scan(self, msg: Scan) -> WireMessage:
+        keys = sorted(k for k in self.store if self.partition_of(k) == msg.partition)
+        lo = bisect.bisect_left(keys, msg.start)
+        hi = len(keys) if msg.end is None else max(lo, bisect.bisect_left(keys, msg.end))
+        count = hi - lo
+        if msg.count_only:
+            return ScanOk(msg.request_id, (), count, False, self.revision)
+        limit = min(msg.limit or self.scan_page_cap, self.scan_page_cap)
+        page = keys[lo : min(hi, lo + limit)]
+        kvs = []
+        for key in page:
+            rec = self.store[key]
+            kvs.append(KeyValue(key, b"" if msg.keys_only else rec.value, rec.version,
+                                rec.mod_revision, rec.create_revision, rec.lease))
+        return ScanOk(msg.request_id, tuple(kvs), count, lo + len(page) < hi, self.revision)
+
+    def expire_leases(self) -> None:
+        """Drop every lease whose deadline passed (and its keys), as a leader's tick would."""
+        if not self.leases:
+            return
+        now = self.clock()
+        for lease_id in [i for i, lease in self.leases.items() if lease.deadline <= now]:
+            self.revision += 1
+            self._drop_lease(lease_id)
+
+    def _drop_lease(self, lease_id: int) -> int:
+        lease = self.leases.pop(lease_id)
+        for key in lease.keys:
+            self.store.pop(key, None)
+        return len(lease.keys)
+
+    def _put(self, rid: int, key: bytes, value: bytes, rev: int, lease: int = 0) -> WriteOk:
+        rec = self.store.get(key)
+        prev = rec.version if rec else 0
+        if rec is not None and rec.lease and rec.lease in self.leases:
+            self.leases[rec.lease].keys.discard(key)
+        if lease:
+            self.leases[lease].keys.add(key)
+        self.store[key] = Record(value, prev + 1, rev, rec.create_revision if rec else rev, lease)
         return WriteOk(rid, True, rev, prev + 1, prev)
 
     def _delete(self, rid: int, key: bytes, rev: int) -> WriteOk:
-        _, prev, _ = self.store.pop(key, (None, 0, 0))
-        return WriteOk(rid, True, rev, 0, prev)
+        rec = self.store.pop(key, None)
+        if rec is not None and rec.lease and rec.lease in self.leases:
+            self.leases[rec.lease].keys.discard(key)
+        return WriteOk(rid, True, rev, 0, rec.version if rec else 0)
+
+
+def _txn_keys(msg: Txn) -> list[bytes]:
+    return [c.key for c in msg.compares] + [op.key for op in (*msg.success, *msg.failure)]
 
 
 async def _next(stream: trio.abc.Stream, decoder: FrameDecoder) -> Any:
@@ -358,6 +576,37 @@ async def _next(stream: trio.abc.Stream, decoder: FrameDecoder) -> Any:
         if not isinstance(item, list):
             return None  # CLOSED
         return from_wire(item)
+
+
+class ManualClock:
+    """Time for plans driven without trio: `sleep` moves it on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run_plan(cluster: FakeCluster, plan: Any, clock: ManualClock | None = None) -> Any:
+    """Drive a `ClientCore` plan against `cluster` synchronously (each Send answered at once)."""
+
+    def send(action: Send) -> WireMessage:
+        node = cluster.node_at(action.address)
+        if node is None or not node.up:
+            raise ConnectFailed(action.address, "down")
+        built = action.build(1)
+        if isinstance(built, bytes):
+            decoder = FrameDecoder()
+            decoder.receive_data(built)
+            built = decoder.next_frame()
+        action.sent = True
+        return node.execute(from_wire(built))
+
+    return drive_blocking(plan, send, (clock or ManualClock()).sleep)
 
 
 def error(code: ErrorCode, message: str = "", **details: Any) -> Error:
@@ -377,7 +626,7 @@ def key_in(partition: int, partitions: int, prefix: str = "k") -> bytes:
     """The first key ``{prefix}{i}`` that maps to `partition`."""
     for i in range(10_000):
         key = f"{prefix}{i}".encode()
-        if partition_for(key, partitions) == partition:
+        if partition_for(key, partitions, "hashtag") == partition:
             return key
     raise AssertionError(f"no key for partition {partition}")
 
