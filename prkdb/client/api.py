@@ -190,6 +190,9 @@ class AsyncApi:
     ) -> WriteResult:
         """Apply puts and deletes atomically, in order; all keys must share a partition.
 
+        Sent as a `txn` without compares (one revision, exactly once). Keys
+        share a partition when they share a hash tag (``user:{42}:name``).
+
         Args:
             ops: ``("put", key, value)``, ``("delete", key)`` or `BatchOp` items.
 
