@@ -10,6 +10,7 @@ commands, so nothing imports back up.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import traceback
@@ -24,6 +25,7 @@ from prkctl.errors import OutcomeUnknownError, PrkctlError
 from prkctl.output import print_json
 from prkdb.client import (
     InvalidRequest,
+    LeaseNotFound,
     OutcomeUnknown,
     PrkDbClient,
     PrkdbError,
@@ -99,6 +101,10 @@ class CtlContext:
         else:
             click.echo(human)
 
+    def emit_line(self, data: Any, human: str) -> None:
+        """One record of a stream: a compact JSON line with --json, else the text line."""
+        click.echo(json.dumps(data, sort_keys=True, default=str) if self.json else human)
+
 
 pass_ctl = click.make_pass_decorator(CtlContext, ensure=True)
 
@@ -129,6 +135,10 @@ def translate_errors(fn: F) -> F:
         except InvalidRequest as e:
             _trace(debug)
             raise PrkctlError(f"rejected: {e.message or e}") from e
+        except LeaseNotFound as e:
+            # Its messages name the lease ("lease 7340035 not found (expired or revoked)").
+            _trace(debug)
+            raise PrkctlError(e.message or str(e)) from e
         except PrkdbError as e:
             _trace(debug)
             raise PrkctlError(f"{type(e).__name__}: {e.message or e}") from e

@@ -2,7 +2,7 @@
 
     0  success
     1  the operation failed (cluster unreachable, no leader, cas mismatch, ...)
-    2  bad usage (click)
+    2  bad usage (click), or bad input read from stdin (`BadInputError`)
     3  OutcomeUnknown: a write may or may not have been applied
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-__all__ = ["OutcomeUnknownError", "PrkctlError"]
+__all__ = ["BadInputError", "OutcomeUnknownError", "PrkctlError"]
 
 
 class PrkctlError(click.ClickException):
@@ -28,3 +28,12 @@ class OutcomeUnknownError(PrkctlError):
     """A write's fate is unknown (it may have been applied); exits 3."""
 
     exit_code = 3
+
+
+class BadInputError(PrkctlError):
+    """Input read from stdin (`prkctl txn`) cannot be used; exits 2 like bad usage.
+
+    The message names the spot: ``stdin line 3: ...`` or ``success[1]: ...``.
+    """
+
+    exit_code = 2

@@ -28,6 +28,39 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+class JsonListWriter:
+    """One JSON object printed while its list field is still being filled (a scan streams).
+
+    ``{"kvs": [`` is written at the first item (or at `close`), each item as
+    it comes, one per line, and the remaining fields at `close`, so a listing
+    of a million keys never sits in memory. If the command fails midway the
+    object stays unclosed: the exit code (not 0) says the output is partial.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.items = 0
+
+    def item(self, data: dict[str, Any]) -> None:
+        head = f'{{\n  "{self.name}": [\n' if self.items == 0 else ",\n"
+        click.echo(head + "    " + json.dumps(data, sort_keys=True), nl=False)
+        self.items += 1
+
+    def close(self, **fields: Any) -> None:
+        out = f'{{\n  "{self.name}": []' if self.items == 0 else "\n  ]"
+        for key, value in fields.items():
+            out += f",\n  {json.dumps(key)}: {json.dumps(value, sort_keys=True)}"
+        click.echo(out + "\n}")
+
+
+def echo_bytes(data: bytes, encoding: str) -> None:
+    """One line of output: raw bytes for utf8 (binary round-trips, as `get`), else encoded."""
+    if encoding == "utf8":
+        click.echo(data)
+    else:
+        click.echo(encode_bytes(data, encoding))
+
+
 def decode_arg(text: str, encoding: str, what: str) -> bytes:
     """Command-line text -> bytes; raises click.BadParameter (exit 2) on bad input."""
     try:
@@ -49,7 +82,7 @@ def decode_key(text: str, encoding: str) -> bytes:
     return key
 
 
-def encode_bytes(data: bytes, encoding: str) -> str:
+def encode_bytes(data: bytes, encoding: str, what: str = "the value") -> str:
     """bytes -> text for output; utf8 falls back to an error naming --hex/--base64."""
     if encoding == "hex":
         return data.hex()
@@ -59,7 +92,7 @@ def encode_bytes(data: bytes, encoding: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise PrkctlError(
-            f"the value ({len(data)} bytes) is not UTF-8 text; use --hex or --base64"
+            f"{what} ({len(data)} bytes) is not UTF-8 text; use --hex or --base64"
         ) from None
 
 

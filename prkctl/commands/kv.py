@@ -1,4 +1,4 @@
-"""`prkctl get|put|delete|cas` (also reachable as `prkctl kv get|put|delete|cas`)."""
+"""`prkctl get|put|delete|cas|scan|txn` (also reachable as `prkctl kv ...`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
+from prkctl.commands.lease import LEASE_ID
+from prkctl.commands.scan import CONSISTENCY, ListOptions, list_options, list_range, scan
+from prkctl.commands.txn import txn
 from prkctl.context import CtlContext, pass_ctl, translate_errors
 from prkctl.errors import PrkctlError
-from prkctl.output import decode_arg, decode_key, encode_bytes, encoding_options
-
-CONSISTENCY = {"linearizable": 0, "follower": 1, "stale": 2}
+from prkctl.output import decode_arg, decode_key, echo_bytes, encode_bytes, encoding_options
 
 
 def _write_json(key: bytes, encoding: str, result: Any, **extra: Any) -> dict[str, Any]:
@@ -28,23 +29,42 @@ def _write_json(key: bytes, encoding: str, result: Any, **extra: Any) -> dict[st
 
 @click.command()
 @click.argument("key")
-@click.option("--consistency", type=click.Choice(list(CONSISTENCY)), default="linearizable",
-              show_default=True, help="linearizable: at the leader; follower: a follower after "
-              "a ReadIndex (also linearizable); stale: any replica's local state.")
+@click.option("--prefix", is_flag=True,
+              help="KEY is a prefix: print every key starting with it (\"\" = all keys).")
+@list_options
 @encoding_options
 @pass_ctl
 @translate_errors
-def get(ctl: CtlContext, key: str, consistency: str, encoding: str) -> None:
+def get(ctl: CtlContext, key: str, prefix: bool, limit: int, keys_only: bool,
+        count_only: bool, consistency: str, encoding: str) -> None:
     """Print the value of KEY; exit 1 if the key is absent.
+
+    With --prefix, KEY is a prefix (as etcdctl's `get --prefix`): per key a
+    line with the key and one with the value, in key order across every
+    partition (--keys-only: keys only; --limit N; --count-only: how many);
+    --json: {"kvs": [{key, value, version, mod_revision, create_revision,
+    lease}...], "count": N, "more": bool} with `more` true when --limit cut
+    the listing. Exit 0 even if no key matches. Keys stream page by page
+    (see `prkctl scan`).
 
     \b
     Example:
       prkctl get greeting
       prkctl get --consistency stale greeting
       prkctl --json --hex get 00ff
+      prkctl get --prefix config/ --keys-only
+      prkctl get --prefix "" --count-only        # every key of the cluster
     """
     from prkdb.client import ReadConsistency
 
+    if prefix:
+        list_range(ctl, {"prefix": decode_arg(key, encoding, "KEY")},
+                   ListOptions(limit, keys_only, count_only, consistency), encoding)
+        return
+    for flag, used in (("--limit", limit), ("--keys-only", keys_only),
+                       ("--count-only", count_only)):
+        if used:
+            raise click.UsageError(f"{flag} lists a range: add --prefix (or use `prkctl scan`)")
     k = decode_key(key, encoding)
     level = ReadConsistency(CONSISTENCY[consistency])
 
@@ -63,11 +83,8 @@ def get(ctl: CtlContext, key: str, consistency: str, encoding: str) -> None:
             "consistency": consistency,
         }, "")
     elif res.value is not None:
-        if encoding == "utf8":
-            # Raw bytes, like etcdctl: `prkctl get k > file` round-trips binary values.
-            click.echo(res.value)
-        else:
-            click.echo(encode_bytes(res.value, encoding))
+        # Raw bytes with utf8, like etcdctl: `prkctl get k > file` round-trips binary values.
+        echo_bytes(res.value, encoding)
     if res.value is None:
         raise PrkctlError(f"key {key!r} not found")
 
@@ -75,26 +92,44 @@ def get(ctl: CtlContext, key: str, consistency: str, encoding: str) -> None:
 @click.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--lease", type=LEASE_ID, default=None, metavar="ID",
+              help="Attach KEY to this lease (`prkctl lease grant`): the key is deleted "
+              "when the lease expires or is revoked.")
 @encoding_options
 @pass_ctl
 @translate_errors
-def put(ctl: CtlContext, key: str, value: str, encoding: str) -> None:
+def put(ctl: CtlContext, key: str, value: str, lease: int | None, encoding: str) -> None:
     """Store VALUE under KEY (VALUE "-" reads the value from stdin, raw).
+
+    A put without --lease detaches KEY from any lease it had. The lease
+    must live in KEY's partition: grant it with `lease grant TTL --key KEY`
+    (keys sharing a hash tag, like {svc}/a and {svc}/b, share a partition).
 
     \b
     Example:
       prkctl put greeting hello
       prkctl put config - < settings.json
       prkctl --hex put 00ff cafe
+      prkctl put --lease 7340035 svc/node1 10.0.0.1
     """
     k = decode_key(key, encoding)
     v = sys.stdin.buffer.read() if value == "-" else decode_arg(value, encoding, "VALUE")
 
     async def body(client: Any) -> Any:
-        return await client.put(k, v)
+        from prkdb.client import LeaseNotFound
+
+        if lease is None:
+            return await client.put(k, v)
+        try:
+            return await client.put(k, v, lease=lease)
+        except LeaseNotFound:
+            # The SDK sends a leased put as a one-op txn: its message names "success op 0".
+            raise PrkctlError(f"lease {lease} not found (expired or revoked); {key!r} was "
+                              "not written") from None
 
     res = ctl.run_client(body)
-    ctl.emit(_write_json(k, encoding, res),
+    extra = {} if lease is None else {"lease": lease}
+    ctl.emit(_write_json(k, encoding, res, **extra),
              f"OK revision={res.revision} version={res.version}")
 
 
@@ -171,12 +206,12 @@ def cas(ctl: CtlContext, key: str, new: str, expect: str | None, expect_absent: 
                           f"{res.version})")
 
 
-COMMANDS = (get, put, delete, cas)
+COMMANDS = (get, put, delete, cas, scan, txn)
 
 
 @click.group()
 def kv() -> None:
-    """Keys and values (the same commands as `prkctl get|put|delete|cas`).
+    """Keys and values (the same commands as `prkctl get|put|delete|cas|scan|txn`).
 
     \b
     Example:
