@@ -16,14 +16,14 @@ will never be applied (safe to retry: sessions dedup). A proposal whose fate
 is unknown when the deadline passes is OUTCOME_UNKNOWN.
 
 Leases: the replicated state holds each lease's TTL; their deadlines live
-only on the leader, in `self.leases` (prkdb/server/leases.py), on trio's
-clock. On becoming leader every lease of the applied state gets now + TTL;
-leases granted by entries of earlier terms that are applied later (our log
-may hold them, uncommitted) get theirs once the applied index reaches
-`_lease_fence` (our last index when we took over); leases granted by our own
-proposals get theirs after the Ready that applied them (`_grants`, checked
-per Ready, so applying a put costs nothing more). On a tick, a lapsed lease
-is revoked by proposing `LeaseRevokeCommand(id, expired=True)`.
+only on the leader, in `self.leases`, a `PartitionLeases` (prkdb/server/leases.py:
+the rules and why no lease expires early), on trio's clock. This driver only
+feeds it, at the points the lease simulator (tests/sim/lease_sim.py) feeds
+its own: the term it leads after each Ready with soft or hard state (a new
+leader restarts every TTL), each applied grant's result, keep-alives once
+their ReadIndex round is applied (client_service.py asks for the round),
+and ticks, whose answer is the `LeaseRevokeCommand(id, expired=True)`
+proposals for lapsed leases.
 """
 
 from __future__ import annotations
@@ -70,16 +70,14 @@ from prkdb.server.inbox import (
     TakeSnapshot,
     TransferLeadership,
 )
-from prkdb.server.leases import LeaseKeeper
+from prkdb.server.leases import PartitionLeases
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import recover_partition
 from prkdb.state import (
-    LEASE_PARTITION_BITS,
     DecodedSnapshot,
     KeyRecord,
     KVStateMachine,
-    LeaseRevokeCommand,
     ScanItem,
     encode_command,
 )
@@ -89,10 +87,6 @@ Ts = TypeVarTuple("Ts")
 
 SendMessages = Callable[[int, Sequence[Message]], None]
 """``(partition, messages)``: hand Raft messages to the transport (sent at its next flush)."""
-
-# Most expiry revokes proposed per tick: the rest stay due for the next ticks
-# (one batch of them must not crowd out, or be dropped with, client writes).
-MAX_EXPIRIES_PER_TICK = 1000
 
 
 @dataclass(order=True)
@@ -166,12 +160,7 @@ class PartitionDriver:
         # Lease deadlines, on the leader only (module doc). A lapsed lease's
         # revoke is proposed again after an election timeout if still pending.
         rf = cfg.raft
-        self.leases = LeaseKeeper(retry_s=rf.election_ticks * rf.tick_ms / 1000)
-        self._lease_term = 0  # the term whose leadership set the keeper's deadlines
-        # Applied index from which every lease of earlier terms' entries is in
-        # the state; the keeper takes them in then (0 = nothing to wait for).
-        self._lease_fence = 0
-        self._grants: list[Pending] = []  # our LeaseGrant proposals, until applied
+        self.leases = PartitionLeases(retry_s=rf.election_ticks * rf.tick_ms / 1000)
         self._role_changed = trio.Event()  # set (and replaced) on every role change
         self._recover()
         if self.rebuild is not None:  # a resumed rebuild may have got there before its crash
@@ -231,7 +220,7 @@ class PartitionDriver:
         self._reads.clear()
         self._read_waits.clear()
         self._deadlines.clear()
-        self._stop_leading_leases()
+        self.leases.step_down()
         self.raw = RawNode(self._raft_config(snap.meta.index), self.storage)
         self.log.warning("restarted_partition", snapshot_index=snap.meta.index)
 
@@ -276,57 +265,31 @@ class PartitionDriver:
         """Restart the TTL of each lease: its remaining ms (the TTL), 0 = no such lease.
 
         A lease that lapsed already is not renewed (0): its revoke is on its way.
-        Raises NotLeader unless this node leads and its keeper holds this term's deadlines.
+        Raises NotLeader unless this node leads and holds this term's deadlines.
         """
-        self._check_leading()
-        keeper = self.leases
-        out = []
-        for lease_id in lease_ids:
-            ttl = self._lease_ttl(lease_id)
-            out.append(0 if ttl is None else keeper.renew(lease_id, ttl, now))
+        out = self.leases.keep_alive(lease_ids, self.sm, now, self._lead_term())
+        if out is None:
+            raise self.not_leader_error()
         return out
 
     def lease_status(self, lease_id: int, now: float, with_keys: bool
                      ) -> tuple[int, int, list[bytes]] | None:
         """``(ttl_ms, remaining_ms, keys)`` of a lease (keys only if asked), None if unknown."""
         self._check_leading()
-        if with_keys:
-            rec = self.sm.lease(lease_id)
-            if rec is None:
-                return None
-            ttl, keys = rec
-        else:
-            found = self._lease_ttl(lease_id)
-            if found is None:
-                return None
-            ttl, keys = found, []
-        remaining = self.leases.remaining_ms(lease_id, now)
-        # Not known to the keeper yet (granted by an entry of an earlier term,
-        # applied in this very pass): its TTL starts no earlier than now.
-        return ttl, ttl if remaining is None else remaining, keys
+        return self.leases.status(lease_id, self.sm, now, with_keys)
 
     def lease_list(self, now: float) -> list[tuple[int, int, int]]:
         """``(lease_id, ttl_ms, remaining_ms)`` of every lease of the partition, by id."""
         self._check_leading()
-        remaining = self.leases.remaining_ms
-        out = []
-        for lease_id, ttl in self.sm.leases():
-            r = remaining(lease_id, now)
-            out.append((lease_id, ttl, ttl if r is None else r))
-        return out
+        return self.leases.listing(self.sm, now)
 
-    def _lease_ttl(self, lease_id: int) -> int | None:
-        if not self.sm.has_lease(lease_id):
-            return None
-        ttl = self.leases.ttl_ms(lease_id)
-        if ttl is None:
-            rec = self.sm.lease(lease_id)
-            assert rec is not None
-            ttl = rec[0]
-        return ttl
+    def _lead_term(self) -> int:
+        """The term this node leads, 0 if it does not lead (what `self.leases` is told)."""
+        raw = self.raw
+        return raw.term if raw.role == Role.LEADER else 0
 
     def _check_leading(self) -> None:
-        if not self.is_leader or not self.leases.leading or self._lease_term != self.raw.term:
+        if not self.leases.leads(self._lead_term()):
             raise self.not_leader_error()
 
     def not_leader_error(self) -> NotLeader:
@@ -352,10 +315,12 @@ class PartitionDriver:
         self._submit(ClientWrite(self.partition, pending), pending, deadline)
 
     def submit_lease_grant(self, data: bytes, deadline: float, callback: Callback) -> None:
-        """`submit_write` for a LeaseGrantCommand: once applied here, its TTL starts."""
-        pending = Pending(callback, data)
-        self._grants.append(pending)
-        self._submit(ClientWrite(self.partition, pending), pending, deadline)
+        """`submit_write` for a LeaseGrantCommand.
+
+        Nothing more to do: once applied on the leader, the grant's result
+        starts its TTL (`_apply` hands every grant result to `self.leases`).
+        """
+        self.submit_write(data, deadline, callback)
 
     def submit_read(self, deadline: float, callback: Callback) -> None:
         """`callback(applied_index, error)` once a linearizable read may be served here."""
@@ -470,19 +435,13 @@ class PartitionDriver:
             self._expire_leases(now)
 
     def _expire_leases(self, now: float) -> None:
-        if not self.is_leader:
-            return  # deposed in this pass: the soft state clears the keeper
-        expired = []
-        for lease_id in self.leases.due(now, MAX_EXPIRIES_PER_TICK):
-            if not self.sm.has_lease(lease_id):
-                self.leases.forget(lease_id)  # revoked meanwhile (or our revoke applied)
-                continue
-            expired.append(lease_id)
-            cmd = LeaseRevokeCommand(lease_id, expired=True)
+        revokes = self.leases.expire(now, self.sm, self._lead_term())
+        for cmd in revokes:
             # No session: a second revoke of the same lease is a harmless LEASE_NOT_FOUND.
             self._proposals.append(Pending(self._expiry_applied, encode_command(cmd)))
-        if expired:
-            self.log.info("leases_expired", count=len(expired), leases=expired[:8])
+        if revokes:
+            self.log.info("leases_expired", count=len(revokes),
+                          leases=[c.lease_id for c in revokes[:8]])
 
     def _expiry_applied(self, result: object, error: PrkdbError | None) -> None:
         if error is not None:  # lost or dropped: proposed again after the retry interval
@@ -583,9 +542,10 @@ class PartitionDriver:
             self.send(self.partition, rd.messages_after_persist)
         if rd.soft_state is not None:
             self._on_soft_state(rd)
+        if rd.soft_state is not None or rd.hard_state is not None:
+            # (a term change comes with a hard state even if the role is the same)
+            self.leases.observe(self._lead_term(), self.sm, trio.current_time())
         self._apply(rd, decoded)
-        if self.leases.leading and (self._lease_fence or self._grants):
-            self._sync_leases()
         self.raw.advance(rd)
         if self.rebuild is not None and rd.hard_state is not None:
             self._check_rebuilt(rd.hard_state.commit)
@@ -672,11 +632,6 @@ class PartitionDriver:
         self.leader_id, self.role = ss.leader, ss.role
         self._role_changed.set()
         self._role_changed = trio.Event()
-        if ss.role == Role.LEADER:
-            if not self.leases.leading or self._lease_term != self.raw.term:
-                self._start_leading_leases()
-        elif self.leases.leading:
-            self._stop_leading_leases()
         if was_leader and ss.role != Role.LEADER:
             # Reads waiting for a heartbeat round we led will never be confirmed.
             err = self.not_leader_error()
@@ -684,40 +639,6 @@ class PartitionDriver:
                 for w in reads:
                     w.finish(error=err)
             self._reads.clear()
-
-    def _start_leading_leases(self) -> None:
-        """Every lease gets its full TTL from now (a new leader never expires one early)."""
-        self.leases.lead(trio.current_time(), self.sm.leases())
-        self._lease_term = self.raw.term
-        # Entries of earlier terms are all at or below our last index now;
-        # the leases they grant join the keeper once they are applied.
-        self._lease_fence = self.raw.status().last_index
-        # (`_grants` is kept: a grant may have been submitted after the core
-        # became leader and before this soft state reached us.)
-
-    def _stop_leading_leases(self) -> None:
-        self.leases.step_down()
-        self._lease_term = self._lease_fence = 0
-        self._grants.clear()
-
-    def _sync_leases(self) -> None:
-        """After an apply on the leader: start the TTLs of leases granted by what was applied."""
-        now = trio.current_time()
-        applied = self.applied_index
-        if self._lease_fence and applied >= self._lease_fence:
-            self._lease_fence = 0
-            self.leases.sync(self.sm.leases(), now)
-        if self._grants:
-            pending = []
-            for p in self._grants:
-                if p.index and p.index <= applied:
-                    lease_id = p.index << LEASE_PARTITION_BITS | self.partition
-                    rec = self.sm.lease(lease_id)  # None: refused (limit) or a replay
-                    if rec is not None:
-                        self.leases.add(lease_id, rec[0], now)
-                elif p.index or not p.done:
-                    pending.append(p)  # proposed and not applied yet, or not proposed yet
-            self._grants = pending
 
     def _apply(self, rd: Ready, decoded: DecodedSnapshot | None) -> None:
         sm = self.sm
@@ -731,8 +652,12 @@ class PartitionDriver:
                     error=OutcomeUnknown(f"write at index {idx} was covered by a snapshot")
                 )
         by_index = self._by_index
+        # A grant applied while leading starts its TTL now (a follower keeps none).
+        leases = self.leases if self.leases.leading else None
         for e in rd.committed_entries:
             result = sm.apply(e.index, e.data) if e.data else None
+            if leases is not None and result is not None and result.lease_id:
+                leases.granted(result.lease_id, sm, trio.current_time())
             if by_index:
                 prop = by_index.pop(e.index, None)
                 if prop is not None:

@@ -1,5 +1,9 @@
 """The leader's lease deadlines (prkdb/server/leases.py), driven by a fake clock.
 
+`LeaseKeeper` alone, then `PartitionLeases`, the glue the daemon and the
+lease simulator (tests/sim/test_leases.py, whole clusters) share, over a
+real state machine.
+
 What the issue asks of expiry, checked here on the keeper alone (no Raft, no
 trio): a lease never lapses before its TTL has run since the latest of
 leadership start, grant and keep-alive (so a leader change never expires a
@@ -14,7 +18,14 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prkdb.server.leases import LeaseKeeper
+from prkdb.server.leases import LeaseKeeper, PartitionLeases
+from prkdb.state import (
+    KVStateMachine,
+    LeaseGrantCommand,
+    LeaseRevokeCommand,
+    PutCommand,
+    encode_command,
+)
 
 TICK = 0.05
 TTL_MS = 2000
@@ -197,3 +208,84 @@ def test_no_lease_lapses_early_and_none_is_missed(events: list, phase: float) ->
             reported.discard(lease_id)
             keeper.forget(lease_id)
     run_ticks(now + 5.0)
+
+
+# -- PartitionLeases: what the driver feeds, what it answers ---------------------------
+
+
+def _state(*grants: tuple[int, int]) -> KVStateMachine:
+    """A partition-1 state machine with a lease granted at each ``(index, ttl_ms)``."""
+    sm = KVStateMachine(partition=1)
+    for index, ttl_ms in grants:
+        sm.apply(index, encode_command(LeaseGrantCommand(ttl_ms)))
+    return sm
+
+
+A, B = 1 << 16 | 1, 2 << 16 | 1  # the leases granted at indexes 1 and 2
+
+
+def test_a_follower_answers_not_leader_and_expires_nothing() -> None:
+    sm = _state((1, TTL_MS))
+    leases = PartitionLeases(retry_s=0.5)
+    leases.observe(0, sm, 0.0)
+    assert not leases.leading and not leases.leads(0)
+    assert leases.keep_alive([A], sm, 1.0, 0) is None
+    assert leases.expire(100.0, sm, 0) == []
+    leases.granted(A, sm, 1.0)
+    assert leases.next_due == math.inf
+
+
+def test_leading_a_new_term_restarts_every_ttl_even_without_a_role_change() -> None:
+    # Deposed and elected again between two Readies: the soft state did not
+    # change, the term did (a hard state says so). Another leader may have
+    # renewed the lease meanwhile: nothing of the old term's deadlines stays.
+    sm = _state((1, TTL_MS))
+    leases = PartitionLeases(retry_s=0.5)
+    leases.observe(3, sm, 0.0)
+    assert leases.leads(3) and not leases.leads(4)
+    assert leases.keep_alive([A], sm, 1.0, 4) is None  # leads 4, deadlines of 3
+    leases.observe(3, sm, 1.5)  # same term: deadlines kept
+    assert leases.expire(2.0, sm, 3) == [LeaseRevokeCommand(A, expired=True)]
+    leases.observe(4, sm, 2.0)
+    assert leases.expire(3.99, sm, 4) == []
+    assert leases.keep_alive([A], sm, 3.0, 4) == [TTL_MS]
+    assert leases.expire(4.99, sm, 4) == []
+    assert leases.expire(5.0, sm, 4) == [LeaseRevokeCommand(A, expired=True)]
+    leases.observe(0, sm, 5.0)
+    assert not leases.leading and leases.term == 0 and leases.next_due == math.inf
+
+
+def test_a_grant_applied_while_leading_starts_its_ttl_then() -> None:
+    sm = _state((1, TTL_MS))
+    leases = PartitionLeases(retry_s=0.5)
+    leases.observe(2, sm, 0.0)
+    sm.apply(2, encode_command(LeaseGrantCommand(3000)))
+    leases.granted(B, sm, 0.7)
+    assert leases.status(B, sm, 0.7, with_keys=False) == (3000, 3000, [])
+    leases.granted(B, sm, 1.5)  # a session's replay of the grant: the deadline stays
+    assert leases.status(B, sm, 1.5, with_keys=False) == (3000, 2200, [])
+    sm.apply(3, encode_command(LeaseRevokeCommand(B)))
+    leases.granted(B, sm, 1.6)  # replayed after the revoke: not brought back
+    assert leases.status(B, sm, 1.6, with_keys=False) is None
+    assert leases.listing(sm, 1.0) == [(A, TTL_MS, 1000)]
+
+
+def test_expire_revokes_lapsed_leases_and_forgets_those_revoked_meanwhile() -> None:
+    sm = _state((1, TTL_MS), (2, TTL_MS))
+    leases = PartitionLeases(retry_s=0.5, max_expiries=1)
+    leases.observe(1, sm, 0.0)
+    sm.apply(3, encode_command(PutCommand(b"k", b"v", A)))
+    sm.apply(4, encode_command(LeaseRevokeCommand(B)))  # its client revoked it
+    assert leases.status(A, sm, 1.0, with_keys=True) == (TTL_MS, 1000, [b"k"])
+    assert leases.expire(1.99, sm, 1) == []
+    assert leases.next_due == 2.0
+    # One per call (max_expiries); B is gone from the state: no proposal for it.
+    got = leases.expire(2.0, sm, 1) + leases.expire(2.0, sm, 1)
+    assert got == [LeaseRevokeCommand(A, expired=True)]
+    assert leases.keep_alive([A, B], sm, 2.1, 1) == [0, 0]  # lapsed; gone
+    assert leases.expire(2.49, sm, 1) == []
+    assert leases.expire(2.5, sm, 1) == [LeaseRevokeCommand(A, expired=True)]  # retried
+    sm.apply(5, encode_command(LeaseRevokeCommand(A, expired=True)))
+    assert leases.expire(3.0, sm, 1) == []  # forgotten (a stale heap entry is left)
+    assert leases.expire(10.0, sm, 1) == []
+    assert leases.next_due == math.inf
