@@ -241,6 +241,9 @@ class SimNode:
 class Network:
     """N cores over a simulated network. Messages queue until `deliver` runs."""
 
+    #: The node type; a subclass may bring its own state machine (tests/sim/lease_sim.py).
+    node_class: type[SimNode] = SimNode
+
     def __init__(
         self,
         n: int = 3,
@@ -274,7 +277,7 @@ class Network:
         self.sent: Counter[MsgType] = Counter()
         self.trace: list[str] = []
         self.trace_enabled = False
-        self.nodes = {i: SimNode(i, self.ids, self, kw) for i in self.ids}
+        self.nodes = {i: self.node_class(i, self.ids, self, kw) for i in self.ids}
         self._read_seq = 0
 
     # -- faults ---------------------------------------------------------------
