@@ -468,6 +468,8 @@ def txn(ctl: CtlContext, encoding: str) -> None:
       printf 'absent("lock")\\n\\nput lock me\\n\\nget lock\\n' | prkctl txn
       prkctl --json txn < transfer.json
     """
+    if sys.stdin.isatty():
+        click.echo("prkctl: reading the txn from stdin; end it with Ctrl-D", err=True)
     spec = parse_txn(sys.stdin.buffer.read(), encoding)
 
     async def body(client: Any) -> Any:

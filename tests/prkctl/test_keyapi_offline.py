@@ -15,7 +15,7 @@ import pytest
 from prkctl.cli import CtlContext
 from prkctl.commands.txn import TxnSpec, parse_txn
 from prkctl.errors import BadInputError
-from prkdb.client import KeyValue, LeaseNotFound, LeaseStatus, TxnOpResult, TxnResult
+from prkdb.client import KeyValue, LeaseNotFound, LeaseStatus, Timeout, TxnOpResult, TxnResult
 from prkdb.client.results import Lease
 from prkdb.client.txn import Compare, CompareOp, CompareTarget, Delete, Get, Put, absent, exists
 from tests.prkctl.helpers import invoke
@@ -401,3 +401,64 @@ def test_put_lease_and_lease_commands_output() -> None:
     res = invoke(SEEDS, "--json", "lease", "list", obj=fake_ctl(client))
     assert json.loads(res.stdout)["leases"][1] == {"id": 9 << 16, "partition": 0, "ttl": 2.0,
                                                    "remaining": 0.25}
+
+
+def test_every_command_is_in_the_operations_table() -> None:
+    # docs/operations.md "prkctl in one table": a new command must get a row.
+    from pathlib import Path
+
+    from tests.prkctl.test_offline import all_commands
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = doc.split("## prkctl in one table", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    missing = [" ".join(path) for path in all_commands() if path
+               and not any(f"{path[-2]} " in row and path[-1] in row if len(path) > 1
+                           else f"`{path[0]}" in row for row in rows)]
+    assert missing == []
+
+
+class KeepAliveFake(FakeKeyApi):
+    """A lease of `ttl` seconds whose renewals answer from `script` (a float or an error)."""
+
+    def __init__(self, ttl: float, script: list[float | Exception]) -> None:
+        super().__init__()
+        self.ttl = ttl
+        self.script = script
+        self.renewals = 0
+
+    async def lease_ttl(self, lease_id: int, *, keys: bool = False) -> LeaseStatus:
+        return LeaseStatus(lease_id, self.ttl, self.ttl)
+
+    async def keep_alive_once(self, lease_id: int, *, timeout: float | None = None) -> float:
+        self.renewals += 1
+        step = self.script.pop(0) if self.script else Timeout("no leader")
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def test_keep_alive_runs_until_the_lease_is_gone() -> None:
+    gone = LeaseNotFound("lease 65536 expired or was revoked")
+    client = KeepAliveFake(0.15, [0.15, 0.15, Timeout("electing"), 0.15, gone])
+    res = invoke(SEEDS, "--json", "lease", "keep-alive", "65536", obj=fake_ctl(client))
+    assert res.exit_code == 1
+    # one JSON object per renewal; a failed renewal is retried with a note on stderr
+    assert [json.loads(ln) for ln in res.stdout.splitlines()] == [
+        {"id": 65536, "remaining": 0.15}] * 3
+    assert "keep-alive of lease 65536 failed, retrying: electing" in res.stderr
+    assert res.stderr.endswith("prkctl: lease 65536 expired or was revoked\n")
+    assert client.renewals == 5
+
+
+def test_keep_alive_gives_up_after_a_ttl_without_renewal() -> None:
+    client = KeepAliveFake(0.15, [0.15])  # then the cluster stays unavailable
+    res = invoke(SEEDS, "lease", "keep-alive", "65536", obj=fake_ctl(client))
+    assert res.exit_code == 1
+    assert res.stdout == "lease 65536 kept alive, remaining 0.15s\n"
+    assert res.stderr.splitlines()[-1] == (
+        "prkctl: lease 65536: no keep-alive succeeded for its whole TTL (0.15s); it may have "
+        "expired (no leader)")
+    res = invoke(SEEDS, "lease", "keep-alive", "--once", "65536",
+                 obj=fake_ctl(KeepAliveFake(10.0, [9.5])))
+    assert res.exit_code == 0 and res.stdout == "lease 65536 kept alive, remaining 9.5s\n"
