@@ -163,6 +163,8 @@ class NetnsCluster(NodeProcesses):
         self._snapshot_entries = snapshot_entries
         self.subnet = ""
         self.faults: list[str] = []  # a log of injected faults, for reports
+        # Wiped nodes whose rebuild is not known to be over: id -> (marker seen, restart time).
+        self._rebuild_watch: dict[int, tuple[bool, float | None]] = {}
         self._setup_network()
         self._write_configs()
 
@@ -244,6 +246,8 @@ class NetnsCluster(NodeProcesses):
     def start(self, i: int, extra_args: Sequence[str] = ()) -> None:
         super().start(i, extra_args)
         self.paused.discard(i)
+        if i in self._rebuild_watch:
+            self._rebuild_watch[i] = (self._rebuild_watch[i][0], time.monotonic())
 
     def wipe(self, i: int) -> None:
         """kill -9 node i and lose its disk: its data dir is moved aside (kept for forensics)."""
@@ -252,11 +256,38 @@ class NetnsCluster(NodeProcesses):
         n = sum(1 for _ in d.parent.glob(d.name + ".lost*"))
         if d.exists():
             d.rename(d.with_name(f"{d.name}.lost{n}"))
+        self._rebuild_watch[i] = (False, None)
         self.faults.append(f"wipe {i}")
 
+    REBUILD_MARKER_GRACE = 20.0  # seconds after the restart a marker must have shown by
+
     def rebuilding(self) -> list[int]:
-        """Nodes whose rebuild (after a wipe) has not completed yet."""
-        return [i for i in self.ids if (self.data_dirs[i] / "REBUILDING").exists()]
+        """Nodes whose rebuild (after a wipe) has not completed yet.
+
+        A wiped node counts from the wipe on, not only while its data dir
+        holds the REBUILDING marker: the restarted process writes the marker
+        only after it started (seconds on a loaded machine), and a nemesis
+        that looked in between wiped a second node, which in a 3-node
+        cluster loses a majority of disks (the cluster never recovers).
+        It stops counting once the marker was seen and is gone again, or
+        (a rebuild too fast to catch) `REBUILD_MARKER_GRACE` seconds after
+        the restart without a marker.
+        """
+        out = []
+        for i in self.ids:
+            marker = (self.data_dirs[i] / "REBUILDING").exists()
+            watch = self._rebuild_watch.get(i)
+            if watch is not None:
+                seen, started = watch
+                if marker:
+                    self._rebuild_watch[i] = (True, started)
+                elif seen or (started is not None
+                              and time.monotonic() - started > self.REBUILD_MARKER_GRACE):
+                    del self._rebuild_watch[i]
+                    watch = None
+            if marker or watch is not None:
+                out.append(i)
+        return out
 
     def kill(self, i: int) -> None:
         """kill -9: no handoff, no flush."""
