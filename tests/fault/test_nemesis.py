@@ -1,9 +1,15 @@
 """Scenario 3: random nemesis (partitions, kill -9, SIGSTOP) under a mixed workload.
 
 Clients do puts, deletes, CAS, LINEARIZABLE and FOLLOWER reads on a few hot
-keys; the whole history must be linearizable (per key register), and after
-healing every node must hold the same value for every key, equal to a final
-linearizable read (so no acknowledged write was lost).
+keys, and two-key transactions on a few groups (each group's keys share a
+partition through a hash tag: a "move" that puts both keys if key a still
+holds what the worker last saw, else reads the pair; see
+tests/fault/workload.py). The whole history must be linearizable: per key
+register for the single-key ops (CAS included, both outcomes), per group for
+the txns (the branch taken must be the one the compare allowed, and no read
+may see a pair torn between two txns). After healing every node must hold the
+same value for every key, equal to a final linearizable read (so no
+acknowledged write was lost).
 """
 
 from __future__ import annotations
@@ -18,19 +24,33 @@ import trio
 from prkdb.client import ReadConsistency
 from prkdb.testing.linearizability import History, check_history
 from tests.fault.netns import wait_replicas_agree
-from tests.fault.workload import NemesisLog, Stats, connect, mixed_worker, random_nemesis, rec_get
+from tests.fault.workload import (
+    NemesisLog,
+    Stats,
+    connect,
+    mixed_worker,
+    random_nemesis,
+    rec_get,
+    rec_read_groups,
+    txn_group,
+    txn_worker,
+)
 
 pytestmark = pytest.mark.slow
 
 DURATION = 25.0  # seconds of faults per cluster size
 WORKERS = 6
+TXN_WORKERS = 3
+GROUPS = 3  # txn groups ({g0}:a, {g0}:b, ...): few, so that txns contend
 KEYS = [b"key-%d" % i for i in range(8)]
+GROUP_KEYS = [k for g in range(GROUPS) for k in txn_group(g)[1:]]
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
 async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
+    print(f"\nseed {seed} nodes {nodes}")
     c = make_cluster(nodes, partitions=4)
     h = History()
     stats = Stats()
@@ -40,6 +60,9 @@ async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) 
         async with trio.open_nursery() as nursery:
             for p in range(WORKERS):
                 nursery.start_soon(mixed_worker, client, h, p, KEYS, stop, stats,
+                                   random.Random(rng.random()), 1.0)
+            for p in range(TXN_WORKERS):
+                nursery.start_soon(txn_worker, client, h, WORKERS + p, GROUPS, stop, stats,
                                    random.Random(rng.random()), 1.0)
             nursery.start_soon(random_nemesis, c, stop, random.Random(rng.random()), nem, h.t0)
             await trio.sleep(DURATION)
@@ -58,7 +81,8 @@ async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) 
                     break
             else:
                 raise AssertionError(f"final read of {k!r} failed: {stats.summary()}")
-    agreed = await trio.to_thread.run_sync(wait_replicas_agree, c, KEYS)
+        final.update(await rec_read_groups(client, h, 999, GROUPS, stats, 5.0))
+    agreed = await trio.to_thread.run_sync(wait_replicas_agree, c, KEYS + GROUP_KEYS)
     t = time.monotonic()
     result = h.check()
     check_s = time.monotonic() - t
@@ -74,6 +98,15 @@ async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) 
     print(f"{stats.summary()}\ncheck: {result.report()[:300]} in {check_s:.1f}s")
     print(f"with Timeout = not applied: {strict_result.report()[:2000]}")
     assert result.ok, f"seed {seed}\n{result.report()}\nfaults:\n" + "\n".join(nem.events)
+    # Not vacuous: the same group's history with one read torn no longer passes.
+    group = [op for op in h.ops if op.key == txn_group(0)[0]]
+    last = max((op for op in group if op.status == "ok" and op.result[1]),
+               key=lambda op: op.complete)
+    torn = dataclasses.replace(last, result=(last.result[0], (b"torn", *last.result[1][1:])))
+    assert check_history([torn if op is last else op for op in group]).failures
     assert agreed == final, f"replicas {agreed} != linearizable reads {final}"
     oks = sum(n for k, n in h.counts().items() if k.endswith(":ok"))
     assert oks > 200, f"too little progress to prove anything: {h.counts()}"
+    # Both outcomes of CAS and of the txn compare were exercised (and checked).
+    for name in ("cas:ok", "cas:compare-failed", "txn:ok", "txn:compare-failed", "txn-read:ok"):
+        assert stats.ops[name] > 5, f"{name} too rare to prove anything: {stats.summary()}"

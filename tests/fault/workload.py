@@ -3,11 +3,15 @@
 Recording rules (what the checker may assume):
 
 * reads: ``ok`` with the value read; any error is ``fail`` (a read has no effect);
-* writes (put/delete/cas): ``ok`` with the result; `InvalidRequest` (a caller
-  mistake, refused before anything happened) is ``fail``; every other error
-  — OutcomeUnknown, Timeout, Unavailable, a lost connection — is ``info``:
-  open-ended, the write may still take effect. (The SDK promises that
-  `Timeout` means "surely not applied"; we do not rely on that promise.)
+* writes (put/delete/cas/txn): ``ok`` with the result; `InvalidRequest` (a
+  caller mistake, refused before anything happened) is ``fail``; every other
+  error — OutcomeUnknown, Timeout, Unavailable, a lost connection — is
+  ``info``: open-ended, the write may still take effect. (The SDK promises
+  that `Timeout` means "surely not applied"; we do not rely on that promise.)
+* txns act on a *group*: two keys ``{g<i>}:a`` and ``{g<i>}:b`` that share a
+  partition through their hash tag; the op's key is the tag (``{g<i>}``),
+  and the checker treats the pair as one register (`TxnSpec`). An ok txn's
+  result is ``(succeeded, (values its gets read))``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 import trio
 
 from prkdb.client import InvalidRequest, PrkDbClient, ReadConsistency
+from prkdb.client.txn import Compare, Delete, Get, Put, TxnOpLike, absent
 from prkdb.errors import PrkdbError
-from prkdb.testing.linearizability import History
+from prkdb.testing.linearizability import History, TxnSpec, TxnStep
 from tests.fault.netns import CLUSTER_ID, FaultUnavailable, NetnsCluster
 
 
@@ -116,6 +121,110 @@ async def mixed_worker(client: PrkDbClient, h: History, proc: int, keys: list[by
             if ok:
                 last_seen[key] = v
         await trio.sleep(rng.uniform(0, 0.01))
+
+
+def txn_group(i: int) -> tuple[bytes, bytes, bytes]:
+    """Group i: (its name in the history, key a, key b); one hash tag, so one partition."""
+    tag = b"{g%d}" % i
+    return tag, tag + b":a", tag + b":b"
+
+
+_READ_PAIR: tuple[TxnStep, ...] = (("get", 0, None), ("get", 1, None))
+
+
+async def rec_txn(client: PrkDbClient, h: History, proc: int, group: int, spec: TxnSpec,
+                  stats: Stats, timeout: float) -> tuple[bool, tuple[bytes | None, ...]] | None:
+    """Run `spec` on group `group` as one txn and record it; (succeeded, reads) or None (info).
+
+    Position 0 of the spec is key a, 1 is key b; a compare ``(i, None)`` is
+    "absent" (a VALUE compare on an absent key is always false), ``(i, v)``
+    is ``value == v``.
+    """
+    tag, *keys = txn_group(group)
+    compares = [absent(keys[i]) if v is None else Compare.value(keys[i]) == v
+                for i, v in spec.compares]
+
+    def ops(steps: tuple[TxnStep, ...]) -> list[TxnOpLike]:
+        out: list[TxnOpLike] = []
+        for kind, i, value in steps:
+            if kind == "put":
+                assert value is not None
+                out.append(Put(keys[i], value))
+            elif kind == "delete":
+                out.append(Delete(keys[i]))
+            else:
+                out.append(Get(keys[i]))
+        return out
+
+    what = "txn-read" if not spec.writes else "txn"
+    op = h.invoke(proc, tag, "txn", txn=spec)
+    try:
+        r = await client.txn(compares, ops(spec.success), ops(spec.failure), timeout=timeout)
+    except InvalidRequest as e:
+        h.fail(op, repr(e))
+        raise
+    except (PrkdbError, OSError) as e:
+        h.info(op, repr(e))
+        stats.errors[f"{what}:{type(e).__name__}"] += 1
+        return None
+    steps = spec.success if r.succeeded else spec.failure
+    reads = tuple(res.value for (kind, _, _), res in zip(steps, r.results, strict=True)
+                  if kind == "get")
+    h.ok(op, (r.succeeded, reads))
+    stats.ops[f"{what}:{'ok' if r.succeeded else 'compare-failed'}"] += 1
+    return r.succeeded, reads
+
+
+async def txn_worker(client: PrkDbClient, h: History, proc: int, groups: int,
+                     stop: trio.Event, stats: Stats, rng: random.Random,
+                     timeout: float = 2.0) -> None:
+    """Two-key txns on `groups` groups (see the module doc) until `stop`.
+
+    Mostly a "move": if key a still holds the value this worker last saw
+    (absent at first), put a and b to new unique values, else leave them;
+    either branch reads both back. Sometimes the move deletes both instead,
+    sometimes the compare uses a value never written (so the failure branch
+    runs for sure), and sometimes the txn only reads. The checker then sees
+    whether each branch taken was the one the compare allowed and whether a
+    pair was ever seen torn (a and b from different txns).
+    """
+    last_a: dict[int, bytes | None] = {}
+    n = 0
+    while not stop.is_set():
+        g = rng.randrange(groups)
+        n += 1
+        roll = rng.random()
+        if roll < 0.15:
+            spec = TxnSpec(2, (), _READ_PAIR)
+        else:
+            expected = last_a.get(g) if roll < 0.9 else b"never-written"
+            if roll < 0.8:
+                writes: tuple[TxnStep, ...] = (("put", 0, b"a%d-%d" % (proc, n)),
+                                               ("put", 1, b"b%d-%d" % (proc, n)))
+            else:
+                writes = (("delete", 0, None), ("delete", 1, None))
+            spec = TxnSpec(2, ((0, expected),), (*writes, *_READ_PAIR), _READ_PAIR)
+        out = await rec_txn(client, h, proc, g, spec, stats, timeout)
+        if out is not None:
+            last_a[g] = out[1][0]
+        await trio.sleep(rng.uniform(0, 0.01))
+
+
+async def rec_read_groups(client: PrkDbClient, h: History, proc: int, groups: int,
+                          stats: Stats, timeout: float
+                          ) -> dict[bytes, bytes | None]:
+    """A read-only txn of every group (retried until it answers); key -> value."""
+    out: dict[bytes, bytes | None] = {}
+    for g in range(groups):
+        _, a, b = txn_group(g)
+        for _ in range(10):
+            got = await rec_txn(client, h, proc, g, TxnSpec(2, (), _READ_PAIR), stats, timeout)
+            if got is not None:
+                out[a], out[b] = got[1]
+                break
+        else:
+            raise AssertionError(f"final read of group {g} failed: {stats.summary()}")
+    return out
 
 
 @dataclass
