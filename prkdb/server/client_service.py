@@ -15,7 +15,7 @@ the leader by a follower, or local for STALE). A Txn, a Batch (a Txn without
 compares) and a lease grant or revoke are proposed like a Put. Keep-alives,
 time-to-live and lease lists go to the leader, which first confirms its
 leadership with a ReadIndex round (a deposed leader must not renew a lease
-its successor may already have expired), then asks its `LeaseKeeper`.
+its successor may already have expired), then asks its `PartitionLeases` (prkdb/server/leases.py).
 """
 
 from __future__ import annotations
