@@ -220,13 +220,16 @@ def keep_alive(ctl: CtlContext, lease_id: int, once: bool) -> None:
             return
         interval = max(status.ttl / 3, 0.05)
         last_ok = trio.current_time()
+        wait = interval
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(wait)
             try:
                 left = await client.keep_alive_once(lease_id, timeout=min(ctl.timeout,
                                                                           interval))
             except Unavailable as e:
-                # A leader change or a brief outage: try again until a whole TTL passed.
+                # A leader change or a brief outage: try again soon (the SDK already
+                # retried within its timeout), until a whole TTL passed without renewal.
+                wait = min(interval, 0.2)
                 if trio.current_time() - last_ok >= status.ttl:
                     raise PrkctlError(
                         f"lease {lease_id}: no keep-alive succeeded for its whole TTL "
@@ -236,6 +239,7 @@ def keep_alive(ctl: CtlContext, lease_id: int, once: bool) -> None:
                            f"{e.message or e}", err=True)
                 continue
             last_ok = trio.current_time()
+            wait = interval
             report(left)
 
     try:
