@@ -50,6 +50,7 @@ __all__ = [
     "OpResult",
     "ResultCode",
     "WriteResult",
+    "ok_result",
     "result_from_cbor",
     "result_to_cbor",
 ]

@@ -15,6 +15,14 @@ write whose reply is lost (leader crash, timeout) is retried with the *same*
   result of that old write is gone, so return ``STALE_SEQUENCE`` and change
   nothing.
 
+Every command kind is covered: puts, deletes, CAS, batches, transactions
+(the cached result holds the branch taken and every GetOp's record, so a
+retry sees what the first attempt read, not the current state), lease grants
+(a retry returns the same lease id instead of granting a second lease) and
+revokes (a retry returns the original count, not LEASE_NOT_FOUND).
+In a snapshot each cached result is written in result shape 2 (results.py:
+``result_to_cbor``); a snapshot of format 1 holds shape 1, which still loads.
+
 Consequence: a client must wait for the reply of seq N before it sends N+1,
 or accept that a retry of N after N+1 was applied gets ``STALE_SEQUENCE``
 (it did happen once). Pipelining clients use one session per in-flight slot.
@@ -164,7 +172,10 @@ class SessionTable:
     # -- snapshot form ---------------------------------------------------------
 
     def to_cbor(self) -> list[Any]:
-        """Flatten to ``[client_id, seq, last_used, result, ...]`` in LRU order."""
+        """Flatten to ``[client_id, seq, last_used, result, ...]`` in LRU order.
+
+        Each ``result`` is ``result_to_cbor``'s shape 2.
+        """
         flat: list[Any] = []
         for cid, (seq, used, result) in self._sessions.items():
             flat.append(cid)
@@ -174,7 +185,7 @@ class SessionTable:
         return flat
 
     def load_cbor(self, flat: Any, applied_index: int) -> None:
-        """Replace the table with the output of :meth:`to_cbor`.
+        """Replace the table with the output of :meth:`to_cbor` (results of shape 1 or 2).
 
         Raises:
             ValueError: ``flat`` is not a well-formed table for a machine at
