@@ -73,7 +73,7 @@ from prkdb.server.inbox import (
 from prkdb.server.leases import PartitionLeases
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.rebuild import RebuildTracker
-from prkdb.server.recovery import recover_partition
+from prkdb.server.recovery import new_state_machine, recover_partition
 from prkdb.state import (
     DecodedSnapshot,
     KeyRecord,
@@ -182,14 +182,7 @@ class PartitionDriver:
         )
 
     def _new_state_machine(self) -> KVStateMachine:
-        lim = self.cfg.limits
-        return KVStateMachine(
-            partition=self.partition,
-            max_key_size=lim.max_key_size,
-            max_value_size=lim.max_value_size,
-            max_batch_ops=lim.max_batch_ops,
-            max_leases=lim.max_leases,
-        )
+        return new_state_machine(self.cfg, self.partition)
 
     def _raft_config(self, applied: int) -> RaftConfig:
         rf = self.cfg.raft

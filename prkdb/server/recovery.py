@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prkdb.config import NodeConfig
 from prkdb.raft import MemoryStorage
 from prkdb.raft.types import HardState
 from prkdb.state import KVStateMachine
@@ -27,6 +28,19 @@ class RecoveredPartition:
     storage: MemoryStorage
     sm: KVStateMachine
     snapshot_index: int
+
+
+def new_state_machine(cfg: NodeConfig, partition: int) -> KVStateMachine:
+    """An empty state machine for `partition` under `cfg`'s limits.
+
+    Every replica of a partition must use the same limits (they decide
+    results), and the partition number is part of its lease ids, so a
+    snapshot of partition p decodes only in a machine of partition p.
+    """
+    lim = cfg.limits
+    return KVStateMachine(partition=partition, max_key_size=lim.max_key_size,
+                          max_value_size=lim.max_value_size, max_batch_ops=lim.max_batch_ops,
+                          max_leases=lim.max_leases)
 
 
 def recover_partition(

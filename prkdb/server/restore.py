@@ -49,7 +49,7 @@ from prkdb.backupfile import (
 from prkdb.config import NodeConfig
 from prkdb.raft.types import ConfState, HardState, Snapshot, SnapshotMeta
 from prkdb.server.datadir import SNAPSHOT_DIR, WAL_DIR
-from prkdb.state import KVStateMachine
+from prkdb.server.recovery import new_state_machine
 from prkdb.storage import SnapshotStore, WriteAheadLog
 from prkdb.storage.identity import DataDirIdentity, write_identity
 
@@ -92,8 +92,8 @@ def verify(path: Path, cfg: NodeConfig) -> Manifest:
     """
     try:
         manifest = verify_backup(path)
-        sm = _state_machine(cfg)
         for entry, raw, info in iter_snapshots(path, manifest):
+            sm = new_state_machine(cfg, entry.partition)
             try:
                 decoded = sm.decode_snapshot(snapshot_data(raw, info))
             except Exception as e:  # SnapshotDecodeError, or a limit of this config
@@ -193,8 +193,3 @@ def _check_written(cfg: NodeConfig, ident: DataDirIdentity, metas: list[Snapshot
     finally:
         wal.close()
 
-
-def _state_machine(cfg: NodeConfig) -> KVStateMachine:
-    lim = cfg.limits
-    return KVStateMachine(max_key_size=lim.max_key_size, max_value_size=lim.max_value_size,
-                          max_batch_ops=lim.max_batch_ops)

@@ -37,8 +37,8 @@ from prkdb.raft.types import ConfState, Snapshot, SnapshotMeta
 from prkdb.server.clusterconf import write_cluster_configs
 from prkdb.server.datadir import ensure_identity, open_storage
 from prkdb.server.main import cli
-from prkdb.server.recovery import recover_partition
-from prkdb.state import KVStateMachine, PutCommand, encode_command
+from prkdb.server.recovery import new_state_machine, recover_partition
+from prkdb.state import KVStateMachine, LeaseGrantCommand, PutCommand, encode_command
 from prkdb.storage import SnapshotStore
 from prkdb.storage.identity import read_identity
 
@@ -62,11 +62,16 @@ def make_backup(tmp: Path, *, partitions: int = PARTITIONS) -> tuple[Path, dict[
     for p, kv in keys_by_partition().items():
         if p >= partitions:
             continue
-        sm = KVStateMachine()
-        index = 5  # entries 1..4: a no-op and others without data, say
+        sm = KVStateMachine(partition=p)
+        # entries 1..4: a no-op and others without data, say; 5 grants a lease
+        # (its id names partition p) that the partition's first key is put with.
+        index = 5
+        lease = sm.apply(index, encode_command(LeaseGrantCommand(60_000))).lease_id
         for key, value in kv.items():
             index += 1
-            sm.apply(index, encode_command(PutCommand(key, value), client_id=7, seq=index))
+            sm.apply(index, encode_command(PutCommand(key, value, lease=lease), client_id=7,
+                                           seq=index))
+            lease = 0
         everything.update(kv)
         path = store.save(p, Snapshot(SnapshotMeta(index, 2, ConfState((1, 2, 3))),
                                       sm.snapshot()))
@@ -131,12 +136,16 @@ def test_a_restored_data_dir_recovers_every_key(tmp_path: Path) -> None:
     try:
         found = {}
         for p in range(PARTITIONS):
-            r = recover_partition(p, cfg.voter_ids, wal, snapshots, KVStateMachine())
+            r = recover_partition(p, cfg.voter_ids, wal, snapshots, new_state_machine(cfg, p))
             hs = r.storage.hard_state
             assert r.snapshot_index == hs.commit > 0
             assert hs.term == 2 and hs.vote == 0
             assert r.storage.snapshot().meta.conf_state.voters == (1, 2, 3)
             found.update({k: v for k, (v, *_) in r.sm.items()})
+            # The lease came along, still holding the partition's first key.
+            ((lease_id, ttl_ms),) = r.sm.leases()
+            assert lease_id & 0xFFFF == p and ttl_ms == 60_000
+            assert r.sm.lease(lease_id) == (60_000, [next(iter(keys_by_partition()[p]))])
     finally:
         wal.close()
     assert found == everything

@@ -52,7 +52,7 @@ from prkdb.partitioning import partition_for
 from prkdb.raft.types import Entry, HardState
 from prkdb.server import rebuild as rebuild_mod
 from prkdb.server.datadir import SNAPSHOT_DIR, WAL_DIR, ensure_identity, open_storage
-from prkdb.server.recovery import RecoveryError, recover_partition
+from prkdb.server.recovery import RecoveryError, new_state_machine, recover_partition
 from prkdb.state import KVStateMachine
 from prkdb.storage import record as rec
 from prkdb.storage.errors import SnapshotCorruptionError, StorageError, WalCorruptionError
@@ -337,9 +337,7 @@ def open_like_node(cfg: NodeConfig) -> Opened:
         hard: dict[int, HardState] = {}
         last: dict[int, tuple[int, int]] = {}
         for p in range(cfg.partitions):
-            sm = KVStateMachine(max_key_size=cfg.limits.max_key_size,
-                                max_value_size=cfg.limits.max_value_size,
-                                max_batch_ops=cfg.limits.max_batch_ops)
+            sm = new_state_machine(cfg, p)
             r = recover_partition(p, cfg.voter_ids, wal, snapshots, sm)
             st = r.storage
             lo, hi = r.snapshot_index + 1, st.last_index()
