@@ -86,6 +86,7 @@ class Worker:
     proc: subprocess.Popen
     events: list[dict[str, Any]] = field(default_factory=list)
     paused: bool = False
+    reader: threading.Thread | None = None
 
     @classmethod
     def spawn(cls, wid: int, c: NetnsCluster, root: Path) -> Worker:
@@ -99,7 +100,8 @@ class Worker:
         )
         err.close()
         w = cls(wid, proc)
-        threading.Thread(target=w._read, daemon=True).start()
+        w.reader = threading.Thread(target=w._read, daemon=True)
+        w.reader.start()
         return w
 
     def _read(self) -> None:
@@ -126,11 +128,14 @@ class Worker:
         self.paused = sig == signal.SIGSTOP
 
     def kill(self) -> None:
+        """kill -9, then wait until every line it printed was read."""
         if self.alive():
             self.proc.send_signal(signal.SIGKILL)
             if self.paused:
                 self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(10)
+        if self.reader is not None:
+            self.reader.join(10)
 
 
 @dataclass
