@@ -59,7 +59,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
 
 from prkdb.client.api import AsyncApi
 from prkdb.client.core import ClientCore, Plan, Sleep
@@ -67,7 +68,7 @@ from prkdb.client.results import KeyValue
 from prkdb.client.scan import DEFAULT_PAGE_SIZE, key_range
 from prkdb.client.sync import SyncClient, SyncKeptLease
 from prkdb.client.txn import Compare, Get, Put
-from prkdb.errors import InvalidRequest, LeaseNotFound, Timeout
+from prkdb.errors import InvalidRequest, LeaseNotFound, Timeout, Unavailable
 from prkdb.partitioning import hash_slice
 from prkdb.wire.messages import KEY_RULE_HASHTAG, ReadConsistency
 
@@ -85,6 +86,8 @@ __all__ = [
     "SyncLock",
     "recipe_prefix",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_TTL: Final = 10.0
 """Seconds a lock or candidacy outlives its holder's last keep-alive."""
@@ -154,14 +157,42 @@ def _enqueue(core: ClientCore, prefix: bytes, lease_id: int, value: bytes
     return key, revision
 
 
-def _members(core: ClientCore, prefix: bytes, keys_only: bool) -> Plan[list[KeyValue]]:
+def _members(core: ClientCore, prefix: bytes, keys_only: bool,
+             timeout: float | None = None) -> Plan[list[KeyValue]]:
     return (yield from core.scan(key_range(prefix), 0, keys_only, _LINEARIZABLE,
-                                 DEFAULT_PAGE_SIZE, None))
+                                 DEFAULT_PAGE_SIZE, timeout))
+
+
+def _patiently(core: ClientCore, read: Callable[[float | None], Plan[T]],
+               deadline: float | None, expired: Callable[[], str]) -> Plan[T]:
+    """Run the read ``read(timeout)`` until it answers, through outages, until `deadline`.
+
+    A queued contender must not lose its place to a leader election: a read
+    that fails with `Unavailable` (Timeout included) is tried again after a
+    short pause, each try capped by the time left (None: wait on).
+
+    Raises:
+        Timeout: `deadline` passed; the message is ``expired()`` and the last failure.
+    """
+    pause = _POLL_FIRST
+    while True:
+        left = None if deadline is None else deadline - core.clock()
+        if left is not None and left <= 0:
+            raise Timeout(expired())
+        try:
+            return (yield from read(None if left is None else min(left, core.timeout)))
+        except Unavailable as e:
+            if deadline is not None and core.clock() >= deadline:
+                raise Timeout(f"{expired()}; last: {e}") from e
+        yield Sleep(core.rng.uniform(pause / 2, pause))
+        pause = min(pause * 2, _POLL_MAX)
 
 
 def _wait_turn(core: ClientCore, prefix: bytes, key: bytes, revision: int,
                lost: Callable[[], bool], timeout: float | None, what: str) -> Plan[None]:
     """Return once no key under `prefix` was created before ours (module doc, step 3).
+
+    Its reads ride out outages (`_patiently`): only the deadline ends the wait.
 
     Raises:
         LeaseNotFound: our key is gone (the lease expired or was revoked).
@@ -169,8 +200,14 @@ def _wait_turn(core: ClientCore, prefix: bytes, key: bytes, revision: int,
     """
     deadline = None if timeout is None else core.clock() + timeout
     rng = core.rng
+    ahead: list[KeyValue] = []
+
+    def expired() -> str:
+        return f"{what}: not acquired within {timeout}s ({len(ahead)} ahead in the queue)"
+
     while True:
-        members = yield from _members(core, prefix, True)
+        members = yield from _patiently(
+            core, partial(_members, core, prefix, True), deadline, expired)
         if not any(kv.key == key for kv in members):
             raise LeaseNotFound(f"{what}: our key {key[:48]!r} is gone: its lease expired "
                                 "or was revoked while queued")
@@ -185,12 +222,12 @@ def _wait_turn(core: ClientCore, prefix: bytes, key: bytes, revision: int,
             if deadline is not None:
                 left = deadline - core.clock()
                 if left <= 0:
-                    raise Timeout(f"{what}: not acquired within {timeout}s "
-                                  f"({len(ahead)} ahead in the queue)")
+                    raise Timeout(expired())
                 pause = min(pause, left)
             yield Sleep(rng.uniform(pause / 2, pause))
             pause = min(pause * 2, _POLL_MAX)
-            entry = yield from core.get(predecessor, _LINEARIZABLE, None)
+            entry = yield from _patiently(
+                core, partial(core.get, predecessor, _LINEARIZABLE), deadline, expired)
             if entry.version == 0:
                 break  # gone (lease ids are unique: it never comes back); look again
 

@@ -15,9 +15,10 @@ import trio.testing
 from prkdb.client import PrkDbClient
 from prkdb.client.recipes import AsyncElection, AsyncLock, Election, Leader, Lock, recipe_prefix
 from prkdb.client.txn import Get, Put
-from prkdb.errors import InvalidRequest, LeaseNotFound, Timeout
-from prkdb.wire.messages import LeaseRevoke, Txn
-from tests.client.fake import DROP_AFTER, FakeCluster, connect
+from prkdb.errors import ErrorCode, InvalidRequest, LeaseNotFound, Timeout
+from prkdb.wire.messages import Get as GetRequest
+from prkdb.wire.messages import LeaseRevoke, Scan, Txn
+from tests.client.fake import DROP_AFTER, FakeCluster, connect, error
 
 Clock = trio.testing.MockClock
 
@@ -196,6 +197,62 @@ async def test_lock_acquire_times_out_and_leaves_the_queue(
     await first.release()
     await second.acquire(timeout=2)
     await second.release()
+    await client.aclose()
+
+
+async def test_a_queued_contender_rides_out_an_outage_of_its_reads(
+    cluster: FakeCluster, autojump_clock: Clock
+) -> None:
+    # Reads (the predecessor's get, the queue's scan) answer UNAVAILABLE for
+    # longer than the client's own timeout, as during an election: the waiter
+    # keeps its place and gets the lock once reads work and the holder leaves.
+    client = await connect(cluster, timeout=1.0)
+    first = Lock(client, b"q")
+    await first.acquire()
+    outage_until = trio.current_time() + 5.0
+    refused: list[Any] = []
+
+    async def hook(node: Any, msg: Any) -> Any:
+        if isinstance(msg, GetRequest | Scan) and trio.current_time() < outage_until:
+            refused.append(msg)
+            return error(ErrorCode.UNAVAILABLE, "no leader")
+        return None
+
+    second = Lock(client, b"q")
+    async with trio.open_nursery() as nursery:
+        async def wait_for_it() -> None:
+            await second.acquire(timeout=30)
+
+        await trio.sleep(0.5)
+        cluster.hook = hook
+        nursery.start_soon(wait_for_it)
+        await trio.sleep(7.0)  # the outage, then some
+        assert not second.held
+        await first.release()
+    assert second.held and second.revision > 0 and len(refused) > 3
+    await second.release()
+    await client.aclose()
+
+
+async def test_an_outage_past_the_deadline_is_a_timeout_naming_the_lock(
+    cluster: FakeCluster, autojump_clock: Clock
+) -> None:
+    client = await connect(cluster, timeout=1.0)
+    first = Lock(client, b"q")
+    await first.acquire()
+
+    async def hook(node: Any, msg: Any) -> Any:
+        if isinstance(msg, GetRequest | Scan):
+            return error(ErrorCode.UNAVAILABLE, "no leader")
+        return None
+
+    cluster.hook = hook
+    second = Lock(client, b"q")
+    with pytest.raises(Timeout, match=r"lock b'q'.*no leader"):
+        await second.acquire(timeout=4)
+    assert not second.held
+    cluster.hook = None
+    await first.release()
     await client.aclose()
 
 
