@@ -75,7 +75,7 @@ NAME = b"fence"
 WORKERS = 4
 TTL = 1.5  # seconds; the cluster's floor is lowered to 1 s (election timeout <= 0.4 s)
 PAUSE = TTL + 2.5  # a paused holder sleeps well past its lease
-CHAOS = 30.0  # seconds of phase 1
+CHAOS = 20.0  # seconds of phase 1
 
 
 @dataclass
