@@ -80,6 +80,17 @@ class LimitSettings:
     # exceed the election timeout: a new leader restarts every TTL, so a
     # shorter one could lapse before its owner found the new leader.
     min_lease_ttl_ms: int = 2000
+    # A watch whose client fell this many events (or bytes of keys and values)
+    # behind is ended with WATCH_OVERFLOW; the client resumes from its cursor.
+    watch_buffer_events: int = 10_000
+    watch_buffer_bytes: int = 4 * 1024 * 1024
+    # Most watches open on one client connection.
+    max_watches_per_connection: int = 1000
+    # Recent events each partition keeps for watches resuming from a cursor
+    # (fewer events or bytes, whichever bound is reached first); an older
+    # cursor gets COMPACTED.
+    history_events: int = 10_000
+    history_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +200,9 @@ class NodeConfig:
                 f"limits.max_frame = {lim.max_frame}"
             )
         for name in ("max_frame", "max_key_size", "max_value_size", "max_batch_ops",
-                     "max_scan_page", "max_scan_bytes", "max_leases", "min_lease_ttl_ms"):
+                     "max_scan_page", "max_scan_bytes", "max_leases", "min_lease_ttl_ms",
+                     "watch_buffer_events", "watch_buffer_bytes", "max_watches_per_connection",
+                     "history_events", "history_bytes"):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"{s}: limits.{name} = {getattr(lim, name)} must be > 0")
         if lim.request_timeout <= 0:
