@@ -17,7 +17,11 @@ The codes split by what the caller should do next:
   machine de-duplicates, a fresh seq is not);
 - do not retry: BAD_REQUEST, TOO_LARGE, WRONG_CLUSTER, BAD_VERSION, INTERNAL,
   LEASE_NOT_FOUND (the lease expired or was revoked: grant a new one),
-  TOO_MANY_LEASES (the partition holds its limit of leases: revoke some first).
+  TOO_MANY_LEASES (the partition holds its limit of leases: revoke some first),
+  COMPACTED (a watch's cursor is older than the history kept: relist, then
+  watch from the list's revision);
+- resume: WATCH_OVERFLOW (the server dropped a watch that fell behind; the
+  SDK resumes it from its cursor, like any UNAVAILABLE).
 
 There is deliberately no CAS_FAILED code. A compare-and-set whose comparison
 does not hold is a normal, committed outcome (etcd's ``Txn.succeeded``): it
@@ -38,6 +42,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ERROR_DESCRIPTIONS",
+    "Compacted",
     "ErrorCode",
     "InternalError",
     "InvalidRequest",
@@ -50,6 +55,7 @@ __all__ = [
     "TooLarge",
     "TooManyLeases",
     "Unavailable",
+    "WatchOverflow",
     "WrongCluster",
     "error_from_code",
 ]
@@ -70,6 +76,8 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 9  # the server gave up waiting before doing anything; safe to retry
     LEASE_NOT_FOUND = 10  # no such lease (never granted, expired or revoked); details: lease_id
     TOO_MANY_LEASES = 11  # the partition holds limits.max_leases leases; details: limit
+    COMPACTED = 12  # a Watch's `after` is older than the history held; details: oldest, partition
+    WATCH_OVERFLOW = 13  # a watch fell too far behind and was dropped; resume from the cursor
 
 
 ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -99,6 +107,16 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.TOO_MANY_LEASES: (
         "the partition already holds the most leases it may (server limit max_leases); "
         "details: limit. Nothing was done; revoke leases or grant in another partition"
+    ),
+    ErrorCode.COMPACTED: (
+        "ends a Watch: its `after` is older than the events the replica still holds; details: "
+        "oldest (a watch may resume from any after >= oldest), partition. Do not retry as is: "
+        "list the range again (Scan) and watch from the list's applied_index"
+    ),
+    ErrorCode.WATCH_OVERFLOW: (
+        "ends a Watch whose client read too slowly: the server dropped the events it had "
+        "queued for it (limits.watch_buffer_events / watch_buffer_bytes). Resume with a new "
+        "Watch from the last progress or event revision received; nothing is lost"
     ),
 }
 """One line per code: what it means and what the receiver should do (docs/protocol.md)."""
@@ -249,6 +267,55 @@ class TooManyLeases(PrkdbError):
     default_code = ErrorCode.TOO_MANY_LEASES
 
 
+class Compacted(PrkdbError):
+    """A watch's cursor is older than the event history the replica keeps.
+
+    The events between the cursor and `oldest` are gone from the history, so
+    the watch cannot resume without a gap. Not retryable as it is: list the
+    range again (a Scan, whose ``applied_index`` is the new cursor) and watch
+    from there.
+
+    Attributes:
+        oldest: the oldest cursor the replica can serve: a watch with
+            ``after >= oldest`` gets every event after it (None if the
+            server did not say).
+        partition: the partition whose history is compacted (None if unknown).
+    """
+
+    default_code = ErrorCode.COMPACTED
+
+    def __init__(
+        self,
+        oldest: int | None = None,
+        message: str = "",
+        *,
+        partition: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not message:
+            where = f" of partition {partition}" if partition is not None else ""
+            held = f": the oldest cursor held is {oldest}" if oldest is not None else ""
+            message = f"the event history{where} is compacted{held}; list again, then watch"
+        merged = dict(details or {})
+        if oldest is not None:
+            merged.setdefault("oldest", oldest)
+        if partition is not None:
+            merged.setdefault("partition", partition)
+        super().__init__(message, details=merged)
+        self.oldest = oldest
+        self.partition = partition
+
+
+class WatchOverflow(Unavailable):
+    """The server dropped a watch whose client did not keep up (its buffer filled).
+
+    A subclass of `Unavailable` because the remedy is the same: resume (the
+    SDK does, from its cursor, with no gap and no duplicate). Nothing is lost.
+    """
+
+    default_code = ErrorCode.WATCH_OVERFLOW
+
+
 _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.OUTCOME_UNKNOWN: OutcomeUnknown,
@@ -260,6 +327,7 @@ _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.TIMEOUT: Timeout,
     ErrorCode.LEASE_NOT_FOUND: LeaseNotFound,
     ErrorCode.TOO_MANY_LEASES: TooManyLeases,
+    ErrorCode.WATCH_OVERFLOW: WatchOverflow,
 }
 
 
@@ -272,7 +340,8 @@ def error_from_code(code: int, message: str = "", /, **details: Any) -> PrkdbErr
         message: the frame's message.
         **details: the frame's details map. For NOT_LEADER the keys
             ``leader_id``, ``leader_address`` and ``partition`` fill the
-            `NotLeader` attributes.
+            `NotLeader` attributes; for COMPACTED, ``oldest`` and
+            ``partition`` fill the `Compacted` ones.
 
     Returns:
         The exception to raise (not raised here, so the caller controls the
@@ -294,11 +363,25 @@ def error_from_code(code: int, message: str = "", /, **details: Any) -> PrkdbErr
             partition=partition if isinstance(partition, int) else None,
             details=details,
         )
+    if code == ErrorCode.COMPACTED:
+        oldest = details.get("oldest")
+        partition = details.get("partition")
+        return Compacted(
+            oldest if _is_uint(oldest) else None,
+            message,
+            partition=partition if _is_uint(partition) else None,
+            details=details,
+        )
     try:
         known: int = ErrorCode(code)
     except ValueError:
         return PrkdbError(message or f"unknown error code {code}", code=code, details=details)
     return _BY_CODE[known](message, code=known, details=details)
+
+
+def _is_uint(value: Any) -> bool:
+    """Whether a details value is a plain non-negative int (not a bool, not text)."""
+    return type(value) is int and value >= 0
 
 
 def _code_name(code: int) -> str:

@@ -311,18 +311,25 @@ def _messages() -> list[str]:
             "2.10 Client requests",
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
              m.RebuildFence, m.BackupBegin, m.BackupRead, m.Scan, m.Txn, m.LeaseGrant,
-             m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList],
+             m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList, m.Watch,
+             m.WatchCancel],
         ),
         ("2.11 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
                            m.BackupChunk, m.ScanOk, m.TxnOk, m.LeaseOk, m.LeaseKeepAliveOk,
-                           m.LeaseListOk]),
+                           m.LeaseListOk, m.WatchEvents]),
     ]
     listed = {cls for _, classes in groups for cls in classes}
     assert listed | {m.RaftBatch} == set(m.SCHEMAS), "a message is missing from the doc groups"
     out = ["### Type ids", "", "| id | message | kind |", "|---|---|---|"]
     for schema in sorted(m.SCHEMAS.values(), key=lambda s: s.type_id):
         kind = (
-            "request"
+            "request (stream)"
+            if schema.cls in m.STREAM_REQUEST_TYPES
+            else "request (no response)"
+            if schema.cls in m.ONE_WAY_REQUEST_TYPES
+            else "stream frame"
+            if schema.cls in m.STREAM_RESPONSE_TYPES
+            else "request"
             if schema.cls in m.REQUEST_TYPES
             else "response"
             if schema.cls in m.RESPONSE_TYPES

@@ -162,6 +162,37 @@ def keep_alives(draw: Any) -> m.LeaseKeepAlive:
     return m.LeaseKeepAlive(draw(rid), partition, tuple(ids))
 
 
+@st.composite
+def watches(draw: Any) -> m.Watch:
+    start = draw(small_bytes)
+    end = draw(st.none() | small_bytes.map(lambda tail: start + b"\x00" + tail))
+    return m.Watch(
+        draw(rid), draw(st.integers(0, 2**32 - 1)), start, end, draw(uint), draw(st.booleans())
+    )
+
+
+def events(revision: int) -> st.SearchStrategy[m.Event]:
+    """A valid Event at `revision`: PUT has a value, DELETE and EXPIRE none."""
+    return st.one_of(
+        st.builds(m.Event, st.just(m.EventKind.PUT), key, st.just(revision), small_bytes,
+                  st.none() | small_bytes),
+        st.builds(m.Event, st.sampled_from([m.EventKind.DELETE, m.EventKind.EXPIRE]), key,
+                  st.just(revision), st.none(), st.none() | small_bytes),
+    )
+
+
+@st.composite
+def watch_events(draw: Any) -> m.WatchEvents:
+    revisions = sorted(draw(st.lists(st.integers(1, U64) | st.integers(1, 50), max_size=5)))
+    floor = revisions[-1] if revisions else 0
+    return m.WatchEvents(
+        draw(rid),
+        draw(st.integers(0, 2**32 - 1)),
+        tuple(draw(events(r)) for r in revisions),
+        draw(st.integers(floor, U64)),
+    )
+
+
 key_value = st.builds(m.KeyValue, key, small_bytes, uint, uint, uint, uint)
 txn_op_result = st.builds(m.TxnOpResult, uint, uint, st.none() | small_bytes, uint, uint, uint)
 
@@ -249,6 +280,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     m.LeaseKeepAlive: keep_alives(),
     m.LeaseTimeToLive: st.builds(m.LeaseTimeToLive, rid, any_lease_id, st.booleans()),
     m.LeaseList: st.builds(m.LeaseList, rid, lease_partition),
+    m.Watch: watches(),
+    m.WatchCancel: st.builds(m.WatchCancel, rid),
+    m.WatchEvents: watch_events(),
     m.ScanOk: st.builds(
         m.ScanOk, rid, st.lists(key_value, max_size=4).map(tuple), uint, st.booleans(), uint
     ),

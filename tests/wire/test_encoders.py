@@ -577,6 +577,42 @@ def test_scan_ok_encoder_keeps_the_frame_limit() -> None:
     assert info.value.code == ErrorCode.TOO_LARGE
 
 
+# --- WatchEvents: the hot stream, hand-written as ScanOk -------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(STRATEGIES[m.WatchEvents])
+def test_watch_events_encoder_equals_generic(msg: m.WatchEvents) -> None:
+    assert m._FAST_ENCODERS[m.WatchEvents] is m._encode_watch_events
+    assert m.encode_message(msg) == generic(msg, DEFAULT_MAX_FRAME)
+
+
+@settings(max_examples=200, deadline=None)
+@given(odd_messages(m.SCHEMAS[m.WatchEvents]))
+def test_watch_events_encoder_equals_generic_for_odd_fields(msg: Any) -> None:
+    assert _outcome(lambda: m.encode_message(msg)) == _outcome(
+        lambda: generic(msg, DEFAULT_MAX_FRAME)
+    )
+
+
+def test_watch_events_encoder_writes_kinds_as_ints() -> None:
+    """A kind given as a bool or a plain int is written as the generic path's int."""
+    for kind in (True, 1, m.EventKind.DELETE):
+        msg = m.WatchEvents(1, 0, (m.Event(kind, b"k", 3, None, None),), 3)  # type: ignore[arg-type]
+        assert m.encode_message(msg) == generic(msg, DEFAULT_MAX_FRAME)
+
+
+def test_watch_events_encoder_keeps_the_frame_limit() -> None:
+    frame = m.WatchEvents(1, 0, tuple(
+        m.Event(m.EventKind.PUT, b"k%d" % i, 5 + i, b"v" * 100, None) for i in range(20)
+    ), 30)
+    size = len(generic(frame)) - 4
+    assert len(m.encode_message(frame, max_frame=size)) == size + 4
+    with pytest.raises(LocalProtocolError) as info:
+        m.encode_message(frame, max_frame=size - 1)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=8), st.binary(max_size=8),
                           *[st.integers(0, 2**64 - 1)] * 4), max_size=5))
 def test_key_values_equals_the_constructor(items: list[Any]) -> None:

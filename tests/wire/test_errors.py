@@ -25,6 +25,8 @@ def test_codes_are_stable() -> None:
         "TIMEOUT": 9,
         "LEASE_NOT_FOUND": 10,
         "TOO_MANY_LEASES": 11,
+        "COMPACTED": 12,
+        "WATCH_OVERFLOW": 13,
     }
     assert set(e.ERROR_DESCRIPTIONS) == set(ErrorCode)
 
@@ -43,6 +45,8 @@ def test_codes_are_stable() -> None:
         (ErrorCode.TIMEOUT, e.Timeout),
         (ErrorCode.LEASE_NOT_FOUND, e.LeaseNotFound),
         (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases),
+        (ErrorCode.COMPACTED, e.Compacted),
+        (ErrorCode.WATCH_OVERFLOW, e.WatchOverflow),
     ],
 )
 def test_error_from_code_maps_every_code(code: ErrorCode, cls: type) -> None:
@@ -52,6 +56,44 @@ def test_error_from_code_maps_every_code(code: ErrorCode, cls: type) -> None:
     assert exc.code == code
     assert exc.message == "boom" or code == ErrorCode.NOT_LEADER
     assert exc.details["extra"] == 1
+
+
+def test_every_code_has_a_class() -> None:
+    for code in ErrorCode:
+        if code != ErrorCode.OK:
+            assert type(error_from_code(code, "x")) is not e.PrkdbError, code
+
+
+def test_compacted_details() -> None:
+    """COMPACTED carries the oldest cursor the replica can serve, and the partition."""
+    exc = error_from_code(ErrorCode.COMPACTED, "compacted", oldest=1200, partition=3)
+    assert isinstance(exc, e.Compacted)
+    assert (exc.oldest, exc.partition) == (1200, 3)
+    assert exc.details == {"oldest": 1200, "partition": 3} and exc.message == "compacted"
+    bare = error_from_code(ErrorCode.COMPACTED, "")
+    assert isinstance(bare, e.Compacted) and bare.oldest is None and bare.partition is None
+    # wrong-typed details from a buggy server do not leak into typed attributes
+    odd = error_from_code(ErrorCode.COMPACTED, "", oldest="1200", partition=True)
+    assert isinstance(odd, e.Compacted) and odd.oldest is None and odd.partition is None
+    assert not isinstance(exc, e.Unavailable)  # relist, do not resume blindly
+
+
+def test_compacted_constructor() -> None:
+    exc = e.Compacted(1200, partition=3)
+    assert exc.code == ErrorCode.COMPACTED
+    assert exc.details == {"oldest": 1200, "partition": 3}
+    assert str(exc) == (
+        "the event history of partition 3 is compacted: the oldest cursor held is 1200; "
+        "list again, then watch"
+    )
+    assert e.Compacted(7).oldest == 7 and e.Compacted(7).partition is None
+    assert "oldest cursor held is 7" in str(e.Compacted(7))
+
+
+def test_watch_overflow_is_resumed() -> None:
+    """The SDK resumes after WATCH_OVERFLOW as after UNAVAILABLE: nothing is lost."""
+    assert issubclass(e.WatchOverflow, e.Unavailable)
+    assert e.WatchOverflow("slow").code == ErrorCode.WATCH_OVERFLOW
 
 
 def test_not_leader_details() -> None:
@@ -136,15 +178,24 @@ def test_lease_errors_are_not_retryable() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "cls"),
-    [(ErrorCode.LEASE_NOT_FOUND, e.LeaseNotFound), (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases)],
+    ("code", "cls", "details"),
+    [
+        (ErrorCode.LEASE_NOT_FOUND, e.LeaseNotFound, {"lease_id": 5046275}),
+        (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases, {"lease_id": 5046275}),
+        (ErrorCode.COMPACTED, e.Compacted, {"oldest": 5046275, "partition": 2}),
+        (ErrorCode.WATCH_OVERFLOW, e.WatchOverflow, {}),
+    ],
 )
-def test_the_client_raises_lease_errors(code: ErrorCode, cls: type) -> None:
-    """An Error frame with a lease code becomes its class in the SDK (error_from_frame)."""
+def test_the_client_raises_lease_and_watch_errors(
+    code: ErrorCode, cls: type, details: dict[str, int]
+) -> None:
+    """An Error frame with a lease or watch code becomes its class in the SDK (error_from_frame)."""
     from prkdb.client.attempt import error_from_frame
 
-    frame = m.from_wire([3, 4, int(code), "lease 5046275 not found", {"lease_id": 5046275}])
+    frame = m.from_wire([3, 4, int(code), "it failed", details])
     assert isinstance(frame, m.Error) and frame.code is code
     exc = error_from_frame(frame)
     assert type(exc) is cls and exc.code == code
-    assert exc.details == {"lease_id": 5046275} and exc.message == "lease 5046275 not found"
+    assert exc.details == details and exc.message == "it failed"
+    if isinstance(exc, e.Compacted):
+        assert (exc.oldest, exc.partition) == (5046275, 2)

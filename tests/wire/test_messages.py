@@ -74,6 +74,18 @@ SAMPLES: dict[type, Any] = {
     m.LeaseOk: m.LeaseOk(1, LEASE_3, 10_000, 9_500, (b"{u}:a",)),
     m.LeaseKeepAliveOk: m.LeaseKeepAliveOk(1, (10_000, 0)),
     m.LeaseListOk: m.LeaseListOk(1, (m.LeaseInfo(LEASE_3, 10_000, 4_000),)),
+    m.Watch: m.Watch(5, 3, b"svc/", b"svc0", 40, True),
+    m.WatchCancel: m.WatchCancel(5),
+    m.WatchEvents: m.WatchEvents(
+        5,
+        3,
+        (
+            m.Event(m.EventKind.PUT, b"svc/a", 41, b"10.0.0.1", None),
+            m.Event(m.EventKind.DELETE, b"svc/b", 41, None, b"10.0.0.2"),
+            m.Event(m.EventKind.EXPIRE, b"svc/a", 44, None, b"10.0.0.1"),
+        ),
+        45,
+    ),
 }
 
 
@@ -206,6 +218,7 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.TxnOp: lambda: m.to_wire(SAMPLES[m.Txn]),
         m.TxnOpResult: lambda: m.to_wire(SAMPLES[m.TxnOk]),
         m.LeaseInfo: lambda: m.to_wire(SAMPLES[m.LeaseListOk]),
+        m.Event: lambda: m.to_wire(SAMPLES[m.WatchEvents]),
     }[cls]()
     locate = {
         m.BatchOp: lambda w: w[3][0],
@@ -218,6 +231,7 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.TxnOp: lambda w: w[4][0],
         m.TxnOpResult: lambda w: w[4][0],
         m.LeaseInfo: lambda w: w[2][0],
+        m.Event: lambda w: w[3][0],
     }[cls]
     idx = [f.name for f in record.fields].index(fld.name)
     for bad in WRONG_VALUES:
@@ -324,6 +338,25 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         ([38, 1, LEASE_3, 1000, 900, [b""]], r"LeaseOk.keys\[0\]"),
         ([39, 1, [5, -1]], r"LeaseKeepAliveOk.remaining_ms\[1\]"),
         ([40, 1, [[1, 1000, 5]]], r"LeaseListOk.leases\[0\].lease_id"),
+        # --- version 3: watches
+        ([28, 0, 3, b"a", None, 0, False], r"Watch.request_id: 0 is outside 1\.\."),
+        ([28, 1, 3, "a", None, 0, False], "Watch.start: expected bytes, got str"),
+        ([28, 1, 3, b"b", b"a", 0, False], "Watch.end: must be greater than start"),
+        ([28, 1, 3, b"a", b"a", 0, False], "Watch.end: must be greater than start"),
+        ([28, 1, 3, b"a", None, -1, False], "Watch.after"),
+        ([28, 1, 3, b"a", None, 0, 0], "Watch.prev_values: expected a bool"),
+        ([29, 0], "WatchCancel.request_id"),
+        ([41, 1, 3, [[3, b"k", 5, None, None]], 5], r"WatchEvents.events\[0\].kind: 3 is not"),
+        ([41, 1, 3, [[0, b"", 5, b"v", None]], 5], r"WatchEvents.events\[0\].key"),
+        ([41, 1, 3, [[0, b"k", 0, b"v", None]], 5], r"WatchEvents.events\[0\].revision: 0 is"),
+        ([41, 1, 3, [[0, b"k", 5, None, None]], 5],
+         r"WatchEvents.events\[0\].value: a PUT event needs a value"),
+        ([41, 1, 3, [[0, b"k", 5, b"v", None], [1, b"k", 6, b"v", None]], 6],
+         r"WatchEvents.events\[1\].value: a DELETE event needs null"),
+        ([41, 1, 3, [[0, b"k", 6, b"v", None], [2, b"k", 5, None, None]], 6],
+         r"WatchEvents.events\[1\].revision: 5 after revision 6"),
+        ([41, 1, 3, [[0, b"k", 6, b"v", None]], 5],
+         r"WatchEvents.progress: 5 is below the revision of an event \(6\)"),
     ],
 )
 def test_specific_rejections(obj: Any, why: str | None) -> None:
@@ -450,6 +483,8 @@ def test_type_ids_are_stable() -> None:
         "LeaseKeepAlive": 25,
         "LeaseTimeToLive": 26,
         "LeaseList": 27,
+        "Watch": 28,
+        "WatchCancel": 29,
         "GetOk": 30,
         "WriteOk": 31,
         "StatusOk": 32,
@@ -461,6 +496,7 @@ def test_type_ids_are_stable() -> None:
         "LeaseOk": 38,
         "LeaseKeepAliveOk": 39,
         "LeaseListOk": 40,
+        "WatchEvents": 41,
         "RaftBatch": 50,
     }
 
@@ -471,6 +507,36 @@ def test_request_and_response_sets() -> None:
         for c, s in m.SCHEMAS.items()
         if c in m.REQUEST_TYPES | m.RESPONSE_TYPES
     )
+
+
+def test_stream_sets() -> None:
+    """A Watch is answered by a stream of WatchEvents; a WatchCancel by nothing."""
+    assert {m.Watch} == m.STREAM_REQUEST_TYPES
+    assert {m.WatchCancel} == m.ONE_WAY_REQUEST_TYPES
+    assert {m.WatchEvents} == m.STREAM_RESPONSE_TYPES
+    assert m.STREAM_REQUEST_TYPES | m.ONE_WAY_REQUEST_TYPES <= m.REQUEST_TYPES
+    assert m.STREAM_RESPONSE_TYPES <= m.RESPONSE_TYPES
+    assert not m.STREAM_REQUEST_TYPES & m.ONE_WAY_REQUEST_TYPES
+
+
+def test_watch_ranges() -> None:
+    """A watch range is [start, end), non-empty: one key, a prefix, or to the end."""
+    for start, end in ((b"", None), (b"k", b"k\x00"), (b"svc/", b"svc0"), (b"\xff", None)):
+        watch = m.Watch(1, 0, start, end, 0, False)
+        assert m.from_wire(through_cbor(m.to_wire(watch, check=True))) == watch
+
+
+def test_watch_events_frames() -> None:
+    """Events of one revision may share a frame; a progress notice has no events."""
+    notice = m.WatchEvents(9, 2, (), 120)
+    assert m.from_wire(through_cbor(m.to_wire(notice, check=True))) == notice
+    same = m.WatchEvents(9, 2, tuple(
+        m.Event(m.EventKind.DELETE, b"k%d" % i, 121, None, None) for i in range(3)
+    ), 121)
+    assert m.from_wire(through_cbor(m.to_wire(same, check=True))) == same
+    got = m.from_wire(through_cbor(m.to_wire(SAMPLES[m.WatchEvents])))
+    assert isinstance(got, m.WatchEvents)
+    assert [type(ev.kind) for ev in got.events] == [m.EventKind] * 3
 
 
 def test_check_hello() -> None:
