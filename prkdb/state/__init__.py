@@ -7,10 +7,13 @@ after checking them with :func:`validate_command`. Besides puts, deletes,
 CAS and batches the machine applies transactions (compares + two branches of
 put/delete/get ops) and leases (grant, revoke/expire; keys attached to a
 lease are deleted with it); see kv.py for the state and its invariants.
+Every change also yields an :class:`Event` into the machine's bounded
+:class:`EventLog` (``machine.events``), which serves watches (events.py).
 
 Modules: ``commands`` (command types, log encoding), ``results`` (results,
 version/revision rules), ``limits`` (size limits, validation), ``sessions``
-(exactly-once table), ``kv`` (the machine), ``errors``.
+(exactly-once table), ``events`` (change events, history), ``kv`` (the
+machine), ``errors``.
 """
 
 from prkdb.state.commands import (
@@ -42,6 +45,16 @@ from prkdb.state.errors import (
     StateError,
     StateInvariantError,
 )
+from prkdb.state.events import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_EVENTS,
+    EVENT_OVERHEAD,
+    Compacted,
+    Event,
+    EventKind,
+    EventLog,
+    EventRecord,
+)
 from prkdb.state.kv import (
     LEASE_PARTITION_BITS,
     SNAPSHOT_FORMAT,
@@ -61,9 +74,12 @@ from prkdb.state.sessions import (
 )
 
 __all__ = [
+    "DEFAULT_HISTORY_BYTES",
+    "DEFAULT_HISTORY_EVENTS",
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_SESSIONS",
     "DEFAULT_SESSION_TTL_ENTRIES",
+    "EVENT_OVERHEAD",
     "LEASE_PARTITION_BITS",
     "SNAPSHOT_FORMAT",
     "UNCHECKED",
@@ -72,12 +88,17 @@ __all__ = [
     "ClientId",
     "Command",
     "CommandDecodeError",
+    "Compacted",
     "Compare",
     "CompareAndSetCommand",
     "CompareOp",
     "CompareTarget",
     "DecodedSnapshot",
     "DeleteCommand",
+    "Event",
+    "EventKind",
+    "EventLog",
+    "EventRecord",
     "GetOp",
     "InvalidCommand",
     "KVStateMachine",

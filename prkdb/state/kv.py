@@ -39,6 +39,14 @@ State:
   Invariant: strictly increasing; ``apply`` refuses anything else.
 * ``partition``: this partition's number (< 65536), the low 16 bits of every
   lease id granted here.
+* ``events``: the recent change events (events.py), per replica and not in
+  snapshots: a bounded history that starts at the applied index the machine
+  started from (0, or the index of the snapshot it last installed).
+  ``_put``, ``_delete`` and ``_revoke`` add one record per key they change
+  to ``_emitted``; the end of ``apply`` moves the entry's records into
+  ``events`` as one revision and passes them to ``on_events``, the server's
+  callback (if set). Events are a function of the applied log, like the
+  rest of the state.
 
 Lease rules. A put with lease ``L`` attaches the key to ``L`` (detaching it
 from a previous lease); a put with lease 0 (and a CompareAndSet that stores
@@ -69,6 +77,11 @@ apply(index, data), in order:
    ops' effects; all share the revision ``index``.
 8. Record the result in the session table (failed results too: a retry must
    see the same answer).
+9. If the command changed keys: append their events (one per changed key,
+   op order, revision ``index``) to ``events`` and call ``on_events``. A
+   session replay, a failed command and a delete of an absent key change
+   nothing and emit nothing; a revoke emits DELETE per key, or EXPIRE when
+   the leader proposed it (``expired``).
 
 Compare semantics (etcd's): an absent key has version, create and mod
 revision and lease 0, and no value; a VALUE compare on an absent key is
@@ -122,6 +135,15 @@ from prkdb.state.commands import (
     decode_command,
 )
 from prkdb.state.errors import CommandDecodeError, SnapshotDecodeError, StateInvariantError
+from prkdb.state.events import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_EVENTS,
+    Event,
+    EventKind,
+    EventLog,
+    EventRecord,
+    events_from_records,
+)
 from prkdb.state.limits import Limits, check_command
 from prkdb.state.results import OpResult, ResultCode, WriteResult, ok_result
 from prkdb.state.sessions import (
@@ -198,6 +220,10 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 _OK: Final = ResultCode.OK
+# Event kinds as plain ints, as EventRecord holds them (events.py: GC).
+_PUT: Final = int(EventKind.PUT)
+_DELETE: Final = int(EventKind.DELETE)
+_EXPIRE: Final = int(EventKind.EXPIRE)
 _CAS_FAILED: Final = ResultCode.CAS_FAILED
 _LEASE_NOT_FOUND: Final = ResultCode.LEASE_NOT_FOUND
 _VALUE: Final = CompareTarget.VALUE
@@ -276,12 +302,28 @@ class KVStateMachine:
         max_sessions: most client sessions kept (LRU by log index beyond it).
         session_ttl_entries: a session unused for more than this many log
             indexes is dropped.
+        history_events, history_bytes: bounds of :attr:`events`, the change
+            history watches are served from (see events.py). Per replica, not
+            replicated state: they may differ between replicas.
 
     Raises:
         ValueError: a limit or ``partition`` out of range.
     """
 
-    __slots__ = ("_applied", "_data", "_keys", "_leases", "_sessions", "limits", "partition")
+    __slots__ = (
+        "_applied",
+        "_data",
+        "_emitted",
+        "_keys",
+        "_leases",
+        "_sessions",
+        "events",
+        "limits",
+        "on_events",
+        "on_events_error",
+        "on_events_failures",
+        "partition",
+    )
 
     def __init__(
         self,
@@ -293,6 +335,8 @@ class KVStateMachine:
         max_leases: int = 100_000,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         session_ttl_entries: int = DEFAULT_SESSION_TTL_ENTRIES,
+        history_events: int = DEFAULT_HISTORY_EVENTS,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         if type(partition) is not int or not 0 <= partition <= _PARTITION_MASK:
             raise ValueError(f"partition ({partition!r}) must be an int in [0, 65536)")
@@ -308,6 +352,23 @@ class KVStateMachine:
         self._sessions = SessionTable(max_sessions, session_ttl_entries)
         # Index of the last applied entry; 0 = nothing applied.
         self._applied = 0
+        #: Recent change events, for watches (events.py). Read it (``since``,
+        #: ``oldest``); only ``apply`` and ``install`` change it.
+        self.events = EventLog(history_events, history_bytes, oldest=0)
+        #: Called as ``on_events(events)`` after each apply that changed keys,
+        #: with that entry's events (a new list, op order, one revision), after
+        #: they are in :attr:`events`. Set by the server; None = nobody
+        #: listens (building the Event objects is then skipped). It runs inside
+        #: ``apply``, so it must be quick and must not raise: an exception is
+        #: caught (apply's state change is done and must stand), counted in
+        #: :attr:`on_events_failures` and kept in :attr:`on_events_error` for
+        #: the owner to log.
+        self.on_events: Callable[[list[Event]], object] | None = None
+        self.on_events_failures = 0
+        self.on_events_error: Exception | None = None
+        # Events of the entry being applied, copied into `events` at its end
+        # (then cleared: one list for the machine's life).
+        self._emitted: list[EventRecord] = []
 
     # -- reads -----------------------------------------------------------------
 
@@ -450,14 +511,30 @@ class KVStateMachine:
         except CommandDecodeError as e:
             return WriteResult(ResultCode.MALFORMED_COMMAND, index, message=str(e))
         if client_id is None:
-            return self._execute(index, cmd)
-        assert seq is not None  # decode_command returns both or neither
-        replay = sessions.check(client_id, seq, index)
-        if replay is not None:
-            return replay
-        result = self._execute(index, cmd)
-        sessions.record(client_id, seq, result, index)
+            result = self._execute(index, cmd)
+        else:
+            assert seq is not None  # decode_command returns both or neither
+            replay = sessions.check(client_id, seq, index)
+            if replay is not None:
+                return replay  # its events went out when it was first applied
+            result = self._execute(index, cmd)
+            sessions.record(client_id, seq, result, index)
+        if self._emitted:
+            self._publish()
         return result
+
+    def _publish(self) -> None:
+        """Move the entry's events into the history, then tell ``on_events``."""
+        emitted = self._emitted
+        self.events.append(emitted)
+        on_events = self.on_events
+        if on_events is not None:
+            try:
+                on_events(events_from_records(emitted))
+            except Exception as e:  # the owner's bug must not undo an applied entry
+                self.on_events_failures += 1
+                self.on_events_error = e
+        emitted.clear()
 
     def _execute(self, index: int, cmd: Command) -> WriteResult:
         violation = check_command(cmd, self.limits)
@@ -470,7 +547,7 @@ class KVStateMachine:
             prev = self._put(index, cmd.key, cmd.value, lease)
             return ok_result(index, prev + 1, prev)
         if type(cmd) is DeleteCommand:
-            return ok_result(index, 0, self._delete(cmd.key))
+            return ok_result(index, 0, self._delete(index, cmd.key))
         if type(cmd) is CompareAndSetCommand:
             return self._compare_and_set(index, cmd)
         if type(cmd) is TxnCommand:
@@ -483,7 +560,7 @@ class KVStateMachine:
         if type(cmd) is LeaseGrantCommand:
             return self._grant(index, cmd.ttl_ms)
         assert type(cmd) is LeaseRevokeCommand  # check_command rejected everything else
-        return self._revoke(index, cmd.lease_id)
+        return self._revoke(index, cmd.lease_id, cmd.expired)
 
     def _put(self, index: int, key: bytes, value: bytes, lease: int) -> int:
         """Store ``value`` under ``key`` at revision ``index``; return the previous version.
@@ -493,12 +570,14 @@ class KVStateMachine:
         data = self._data
         old = data.get(key)
         if old is None:
+            self._emitted.append((_PUT, key, index, value, None))
             prev = 0
             create = index
             self._keys.add(key)
             if lease:
                 self._leases[lease].keys.add(key)
         else:
+            self._emitted.append((_PUT, key, index, value, old[0]))
             prev = old[1]
             create = old[3]
             old_lease = old[4]
@@ -510,11 +589,15 @@ class KVStateMachine:
         data[key] = (value, prev + 1, index, create, lease)
         return prev
 
-    def _delete(self, key: bytes) -> int:
-        """Remove ``key`` if present; return its version before (0 = was absent)."""
+    def _delete(self, index: int, key: bytes) -> int:
+        """Remove ``key`` (at revision ``index``) if present; return its version before.
+
+        0 = the key was absent (nothing changed, no event).
+        """
         old = self._data.pop(key, None)
         if old is None:
             return 0
+        self._emitted.append((_DELETE, key, index, None, old[0]))
         self._keys.remove(key)
         if old[4]:
             self._leases[old[4]].keys.discard(key)
@@ -540,7 +623,7 @@ class KVStateMachine:
                 _CAS_FAILED, index, version, version, message=f"compare failed: {failure}"
             )
         if cmd.new_value is None:
-            return WriteResult(_OK, index, 0, self._delete(cmd.key))
+            return WriteResult(_OK, index, 0, self._delete(index, cmd.key))
         prev = self._put(index, cmd.key, cmd.new_value, 0)
         return WriteResult(_OK, index, prev + 1, prev)
 
@@ -592,7 +675,7 @@ class KVStateMachine:
                 prev = self._put(index, op.key, op.value, op.lease)
                 results.append(OpResult(prev + 1, prev))
             elif type(op) is DeleteCommand:
-                results.append(OpResult(0, self._delete(op.key)))
+                results.append(OpResult(0, self._delete(index, op.key)))
             else:
                 record = self._data.get(op.key)
                 if record is None:
@@ -614,14 +697,15 @@ class KVStateMachine:
         leases[lease_id] = _Lease(ttl_ms)
         return WriteResult(_OK, index, lease_id=lease_id)
 
-    def _revoke(self, index: int, lease_id: int) -> WriteResult:
+    def _revoke(self, index: int, lease_id: int, expired: bool) -> WriteResult:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return self._no_lease(index, lease_id, "")
-        data, keys = self._data, self._keys
+        data, keys, emit = self._data, self._keys, self._emitted.append
+        kind = _EXPIRE if expired else _DELETE
         # Key order (sorted): a set's own order differs between processes.
         for key in sorted(lease.keys):
-            del data[key]
+            emit((kind, key, index, None, data.pop(key)[0]))
             keys.remove(key)
         return WriteResult(_OK, index, version=len(lease.keys))
 
@@ -679,6 +763,8 @@ class KVStateMachine:
         self._sessions = state.sessions
         self._applied = state.applied
         self._leases = state.leases
+        # The events before the snapshot are not known here (events.py).
+        self.events.reset(state.applied)
 
     def decode_snapshot(self, data: bytes) -> DecodedSnapshot:
         """Decode and check a :meth:`snapshot`'s bytes into a state `install` can take.
