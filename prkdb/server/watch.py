@@ -1,0 +1,354 @@
+"""`PartitionWatches`: one partition's watches, fed by its state machine's events.
+
+Theory of operation
+-------------------
+A watch is ``(rid, [start, end), cursor, prev_values)`` on one connection
+(its `WatchSink`). Opening one reads the partition's event history
+(``EventLog.since(cursor, start, end)``: `Compacted` if the cursor is older
+than what is held), queues that backlog and registers the watch, all in one
+synchronous step: no apply can fall between the backlog and the
+registration, so nothing is missed and nothing is sent twice.
+
+The state machine calls `on_events` after each applied entry that changed
+keys; the events wait in `_pass` until the driver calls `flush(applied, now)`
+once its Ready is applied. Then each watch whose range matches gets one
+batch: the events of the whole Ready (so of whole revisions, never split)
+with ``progress = applied``. Watches with the same range share the match.
+
+Delivery never blocks the Raft loop: a batch is put on the watch's own
+queue, and `_pump` moves queued batches into the connection (one
+WatchEvents frame per call, at most `FRAME_BYTES` of events, whole
+batches) only while the connection holds less than `SINK_HIGH_WATER`
+unsent bytes. What the socket did not take stays queued here and is pumped
+again on later passes and ticks. A watch whose live queue passes
+`max_events` or `max_bytes` is dropped with WATCH_OVERFLOW (the client
+resumes from its cursor). The backlog read at open is not counted (it is
+bounded by the history size and may exceed the buffer; counting it would
+make a client that resumes from far back overflow forever).
+
+Progress notices: a watch that sent nothing for `PROGRESS_INTERVAL_S` gets
+an empty frame with ``progress = applied`` on a tick (idle watches are looked
+for every `NOTICE_CHECK_S`, so a notice leaves within a second of quiet).
+
+Invariants (per watch):
+    `queued_upto` is the progress of the last batch queued, >= the cursor
+    it was opened with; every queued or later event has revision > it, so
+    frames go out in revision order and progress never goes back.
+    An event at or below `queued_upto` (a partition that restarted and
+    re-applies entries after its snapshot) is skipped: never a duplicate.
+
+A snapshot installed at index s replaces the history; a watch with
+``queued_upto < s`` may have missed events before s, so it is ended with
+UNAVAILABLE (the client resumes elsewhere or here, from its cursor).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prkdb.errors import PrkdbError, Unavailable, WatchOverflow
+
+PROGRESS_INTERVAL_S = 0.8  # idle notice after this long (checked every NOTICE_CHECK_S)
+NOTICE_CHECK_S = 0.1  # idle watches are looked for this often (not every 50 ms tick)
+SINK_HIGH_WATER = 1024 * 1024  # unsent bytes on a connection before watches queue here
+FRAME_BYTES = 256 * 1024  # event bytes per WatchEvents frame (whole batches; at least one)
+EVENT_OVERHEAD = 16  # bytes counted per event besides its key and values
+BISECT_ABOVE = 256  # ranges x events of a pass beyond which matching bisects sorted keys
+
+
+class EventLike(Protocol):
+    """What this module reads of a `prkdb.state.events.Event`."""
+
+    @property
+    def kind(self) -> int: ...
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def prev_value(self) -> bytes | None: ...
+
+
+class History(Protocol):
+    """The partition's event history (`prkdb.state.events.EventLog`)."""
+
+    def since(self, after: int, start: bytes, end: bytes | None) -> Sequence[Any]: ...
+
+
+class WatchSink(Protocol):
+    """One client connection, as its watches see it (client_service.py)."""
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued on the connection that the socket has not taken yet."""
+        ...
+
+    def send_events(self, watch: Watch, events: Sequence[Any], progress: int) -> bool:
+        """Queue one WatchEvents frame; False if the connection is closed (or full)."""
+        ...
+
+    def end_watch(self, watch: Watch, error: PrkdbError) -> None:
+        """The server ended `watch`: send the Error frame of its rid, forget the rid."""
+        ...
+
+
+def event_size(e: EventLike, prev_values: bool) -> int:
+    """Bytes counted for one event in buffers and frames."""
+    n = EVENT_OVERHEAD + len(e.key)
+    if e.value is not None:
+        n += len(e.value)
+    if prev_values and e.prev_value is not None:
+        n += len(e.prev_value)
+    return n
+
+
+@dataclass(slots=True)
+class _Batch:
+    events: list[Any]
+    progress: int  # every event of this partition's range up to here is in or before it
+    size: int  # event_size total
+    live: bool  # counted against the buffer bound (the backlog is not)
+
+
+@dataclass(eq=False, slots=True)
+class Watch:
+    """One registration; identity is the object (a rid is unique per connection only)."""
+
+    rid: int
+    partition: int
+    start: bytes
+    end: bytes | None
+    prev_values: bool
+    sink: WatchSink
+    queued_upto: int  # progress of the last batch queued (module invariants)
+    sent_at: float = 0.0  # when the last frame of this watch was queued on the sink
+    queue: deque[_Batch] = field(default_factory=deque)
+    live_events: int = 0  # events in live batches of `queue`
+    live_bytes: int = 0
+    closed: bool = False
+
+    @property
+    def range(self) -> tuple[bytes, bytes | None]:
+        return self.start, self.end
+
+
+class PartitionWatches:
+    """The watches of one partition (owned by its `PartitionDriver`; module doc)."""
+
+    def __init__(self, partition: int, max_events: int, max_bytes: int) -> None:
+        self.partition = partition
+        self.max_events = max_events  # live events queued per watch before it overflows
+        self.max_bytes = max_bytes
+        # Watches by range: watches of one range share the match of each pass.
+        self._by_range: dict[tuple[bytes, bytes | None], dict[Watch, None]] = {}
+        self._pass: list[Any] = []  # events applied since the last flush, in order
+        self._backed_up: dict[Watch, None] = {}  # watches with queued batches (ordered set)
+        self._next_notice_check = 0.0
+        self.overflows = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether any watch is open (the driver skips the calls otherwise)."""
+        return bool(self._by_range)
+
+    def __len__(self) -> int:
+        return sum(len(ws) for ws in self._by_range.values())
+
+    # -- registration (the connection's task; synchronous, so atomic w.r.t. applies) --
+    def open(self, history: History, sink: WatchSink, rid: int, start: bytes,
+             end: bytes | None, after: int, prev_values: bool, applied: int,
+             now: float) -> Watch:
+        """Register a watch of ``[start, end)`` after revision `after`; queue its backlog.
+
+        Args:
+            history: the partition's EventLog, as applied up to `applied`.
+            applied: the partition's applied index (the backlog's progress).
+
+        Raises:
+            Compacted: `after` is older than the history held (from `history.since`).
+        """
+        backlog = list(history.since(after, start, end))
+        w = Watch(rid, self.partition, start, end, prev_values, sink, max(after, applied), now)
+        # A cursor ahead of this replica (a lagging follower) keeps its place:
+        # progress never goes back for the client.
+        self._queue_backlog(w, backlog, max(after, applied))
+        self._by_range.setdefault(w.range, {})[w] = None
+        self._pump(w, now)
+        return w
+
+    def close(self, w: Watch) -> None:
+        """Forget `w` (cancel, connection closed, or ended by the server); idempotent."""
+        if w.closed:
+            return
+        w.closed = True
+        w.queue.clear()
+        w.live_events = w.live_bytes = 0
+        self._backed_up.pop(w, None)
+        ws = self._by_range.get(w.range)
+        if ws is not None:
+            ws.pop(w, None)
+            if not ws:
+                del self._by_range[w.range]
+                if not self._by_range:
+                    self._pass.clear()  # nobody flushes it now
+
+    def _queue_backlog(self, w: Watch, events: list[Any], progress: int) -> None:
+        # Cut at revision boundaries into frame-sized batches.
+        batch: list[Any] = []
+        size = 0
+        for e in events:
+            n = event_size(e, w.prev_values)
+            if size + n > FRAME_BYTES and batch and e.revision != batch[-1].revision:
+                w.queue.append(_Batch(batch, batch[-1].revision, size, False))
+                batch, size = [], 0
+            batch.append(e)
+            size += n
+        # The last batch (maybe empty: then it is the watch's first progress notice).
+        w.queue.append(_Batch(batch, progress, size, False))
+
+    # -- the state machine's hook and the driver's pass ---------------------------
+    def on_events(self, events: Sequence[Any]) -> None:
+        """The state machine applied an entry that produced `events` (called in apply)."""
+        if self._by_range:
+            self._pass.extend(events)
+
+    def discard_pass(self) -> None:
+        """Forget events of a pass that will not be flushed (the partition restarts)."""
+        self._pass.clear()
+
+    def flush(self, applied: int, now: float) -> None:
+        """Hand the pass's events to the watches of their ranges (once per applied Ready)."""
+        events, self._pass = self._pass, []
+        if events:
+            for (start, end), matched in self._match(events):
+                for w in list(self._by_range.get((start, end), ())):
+                    self._add_live(w, matched, applied, now)
+        if self._backed_up:
+            self.pump_all(now)
+
+    def _match(self, events: list[Any]) -> list[tuple[tuple[bytes, bytes | None], list[Any]]]:
+        """``(range, its events in apply order)`` for each range that has any."""
+        ranges = list(self._by_range)
+        out = []
+        if len(ranges) < 8 or len(ranges) * len(events) <= BISECT_ABOVE:
+            for r in ranges:
+                start, end = r
+                matched = [e for e in events if start <= e.key and (end is None or e.key < end)]
+                if matched:
+                    out.append((r, matched))
+            return out
+        # Many ranges and events: sort the events by key once, then each range
+        # is two bisections; its slice goes back to apply (revision) order.
+        order = sorted(range(len(events)), key=lambda i: events[i].key)
+        keys = [events[i].key for i in order]
+        for r in ranges:
+            start, end = r
+            lo = bisect_left(keys, start)
+            hi = len(keys) if end is None else bisect_left(keys, end, lo)
+            if lo < hi:
+                out.append((r, [events[i] for i in sorted(order[lo:hi])]))
+        return out
+
+    def _add_live(self, w: Watch, matched: list[Any], progress: int, now: float) -> None:
+        if matched[0].revision <= w.queued_upto:  # re-applied after a restart: skip what we had
+            matched = [e for e in matched if e.revision > w.queued_upto]
+            if not matched:
+                return
+        pv = w.prev_values
+        size = 0
+        for e in matched:
+            size += event_size(e, pv)
+        w.live_events += len(matched)
+        w.live_bytes += size
+        if w.live_events > self.max_events or w.live_bytes > self.max_bytes:
+            self._overflow(w)
+            return
+        w.queue.append(_Batch(matched, max(progress, matched[-1].revision), size, True))
+        w.queued_upto = w.queue[-1].progress
+        self._pump(w, now)
+
+    def _overflow(self, w: Watch) -> None:
+        self.overflows += 1
+        events, size = w.live_events, w.live_bytes
+        self.close(w)
+        w.sink.end_watch(w, WatchOverflow(
+            f"partition {self.partition}: watch {w.rid} fell behind by more than "
+            f"{self.max_events} events or {self.max_bytes} bytes ({events} events, "
+            f"{size} bytes queued); resume from the cursor",
+            details={"partition": self.partition}))
+
+    def _pump(self, w: Watch, now: float) -> None:
+        """Move queued batches into the connection while it has room (module doc)."""
+        sink = w.sink
+        q = w.queue
+        while q and sink.unsent_bytes < SINK_HIGH_WATER:
+            events: list[Any] = []
+            size = 0
+            progress = 0
+            while q and (not events or size + q[0].size <= FRAME_BYTES):
+                b = q.popleft()
+                if b.live:
+                    w.live_events -= len(b.events)
+                    w.live_bytes -= b.size
+                events.extend(b.events)
+                size += b.size
+                progress = b.progress
+            if not sink.send_events(w, events, progress):
+                self.close(w)  # the connection is closing: its cleanup forgets the rid
+                return
+            w.sent_at = now
+        if q:
+            self._backed_up[w] = None
+        else:
+            self._backed_up.pop(w, None)
+
+    def pump_all(self, now: float) -> None:
+        """Pump every watch with queued batches (the socket may have taken more)."""
+        for w in list(self._backed_up):
+            self._pump(w, now)
+
+    # -- ticks: idle notices, and pumping watches that waited for the socket -------
+    def tick(self, applied: int, now: float) -> None:
+        """Progress notices for idle watches; pump the backed-up ones."""
+        if self._backed_up:
+            self.pump_all(now)
+        if now < self._next_notice_check:
+            return
+        self._next_notice_check = now + NOTICE_CHECK_S
+        due = now - PROGRESS_INTERVAL_S
+        for ws in list(self._by_range.values()):
+            for w in list(ws):
+                if w.sent_at > due or w.queue:
+                    continue
+                if applied > w.queued_upto:
+                    w.queued_upto = applied
+                if not w.sink.send_events(w, (), w.queued_upto):
+                    self.close(w)
+                    continue
+                w.sent_at = now
+
+    # -- a replaced history -------------------------------------------------------
+    def history_reset(self, index: int) -> None:
+        """A snapshot at `index` was installed: end watches that may have missed events."""
+        self._pass.clear()
+        for ws in list(self._by_range.values()):
+            for w in list(ws):
+                if w.queued_upto < index:
+                    self.close(w)
+                    w.sink.end_watch(w, Unavailable(
+                        f"partition {self.partition}: this replica installed a snapshot at "
+                        f"index {index}, past the watch's progress {w.queued_upto}; resume "
+                        "the watch from its cursor", details={"partition": self.partition}))
+
+    def close_all(self, error: PrkdbError) -> None:
+        """End every watch with `error` (the node shuts down)."""
+        for ws in list(self._by_range.values()):
+            for w in list(ws):
+                self.close(w)
+                w.sink.end_watch(w, error)

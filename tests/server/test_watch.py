@@ -1,0 +1,252 @@
+"""`PartitionWatches` alone: a fake history and a fake connection, no event loop."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from prkdb.errors import Compacted, PrkdbError, Unavailable, WatchOverflow
+from prkdb.server import watch as watch_mod
+from prkdb.server.watch import PROGRESS_INTERVAL_S, PartitionWatches, Watch
+
+
+@dataclass(frozen=True, slots=True)
+class Ev:
+    kind: int
+    key: bytes
+    revision: int
+    value: bytes | None
+    prev_value: bytes | None = None
+
+
+class FakeHistory:
+    def __init__(self, oldest: int = 0) -> None:
+        self.events: list[Ev] = []
+        self.oldest = oldest
+
+    def since(self, after: int, start: bytes, end: bytes | None) -> list[Ev]:
+        if after < self.oldest:
+            raise Compacted(self.oldest)
+        return [e for e in self.events if e.revision > after and start <= e.key
+                and (end is None or e.key < end)]
+
+
+@dataclass
+class FakeSink:
+    unsent_bytes: int = 0
+    frames: list[tuple[int, list[Any], int]] = field(default_factory=list)
+    ended: list[tuple[int, PrkdbError]] = field(default_factory=list)
+    closed: bool = False
+
+    def send_events(self, watch: Watch, events: Sequence[Any], progress: int) -> bool:
+        if self.closed:
+            return False
+        self.frames.append((watch.rid, list(events), progress))
+        return True
+
+    def end_watch(self, watch: Watch, error: PrkdbError) -> None:
+        self.ended.append((watch.rid, error))
+
+    def revisions(self, rid: int) -> list[int]:
+        return [e.revision for r, evs, _ in self.frames if r == rid for e in evs]
+
+
+def put(key: bytes, rev: int, value: bytes = b"v") -> Ev:
+    return Ev(0, key, rev, value)
+
+
+def apply(ws: PartitionWatches, hist: FakeHistory, events: list[Ev], applied: int,
+          now: float = 0.0) -> None:
+    """What the driver does per Ready: the machine calls the hook per entry, then flush."""
+    for e in events:
+        hist.events.append(e)
+        ws.on_events([e])
+    ws.flush(applied, now)
+
+
+def test_backlog_then_live_in_revision_order() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    for i in range(1, 4):
+        hist.events.append(put(b"a%d" % i, i))
+    hist.events.append(put(b"b", 4))
+    w = ws.open(hist, sink, 7, b"a", b"b", 1, False, applied=4, now=0)
+    assert sink.frames == [(7, [put(b"a2", 2), put(b"a3", 3)], 4)]
+    apply(ws, hist, [put(b"a9", 5), put(b"zz", 5), put(b"a1", 6)], applied=6)
+    apply(ws, hist, [put(b"c", 7)], applied=8)  # out of range: no frame
+    assert sink.frames[1] == (7, [put(b"a9", 5), put(b"a1", 6)], 6)
+    assert len(sink.frames) == 2
+    assert sink.revisions(7) == [2, 3, 5, 6]
+    assert w.queued_upto == 6
+    ws.close(w)
+    assert len(ws) == 0
+    apply(ws, hist, [put(b"a1", 9)], applied=9)
+    assert len(sink.frames) == 2
+
+
+def test_compacted_cursor_raises_with_oldest() -> None:
+    ws = PartitionWatches(0, 100, 1 << 20)
+    with pytest.raises(Compacted) as exc:
+        ws.open(FakeHistory(oldest=50), FakeSink(), 1, b"", None, 10, False, 60, 0)
+    assert exc.value.oldest == 50
+    assert len(ws) == 0
+
+
+def test_progress_notices_while_idle_and_never_backwards() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"k", b"l", 0, False, applied=3, now=0.0)
+    assert sink.frames == [(1, [], 3)]
+    ws.tick(5, now=0.5)
+    assert len(sink.frames) == 1  # not idle long enough
+    ws.tick(5, now=PROGRESS_INTERVAL_S + 0.01)
+    assert sink.frames[-1] == (1, [], 5)
+    # A restarted partition reports a lower applied index for a moment: progress holds.
+    ws.tick(2, now=2 * PROGRESS_INTERVAL_S + 0.1)
+    assert sink.frames[-1] == (1, [], 5)
+
+
+def test_cursor_ahead_of_a_lagging_replica_keeps_its_place() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"", None, 10, False, applied=4, now=0)
+    assert sink.frames == [(1, [], 10)]
+    apply(ws, hist, [put(b"x", 8)], applied=8)  # already delivered elsewhere
+    assert len(sink.frames) == 1
+    apply(ws, hist, [put(b"x", 11)], applied=11)
+    assert sink.frames[-1] == (1, [put(b"x", 11)], 11)
+
+
+def test_a_stalled_reader_overflows_at_the_bound_and_others_go_on() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, max_events=10, max_bytes=1 << 20)
+    stalled = FakeSink(unsent_bytes=watch_mod.SINK_HIGH_WATER)  # socket full: nothing leaves
+    fine = FakeSink()
+    ws.open(hist, stalled, 1, b"", None, 0, False, applied=0, now=0)
+    ws.open(hist, fine, 2, b"", None, 0, False, applied=0, now=0)
+    for rev in range(1, 11):
+        apply(ws, hist, [put(b"k", rev)], applied=rev)
+    assert stalled.ended == []
+    apply(ws, hist, [put(b"k", 11)], applied=11)
+    assert [(rid, type(e)) for rid, e in stalled.ended] == [(1, WatchOverflow)]
+    assert len(ws) == 1
+    for rev in range(12, 40):
+        apply(ws, hist, [put(b"k", rev)], applied=rev)
+    assert fine.revisions(2) == list(range(1, 40))
+
+
+def test_overflow_by_bytes() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, max_events=1000, max_bytes=1000)
+    sink = FakeSink(unsent_bytes=watch_mod.SINK_HIGH_WATER)
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=0, now=0)
+    apply(ws, hist, [put(b"k", 1, b"x" * 900)], applied=1)
+    assert sink.ended == []
+    apply(ws, hist, [put(b"k", 2, b"x" * 200)], applied=2)
+    assert type(sink.ended[0][1]) is WatchOverflow
+
+
+def test_queued_batches_leave_when_the_socket_drains_coalesced() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink(unsent_bytes=watch_mod.SINK_HIGH_WATER)
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=0, now=0)
+    for rev in range(1, 6):
+        apply(ws, hist, [put(b"k", rev)], applied=rev)
+    assert sink.frames == []
+    sink.unsent_bytes = 0
+    ws.tick(5, now=0.05)
+    # The initial notice and five batches leave as one frame, in order.
+    assert sink.frames == [(1, [put(b"k", r) for r in range(1, 6)], 5)]
+
+
+def test_backlog_is_cut_at_revision_boundaries_and_not_counted() -> None:
+    hist = FakeHistory()
+    big = b"x" * (watch_mod.FRAME_BYTES // 3)
+    for rev in range(1, 8):
+        hist.events += [put(b"a", rev, big), put(b"b", rev, big)]  # two events per revision
+    ws = PartitionWatches(0, max_events=3, max_bytes=1 << 30)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=7, now=0)
+    assert sink.ended == []
+    frames = [evs for _, evs, _ in sink.frames]
+    assert len(frames) > 1
+    for evs in frames:  # a revision is never split between frames
+        assert len({e.revision for e in evs}) * 2 == len(evs)
+    assert sink.revisions(1) == [r for r in range(1, 8) for _ in range(2)]
+    assert sink.frames[-1][2] == 7
+
+
+def test_prev_values_count_only_when_asked() -> None:
+    e = Ev(0, b"k", 1, b"12345", b"1234567890")
+    assert watch_mod.event_size(e, False) + 10 == watch_mod.event_size(e, True)
+
+
+def test_reapplied_events_after_a_restart_are_not_sent_twice() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=0, now=0)
+    apply(ws, hist, [put(b"k", 1), put(b"k", 2)], applied=2)
+    ws.on_events([put(b"k", 3)])
+    ws.discard_pass()  # the partition failed mid-Ready: its core restarts
+    apply(ws, hist, [put(b"k", 1), put(b"k", 2), put(b"k", 3)], applied=3)
+    assert sink.revisions(1) == [1, 2, 3]
+
+
+def test_snapshot_install_ends_watches_that_may_have_missed_events() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=5, now=0)
+    ws.open(hist, sink, 2, b"", None, 20, False, applied=5, now=0)
+    ws.history_reset(10)
+    assert [(rid, type(e)) for rid, e in sink.ended] == [(1, Unavailable)]
+    assert len(ws) == 1
+
+
+def test_closed_connection_drops_the_watch() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sink = FakeSink()
+    ws.open(hist, sink, 1, b"", None, 0, False, applied=0, now=0)
+    sink.closed = True
+    apply(ws, hist, [put(b"k", 1)], applied=1)
+    assert len(ws) == 0
+
+
+def test_watches_of_one_range_share_the_match() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    sinks = [FakeSink() for _ in range(3)]
+    for i, s in enumerate(sinks):
+        ws.open(hist, s, i, b"p/", b"p0", 0, False, applied=0, now=0)
+    apply(ws, hist, [put(b"p/1", 1), put(b"q", 1)], applied=1)
+    assert [s.revisions(i) for i, s in enumerate(sinks)] == [[1], [1], [1]]
+
+
+def test_matching_by_bisection_equals_the_plain_scan() -> None:
+    rng = random.Random(17)
+    for _ in range(50):
+        ws = PartitionWatches(0, 10**6, 1 << 30)
+        hist = FakeHistory()
+        for rid in range(rng.randint(1, 40)):
+            a, b = sorted(rng.sample(range(30), 2))
+            end = None if rng.random() < 0.2 else b"k%02d" % b
+            ws.open(hist, FakeSink(), rid, b"k%02d" % a, end, 0, False, 0, 0)
+        events = [put(b"k%02d" % rng.randrange(32), rev // 3 + 1) for rev in range(60)]
+        bisected = ws._match(events)
+        old = watch_mod.BISECT_ABOVE
+        watch_mod.BISECT_ABOVE = 10**9
+        try:
+            plain = ws._match(events)
+        finally:
+            watch_mod.BISECT_ABOVE = old
+        assert bisected == plain
