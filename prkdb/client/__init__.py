@@ -14,7 +14,8 @@ async with PrkDbClient.connect(["127.0.0.1:8080"]) as client:
     items = await client.scan(b"app/")                    # every partition, in key order
 ```
 
-Transactions (prkdb.client.txn), leases (``client.lease(ttl)``, kept
+Watches (``client.watch(b"app/")``, prkdb.client.watch), transactions
+(prkdb.client.txn), leases (``client.lease(ttl)``, kept
 alive in the background) and the `Lock` / `Election` recipes
 (prkdb.client.recipes) are in docs/client.md.
 
@@ -40,10 +41,13 @@ from prkdb.client.results import (
     ScanPage,
     TxnOpResult,
     TxnResult,
+    WatchEvent,
     WriteResult,
 )
 from prkdb.client.txn import Compare, absent, exists
+from prkdb.client.watch import WatchCursor
 from prkdb.errors import (
+    Compacted,
     ErrorCode,
     InternalError,
     InvalidRequest,
@@ -56,12 +60,14 @@ from prkdb.errors import (
     TooLarge,
     TooManyLeases,
     Unavailable,
+    WatchOverflow,
     WrongCluster,
 )
 from prkdb.wire.messages import (
     AdminOk,
     BackupBeginOk,
     BatchOp,
+    EventKind,
     OpKind,
     OpResult,
     ReadConsistency,
@@ -102,9 +108,11 @@ __all__ = [
     "BackupBeginOk",
     "BackupFailed",
     "BatchOp",
+    "Compacted",
     "Compare",
     "Election",
     "ErrorCode",
+    "EventKind",
     "GetResult",
     "InternalError",
     "InvalidRequest",
@@ -130,6 +138,9 @@ __all__ = [
     "TxnOpResult",
     "TxnResult",
     "Unavailable",
+    "WatchCursor",
+    "WatchEvent",
+    "WatchOverflow",
     "WriteResult",
     "WrongCluster",
     "absent",

@@ -30,6 +30,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 from prkdb.client.api import AsyncApi, Connecting
@@ -51,6 +52,7 @@ from prkdb.client.core import (
 )
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.routing import split_address
+from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
 from prkdb.wire import (
     CLOSED,
@@ -81,6 +83,8 @@ class AioConnection(asyncio.Protocol):
         self._hello: asyncio.Future[Any] | None = loop.create_future()
         # request_id -> its attempt (``state.task`` is the future to resolve).
         self._waiters: dict[int, AttemptState] = {}
+        # request_id -> the sink of an open stream (a Watch; see prkdb.client.connection).
+        self._streams: dict[int, Callable[[object], object]] = {}
         self._outbox: list[tuple[bytes, AttemptState]] = []
         self._flush_scheduled = False
         self._next_request_id = 1
@@ -162,6 +166,34 @@ class AioConnection(asyncio.Protocol):
             if self._waiters.pop(request_id, None) is not None:
                 state.abandoned = True  # cancelled: if not sent yet, it never will be
 
+    def open_stream(self, build: Callable[[int], Any],
+                    sink: Callable[[object], object]) -> int:
+        """Send a stream request; every frame of its id goes to `sink` (as the trio
+        `Connection.open_stream`). Returns the request id.
+
+        Raises:
+            ConnectionLost: the connection is broken (nothing sent).
+        """
+        if self._broken is not None:
+            raise ConnectionLost(self.address, self._broken)
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        frame = request_frame(build, request_id, DEFAULT_MAX_FRAME)
+        self._streams[request_id] = sink
+        self._queue(frame)
+        return request_id
+
+    def cancel_stream(self, request_id: int, build: Callable[[int], Any]) -> None:
+        """Stop routing the stream's frames and send the cancel `build` makes (if still open)."""
+        if self._streams.pop(request_id, None) is not None and self._broken is None:
+            self._queue(request_frame(build, request_id, DEFAULT_MAX_FRAME))
+
+    def _queue(self, frame: bytes) -> None:
+        self._outbox.append((frame, AttemptState()))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def close(self) -> None:
         """Break the connection (idempotent)."""
         self._mark_broken(ConnectionLost(self.address, "closed by the client"))
@@ -199,6 +231,9 @@ class AioConnection(asyncio.Protocol):
         for state in waiters.values():
             if not state.task.done():
                 state.task.set_exception(ConnectionLost(self.address, cause))
+        streams, self._streams = self._streams, {}
+        for sink in streams.values():
+            sink(ConnectionLost(self.address, cause))
         if self._transport is not None:
             self._transport.close()
 
@@ -243,7 +278,14 @@ class AioConnection(asyncio.Protocol):
             raise ConnectionLost(self.address, msg.message)  # about the connection
         state = self._waiters.pop(msg.request_id, None)  # type: ignore[union-attr]
         if state is None:
-            return  # its caller gave up (cancelled or expired)
+            if self._streams:
+                request_id: int = msg.request_id  # type: ignore[union-attr]
+                sink = self._streams.get(request_id)
+                if sink is not None:
+                    if isinstance(msg, Error):
+                        del self._streams[request_id]  # the server ended the stream
+                    sink(msg)
+            return  # else its caller gave up (cancelled or expired), or a cancelled stream
         if not state.task.done():
             state.task.set_result(msg)
 
@@ -350,6 +392,9 @@ class AsyncClient(AsyncApi):
             conn = await self._connection(action.address, action.deadline)
         return await conn.request(action.build, action, action.deadline)
 
+    def _watch_io(self) -> AioWatchIO:
+        return AioWatchIO(self)
+
     async def _connection(self, address: str, deadline: float) -> AioConnection:
         if self._closed:
             raise InvalidRequest("the client is closed")
@@ -378,6 +423,55 @@ class AsyncClient(AsyncApi):
         self._connections[address] = conn
         future.set_result(conn)
         return conn
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _StreamHandle:
+    conn: AioConnection
+    request_id: int
+    token: object
+
+
+@final
+class AioWatchIO:
+    """One watch's streams on the client's shared connections (see `AsyncWatch`)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._event = asyncio.Event()
+        self.inbox = WatchInbox(self._event.set)
+
+    async def open(self, action: OpenStream) -> object:
+        client = self._client
+        conn = client._connections.get(action.address)
+        if conn is None or conn.broken:
+            conn = await client._connection(action.address, action.deadline)
+        inbox, token = self.inbox, action.token
+        request_id = 0
+
+        def sink(item: object) -> None:
+            if not inbox.push(token, item):
+                conn.cancel_stream(request_id, cancel_array)  # the caller fell behind
+
+        request_id = conn.open_stream(action.build, sink)
+        return _StreamHandle(conn, request_id, token)
+
+    def cancel(self, handle: object, build: Callable[[int], Any]) -> None:
+        assert isinstance(handle, _StreamHandle)
+        handle.conn.cancel_stream(handle.request_id, build)
+        self.inbox.forget(handle.token)
+
+    async def wait(self, deadline: float) -> None:
+        if self.inbox:
+            await asyncio.sleep(0)
+            return
+        self._event.clear()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._event.wait()
+        except TimeoutError:
+            pass
 
 
 @final

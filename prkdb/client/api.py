@@ -9,7 +9,7 @@ docstrings and one behaviour.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
-from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
 from prkdb.client.core import BACKUP_CHUNK, ClientCore, Plan
 from prkdb.client.results import (
@@ -21,12 +21,24 @@ from prkdb.client.results import (
     ScanPage,
     TxnResult,
     Unset,
+    WatchEvent,
     WriteResult,
 )
 from prkdb.client.routing import Topology
-from prkdb.client.scan import DEFAULT_PAGE_SIZE, key_range
+from prkdb.client.scan import DEFAULT_PAGE_SIZE, KeyRange, key_range
 from prkdb.client.sessions import SessionPool
 from prkdb.client.txn import Compare, TxnOpLike
+from prkdb.client.watch import (
+    AwaitFrames,
+    CancelStream,
+    OpenStream,
+    WatchCursor,
+    WatchDriver,
+    WatchInbox,
+    current_cursor,
+    new_watch_plan,
+    watch_start,
+)
 from prkdb.wire.messages import (
     AdminOk,
     BackupBeginOk,
@@ -40,7 +52,7 @@ from prkdb.wire.messages import Compare as WireCompare
 if TYPE_CHECKING:
     from prkdb.client.lease import AsyncKeptLease
 
-__all__ = ["AsyncApi", "Connecting"]
+__all__ = ["AsyncApi", "AsyncWatch", "Connecting", "WatchIO"]
 
 T = TypeVar("T")
 C = TypeVar("C", bound="AsyncApi")
@@ -498,8 +510,161 @@ class AsyncApi:
         return await self._drive(self.core.backup_partition(
             partition, out, attempts, chunk_size, timeout, begin_timeout))
 
+    # --- watches -----------------------------------------------------------------------
+
+    def watch(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        cursor: WatchCursor | str | bytes | None = None,
+        prev_values: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncWatch:
+        """The changes of every key starting with `prefix`, or in ``[start, end)``, as they happen.
+
+        ``async for event in client.watch(b"app/"): ...`` (or ``async with``
+        it, to close its streams on exit). One stream per partition the range
+        covers (a hash-tagged prefix: one), at a follower if possible. Per
+        partition, events come in revision order; after a lost connection, a
+        dead or frozen node or a server-side overflow the watch reopens the
+        stream elsewhere and goes on exactly after what it delivered: no gap,
+        no duplicate. ``watch.cursor`` is what was delivered; pass it (or its
+        ``encode()`` text) as `cursor` to resume later. See prkdb.client.watch.
+
+        Args:
+            prefix / start / end: the keys, as for `scan`.
+            cursor: deliver only what comes after it; partitions it does not
+                name (and all, without a cursor) start from "now".
+            prev_values: fill `WatchEvent.prev_value`.
+            timeout: for the calls that start the watch (not for the watch).
+
+        Raises (from the iteration):
+            Compacted: the cursor is older than a partition's kept history
+                (``.partition``, ``.oldest``): list again and watch from a new cursor.
+            InvalidRequest: bad arguments or a damaged cursor.
+        """
+        return AsyncWatch(self, key_range(prefix, start, end), cursor, prev_values, timeout)
+
+    async def watch_cursor(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        timeout: float | None = None,
+    ) -> WatchCursor:
+        """A cursor at "now" for a range: take it, list the range, then watch from it.
+
+        Nothing committed after it is missed by ``watch(cursor=...)``; what
+        the list already shows may come again as events (applied in order,
+        they end in the same state). See `prkdb.client.watch.current_cursor`.
+        """
+        return await self._drive(current_cursor(self.core, key_range(prefix, start, end),
+                                                timeout))
+
+    def _watch_io(self) -> WatchIO:
+        """A new `WatchIO` for one watch (front ends implement it)."""
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         raise NotImplementedError
+
+
+class WatchIO(Protocol):
+    """What `AsyncWatch` needs of a front end (prkdb.client.watch's actions)."""
+
+    inbox: WatchInbox
+
+    async def open(self, action: OpenStream) -> object:
+        """Dial if needed, send the request; the stream's handle."""
+
+    def cancel(self, handle: object, build: Callable[[int], Any]) -> None:
+        """Stop the stream and send its cancel."""
+
+    async def wait(self, deadline: float) -> None:
+        """Return once the inbox is not empty, or at `deadline` (the core's clock)."""
+
+
+@final
+class AsyncWatch:
+    """An async iterator of `WatchEvent`s: what `AsyncApi.watch` returns.
+
+    ``cursor`` says what was delivered. ``aclose`` (or leaving ``async
+    with``) cancels its streams; a watch not closed is cancelled on the
+    server when its connection closes.
+    """
+
+    def __init__(self, client: AsyncApi, key_range: KeyRange, cursor: object,
+                 prev_values: bool, timeout: float | None) -> None:
+        self._client = client
+        self._range = key_range
+        self._given = cursor
+        self._prev_values = prev_values
+        self._timeout = timeout
+        self._driver: WatchDriver | None = None
+        self._io: WatchIO | None = None
+        self._closed = False
+
+    @property
+    def cursor(self) -> WatchCursor:
+        """Partition -> the revision up to which every event was delivered."""
+        if self._driver is not None:
+            return self._driver.plan.cursor
+        return WatchCursor() if self._given is None else WatchCursor.parse(self._given)
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> WatchEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        driver = self._driver
+        if driver is None:
+            core = self._client.core
+            start = await self._client.drive(watch_start(core, self._range, self._given,
+                                                         self._timeout))
+            self._io = self._client._watch_io()
+            driver = self._driver = WatchDriver(
+                new_watch_plan(core, self._range, start, self._prev_values))
+        io = self._io
+        assert io is not None
+        while True:
+            event = driver.next_event()
+            if event is not None:
+                return event
+            action = driver.action
+            if action is None:
+                raise StopAsyncIteration
+            if isinstance(action, OpenStream):
+                try:
+                    handle = await io.open(action)
+                except Exception as exc:
+                    driver.fail(exc)
+                else:
+                    driver.answer(handle)
+            elif isinstance(action, CancelStream):
+                io.cancel(action.handle, action.cancel)
+                driver.answer(None)
+            else:
+                assert isinstance(action, AwaitFrames)
+                await io.wait(action.deadline)
+                driver.answer(io.inbox.take())
+
+    async def aclose(self) -> None:
+        """Cancel the streams; the iteration ends. Idempotent."""
+        driver = self._driver
+        if driver is not None and self._io is not None and not self._closed:
+            for cancel in driver.close():
+                self._io.cancel(cancel.handle, cancel.cancel)
+        self._closed = True
 
 
 class Connecting(Generic[C]):

@@ -175,6 +175,68 @@ class BlockingConnection:
             if not ok:
                 self.close()
 
+    # --- a dedicated stream (a SyncClient watch: one connection per stream) ------------
+
+    def send_stream(self, build: Callable[[int], Any]) -> int:
+        """Send a stream request on this connection (which then serves only it); its id.
+
+        Raises:
+            ConnectionLost: the send failed (the connection is closed).
+        """
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self.send_frame(request_frame(build, request_id, DEFAULT_MAX_FRAME))
+        return request_id
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send one finished frame (a stream's cancel, say).
+
+        Raises:
+            ConnectionLost: the send failed (the connection is closed).
+        """
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(self.address, exc) from exc
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for `selectors`)."""
+        return self._sock.fileno()
+
+    def read_available(self) -> list[WireMessage]:
+        """The frames of one receive (call once the socket is readable: it does not wait).
+
+        Raises:
+            ConnectionLost: EOF, a reset or garbage (the connection is closed).
+        """
+        try:
+            self._sock.setblocking(False)
+            try:
+                data = self._sock.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                return []
+            finally:
+                self._sock.setblocking(True)
+            self._decoder.receive_data(data)
+            out: list[WireMessage] = []
+            while (msg := next_message(self._decoder)) is not NEED_DATA:
+                if msg is CLOSED:
+                    raise ConnectionLost(self.address, "closed by the server")
+                if isinstance(msg, Error) and msg.request_id == 0:
+                    raise ConnectionLost(self.address, msg.message)
+                out.append(msg)
+            return out
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(self.address, exc) from exc
+        except RemoteProtocolError as exc:
+            self.close()
+            raise ConnectionLost(self.address, exc.message) from exc
+        except ConnectionLost:
+            self.close()
+            raise
+
     def _recv(self, deadline: float, clock: Clock) -> bytes:
         """Some bytes (b"" at EOF) before `deadline`, give or take `_TIMEOUT_SLACK`.
 

@@ -22,7 +22,8 @@ All waiting uses trio time (`trio.current_time`), so tests drive it with
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, final
 
 import trio
@@ -42,6 +43,7 @@ from prkdb.client.core import (
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.client.routing import split_address
+from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
 from prkdb.wire.messages import WireMessage
 
@@ -226,6 +228,9 @@ class PrkDbClient(AsyncApi):
             raise failures[0]
         return results
 
+    def _watch_io(self) -> TrioWatchIO:
+        return TrioWatchIO(self)
+
     async def _send(self, action: Send) -> WireMessage:
         conn = self._connections.get(action.address)
         if conn is None or conn.broken:
@@ -258,6 +263,59 @@ class PrkDbClient(AsyncApi):
                 raise InvalidRequest("the client is closed")
             self._connections[address] = conn
             return conn
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _StreamHandle:
+    conn: Connection
+    request_id: int
+    token: object
+
+
+@final
+class TrioWatchIO:
+    """One watch's streams on the client's shared connections (see `AsyncWatch`)."""
+
+    def __init__(self, client: PrkDbClient) -> None:
+        self._client = client
+        self._event = trio.Event()
+        self.inbox = WatchInbox(self._wake)
+
+    def _wake(self) -> None:
+        self._event.set()
+
+    async def open(self, action: OpenStream) -> object:
+        client = self._client
+        conn = client._connections.get(action.address)
+        if conn is None or conn.broken:
+            with trio.move_on_at(action.deadline) as scope:
+                conn = await client._connection(action.address)
+            if scope.cancelled_caught:
+                raise AttemptExpired()
+            assert conn is not None
+        inbox, token = self.inbox, action.token
+        request_id = 0
+
+        def sink(item: object) -> None:
+            if not inbox.push(token, item):
+                conn.cancel_stream(request_id, cancel_array)  # the caller fell behind
+
+        request_id = conn.open_stream(action.build, sink)
+        return _StreamHandle(conn, request_id, token)
+
+    def cancel(self, handle: object, build: Callable[[int], Any]) -> None:
+        assert isinstance(handle, _StreamHandle)
+        handle.conn.cancel_stream(handle.request_id, build)
+        self.inbox.forget(handle.token)
+
+    async def wait(self, deadline: float) -> None:
+        if self.inbox:
+            await trio.lowlevel.checkpoint()
+            return
+        self._event = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._event.wait()
 
 
 @final

@@ -21,6 +21,13 @@ sleeps until the earliest deadline in ``_waiters`` and fails those that have
 passed with `AttemptExpired`; a request only has to wake it when its own
 deadline is earlier than the one the timer sleeps towards.
 
+Streams (a `Watch`): `open_stream` queues the request like `request`
+but registers a *sink* (a plain callable) instead of a parked task; the
+reader calls the sink with every frame of that request id, in order, without
+unregistering it, until an `Error` of that id (passed on, then the stream is
+gone) or `cancel_stream`. A broken connection calls every sink once more
+with the `ConnectionLost`. Sinks must not block (they file into an inbox).
+
 Failure: the first error on the stream (EOF, reset, a protocol violation,
 a connection-level `Error`, a send that was interrupted) marks the
 connection *broken*, fails every waiter with `ConnectionLost` and closes the
@@ -112,6 +119,8 @@ class Connection:
         # request_id -> its waiting attempt. Invariant: an entry is removed
         # exactly when its task is rescheduled (or aborted), never twice.
         self._waiters: dict[int, AttemptState] = {}
+        # request_id -> the sink of an open stream (see the module doc).
+        self._streams: dict[int, Callable[[object], object]] = {}
         self._next_request_id = 1
         self._broken: BaseException | None = None
         self._reader_scope = trio.CancelScope()
@@ -215,6 +224,35 @@ class Connection:
         msg: WireMessage = await wait_task_rescheduled(abort)
         return msg
 
+    def open_stream(self, build: Callable[[int], Any],
+                    sink: Callable[[object], object]) -> int:
+        """Send a stream request; every frame of its id goes to `sink`. Returns the id.
+
+        Raises:
+            ConnectionLost: the connection is broken (nothing sent).
+            TooLarge: the request does not fit in a frame (nothing sent).
+        """
+        if self._broken is not None:
+            raise ConnectionLost(self.address, self._broken)
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        frame = request_frame(build, request_id, self.max_frame)
+        self._streams[request_id] = sink
+        self._queue(frame, AttemptState())
+        return request_id
+
+    def cancel_stream(self, request_id: int, build: Callable[[int], Any]) -> None:
+        """Stop routing the stream's frames and send the cancel `build` makes (if still open)."""
+        if self._streams.pop(request_id, None) is not None and self._broken is None:
+            self._queue(request_frame(build, request_id, self.max_frame), AttemptState())
+
+    def _queue(self, frame: bytes, state: AttemptState) -> None:
+        self._outbox.append((frame, state))
+        writer = self._writer_parked
+        if writer is not None:
+            self._writer_parked = None
+            reschedule(writer)
+
     async def _write_loop(self) -> None:
         """Write queued frames, everything queued at once in one write."""
 
@@ -273,6 +311,9 @@ class Connection:
         for state in waiters.values():
             assert state.task is not None
             reschedule(state.task, _Raise(ConnectionLost(self.address, cause)))
+        streams, self._streams = self._streams, {}
+        for sink in streams.values():
+            sink(ConnectionLost(self.address, cause))
         self._reader_scope.cancel()
         self._writer_scope.cancel()
         self._timer_scope.cancel()
@@ -285,7 +326,14 @@ class Connection:
             raise error_from_frame(msg)
         state = self._waiters.pop(msg.request_id, None)  # type: ignore[union-attr]
         if state is None:
-            return  # its caller gave up (cancelled or expired); the answer is not needed
+            if self._streams:
+                request_id: int = msg.request_id  # type: ignore[union-attr]
+                sink = self._streams.get(request_id)
+                if sink is not None:
+                    if isinstance(msg, Error):
+                        del self._streams[request_id]  # the server ended the stream
+                    sink(msg)
+            return  # else its caller gave up (cancelled or expired), or a cancelled stream
         assert state.task is not None
         reschedule(state.task, _Return(msg))
 

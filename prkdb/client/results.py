@@ -8,12 +8,21 @@ from functools import partial
 from typing import Any, Final, NamedTuple, cast, final
 
 from prkdb.errors import InvalidRequest, PrkdbError
-from prkdb.wire.messages import BatchOp, KeyValue, OpKind, OpResult, TxnOpResult, WriteOk
+from prkdb.wire.messages import (
+    BatchOp,
+    EventKind,
+    KeyValue,
+    OpKind,
+    OpResult,
+    TxnOpResult,
+    WriteOk,
+)
 from prkdb.wire.schema import frozen_builder
 
 __all__ = [
     "UNSET",
     "BackupFailed",
+    "EventKind",
     "GetResult",
     "KeyValue",
     "Lease",
@@ -22,6 +31,7 @@ __all__ = [
     "TxnOpResult",
     "TxnResult",
     "Unset",
+    "WatchEvent",
     "WriteResult",
     "check_key",
     "check_value",
@@ -138,6 +148,32 @@ class LeaseStatus:
     ttl: float
     remaining: float
     keys: tuple[bytes, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change of a watched key, as `watch` delivers it.
+
+    Attributes:
+        kind: `EventKind` PUT, DELETE (a delete, a txn, a lease revoke) or
+            EXPIRE (the key's lease expired).
+        key: the key.
+        revision: the log index of the entry that made the change, in
+            `partition` (a txn's changes share one revision).
+        partition: the partition of the key; events of one partition come
+            in revision order (there is no order across partitions).
+        value: PUT: the new value; DELETE and EXPIRE: None.
+        prev_value: the value before (None: the key was absent, or the watch
+            was made without ``prev_values=True``).
+    """
+
+    kind: EventKind
+    key: bytes
+    revision: int
+    partition: int
+    value: bytes | None
+    prev_value: bytes | None
 
 
 class GetResult(NamedTuple):

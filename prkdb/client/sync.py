@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import random
+import selectors
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any, TypeVar, final
 
+from prkdb.client.attempt import ConnectionLost, request_frame
 from prkdb.client.blocking import BlockingConnection, Pool
 from prkdb.client.core import (
     BACKUP_CHUNK,
@@ -44,24 +46,38 @@ from prkdb.client.results import (
     ScanPage,
     TxnResult,
     Unset,
+    WatchEvent,
     WriteResult,
 )
 from prkdb.client.routing import Topology
-from prkdb.client.scan import DEFAULT_PAGE_SIZE, key_range
+from prkdb.client.scan import DEFAULT_PAGE_SIZE, KeyRange, key_range
 from prkdb.client.txn import Compare, TxnOpLike
-from prkdb.errors import InvalidRequest, LeaseNotFound, PrkdbError
+from prkdb.client.watch import (
+    AwaitFrames,
+    CancelStream,
+    OpenStream,
+    WatchCursor,
+    WatchDriver,
+    WatchInbox,
+    current_cursor,
+    new_watch_plan,
+    watch_start,
+)
+from prkdb.errors import InvalidRequest, LeaseNotFound, PrkdbError, TooLarge
+from prkdb.wire import DEFAULT_MAX_FRAME
 from prkdb.wire.messages import (
     AdminOk,
     BackupBeginOk,
     BackupChunk,
     BatchOp,
+    Error,
     ReadConsistency,
     StatusOk,
     WireMessage,
 )
 from prkdb.wire.messages import Compare as WireCompare
 
-__all__ = ["SyncClient", "SyncKeptLease"]
+__all__ = ["SyncClient", "SyncKeptLease", "SyncWatch"]
 
 T = TypeVar("T")
 
@@ -298,6 +314,26 @@ class SyncClient:
         return self._run(self.core.backup_partition(
             partition, out, attempts, chunk_size, timeout, begin_timeout))
 
+    # --- watches -----------------------------------------------------------------------
+
+    def watch(
+        self,
+        prefix: bytes | None = None,
+        *,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        cursor: WatchCursor | str | bytes | None = None,
+        prev_values: bool = False,
+        timeout: float | None = None,
+    ) -> SyncWatch:
+        """Changes of the keys, as a blocking iterator (see `PrkDbClient.watch`)."""
+        return SyncWatch(self, key_range(prefix, start, end), cursor, prev_values, timeout)
+
+    def watch_cursor(self, prefix: bytes | None = None, *, start: bytes | None = None,
+                     end: bytes | None = None, timeout: float | None = None) -> WatchCursor:
+        """A cursor at "now" for a range (see `PrkDbClient.watch_cursor`)."""
+        return self._run(current_cursor(self.core, key_range(prefix, start, end), timeout))
+
     # --- internals -----------------------------------------------------------------
 
     def drive(self, plan: Plan[T], *, sleep: Callable[[float], None] = time.sleep) -> T:
@@ -329,6 +365,152 @@ class SyncClient:
         reply = conn.request(action.build, action, action.deadline, time.monotonic)
         self._pool.give(conn)
         return reply
+
+
+@final
+class SyncWatch:
+    """A blocking iterator of `WatchEvent`s: what `SyncClient.watch` returns.
+
+    Each partition stream has a connection of its own, read by the thread
+    that iterates (with `selectors`), so no thread runs in the background;
+    ``cursor`` says what was delivered; ``close`` (or leaving ``with``)
+    cancels the streams. Use it from one thread at a time.
+    """
+
+    def __init__(self, client: SyncClient, key_range: KeyRange, cursor: object,
+                 prev_values: bool, timeout: float | None) -> None:
+        self._client = client
+        self._range = key_range
+        self._given = cursor
+        self._prev_values = prev_values
+        self._timeout = timeout
+        self._driver: WatchDriver | None = None
+        self._inbox = WatchInbox(lambda: None)
+        self._selector = selectors.DefaultSelector()
+        # connection -> (its stream's request id, the plan's token)
+        self._streams: dict[BlockingConnection, tuple[int, object]] = {}
+        self._closed = False
+
+    @property
+    def cursor(self) -> WatchCursor:
+        """Partition -> the revision up to which every event was delivered."""
+        if self._driver is not None:
+            return self._driver.plan.cursor
+        return WatchCursor() if self._given is None else WatchCursor.parse(self._given)
+
+    def __iter__(self) -> SyncWatch:
+        return self
+
+    def __enter__(self) -> SyncWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __next__(self) -> WatchEvent:
+        if self._closed:
+            raise StopIteration
+        driver = self._driver
+        if driver is None:
+            core = self._client.core
+            start = self._client._run(watch_start(core, self._range, self._given, self._timeout))
+            driver = self._driver = WatchDriver(
+                new_watch_plan(core, self._range, start, self._prev_values))
+        while True:
+            event = driver.next_event()
+            if event is not None:
+                return event
+            action = driver.action
+            if action is None:
+                raise StopIteration
+            if isinstance(action, OpenStream):
+                try:
+                    handle = self._open(action)
+                except Exception as exc:
+                    driver.fail(exc)
+                else:
+                    driver.answer(handle)
+            elif isinstance(action, CancelStream):
+                self._cancel(action.handle, action.cancel)
+                driver.answer(None)
+            else:
+                assert isinstance(action, AwaitFrames)
+                self._wait(action.deadline)
+                driver.answer(self._inbox.take())
+
+    def close(self) -> None:
+        """Cancel the streams and close their connections; the iteration ends. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._driver is not None:
+            for cancel in self._driver.close():
+                self._cancel(cancel.handle, cancel.cancel)
+        for conn in list(self._streams):
+            self._drop(conn)
+        self._selector.close()
+
+    # --- internals -----------------------------------------------------------------
+
+    def _open(self, action: OpenStream) -> BlockingConnection:
+        if self._client._closed:
+            raise InvalidRequest("the client is closed")
+        core = self._client.core
+        conn = BlockingConnection.open(action.address, core.hello_frame(), core.accept_hello,
+                                       action.deadline, time.monotonic)
+        try:
+            request_id = conn.send_stream(action.build)
+        except BaseException:
+            conn.close()
+            raise
+        self._streams[conn] = (request_id, action.token)
+        self._selector.register(conn, selectors.EVENT_READ)
+        return conn
+
+    def _cancel(self, handle: object, build: Callable[[int], Any]) -> None:
+        assert isinstance(handle, BlockingConnection)
+        stream = self._streams.get(handle)
+        if stream is not None:
+            request_id, token = stream
+            with contextlib.suppress(ConnectionLost, TooLarge):
+                handle.send_frame(request_frame(build, request_id, DEFAULT_MAX_FRAME))
+            self._inbox.forget(token)
+        self._drop(handle)
+
+    def _drop(self, conn: BlockingConnection) -> None:
+        if self._streams.pop(conn, None) is not None:
+            self._selector.unregister(conn)
+        conn.close()
+
+    def _wait(self, deadline: float) -> None:
+        """Read every stream that has data, waiting for one until `deadline`."""
+        inbox = self._inbox
+        while not inbox:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._streams:
+                time.sleep(left)
+                return
+            for key, _ in self._selector.select(left):
+                conn = key.fileobj
+                assert isinstance(conn, BlockingConnection)
+                request_id, token = self._streams[conn]
+                try:
+                    frames = conn.read_available()
+                except ConnectionLost as exc:
+                    inbox.push(token, exc)
+                    self._drop(conn)
+                    continue
+                for msg in frames:
+                    if getattr(msg, "request_id", None) != request_id:
+                        continue  # an answer to nothing: a dedicated connection has no other
+                    ended = isinstance(msg, Error)
+                    if not inbox.push(token, msg):
+                        ended = True  # the caller fell behind: the inbox ended the stream
+                    if ended:
+                        self._drop(conn)
+                        break
 
 
 class _Stopped(BaseException):

@@ -8,6 +8,15 @@ is visible only in `FakeCluster.received` (who got what) and in the
 NOT_LEADER answers a node gives for partitions it does not lead (according
 to its own `view`, which tests may make stale).
 
+Watches: every change appends an `Event` to `FakeCluster.events` (one list
+for all partitions; revisions are the cluster-wide counter, increasing in
+every partition as a real partition's are); a `Watch` is served by a task
+that sends the held events after its cursor, then new ones as they are
+applied, and a progress notice every second while idle. `oldest` per
+partition makes older cursors COMPACTED; `end_watches` ends open watches with
+an error (WATCH_OVERFLOW, say); `drop_connections` breaks a node's client
+connections while it stays up.
+
 Faults are injected with `FakeCluster.hook`: an async function called for
 every request with ``(node, msg)`` that returns None (serve normally) or an
 action: an `Error` to send, `DROP_BEFORE` / `DROP_AFTER` (close the
@@ -58,6 +67,8 @@ from prkdb.wire.messages import (
     CompareTarget,
     Delete,
     Error,
+    Event,
+    EventKind,
     Get,
     GetOk,
     Hello,
@@ -88,6 +99,9 @@ from prkdb.wire.messages import (
     TxnOk,
     TxnOpKind,
     TxnOpResult,
+    Watch,
+    WatchCancel,
+    WatchEvents,
     WireMessage,
     WriteOk,
     check_hello,
@@ -124,6 +138,16 @@ class FakeLease:
 WRITES = (Put, Delete, Cas, Batch, Txn, LeaseGrant, LeaseRevoke)
 
 
+@dataclass(eq=False)
+class FakeWatcher:
+    """An open watch stream (`FakeCluster.watchers`)."""
+
+    node_id: int
+    request: Watch
+    sent: int = 0  # events sent so far
+    end: Error | None = None  # set by end_watches: the stream sends it and stops
+
+
 @dataclass
 class FakeNode:
     node_id: int
@@ -134,6 +158,8 @@ class FakeNode:
     view: dict[int, int] | None = None
     connections: int = 0
     open_streams: list[trio.abc.Stream] = field(default_factory=list)
+    #: Frozen (SIGSTOP): connections stay open, but its watch streams go silent.
+    frozen: bool = False
 
     def leader_view(self, partition: int) -> int:
         if self.view is not None and partition in self.view:
@@ -160,13 +186,25 @@ class FakeNode:
                     await send(err)
                     return
                 await send(HelloOk(self.node_id, self.cluster.cluster_id))
+                watches: dict[int, trio.CancelScope] = {}
                 while True:
                     msg = await _next(stream, decoder)
                     if msg is None:
                         break
+                    if isinstance(msg, WatchCancel):
+                        self.cluster.received.append((self.node_id, msg))
+                        scope = watches.pop(msg.request_id, None)
+                        if scope is not None:
+                            scope.cancel()
+                        continue
+                    if isinstance(msg, Watch):
+                        watches[msg.request_id] = trio.CancelScope()
+                        nursery.start_soon(self._watch, msg, send, watches[msg.request_id],
+                                           nursery.cancel_scope)
+                        continue
                     nursery.start_soon(self._handle, msg, send, nursery.cancel_scope)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client (or a test) closed the connection
         finally:
             self.open_streams.remove(stream)
             await trio.aclose_forcefully(stream)
@@ -192,6 +230,49 @@ class FakeNode:
             return
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await send(reply)
+
+    async def _watch(self, msg: Watch, send: Any, scope: trio.CancelScope,
+                     conn_scope: trio.CancelScope) -> None:
+        """Serve one Watch stream until cancelled, ended, or the connection closes."""
+        cluster = self.cluster
+        cluster.received.append((self.node_id, msg))
+        action = await cluster.hook(self, msg) if cluster.hook is not None else None
+        if action == DROP_BEFORE:
+            conn_scope.cancel()
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError), scope:
+            if isinstance(action, Error):
+                await send(Error(msg.request_id, action.code, action.message, action.details))
+                return
+            oldest = cluster.oldest.get(msg.partition, 0)
+            if msg.after < oldest:
+                await send(Error(msg.request_id, ErrorCode.COMPACTED, "compacted",
+                                 {"oldest": oldest, "partition": msg.partition}))
+                return
+            watcher = FakeWatcher(self.node_id, msg)
+            cluster.watchers.append(watcher)
+            try:
+                after = msg.after
+                while True:
+                    if self.frozen:
+                        await trio.sleep_forever()
+                    if watcher.end is not None:
+                        await send(dataclasses.replace(watcher.end, request_id=msg.request_id))
+                        return
+                    progress = max(after, cluster.revision)
+                    events = tuple(
+                        e if msg.prev_values else dataclasses.replace(e, prev_value=None)
+                        for e in cluster.events
+                        if after < e.revision <= progress
+                        and cluster.partition_of(e.key) == msg.partition
+                        and e.key >= msg.start and (msg.end is None or e.key < msg.end))
+                    await send(WatchEvents(msg.request_id, msg.partition, events, progress))
+                    watcher.sent += len(events)
+                    after = progress
+                    with trio.move_on_after(cluster.progress_every):
+                        await cluster.changed.wait()
+            finally:
+                cluster.watchers.remove(watcher)
 
     def _not_leader(self, msg: Any, partition: int) -> Error | None:
         leader = self.leader_view(partition)
@@ -341,6 +422,34 @@ class FakeCluster:
         #: partition -> the "snapshot file" BackupBegin/BackupRead serve.
         self.backup_files: dict[int, bytes] = {}
         self.hook: Any = None
+        #: Every change, in order (a partition's are those of its keys).
+        self.events: list[Event] = []
+        #: partition -> the oldest cursor still served (older: COMPACTED).
+        self.oldest: dict[int, int] = {}
+        self.watchers: list[FakeWatcher] = []
+        #: Seconds between progress notices of an idle watch.
+        self.progress_every = 1.0
+        self.changed = trio.Event()  # set (and replaced) after every change
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def end_watches(self, code: ErrorCode = ErrorCode.WATCH_OVERFLOW,
+                    node_id: int | None = None) -> int:
+        """End open watches (of one node, or all) with an Error of `code`; how many."""
+        ended = 0
+        for watcher in self.watchers:
+            if node_id is None or watcher.node_id == node_id:
+                watcher.end = Error(0, code, code.name.lower(), {})
+                ended += 1
+        self._changed()
+        return ended
+
+    async def drop_connections(self, node_id: int) -> None:
+        """Break a node's open client connections (it stays up and accepts new ones)."""
+        for stream in list(self.nodes[node_id].open_streams):
+            await trio.aclose_forcefully(stream)
 
     @property
     def seeds(self) -> list[str]:
@@ -534,12 +643,15 @@ class FakeCluster:
         now = self.clock()
         for lease_id in [i for i, lease in self.leases.items() if lease.deadline <= now]:
             self.revision += 1
-            self._drop_lease(lease_id)
+            self._drop_lease(lease_id, EventKind.EXPIRE)
 
-    def _drop_lease(self, lease_id: int) -> int:
+    def _drop_lease(self, lease_id: int, kind: EventKind = EventKind.DELETE) -> int:
         lease = self.leases.pop(lease_id)
-        for key in lease.keys:
-            self.store.pop(key, None)
+        for key in sorted(lease.keys):
+            rec = self.store.pop(key, None)
+            if rec is not None:
+                self.events.append(Event(kind, key, self.revision, None, rec.value))
+        self._changed()
         return len(lease.keys)
 
     def _put(self, rid: int, key: bytes, value: bytes, rev: int, lease: int = 0) -> WriteOk:
@@ -550,12 +662,17 @@ class FakeCluster:
         if lease:
             self.leases[lease].keys.add(key)
         self.store[key] = Record(value, prev + 1, rev, rec.create_revision if rec else rev, lease)
+        self.events.append(Event(EventKind.PUT, key, rev, value, rec.value if rec else None))
+        self._changed()
         return WriteOk(rid, True, rev, prev + 1, prev)
 
     def _delete(self, rid: int, key: bytes, rev: int) -> WriteOk:
         rec = self.store.pop(key, None)
         if rec is not None and rec.lease and rec.lease in self.leases:
             self.leases[rec.lease].keys.discard(key)
+        if rec is not None:
+            self.events.append(Event(EventKind.DELETE, key, rev, None, rec.value))
+            self._changed()
         return WriteOk(rid, True, rev, 0, rec.version if rec else 0)
 
 
