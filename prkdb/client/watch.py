@@ -34,7 +34,9 @@ with ``after = received``, after a jittered backoff. A frame may repeat what
 an earlier stream sent, or a lagging replica may know less than we do: an
 event with revision <= ``received`` is dropped, and ``received`` never goes
 back. COMPACTED is raised to the caller as `Compacted` naming the partition
-and the oldest revision the node still holds (relist, then watch again).
+and the oldest revision the node still holds (relist, then watch again), once
+every node said so: a replica that restarted from a snapshot holds a shorter
+history than the others, so the other replicas are asked first.
 
 The cursor moves one whole revision at a time: after the last event of a
 revision is delivered, and to a frame's ``progress`` once every event of that
@@ -347,8 +349,8 @@ class WatchInbox:
 class PartitionFeed:
     """One partition's stream: what was received and delivered, and where it is open."""
 
-    __slots__ = ("address", "cursor", "failures", "handle", "partition", "pending", "received",
-                 "retry_at", "silent_since", "token", "turn")
+    __slots__ = ("address", "compacted", "cursor", "failures", "handle", "partition", "pending",
+                 "received", "retry_at", "silent_since", "token", "turn")
 
     def __init__(self, partition: int, after: int) -> None:
         self.partition = partition
@@ -366,6 +368,9 @@ class PartitionFeed:
         self.failures = 0  # reopens since the last frame (sets the backoff)
         self.retry_at = 0.0  # clock time of the next open while closed
         self.silent_since = 0.0  # clock time of the last frame (or the open)
+        #: Nodes that answered COMPACTED for `received` (cleared by any frame): a replica
+        #: that restarted from a snapshot keeps less history than the others.
+        self.compacted: set[str] = set()
 
     def accept(self, events: Sequence[Event], progress: int, key_range: KeyRange,
                where: str) -> int:
@@ -513,8 +518,16 @@ class WatchPlan:
         addresses = self._addresses()
         if not addresses:
             raise ProtocolError("watch: the topology names no nodes")
+        compacted = feed.compacted
+        suspected = self._suspected
+
+        def avoid(address: str) -> bool:
+            return address in compacted or suspected(address)
+
+        if compacted:  # try every replica that did not say COMPACTED, suspects last
+            addresses = [a for a in addresses if a not in compacted] or addresses
         address = pick_replica(addresses, self._leader_of(feed.partition), feed.partition,
-                               feed.turn, self._suspected)
+                               feed.turn, avoid)
         feed.turn += 1
         self._next_token += 1
         token = (feed.partition, self._next_token)
@@ -544,10 +557,14 @@ class WatchPlan:
             # The stream ended: a lost connection, a local overflow, or an Error frame.
             feed.handle = feed.token = None
             fatal = fatal_error(item, address)
+            if isinstance(fatal, Compacted):
+                feed.compacted.add(address)
+                if not set(self._addresses()) <= feed.compacted:
+                    feed.retry_at = now  # another replica may still hold the history
+                    return
+                raise Compacted(fatal.oldest, partition=feed.partition,
+                                details=fatal.details) from None
             if fatal is not None:
-                if isinstance(fatal, Compacted):
-                    raise Compacted(fatal.oldest, partition=feed.partition,
-                                    details=fatal.details) from None
                 raise fatal
             self._failed(feed, address, now)
             return
@@ -556,6 +573,7 @@ class WatchPlan:
                                 f"stream of partition {feed.partition}")
         feed.silent_since = now
         feed.failures = 0
+        feed.compacted.clear()
         feed.accept(item.events, item.progress, self.range, address)
         if feed.pending_events >= PENDING_EVENTS_LIMIT and feed.handle is not None:
             # The caller is slow: stop this stream, resume from `received` later.

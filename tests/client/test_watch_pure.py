@@ -183,16 +183,28 @@ def test_plan_resumes_after_a_lost_stream_from_what_it_received() -> None:
     assert out == [(13, b"c")] and h.plan.cursor[0] == 14
 
 
-def test_plan_resumes_on_overflow_and_raises_compacted() -> None:
+def test_plan_resumes_on_overflow_and_raises_compacted_once_every_node_says_so() -> None:
     h = Harness({0: 5})
     h.run()
     overflow = Error(1, ErrorCode.WATCH_OVERFLOW, "slow", {})
     h.run([(h.token(0), overflow)])
     assert len(h.opened) == 2 and h.watch_after(0) == 5
     compacted = Error(1, ErrorCode.COMPACTED, "gone", {"oldest": 9})
+    h.run([(h.token(0), compacted)])  # a replica with a short history: ask another
+    h.run([(h.token(0), compacted)])
+    assert len({o.address for o in h.opened[-3:]}) == 3
     with pytest.raises(Compacted) as info:
         h.run([(h.token(0), compacted)])
     assert info.value.partition == 0 and info.value.oldest == 9
+
+
+def test_a_frame_clears_what_replicas_said_compacted() -> None:
+    h = Harness({0: 5})
+    h.run()
+    compacted = Error(1, ErrorCode.COMPACTED, "gone", {"oldest": 9})
+    h.run([(h.token(0), compacted)])
+    h.run([(h.token(0), frame(0, [], 6))])
+    assert not h.plan.feeds[0].compacted
 
 
 def test_plan_leaves_a_silent_stream_and_suspects_its_node() -> None:
