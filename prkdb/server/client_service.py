@@ -16,6 +16,13 @@ compares) and a lease grant or revoke are proposed like a Put. Keep-alives,
 time-to-live and lease lists go to the leader, which first confirms its
 leadership with a ReadIndex round (a deposed leader must not renew a lease
 its successor may already have expired), then asks its `PartitionLeases` (prkdb/server/leases.py).
+
+Watches (`Watch`, `WatchCancel`) are handled by the reading task at once,
+with no task and no in-flight slot: any replica serves them from its applied
+state (prkdb/server/watch.py). A connection's `WatchConnection` is the sink
+of its watches: the Raft loop queues their WatchEvents frames on this
+connection's `FramedStream` (never waiting for the socket) and they leave
+with the pass's replies; the connection's close unregisters them all.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from prkdb.raft import RaftStatus
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
+from prkdb.server.watch import Watch as Registration
+from prkdb.server.watch import WatchSink
 from prkdb.state import (
     UNCHECKED,
     Compare,
@@ -68,7 +77,7 @@ from prkdb.state import (
 )
 from prkdb.state import Limits as StateLimits
 from prkdb.storage import SnapshotStore
-from prkdb.wire import RemoteProtocolError, from_wire
+from prkdb.wire import LocalProtocolError, RemoteProtocolError, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
     AdminOk,
@@ -112,11 +121,16 @@ from prkdb.wire.messages import (
     TxnOk,
     TxnOpKind,
     TxnOpResult,
+    Watch,
+    WatchCancel,
+    WatchEvents,
     WireMessage,
     WriteOk,
     check_hello,
     error_for,
 )
+from prkdb.wire.messages import Event as WireEvent
+from prkdb.wire.messages import EventKind as WireEventKind
 
 
 class Partition(Protocol):
@@ -145,6 +159,9 @@ class Partition(Protocol):
     async def transfer_leadership(self, to: int) -> int: ...
     async def wait_not_leader(self) -> None: ...
     async def snapshot_now(self) -> int: ...
+    def open_watch(self, sink: WatchSink, rid: int, start: bytes, end: bytes | None,
+                   after: int, prev_values: bool) -> Registration: ...
+    def close_watch(self, watch: Registration) -> None: ...
 
 
 class ServedNode(Protocol):
@@ -172,6 +189,70 @@ Reply = Callable[[Any], None]
 Fail = Callable[[BaseException], None]
 
 
+class WatchConnection:
+    """The watches of one client connection, and their `WatchSink` (watch.py)."""
+
+    def __init__(self, service: ClientService, framed: FramedStream) -> None:
+        self.service = service
+        self.framed = framed
+        #: Open watches by request id, with the partition serving each.
+        self.watches: dict[int, tuple[Partition, Registration]] = {}
+
+    @property
+    def unsent_bytes(self) -> int:
+        return self.framed.unsent_bytes
+
+    def send_events(self, watch: Registration, events: Sequence[Any], progress: int) -> bool:
+        if self.framed.closed:
+            return False
+        pv = watch.prev_values
+        frame = WatchEvents(watch.rid, watch.partition, tuple(
+            WireEvent(WireEventKind(e.kind), e.key, e.revision, e.value,
+                      e.prev_value if pv else None) for e in events), progress)
+        try:
+            return self.framed.send_nowait(frame)
+        except LocalProtocolError as e:  # one revision larger than a frame
+            self.end_watch(watch, TooLarge(
+                f"partition {watch.partition}: the events of one revision make a frame "
+                f"larger than limits.max_frame ({e}); watch without prev_values, or "
+                "raise limits.max_frame"))
+            return False
+
+    def end_watch(self, watch: Registration, error: PrkdbError) -> None:
+        entry = self.watches.get(watch.rid)
+        if entry is not None and entry[1] is watch:
+            del self.watches[watch.rid]
+        self.service.log.info("watch_ended", partition=watch.partition, rid=watch.rid,
+                              code=ErrorCode(error.code).name, remote=self.framed.remote_address)
+        self.service.send(self.framed, error_for(error, watch.rid))
+
+    def open(self, req: Watch) -> None:
+        """Start the stream of `req` (its first frame is queued now); raises PrkdbError."""
+        limit = self.service.cfg.limits.max_watches_per_connection
+        if req.request_id in self.watches:
+            raise InvalidRequest(f"request id {req.request_id} is already an open watch on "
+                                 "this connection")
+        if len(self.watches) >= limit:
+            raise InvalidRequest(f"this connection has {len(self.watches)} open watches, the "
+                                 f"limit (limits.max_watches_per_connection = {limit}); "
+                                 "cancel some or open another connection")
+        driver = self.service.driver(req.partition)
+        w = driver.open_watch(self, req.request_id, req.start, req.end, req.after,
+                              req.prev_values)
+        if not w.closed:  # (it may have ended at once: a closed connection)
+            self.watches[req.request_id] = (driver, w)
+
+    def cancel(self, rid: int) -> None:
+        entry = self.watches.pop(rid, None)
+        if entry is not None:
+            entry[0].close_watch(entry[1])
+
+    def close_all(self) -> None:
+        watches, self.watches = self.watches, {}
+        for driver, w in watches.values():
+            driver.close_watch(w)
+
+
 class ClientService:
     def __init__(self, node: ServedNode) -> None:
         self.node = node
@@ -187,7 +268,7 @@ class ClientService:
         self.dropped_replies = 0
         self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
 
-    def _send(self, framed: FramedStream, msg: Any) -> None:
+    def send(self, framed: FramedStream, msg: Any) -> None:
         """Queue a reply; one that cannot be queued is counted, and logged once per connection."""
         if framed.send_nowait(msg):
             return
@@ -200,13 +281,15 @@ class ClientService:
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         framed = FramedStream(stream, HELLO_MAX_FRAME, outbox=self.node.reply_outbox)
+        watches = WatchConnection(self, framed)
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(framed.run_writer)
                 try:
-                    await self._serve(framed, nursery)
+                    await self._serve(framed, nursery, watches)
                 finally:
+                    watches.close_all()
                     # Answer what is queued (e.g. the error that ends this
                     # connection), then close; requests still running are cut.
                     nursery.cancel_scope.deadline = trio.current_time() + 2
@@ -217,7 +300,8 @@ class ClientService:
         finally:
             self.connections -= 1
 
-    async def _serve(self, framed: FramedStream, nursery: trio.Nursery) -> None:
+    async def _serve(self, framed: FramedStream, nursery: trio.Nursery,
+                     watches: WatchConnection) -> None:
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 hello = from_wire(await framed.receive())
@@ -242,7 +326,7 @@ class ClientService:
             await self._fatal(framed, err)
             return
         framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_frame
-        self._send(framed, HelloOk(self.cfg.node_id, self.cfg.cluster_id))
+        self.send(framed, HelloOk(self.cfg.node_id, self.cfg.cluster_id))
         limiter = trio.Semaphore(MAX_IN_FLIGHT)
         while not framed.broken:
             try:
@@ -255,15 +339,33 @@ class ClientService:
             try:
                 req = from_wire(obj)
             except RemoteProtocolError as e:
-                self._send(framed, error_for(e))
+                self.send(framed, error_for(e))
                 if not e.request_id:
                     return
+                continue
+            if type(req) is Watch or type(req) is WatchCancel:
+                self._watch_request(watches, req)
                 continue
             await limiter.acquire()
             if isinstance(req, _FAST_REQUESTS):
                 self._start(framed, req, limiter)
             else:
                 nursery.start_soon(self._run_request, framed, req, limiter)
+
+    def _watch_request(self, watches: WatchConnection, req: Watch | WatchCancel) -> None:
+        """Open or cancel a watch of this connection (no task: module doc)."""
+        if type(req) is WatchCancel:
+            watches.cancel(req.request_id)
+            return
+        assert type(req) is Watch
+        try:
+            watches.open(req)
+        except PrkdbError as e:
+            self.send(watches.framed, error_for(e, req.request_id))
+        except Exception as e:
+            self.log.exception("request_failed", request="Watch", error=repr(e))
+            self.send(watches.framed, error_for(
+                InternalError(f"internal error: {type(e).__name__}"), req.request_id))
 
     async def _fatal(self, framed: FramedStream, err: Error) -> None:
         self.log.info("rejected_client", code=ErrorCode(err.code).name, reason=err.message)
@@ -281,7 +383,7 @@ class ClientService:
 
         def reply(resp: Any) -> None:
             limiter.release()
-            self._send(framed, resp)
+            self.send(framed, resp)
 
         def fail(e: BaseException) -> None:
             if isinstance(e, PrkdbError):
@@ -306,7 +408,7 @@ class ClientService:
             resp = error_for(InternalError(f"internal error: {type(e).__name__}"), rid)
         finally:
             limiter.release()
-        self._send(framed, resp)
+        self.send(framed, resp)
         framed.flush()
 
     # -- requests -----------------------------------------------------------
@@ -371,6 +473,10 @@ class ClientService:
 
     def _deadline(self) -> float:
         return trio.current_time() + self.cfg.limits.request_timeout
+
+    def driver(self, partition: int) -> Any:
+        """The driver of `partition`; InvalidRequest if the cluster has no such partition."""
+        return self._driver(partition)
 
     def _driver(self, partition: int) -> Any:
         if not 0 <= partition < len(self.node.drivers):

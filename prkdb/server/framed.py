@@ -82,6 +82,15 @@ class FramedStream:
         return self.broken or self._closing
 
     @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued here that the socket has not taken yet (watches pace on it).
+
+        Not counted: a chunk the writer task is inside ``send_all`` with (at
+        most what was queued when it started).
+        """
+        return len(self._out) + sum(map(len, self._pending))
+
+    @property
     def remote_address(self) -> str:
         """host:port of the other end, for logs ("?" if the socket cannot tell)."""
         sock = getattr(self.stream, "socket", None)

@@ -24,6 +24,14 @@ leader restarts every TTL), each applied grant's result, keep-alives once
 their ReadIndex round is applied (client_service.py asks for the round),
 and ticks, whose answer is the `LeaseRevokeCommand(id, expired=True)`
 proposals for lapsed leases.
+
+Watches: `self.watches` (prkdb/server/watch.py) hears every applied event
+through the state machine's `on_events` hook (set again whenever the machine
+is rebuilt), gets one `flush` per applied Ready (so each watch gets one frame
+per pass) and one `tick` per Raft tick (idle progress notices). A client's
+connection task opens and closes watches directly (`open_watch`,
+`close_watch`): synchronous calls, so no apply falls between a watch's
+backlog and its registration, like a STALE read.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from typing import Any, TypeVarTuple
 import trio
 
 from prkdb.config import NodeConfig
-from prkdb.errors import NotLeader, OutcomeUnknown, PrkdbError, Timeout, Unavailable
+from prkdb.errors import Compacted, NotLeader, OutcomeUnknown, PrkdbError, Timeout, Unavailable
 from prkdb.logging import NodeLogger
 from prkdb.raft import (
     ConfState,
@@ -74,6 +82,10 @@ from prkdb.server.leases import PartitionLeases
 from prkdb.server.pending import Callback, Pending, Waiter
 from prkdb.server.rebuild import RebuildTracker
 from prkdb.server.recovery import new_state_machine, recover_partition
+from prkdb.server.watch import PartitionWatches, Watch, WatchSink
+from prkdb.state import (
+    Compacted as HistoryCompacted,
+)
 from prkdb.state import (
     DecodedSnapshot,
     KeyRecord,
@@ -162,6 +174,9 @@ class PartitionDriver:
         rf = cfg.raft
         self.leases = PartitionLeases(retry_s=rf.election_ticks * rf.tick_ms / 1000)
         self._role_changed = trio.Event()  # set (and replaced) on every role change
+        lim = cfg.limits
+        self.watches = PartitionWatches(partition, lim.watch_buffer_events,
+                                        lim.watch_buffer_bytes)
         self._recover()
         if self.rebuild is not None:  # a resumed rebuild may have got there before its crash
             self._check_rebuilt(self.storage.hard_state.commit)
@@ -171,6 +186,7 @@ class PartitionDriver:
         r = recover_partition(self.partition, self.cfg.voter_ids, self.wal, self.snapshots,
                               self._new_state_machine())
         self.sm, self.storage, self._snapshot_index = r.sm, r.storage, r.snapshot_index
+        self._hook_watches()
         self.raw = RawNode(self._raft_config(r.snapshot_index), self.storage)
         self.log.info(
             "recovered_partition",
@@ -207,6 +223,10 @@ class PartitionDriver:
         self.sm = self._new_state_machine()
         if not snap.is_empty():
             self.sm.restore(snap.data)
+        # Watches stay: the new machine re-applies the entries after the
+        # snapshot, and each watch skips what it already had (watch.py).
+        self.watches.discard_pass()
+        self._hook_watches()
         self._proposals.clear()
         self._by_index.clear()
         self._read_batch.clear()
@@ -252,6 +272,32 @@ class PartitionDriver:
     def count(self, start: bytes, end: bytes | None) -> int:
         """How many keys ``[start, end)`` holds in the applied state."""
         return self.sm.count(start, end)
+
+    # -- watches (the client service's connection tasks) ------------------------------
+    def open_watch(self, sink: WatchSink, rid: int, start: bytes, end: bytes | None,
+                   after: int, prev_values: bool) -> Watch:
+        """Watch ``[start, end)`` from revision `after` on: backlog now, live events after.
+
+        Raises:
+            Compacted: `after` is older than this replica's event history.
+        """
+        try:
+            w = self.watches.open(self.sm.events, sink, rid, start, end, after, prev_values,
+                                  self.applied_index, trio.current_time())
+        except HistoryCompacted as e:
+            raise Compacted(e.oldest, partition=self.partition) from None
+        self._hook_watches()
+        return w
+
+    def close_watch(self, watch: Watch) -> None:
+        """Forget `watch` (cancelled, or its connection closed); idempotent."""
+        self.watches.close(watch)
+        self._hook_watches()
+
+    def _hook_watches(self) -> None:
+        # The machine builds Event objects only for a hook: none while nobody
+        # watches this partition (the write path stays as fast as before).
+        self.sm.on_events = self.watches.on_events if self.watches.active else None
 
     # -- leases (the leader's; call once a ReadIndex round confirmed leadership) ----
     def keep_alive(self, lease_ids: Sequence[int], now: float) -> list[int]:
@@ -420,6 +466,8 @@ class PartitionDriver:
     def tick(self, now: float) -> None:
         """One Raft tick; on the leader, also revoke the leases that lapsed by `now`."""
         self.raw.tick()
+        if self.watches.active:
+            self.watches.tick(self.applied_index, now)
         if self._boot_ticks > 0:
             self._boot_ticks -= 1
             if self._boot_ticks == 0 and self.raw.leader_id == 0:
@@ -639,6 +687,8 @@ class PartitionDriver:
             # Every snapshot Ready takes the slow path, which decoded it off the loop.
             assert decoded is not None
             sm.install(decoded)
+            self.watches.history_reset(rd.snapshot.meta.index)
+            self._hook_watches()
             self.log.info("installed_snapshot", index=rd.snapshot.meta.index)
             for idx in [i for i in self._by_index if i <= rd.snapshot.meta.index]:
                 self._by_index.pop(idx).finish(
@@ -675,6 +725,10 @@ class PartitionDriver:
         while waits and waits[0].index <= applied:
             for w in heapq.heappop(waits).pending:
                 w.finish(result=applied)
+        if self.watches.active:
+            self.watches.flush(applied, trio.current_time())
+            if not self.watches.active:  # the last ones overflowed or lost their connection
+                self._hook_watches()
 
     def maybe_snapshot(self) -> None:
         """Finish a snapshot the background task wrote, or start one if due.

@@ -34,13 +34,15 @@ def new_state_machine(cfg: NodeConfig, partition: int) -> KVStateMachine:
     """An empty state machine for `partition` under `cfg`'s limits.
 
     Every replica of a partition must use the same limits (they decide
-    results), and the partition number is part of its lease ids, so a
-    snapshot of partition p decodes only in a machine of partition p.
+    results; the size of the event history is each replica's own), and the
+    partition number is part of its lease ids, so a snapshot of partition p
+    decodes only in a machine of partition p.
     """
     lim = cfg.limits
     return KVStateMachine(partition=partition, max_key_size=lim.max_key_size,
                           max_value_size=lim.max_value_size, max_batch_ops=lim.max_batch_ops,
-                          max_leases=lim.max_leases)
+                          max_leases=lim.max_leases, history_events=lim.history_events,
+                          history_bytes=lim.history_bytes)
 
 
 def recover_partition(
