@@ -47,6 +47,14 @@ _EXAMPLES: dict[type, Any] = {
         4711,
         13,
     ),
+    m.Watch: m.Watch(11, 3, b"svc/", b"svc0", 1200, False),
+    m.WatchEvents: m.WatchEvents(
+        11,
+        3,
+        (m.Event(m.EventKind.PUT, b"svc/a", 1201, b"10.0.0.7:80", None),
+         m.Event(m.EventKind.EXPIRE, b"svc/b", 1204, None, None)),
+        1204,
+    ),
     m.Error: m.Error(
         8,
         ErrorCode.NOT_LEADER,
@@ -139,7 +147,7 @@ an array of `T`.
 | `"peer"` | {_PEER_VERSIONS} | {m.PEER_PROTOCOL_VERSION} |
 
 - A client must speak version {m.PROTOCOL_VERSION}: it changed client messages (`StatusOk`
-  gained `key_rule`; scans, transactions and leases were added) and how keys map to
+  gained `key_rule`; scans, transactions, leases and watches were added) and how keys map to
   partitions (hash tags, section 2.5), which an older client would get wrong. An older
   client gets `Error(0, BAD_VERSION)` with details `{{"supported": [{_CLIENT_VERSIONS}]}}`
   and a message telling it to upgrade; a newer one gets the same details.
@@ -154,7 +162,9 @@ an array of `T`.
   unique among that connection's requests still waiting for an answer. A simple
   counter per connection is enough.
 - Every request gets **exactly one** response frame carrying the same `request_id`:
-  its `...Ok` message or an `Error`.
+  its `...Ok` message or an `Error`. Two exceptions (section 2.9): a `Watch` opens a
+  stream, answered by many `WatchEvents` frames with its `request_id` until it ends, and
+  a `WatchCancel` (which carries the id of the Watch it ends) gets no response.
 - A client may have many requests in flight on one connection. Responses may arrive
   **in any order** (different partitions progress independently); match them by id.
 - `request_id` 0 is reserved for connection-level errors.
@@ -247,7 +257,74 @@ keep-alive and time-to-live confirm its leadership first, so a deposed leader ne
 renews a lease. Keep a lease alive every third of its TTL. An unknown lease is
 `LEASE_NOT_FOUND` (in a keep-alive: remaining 0); more than `limits.max_leases` (default
 100000) leases in a partition is `TOO_MANY_LEASES`.
+
+### 2.9 Watches (streams)
+
+A `Watch` subscribes to the changes of the keys in `[start, end)` of one partition: a
+key k is `start` = k, `end` = k + a zero byte; a prefix is as for `Scan`. It is the protocol's
+one **stream**: the server answers with any number of `WatchEvents` frames carrying the
+Watch's `request_id`, until the client sends `WatchCancel` with that id or the server
+ends the stream with an `Error` of that id. Until then the id stays in use: do not reuse
+it for another request. Many watches (and ordinary requests) share one connection; their
+frames interleave.
+
+- **Cursor.** `after` is a revision of the partition: the stream carries every change of
+  the range with revision > `after`, and none at or below it. To list then watch, take
+  the `applied_index` of the `Scan` of the range (a `count_only` scan, to watch from
+  now); to resume, the last revision received (below). The replica must still hold the
+  changes after it (else `COMPACTED`, below): `after` = 0 works only while the partition
+  is young.
+- **Order.** The events of a frame are in revision order; the events one entry made
+  (a `Txn`, a lease revoke) share its revision, come in the order the entry made them,
+  and are never split across frames. Every event of a frame has a revision greater than
+  the `progress` of the stream's previous frame (of `after`, for the first frame).
+- **Progress.** `WatchEvents.progress` is a revision up to which the range is fully
+  delivered: no change at or below it will follow. It never decreases, is at least
+  `after`, and at least every event's revision in its frame. A frame with no events is
+  a *progress notice*; an idle watch gets one at least every second, so the client's
+  cursor (the last `progress` received) keeps up with the partition and a resume never
+  replays from far back.
+- **First frame.** The server answers a Watch at once with the events it holds after
+  `after` (possibly none) and `progress` = its applied index (or `after`, if its
+  replica is behind it); from then on, every change it applies in the range follows.
+- **Only committed changes.** Any replica serves a watch (prefer followers, to spread the
+  load), from what it has applied, so it never sends a change that is not committed. A
+  follower's stream may trail the leader's by its replication lag.
+- **Resume.** After a lost connection, `WATCH_OVERFLOW` or `UNAVAILABLE`, open a new
+  Watch (on any replica) with `after` = the highest of the last `progress` and the last
+  event revision received: nothing is missed and nothing repeated.
+- **End.** `WatchCancel(request_id)` ends the stream; frames already on the way may
+  still arrive after it, and an unknown id is ignored. The server ends a stream with an
+  `Error` of its id: `COMPACTED` (`after` is older than the history it keeps; details
+  `oldest`, the smallest `after` it can serve, and `partition`: list the range again and
+  watch from the list's `applied_index`), `WATCH_OVERFLOW` (the client read too slowly
+  and more than `limits.watch_buffer_events` (default 10000) events or
+  `limits.watch_buffer_bytes` (default 4 MiB) waited for it: resume), `UNAVAILABLE` (e.g.
+  the replica installed a snapshot past the stream's progress, or is shutting down:
+  resume, here or elsewhere) or `BAD_REQUEST` (e.g. the id is already an open watch, or
+  `limits.max_watches_per_connection`, default 1000, watches are open on the connection).
+- **History.** Each replica keeps the recent events of each partition, bounded by count
+  and bytes (`limits.history_events`, `limits.history_bytes`); it starts again at the
+  replica's applied index when it restarts or installs a snapshot.
 """
+
+
+_SECTIONS = frozenset({"Attributes:", "Args:", "Returns:", "Raises:"})
+
+
+def _prose(doc: str) -> str:
+    """A class docstring as one paragraph, without its Google-style sections.
+
+    The fields table says what the Attributes section would (e.g. for
+    `Event`, whose class is the state machine's).
+    """
+    lines = []
+    for line in doc.splitlines():
+        if line.strip() in _SECTIONS:
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines)
 
 
 def _fields_table(fields: Any) -> list[str]:
@@ -285,7 +362,7 @@ def _schema_section(schema: Schema) -> list[str]:
     if cls in _DIRECTION:
         out += [f"Direction: {_DIRECTION[cls]}.", ""]
     if doc:
-        out += [" ".join(line.strip() for line in doc.splitlines() if line.strip()), ""]
+        out += [_prose(doc), ""]
     out += _fields_table(schema.fields)
     if cls in _EXAMPLES:
         wire = m.to_wire(_EXAMPLES[cls], check=True)
@@ -306,15 +383,15 @@ def _schema_section(schema: Schema) -> list[str]:
 
 def _messages() -> list[str]:
     groups = [
-        ("2.9 Handshake and errors", [m.Hello, m.HelloOk, m.Error]),
+        ("2.10 Handshake and errors", [m.Hello, m.HelloOk, m.Error]),
         (
-            "2.10 Client requests",
+            "2.11 Client requests",
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
              m.RebuildFence, m.BackupBegin, m.BackupRead, m.Scan, m.Txn, m.LeaseGrant,
              m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList, m.Watch,
              m.WatchCancel],
         ),
-        ("2.11 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
+        ("2.12 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
                            m.BackupChunk, m.ScanOk, m.TxnOk, m.LeaseOk, m.LeaseKeepAliveOk,
                            m.LeaseListOk, m.WatchEvents]),
     ]
@@ -343,12 +420,12 @@ def _messages() -> list[str]:
         out += [f"### {title}", ""]
         for cls in classes:
             out += _schema_section(m.SCHEMAS[cls])
-    out += ["### 2.12 Nested records", ""]
+    out += ["### 2.13 Nested records", ""]
     for record in m.RECORDS:
         out += [f"#### {record.cls.__name__}", ""]
         doc = (record.cls.__doc__ or "").strip()
         if doc and not doc.startswith(f"{record.cls.__name__}("):
-            out += [" ".join(line.strip() for line in doc.splitlines() if line.strip()), ""]
+            out += [_prose(doc), ""]
         out += _fields_table(record.fields)
         out.append("")
     return out
@@ -447,6 +524,8 @@ _OUTRO = f"""\
 | leases per partition | server configuration (default 100000) | `TOO_MANY_LEASES` |
 | lease TTL | >= 1 ms; raised to server configuration (default 2000 ms) | raised, not refused |
 | partitions (for leases) | 0..{m.LEASE_PARTITION_MAX} | `BAD_REQUEST` |
+| open watches per connection | server configuration (default 1000) | `BAD_REQUEST` |
+| events queued for one watch | config (default 10000 events, 4 MiB) | `WATCH_OVERFLOW` |
 | `cluster_id`, addresses | 255 characters | `TOO_LARGE`, connection closed |
 | `Error.message` | 4096 characters | `TOO_LARGE` |
 | `request_id`, `client_id`, `seq` | 1..2^64-1 | `BAD_REQUEST` |
@@ -458,9 +537,9 @@ _OUTRO = f"""\
 - A message's field list is fixed for a protocol version: adding a field means a new
   protocol version, negotiated by `Hello.protocol_version`.
 - Supported versions: clients {_CLIENT_VERSIONS}; peers {_PEER_VERSIONS} (section 2.2).
-- Version 3 added `Scan`, `Txn` and the lease messages (type ids 21-27, 36-40), the error
-  codes `LEASE_NOT_FOUND` and `TOO_MANY_LEASES`, the last field of `StatusOk`
-  (`key_rule`) and hash-tag routing.
+- Version 3 added `Scan`, `Txn`, the lease messages and the watch stream (type ids 21-29,
+  36-41), the error codes `LEASE_NOT_FOUND`, `TOO_MANY_LEASES`, `COMPACTED` and
+  `WATCH_OVERFLOW`, the last field of `StatusOk` (`key_rule`) and hash-tag routing.
 """
 
 

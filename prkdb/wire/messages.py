@@ -56,6 +56,10 @@ from prkdb.raft.types import Entry, Message, Role
 # The log's own enums (one definition): a Compare's target and op mean the same
 # on the wire and in a TxnCommand, so the server copies them across unchanged.
 from prkdb.state.commands import CompareOp, CompareTarget
+
+# The state machine's events, sent as they are: a WatchEvents frame carries the
+# `Event` objects of the partition's history (`EventLog.since`, `on_events`).
+from prkdb.state.events import Event, EventKind
 from prkdb.state.kv import ScanItem  # a KeyValue's fields, in order (`key_values`)
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
@@ -264,28 +268,6 @@ class TxnOpKind(enum.IntEnum):
     PUT = 0  # store value (attached to lease, if not 0)
     DELETE = 1  # delete the key (absent: a no-op with version 0)
     GET = 2  # read the key as the earlier ops of the branch left it
-
-
-# TODO(#17): take EventKind and Event from prkdb.state.events once it lands (one
-# definition: the server sends the state machine's events as they are).
-class EventKind(enum.IntEnum):
-    """What happened to a key (an `Event` of a `WatchEvents`)."""
-
-    PUT = 0  # the key was written (created or overwritten, even with the same value)
-    DELETE = 1  # the key was deleted by a client (a delete, a txn, a lease revoke)
-    EXPIRE = 2  # the key was deleted because its lease expired
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change of one key, at one revision (a Raft index of its partition)."""
-
-    kind: EventKind
-    key: bytes
-    revision: int
-    value: bytes | None  # PUT: the new value; DELETE/EXPIRE: None
-    prev_value: bytes | None  # the value before (None: absent, or not asked for)
 
 
 # --- handshake -----------------------------------------------------------------------
@@ -1444,8 +1426,9 @@ _ALL = (
                   "end of the range (exclusive), > start; null = no end. One key k: start k, "
                   "end k + 0x00; a prefix: as for Scan"),
             Field("after", _U64,
-                  "the cursor: send the events with revision > after (0 = all the history "
-                  "held; else the last revision the client has, e.g. a Scan's applied_index)"),
+                  "the cursor: send the changes with revision > after (a Scan's "
+                  "applied_index, or the last revision received); COMPACTED if older than "
+                  "the history held"),
             Field("prev_values", Bool(), "also send each event's previous value"),
         ),
         _check_watch,

@@ -409,6 +409,14 @@ def test_the_compare_enums_are_the_logs() -> None:
     assert m.CompareOp is commands.CompareOp
 
 
+def test_the_event_types_are_the_logs() -> None:
+    """One definition: the server sends the state machine's events unchanged."""
+    from prkdb.state import events
+
+    assert m.Event is events.Event
+    assert m.EventKind is events.EventKind
+
+
 def test_lease_ids_name_their_partition() -> None:
     assert m.lease_partition(LEASE_3) == 3
     assert m.lease_partition(1 << 16 | m.LEASE_PARTITION_MAX) == 65535
