@@ -89,6 +89,7 @@ from prkdb.wire.messages import (
     Cas,
     Delete,
     Error,
+    Event,
     Get,
     GetOk,
     Hello,
@@ -129,8 +130,6 @@ from prkdb.wire.messages import (
     check_hello,
     error_for,
 )
-from prkdb.wire.messages import Event as WireEvent
-from prkdb.wire.messages import EventKind as WireEventKind
 
 
 class Partition(Protocol):
@@ -205,10 +204,12 @@ class WatchConnection:
     def send_events(self, watch: Registration, events: Sequence[Any], progress: int) -> bool:
         if self.framed.closed:
             return False
-        pv = watch.prev_values
-        frame = WatchEvents(watch.rid, watch.partition, tuple(
-            WireEvent(WireEventKind(e.kind), e.key, e.revision, e.value,
-                      e.prev_value if pv else None) for e in events), progress)
+        # The history's events go out as they are (prkdb.state.events.Event is
+        # the wire's Event); without prev_values each is copied without it.
+        sent = tuple(events) if watch.prev_values else tuple(
+            e if e.prev_value is None else Event(e.kind, e.key, e.revision, e.value, None)
+            for e in events)
+        frame = WatchEvents(watch.rid, watch.partition, sent, progress)
         try:
             return self.framed.send_nowait(frame)
         except LocalProtocolError as e:  # one revision larger than a frame

@@ -201,3 +201,25 @@ async def test_a_revision_too_large_for_a_frame_ends_the_watch_not_the_partition
         assert client.node.raft_loop.restarts == 0
         assert isinstance(await client.put(key, b"c"), WriteOk)
         conn.close()
+
+
+async def test_previous_values_only_when_asked(tmp_path: Path) -> None:
+    async with serving(tmp_path) as client:
+        p = 1
+        key = client.keys_of(p, 1)[0]
+        first = await client.put(key, b"old")
+        conn = await _watcher(client)
+        conn.send(Watch(1, p, b"", None, first.revision, False))
+        conn.send(Watch(2, p, b"", None, first.revision, True))
+        for _ in range(2):
+            assert isinstance(await _recv(conn), WatchEvents)
+        await client.put(key, b"new")
+        frames = {}
+        while len(frames) < 2:
+            f = await _recv(conn)
+            assert isinstance(f, WatchEvents)
+            if f.events:
+                frames[f.request_id] = f.events
+        assert [(e.value, e.prev_value) for e in frames[1]] == [(b"new", None)]
+        assert [(e.value, e.prev_value) for e in frames[2]] == [(b"new", b"old")]
+        conn.close()
