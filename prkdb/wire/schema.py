@@ -294,6 +294,20 @@ class WireType:
         """
         return None
 
+    def convert(self, var: str, env: dict[str, Any]) -> tuple[str, str] | None:
+        """``(guard, value)`` expressions: when the guard holds, `decode` returns the value.
+
+        What a generated record loop (`_compile_list_decoder`) uses per field:
+        a type with a `guard` decodes to the value as it is; one that converts
+        it (a strict enum: int -> member) says how. None: no such expressions.
+
+        Args:
+            var: as for `guard`.
+            env: as for `hand_cbor`.
+        """
+        guard = self.guard(var, env)
+        return None if guard is None else (guard, var)
+
 
 class UInt(WireType):
     def __init__(self, lo: int = 0, hi: int = U64_MAX) -> None:
@@ -443,6 +457,15 @@ class Enum(WireType):
         types = f"_{var}_types"
         env[types] = (self.cls, int)
         return HandCbor(f"type({var}) in {types}", (_head_source(CBOR_UINT, var),))
+
+    def convert(self, var: str, env: dict[str, Any]) -> tuple[str, str] | None:
+        # An int that names a member (not a bool: decode refuses it) is that
+        # member. A lenient enum keeps unknown ints, which a lookup would not.
+        if self.lenient:
+            return None
+        members = f"_{var}_members"
+        env[members] = self._by_value
+        return (f"(type({var}) is int and {var} in {members})", f"{members}[{var}]")
 
     def hand_parse(self, var: str, env: dict[str, Any]) -> HandParse:
         # Members only: a lenient enum's unknown int is left to the generic path.
@@ -712,18 +735,22 @@ def _compile_list_decoder(inner: WireType) -> Callable[[list[Any]], Any] | None:
     """`ListOf`'s fast decoder for items of type `inner`, or None if it has none.
 
     Scalars with a guard: the list itself (as a tuple) when every item's guard
-    holds. Records whose fields all have guards: every item must be a list of
-    the record's length whose fields pass their guards; each is built with
-    the record's builder. Anything else answers None (the caller's plain loop
-    then decodes it, or raises the error naming the item and field).
+    holds. Records whose fields all have `WireType.convert` expressions
+    (guards, or a strict enum's lookup): every item must be a list of the
+    record's length whose fields pass their guards; each is built with the
+    record's builder from the fields' values. Anything else answers None (the
+    caller's plain loop then decodes it, or raises the error naming the item
+    and field).
     """
     env: dict[str, Any] = {}
     cls_name = type(inner).__name__
     if isinstance(inner, Record):
         names = [f"a{i}" for i in range(len(inner.fields))]
-        guards = [f.type.guard(var, env) for f, var in zip(inner.fields, names, strict=True)]
-        if any(g is None for g in guards):
+        converts = [f.type.convert(var, env) for f, var in zip(inner.fields, names, strict=True)]
+        if any(c is None for c in converts):
             return None
+        guards = [c[0] for c in converts if c is not None]
+        values = [c[1] for c in converts if c is not None]
         env["_build"] = inner.build
         cls_name = inner.cls.__name__
         unpack = ", ".join(names) + ("," if len(names) == 1 else "")
@@ -737,7 +764,7 @@ def _compile_list_decoder(inner: WireType) -> Callable[[list[Any]], Any] | None:
             f"        {unpack} = item",
             f"        if not ({' and '.join(g for g in guards if g)}):",
             "            return None",
-            f"        append(_build({', '.join(names)}))",
+            f"        append(_build({', '.join(values)}))",
             "    return tuple(out)",
             "",
         ]

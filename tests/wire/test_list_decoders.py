@@ -75,10 +75,10 @@ def test_the_flat_lists_are_generated() -> None:
     assert {
         "ScanOk.kvs", "TxnOk.results", "LeaseListOk.leases", "LeaseOk.keys",
         "LeaseKeepAliveOk.remaining_ms", "LeaseKeepAlive.lease_ids", "WriteOk.ops",
-        "StatusOk.nodes",
+        "StatusOk.nodes", "WatchEvents.events", "Txn.success", "Batch.ops",
     } <= set(FAST)
-    # an enum field converts its value, a nested list builds one: no guard, no generated loop
-    assert LISTS["Txn.success"]._fast is None and LISTS["StatusOk.partitions"]._fast is None
+    # a nested list builds its value: no convert expression, no generated loop
+    assert LISTS["StatusOk.partitions"]._fast is None
 
 
 ODD: list[Any] = ["s", b"", b"b", True, False, -1, 0, 1, 2**64 - 1, 2**64, 1.5, None, [], {},
@@ -149,8 +149,33 @@ class _R:
     e: _E
 
 
-def test_records_with_converting_fields_have_no_generated_loop() -> None:
+def test_records_with_enum_fields_convert_them() -> None:
+    """A strict enum field is looked up in the generated loop; a lenient one is not."""
     R, E = _R, _E
     rec = Record(R, (Field("a", UInt(), ""), Field("e", Enum(E), "")))
-    assert ListOf(rec)._fast is None
-    assert ListOf(rec).decode([[1, 0]]) == (R(1, E.A),)
+    assert ListOf(rec)._fast is not None
+    got = ListOf(rec).decode([[1, 0]])
+    assert got == (R(1, E.A),) and type(got[0].e) is E
+    for odd in ODD:
+        check_same(ListOf(rec), [[1, odd]])
+    lenient = Record(R, (Field("a", UInt(), ""), Field("e", Enum(E, lenient=True), "")))
+    assert ListOf(lenient)._fast is None
+
+
+@pytest.mark.parametrize("wtype", [Enum(_E), Enum(m.EventKind)], ids=lambda t: t.doc)
+def test_enum_convert_agrees_with_decode(wtype: Enum) -> None:
+    """The convert guard holds exactly when decode returns a member, and the value is it."""
+    env: dict[str, Any] = {}
+    convert = wtype.convert("v", env)
+    assert convert is not None
+    guard = eval(f"lambda v: {convert[0]}", env)  # our own source
+    value = eval(f"lambda v: {convert[1]}", env)
+    for candidate in [*ODD, 2, 3, *wtype.cls]:
+        try:
+            want = wtype.decode(candidate)
+        except FieldError:
+            want = None
+        if guard(candidate):
+            assert want is not None and value(candidate) is want, candidate
+        else:
+            assert want is None, candidate
