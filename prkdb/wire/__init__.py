@@ -8,10 +8,14 @@ the client SDK feed bytes in and take bytes out (STYLE §8.10). Layers:
   encoding, docs, and the generated hot-path encoders (`Schema.compile_encoder`),
   parsers (`Schema.compile_decoder`) and list decoders (`WireType.guard`).
 - `messages`: the message dataclasses, their type-id table, `to_wire`/`from_wire`,
+  the request kinds (one response; a stream, `STREAM_REQUEST_TYPES`: a Watch
+  answered by WatchEvents frames until cancelled or ended by an Error; none,
+  `ONE_WAY_REQUEST_TYPES`: WatchCancel),
   the Hello version rules (`check_hello`: clients say 3, peers 2 or 3),
   and fast encoders for the per-operation messages (`encode_put_request`,
   `encode_write_ok`, ... generated from the table; `RaftBatchEncoder`),
-  byte-identical to the generic path; `next_message` reads them with
+  byte-identical to the generic path, and hand-written ones for ScanOk pages
+  and WatchEvents; `next_message` reads the per-operation messages with
   parsers generated from the table too.
 - `raft_codec`: compact positional arrays for `prkdb.raft.types.Message`.
 - `errors`: `RemoteProtocolError` (the peer's fault) / `LocalProtocolError` (ours).
