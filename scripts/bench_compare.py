@@ -21,6 +21,11 @@ seconds measured, systems alternated per workload, --reps repetitions):
   LEASE-KA      8 clients renewing 10,000 leases (TTL 300 s) round-robin; reported in
                 renewals/s (PrkDB: `keep_alive_many` of 100 ids, one request per
                 partition; etcd: its gateway's keepalive, one lease per request)
+  W64-watch     W64 while 100 watchers, each on a 10-key prefix of the written keys
+                (together: every key), run in a separate process; reported: events/s
+                delivered and the W64 throughput against plain W64 of the same rep
+                (PrkDB: `client.watch(prefix)` on one client; etcd: 100 gateway watch
+                streams, one HTTP connection each)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
@@ -80,7 +85,9 @@ WORKLOADS = (
     ("R64-stale", "get-stale", 64),
     ("SCAN-1k", "scan", 8),
     ("LEASE-KA", "keepalive", 8),
+    ("W64-watch", "put-watched", 64),
 )
+WATCHERS = 100
 SCAN_PREFIX = b"scan/"
 SCAN_KEYS = 1000
 LEASES = 10_000
@@ -321,7 +328,7 @@ async def worker_main(spec: dict) -> None:
     if system == "prkdb":
         prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
         for j in range(clients):
-            if workload == "put":
+            if workload in ("put", "put-watched"):
                 ops.append(lambda k, c=prk: c.put(k, VALUE))
             elif workload == "scan":
                 ops.append(lambda k, c=prk: c.scan(SCAN_PREFIX))
@@ -338,7 +345,7 @@ async def worker_main(spec: dict) -> None:
             conn = EtcdHttp(endpoints[g % len(endpoints)])
             await conn.connect()
             conns.append(conn)
-            if workload == "put":
+            if workload in ("put", "put-watched"):
                 ops.append(lambda k, c=conn: c.put(k, VALUE))
             elif workload == "scan":
                 ops.append(lambda k, c=conn: c.range(SCAN_PREFIX, prefix_end(SCAN_PREFIX)))
@@ -392,6 +399,59 @@ async def worker_main(spec: dict) -> None:
     print("@@result " + json.dumps(result), flush=True)
 
 
+def watch_prefixes() -> list[bytes]:
+    """WATCHERS prefixes that split the READ_KEYS written keys into groups of 10."""
+    assert READ_KEYS == 10 * WATCHERS and key_of(0) == b"bench-%010d" % 0
+    return [b"bench-%09d" % w for w in range(WATCHERS)]
+
+
+async def watcher_main(spec: dict) -> None:
+    """The watchers of W64-watch in one process: count events delivered in the window.
+
+    Same stdin/stdout protocol as `worker_main`.
+    """
+    counted = 0
+    window = [float("inf"), float("-inf")]
+
+    def on_events(n: int) -> None:
+        nonlocal counted
+        if window[0] <= time.monotonic() <= window[1]:
+            counted += n
+
+    async with trio.open_nursery() as nursery:
+        if spec["system"] == "prkdb":
+            client = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
+
+            async def watch(prefix: bytes) -> None:
+                async with client.watch(prefix) as events:
+                    async for _ in events:
+                        on_events(1)
+
+            for prefix in watch_prefixes():
+                nursery.start_soon(watch, prefix)
+        else:
+            endpoints = spec["endpoints"]
+
+            async def watch(prefix: bytes, endpoint: str) -> None:
+                conn = EtcdHttp(endpoint)
+                try:
+                    await conn.watch_events(prefix, prefix_end(prefix), on_events)
+                finally:
+                    conn.close()
+
+            for w, prefix in enumerate(watch_prefixes()):
+                nursery.start_soon(watch, prefix, endpoints[w % len(endpoints)])
+        await trio.sleep(1.0)  # every stream open
+        print("@@ready", flush=True)
+        t0 = float(await trio.to_thread.run_sync(sys.stdin.readline))
+        window[0] = t0 + spec["warmup"]
+        window[1] = window[0] + spec["duration"]
+        await trio.sleep(max(0.0, window[1] - time.monotonic()))
+        cpu = time.process_time()
+        nursery.cancel_scope.cancel()
+    print("@@result " + json.dumps({"events": counted, "cpu_s": cpu}), flush=True)
+
+
 async def _renew(client: PrkDbClient, batches: list[list[int]], key: bytes) -> None:
     """Renew the next batch of this client's leases (every id must still exist)."""
     batch = batches[int(key.rsplit(b"-", 1)[-1] or b"0") % len(batches)]
@@ -420,6 +480,14 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
                              root / f"worker-{system}-{i}.log", stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True))
 
+    if workload == "put-watched":
+        spec = {"system": system, "warmup": args.warmup, "duration": args.duration,
+                **({"endpoints": cluster.endpoints} if isinstance(cluster, EtcdCluster)
+                   else target)}
+        workers.append(spawn([sys.executable, __file__, "--watcher", json.dumps(spec)],
+                             root / f"worker-{system}-{len(workers)}.log",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+
     def fail(w: subprocess.Popen, what: str) -> RuntimeError:
         kill_group(w)
         w.wait()
@@ -446,6 +514,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     errors = 0
     gen_cpu = []
     per_op = 1
+    events = None
     for w in workers:
         try:
             out, _ = w.communicate(timeout=60)
@@ -455,6 +524,9 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
         if res is None:
             raise fail(w, f"exited {w.returncode} without a result")
         r = json.loads(res.removeprefix("@@result "))
+        if "events" in r:  # the watcher process
+            events = r["events"]
+            continue
         lat += r["lat_us"]
         per_op = r["per_op"]
         errors += r["errors"]
@@ -466,6 +538,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     return {
         "ops": ops, "errors": errors, "ops_per_s": ops / d,
         "items_per_s": ops * per_op / d,
+        "events_per_s": None if events is None else events / d,
         "server_cpu_us_per_item": (cpu1 - cpu0) * 1e6 / (ops * per_op) if ops else None,
         "p50_ms": percentile(lat, 0.50) / 1e3, "p90_ms": percentile(lat, 0.90) / 1e3,
         "p99_ms": percentile(lat, 0.99) / 1e3, "max_ms": (lat[-1] / 1e3) if lat else None,
@@ -775,6 +848,19 @@ def build_table(data: dict, systems: list[str]) -> str:
     row("LEASE-KA lease renewals", "LEASE-KA", "items_per_s", "renewals/s", "≥ 1.0×",
         lambda r: r >= 1.0)
     row("LEASE-KA server CPU per renewal", "LEASE-KA", "server_cpu_us_per_item", "µs")
+    row("W64-watch puts with 100 watchers", "W64-watch", "ops_per_s", "ops/s")
+    row("W64-watch events delivered", "W64-watch", "events_per_s", "events/s")
+    for system in systems:  # the watchers' cost: W64-watch against W64 of the same rep
+        mine = runs.get(system, {})
+        pairs = [(a["ops_per_s"], b["ops_per_s"])
+                 for a, b in zip(mine.get("W64-watch", []), mine.get("W64", []))]
+        if pairs:
+            cost = med([1 - a / b for a, b in pairs if b])
+            if cost:
+                rows.append((f"{system}: W64 throughput lost to 100 watchers", f"{cost[0]:.1%}",
+                             "", "", "≤ 10%" if system == "prkdb" else "",
+                             ("yes" if cost[0] <= 0.10 else "**no**") if system == "prkdb"
+                             else ""))
     for label, _, _ in WORKLOADS:
         row(f"server CPU {label}", label, "server_cpu_us_per_op", "µs/op")
     # failover: absolute target for PrkDB, etcd for reference
@@ -850,7 +936,11 @@ def main() -> None:
                                         "SCAN-1k,LEASE-KA")
     ap.add_argument("--json", action="store_true", help="also print the raw numbers as JSON")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--watcher", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.watcher:
+        trio.run(watcher_main, json.loads(args.watcher))
+        return
     if args.worker:
         spec = json.loads(args.worker)
         if "lease_file" in spec:

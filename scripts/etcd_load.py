@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from typing import Any
 
 import trio
 
@@ -156,6 +157,44 @@ class EtcdHttp:
         if "TTL" not in result:
             raise EtcdError(f"{self.endpoint}: lease {lease_id} not found: {answer}")
         return int(result["TTL"])
+
+    async def watch_events(self, start: bytes, end: bytes, on_events: Any) -> None:
+        """Watch [start, end) until cancelled: ``on_events(n)`` per message with n events.
+
+        The gateway's /v3/watch answers one chunked HTTP response carrying one
+        JSON object per line for as long as the watch lives; this connection
+        is used for nothing else afterwards.
+        """
+        body = {"create_request": {"key": b64(start), "range_end": b64(end)}}
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        head = (
+            f"POST /v3/watch HTTP/1.1\r\nHost: {self.endpoint}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        await self.connect()
+        assert self._stream is not None
+        await self._stream.send_all(head + payload)
+        while (end_of_head := self._buf.find(b"\r\n\r\n")) < 0:
+            await self._fill()
+        del self._buf[: end_of_head + 4]
+        pending = bytearray()
+        while True:  # chunked: "<hex size>\r\n<data>\r\n", JSON objects split by newlines
+            while (eol := self._buf.find(b"\r\n")) < 0:
+                await self._fill()
+            size = int(bytes(self._buf[:eol]).split(b";")[0], 16)
+            del self._buf[: eol + 2]
+            while len(self._buf) < size + 2:
+                await self._fill()
+            pending += self._buf[:size]
+            del self._buf[: size + 2]
+            if size == 0:
+                raise EtcdError(f"{self.endpoint}: the watch stream ended")
+            *lines, rest = pending.split(b"\n")
+            pending = bytearray(rest)
+            for line in lines:
+                if line.strip():
+                    msg = json.loads(line)
+                    on_events(len(msg.get("result", {}).get("events", ())))
 
     async def status(self) -> dict:
         """/v3/maintenance/status: header.member_id, leader, raftIndex, ... (ids as strings)."""
