@@ -446,8 +446,10 @@ async def watcher_main(spec: dict) -> None:
         t0 = float(await trio.to_thread.run_sync(sys.stdin.readline))
         window[0] = t0 + spec["warmup"]
         window[1] = window[0] + spec["duration"]
+        await trio.sleep(max(0.0, window[0] - time.monotonic()))
+        cpu0 = time.process_time()
         await trio.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu = time.process_time()
+        cpu = time.process_time() - cpu0
         nursery.cancel_scope.cancel()
     print("@@result " + json.dumps({"events": counted, "cpu_s": cpu}), flush=True)
 
@@ -514,7 +516,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     errors = 0
     gen_cpu = []
     per_op = 1
-    events = None
+    events = watcher_cpu = None
     for w in workers:
         try:
             out, _ = w.communicate(timeout=60)
@@ -525,7 +527,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
             raise fail(w, f"exited {w.returncode} without a result")
         r = json.loads(res.removeprefix("@@result "))
         if "events" in r:  # the watcher process
-            events = r["events"]
+            events, watcher_cpu = r["events"], r["cpu_s"]
             continue
         lat += r["lat_us"]
         per_op = r["per_op"]
@@ -539,6 +541,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
         "ops": ops, "errors": errors, "ops_per_s": ops / d,
         "items_per_s": ops * per_op / d,
         "events_per_s": None if events is None else events / d,
+        "watcher_cpu_us_per_event": (watcher_cpu * 1e6 / events) if events else None,
         "server_cpu_us_per_item": (cpu1 - cpu0) * 1e6 / (ops * per_op) if ops else None,
         "p50_ms": percentile(lat, 0.50) / 1e3, "p90_ms": percentile(lat, 0.90) / 1e3,
         "p99_ms": percentile(lat, 0.99) / 1e3, "max_ms": (lat[-1] / 1e3) if lat else None,
@@ -850,6 +853,8 @@ def build_table(data: dict, systems: list[str]) -> str:
     row("LEASE-KA server CPU per renewal", "LEASE-KA", "server_cpu_us_per_item", "µs")
     row("W64-watch puts with 100 watchers", "W64-watch", "ops_per_s", "ops/s")
     row("W64-watch events delivered", "W64-watch", "events_per_s", "events/s")
+    row("W64-watch watcher process CPU per event", "W64-watch", "watcher_cpu_us_per_event",
+        "µs")
     for system in systems:  # the watchers' cost: W64-watch against W64 of the same rep
         mine = runs.get(system, {})
         pairs = [(a["ops_per_s"], b["ops_per_s"])
