@@ -89,7 +89,6 @@ from prkdb.wire.messages import (
     Cas,
     Delete,
     Error,
-    Event,
     Get,
     GetOk,
     Hello,
@@ -205,11 +204,8 @@ class WatchConnection:
         if self.framed.closed:
             return False
         # The history's events go out as they are (prkdb.state.events.Event is
-        # the wire's Event); without prev_values each is copied without it.
-        sent = tuple(events) if watch.prev_values else tuple(
-            e if e.prev_value is None else Event(e.kind, e.key, e.revision, e.value, None)
-            for e in events)
-        frame = WatchEvents(watch.rid, watch.partition, sent, progress)
+        # the wire's Event; the registry copied them without prev_value if not asked).
+        frame = WatchEvents(watch.rid, watch.partition, tuple(events), progress)
         try:
             return self.framed.send_nowait(frame)
         except LocalProtocolError as e:  # one revision larger than a frame

@@ -47,7 +47,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from prkdb.errors import PrkdbError, Unavailable, WatchOverflow
@@ -90,12 +90,22 @@ class WatchSink(Protocol):
         ...
 
     def send_events(self, watch: Watch, events: Sequence[Any], progress: int) -> bool:
-        """Queue one WatchEvents frame; False if the connection is closed (or full)."""
+        """Queue one WatchEvents frame of `events` as they are; False if closed (or full).
+
+        Without `watch.prev_values` their ``prev_value`` is None already.
+        """
         ...
 
     def end_watch(self, watch: Watch, error: PrkdbError) -> None:
         """The server ended `watch`: send the Error frame of its rid, forget the rid."""
         ...
+
+
+def _as_sent(events: list[Any], prev_values: bool) -> tuple[list[Any], int]:
+    """`events` as a watch gets them (no previous values unless asked), and their size."""
+    if not prev_values:
+        events = [e if e.prev_value is None else replace(e, prev_value=None) for e in events]
+    return events, sum(event_size(e, prev_values) for e in events)
 
 
 def event_size(e: EventLike, prev_values: bool) -> int:
@@ -226,9 +236,17 @@ class PartitionWatches:
         """Hand the pass's events to the watches of their ranges (once per applied Ready)."""
         events, self._pass = self._pass, []
         if events:
-            for (start, end), matched in self._match(events):
-                for w in list(self._by_range.get((start, end), ())):
-                    self._add_live(w, matched, applied, now)
+            for r, matched in self._match(events):
+                # Shared by the range's watches: the events as each kind of
+                # watch gets them (without previous values unless asked) and
+                # their size, each made once.
+                shared: dict[bool, tuple[list[Any], int]] = {}
+                for w in list(self._by_range.get(r, ())):
+                    pv = w.prev_values
+                    got = shared.get(pv)
+                    if got is None:
+                        got = shared[pv] = _as_sent(matched, pv)
+                    self._add_live(w, got[0], got[1], applied, now)
         if self._backed_up:
             self.pump_all(now)
 
@@ -255,15 +273,13 @@ class PartitionWatches:
                 out.append((r, [events[i] for i in sorted(order[lo:hi])]))
         return out
 
-    def _add_live(self, w: Watch, matched: list[Any], progress: int, now: float) -> None:
+    def _add_live(self, w: Watch, matched: list[Any], size: int, progress: int,
+                  now: float) -> None:
         if matched[0].revision <= w.queued_upto:  # re-applied after a restart: skip what we had
             matched = [e for e in matched if e.revision > w.queued_upto]
             if not matched:
                 return
-        pv = w.prev_values
-        size = 0
-        for e in matched:
-            size += event_size(e, pv)
+            size = sum(event_size(e, w.prev_values) for e in matched)
         w.live_events += len(matched)
         w.live_bytes += size
         if w.live_events > self.max_events or w.live_bytes > self.max_bytes:
