@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from prkctl.commands import backup, bench, dev, kv, leader, lease, snapshot, status, wal
+from prkctl.commands import backup, bench, dev, kv, leader, lease, snapshot, status, wal, watch
 from prkctl.context import DEFAULT_SEEDS, DEFAULT_TIMEOUT, CtlContext, pass_ctl
 from prkctl.errors import OutcomeUnknownError, PrkctlError
 from prkctl.output import encoding_flags
@@ -45,7 +45,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list
 @pass_ctl
 def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: float,
         json_: bool, debug: bool, encoding: str | None) -> None:
-    """Operate a PrkDB cluster: health, keys, scans, transactions, leases, leaders,
+    """Operate a PrkDB cluster: health, keys, scans, transactions, watches, leases, leaders,
     snapshots, backups, WAL, benchmarks.
 
     \b
@@ -57,6 +57,7 @@ def cli(ctl: CtlContext, seeds: list[str], cluster_id: str | None, timeout: floa
       prkctl get --prefix config/                 # every key under config/
       prkctl scan a b --limit 10 --keys-only
       prkctl txn < txn.json                       # compares, then ops (see txn --help)
+      prkctl watch --prefix config/               # changes as they happen, until Ctrl-C
       prkctl lease grant 30                       # prints the lease id
       prkctl leader balance
       prkctl wal verify /var/lib/prkdb
@@ -75,6 +76,7 @@ def _register() -> None:
     for cmd in kv.COMMANDS:
         cli.add_command(cmd)
     cli.add_command(kv.kv)
+    cli.add_command(watch.watch)
     cli.add_command(lease.lease)
     cli.add_command(leader.leader)
     cli.add_command(snapshot.snapshot)
