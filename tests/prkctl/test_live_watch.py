@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -78,7 +78,8 @@ def test_events_in_order_json_and_ctrl_c(cluster: LocalCluster) -> None:
         for args in (["put", "{w1}/a", "1"], ["put", "{w1}/a", "2"], ["put", "{w1}/b", "x"],
                      ["delete", "{w1}/a"], ["put", "{w1}0", "outside"]):
             assert invoke(s, *args).exit_code == 0
-        events, cursors = [], []
+        events: list[dict[str, Any]] = []
+        cursors: list[dict[str, Any]] = []
         while len(events) < 4:
             line = json.loads(read_line(proc.stdout))
             (cursors if "cursor" in line else events).append(line)
