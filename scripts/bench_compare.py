@@ -26,6 +26,10 @@ seconds measured, systems alternated per workload, --reps repetitions):
                 delivered and the W64 throughput against plain W64 of the same rep
                 (PrkDB: `client.watch(prefix)` on one client; etcd: 100 gateway watch
                 streams, one HTTP connection each)
+  W64-stalled   (PrkDB only) W64 while 24 watchers that never read (raw sockets, a Watch
+                of every key on each partition of each node) hold their streams open:
+                the throughput against plain W64 of the same rep, and the servers' RSS
+                growth (a slow watcher must be cut off, not slow writes or grow memory)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
@@ -86,7 +90,9 @@ WORKLOADS = (
     ("SCAN-1k", "scan", 8),
     ("LEASE-KA", "keepalive", 8),
     ("W64-watch", "put-watched", 64),
+    ("W64-stalled", "put-stalled", 64),
 )
+STALLED_PER_NODE = 8
 WATCHERS = 100
 SCAN_PREFIX = b"scan/"
 SCAN_KEYS = 1000
@@ -328,7 +334,7 @@ async def worker_main(spec: dict) -> None:
     if system == "prkdb":
         prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
         for j in range(clients):
-            if workload in ("put", "put-watched"):
+            if workload in ("put", "put-watched", "put-stalled"):
                 ops.append(lambda k, c=prk: c.put(k, VALUE))
             elif workload == "scan":
                 ops.append(lambda k, c=prk: c.scan(SCAN_PREFIX))
@@ -454,6 +460,25 @@ async def watcher_main(spec: dict) -> None:
     print("@@result " + json.dumps({"events": counted, "cpu_s": cpu}), flush=True)
 
 
+def open_stalled_watchers(seeds: list[str], partitions: int) -> list[socket.socket]:
+    """STALLED_PER_NODE connections per node, each watching every key of every partition
+    and never reading a byte: the server must cut them off (WATCH_OVERFLOW), not block."""
+    from prkdb.client.attempt import hello_frame
+    from prkdb.wire.messages import Watch, encode_message
+
+    socks = []
+    for address in seeds:
+        host, port = address.rsplit(":", 1)
+        for _ in range(STALLED_PER_NODE):
+            sock = socket.create_connection((host, int(port)))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            frames = hello_frame(CLUSTER_ID) + b"".join(
+                encode_message(Watch(p + 1, p, b"", None, 0, False)) for p in range(partitions))
+            sock.sendall(frames)
+            socks.append(sock)
+    return socks
+
+
 async def _renew(client: PrkDbClient, batches: list[list[int]], key: bytes) -> None:
     """Renew the next batch of this client's leases (every id must still exist)."""
     batch = batches[int(key.rsplit(b"-", 1)[-1] or b"0") % len(batches)]
@@ -482,6 +507,12 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
                              root / f"worker-{system}-{i}.log", stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True))
 
+    stalled: list[socket.socket] = []
+    rss_before = None
+    if workload.startswith("put") and clients > 1:  # W64's growth is the stalled run's baseline
+        rss_before = sum(proc_rss_mb(p) for p in cluster.pids())
+    if workload == "put-stalled":
+        stalled = open_stalled_watchers(target["seeds"], PARTITIONS)
     if workload == "put-watched":
         spec = {"system": system, "warmup": args.warmup, "duration": args.duration,
                 **({"endpoints": cluster.endpoints} if isinstance(cluster, EtcdCluster)
@@ -534,6 +565,11 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
         errors += r["errors"]
         gen_cpu.append(r["cpu_s"])
     cluster.check_alive()
+    rss_growth = None
+    if rss_before is not None:
+        rss_growth = sum(proc_rss_mb(p) for p in cluster.pids()) - rss_before
+    for sock in stalled:
+        sock.close()
     lat.sort()
     ops = len(lat)
     d = args.duration
@@ -541,6 +577,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
         "ops": ops, "errors": errors, "ops_per_s": ops / d,
         "items_per_s": ops * per_op / d,
         "events_per_s": None if events is None else events / d,
+        "rss_growth_mb": rss_growth,
         "watcher_cpu_us_per_event": (watcher_cpu * 1e6 / events) if events else None,
         "server_cpu_us_per_item": (cpu1 - cpu0) * 1e6 / (ops * per_op) if ops else None,
         "p50_ms": percentile(lat, 0.50) / 1e3, "p90_ms": percentile(lat, 0.90) / 1e3,
@@ -855,17 +892,19 @@ def build_table(data: dict, systems: list[str]) -> str:
     row("W64-watch events delivered", "W64-watch", "events_per_s", "events/s")
     row("W64-watch watcher process CPU per event", "W64-watch", "watcher_cpu_us_per_event",
         "µs")
-    for system in systems:  # the watchers' cost: W64-watch against W64 of the same rep
-        mine = runs.get(system, {})
-        pairs = [(a["ops_per_s"], b["ops_per_s"])
-                 for a, b in zip(mine.get("W64-watch", []), mine.get("W64", []))]
-        if pairs:
+    for label, what in (("W64-watch", "100 watchers"), ("W64-stalled", "stalled watchers")):
+        for system in systems:  # the watchers' cost: against W64 of the same rep
+            mine = runs.get(system, {})
+            pairs = [(a["ops_per_s"], b["ops_per_s"])
+                     for a, b in zip(mine.get(label, []), mine.get("W64", []))]
             cost = med([1 - a / b for a, b in pairs if b])
             if cost:
-                rows.append((f"{system}: W64 throughput lost to 100 watchers", f"{cost[0]:.1%}",
+                rows.append((f"{system}: W64 throughput lost to {what}", f"{cost[0]:.1%}",
                              "", "", "≤ 10%" if system == "prkdb" else "",
                              ("yes" if cost[0] <= 0.10 else "**no**") if system == "prkdb"
                              else ""))
+    row("W64 servers' RSS growth (3 nodes)", "W64", "rss_growth_mb", "MB")
+    row("W64-stalled servers' RSS growth (3 nodes)", "W64-stalled", "rss_growth_mb", "MB")
     for label, _, _ in WORKLOADS:
         row(f"server CPU {label}", label, "server_cpu_us_per_op", "µs/op")
     # failover: absolute target for PrkDB, etcd for reference
@@ -1038,7 +1077,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         eps = c.endpoints
         if workload == "keepalive":
             return {"endpoints": [eps[leader - 1]], **extra}
-        if workload in ("put", "get-linearizable", "scan"):
+        if workload in ("put", "put-watched", "get-linearizable", "scan"):
             return {"endpoints": [eps[leader - 1]]}
         if workload == "get-follower":
             return {"endpoints": [ep for i, ep in enumerate(eps, 1) if i != leader]}
@@ -1048,6 +1087,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
         for wi, (label, workload, clients) in enumerate(workloads):
             order = systems if (rep + wi) % 2 == 0 else systems[::-1]
             for s in order:
+                if workload == "put-stalled" and s != "prkdb":
+                    continue  # raw PrkDB sockets
                 r = run_load(s, clusters[s], workload, clients, target(s, workload), args, root)
                 data["runs"].setdefault(s, {}).setdefault(label, []).append(r)
                 log(f"rep {rep + 1} {label:<13} {s:<6} {r['ops_per_s']:>9,.0f} ops/s  "
