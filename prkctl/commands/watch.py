@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from typing import Any
 
 import click
@@ -115,16 +116,19 @@ def _cursor_arg(text: str) -> str:
 
 
 def _relist_hint(rng: dict[str, bytes | None], encoding: str) -> str:
+    """What to run after COMPACTED: the listing of the same range, quoted for a shell."""
+
     def arg(b: bytes | None) -> str:
         try:
-            return repr(encode_bytes(b or b"", encoding))
+            return shlex.quote(encode_bytes(b or b"", encoding))
         except PrkctlError:
             return "..."
 
+    root = "prkctl" if encoding == "utf8" else f"prkctl --{encoding}"
     if "prefix" in rng:
-        listing = f"prkctl get --prefix {arg(rng['prefix'])}"
+        listing = f"{root} get --prefix {arg(rng['prefix'])}"
     else:
-        listing = f"prkctl scan {arg(rng['start'])} {arg(rng['end'])}"
+        listing = f"{root} scan {arg(rng['start'])} {arg(rng['end'])}"
     return (f"list the keys again ({listing}), then watch without --cursor (start the watch "
             "with --print-cursor first, then list: nothing is missed)")
 

@@ -222,10 +222,10 @@ def test_compacted_exits_1_saying_how_to_relist() -> None:
     assert res.exit_code == 1
     assert res.stderr == (
         "prkctl: compacted: partition 3 no longer keeps the events after the cursor (it keeps "
-        "those after revision 120); list the keys again (prkctl get --prefix 'app/'), then "
+        "those after revision 120); list the keys again (prkctl get --prefix app/), then "
         "watch without --cursor (start the watch with --print-cursor first, then list: nothing "
         "is missed)\n")
     res = invoke(SEEDS, "--hex", "watch", "61", "62", "--print-cursor",
                  obj=fake_ctl(FakeWatchApi(end=compacted)))
-    assert res.exit_code == 1 and "(prkctl scan '61' '62')" in res.stderr
+    assert res.exit_code == 1 and "(prkctl --hex scan 61 62)" in res.stderr
     assert res.stdout.startswith("CURSOR ")  # the start was printed before the failure
