@@ -152,7 +152,8 @@ async def test_watchers_see_every_committed_write_once_in_order(make_cluster) ->
     print("phases: " + ", ".join(phases))
     print("kills: " + "; ".join(e for e in nem.events if "kill" in e))
     for w in watchers:
-        print(f"  {w.name}: {len(w.events)} events, opened {w.opened}, up to {w.max_rev}")
+        print(f"  {w.name}: {len(w.events)} events, {w.opened} watches, {w.streams} streams, "
+              f"up to {w.max_rev}")
     report = "\n".join(f"{name}: {len(msgs)} mismatches; first: {msgs[0]}"
                        for name, msgs in sorted(problems.items()))
     assert not problems, (f"seed {seed}\n{report}\nfaults:\n" + "\n".join(nem.events))
@@ -161,6 +162,8 @@ async def test_watchers_see_every_committed_write_once_in_order(make_cluster) ->
     for w in watchers:
         n = sum(1 for ev in w.events if ev.revision <= (w.targets or {}).get(ev.partition, 0))
         assert n > 20, f"{w.name}: only {n} events"
+    reopened = [w.name for w in watchers if w.streams > w.opened * len(w.partitions)]
+    assert len(reopened) >= 5, "few streams were reopened elsewhere: the faults missed them"
     kills = [e for e in nem.events if "(attached)" in e]
     assert kills, "no attached node was killed: " + "\n".join(nem.events)
     # The checker sees a gap and a duplicate: watcher 0 with one event dropped (next to

@@ -139,6 +139,7 @@ class WatcherLog:
     max_rev: dict[int, int] = field(default_factory=dict)
     targets: dict[int, int] | None = None  # set by the test after the end markers
     opened: int = 0  # watch objects opened (resumes + 1)
+    streams: int = 0  # partition streams those watches opened (reopens after faults too)
     error: str | None = None
     watch: Any = None  # the open watch (trio), for the attached-node nemesis
 
@@ -185,13 +186,16 @@ async def trio_watcher(client: PrkDbClient, w: WatcherLog, rng: random.Random,
         w.opened += 1
         async with client.watch(w.prefix, cursor=cursor) as watch:
             w.watch = watch
-            async for ev in watch:
-                w.take(ev)
-                if w.done():
-                    return
-                budget -= 1
-                if budget == 0:
-                    break
+            try:
+                async for ev in watch:
+                    w.take(ev)
+                    if w.done():
+                        return
+                    budget -= 1
+                    if budget == 0:
+                        break
+            finally:
+                w.streams += streams_opened(watch)
             cursor = watch.cursor.encode()  # resume from the text, as a process would
             w.watch = None
 
@@ -204,6 +208,7 @@ def sync_watcher(seeds: list[str], w: WatcherLog) -> None:
             for ev in watch:
                 w.take(ev)
                 if w.done():
+                    w.streams += streams_opened(watch)
                     return
 
 
@@ -217,9 +222,16 @@ def asyncio_watcher(seeds: list[str], w: WatcherLog) -> None:
                 async for ev in watch:
                     w.take(ev)
                     if w.done():
+                        w.streams += streams_opened(watch)
                         return
 
     asyncio.run(run())
+
+
+def streams_opened(watch: Any) -> int:
+    """Streams a watch opened so far (its plan counts them; no public accessor)."""
+    driver = getattr(watch, "_driver", None)
+    return 0 if driver is None else int(driver.plan.opened)
 
 
 def attached_nodes(c: NetnsCluster, watchers: Iterable[WatcherLog]) -> list[int]:
