@@ -17,8 +17,7 @@ The log is a bounded window of recent history:
   below). A list, not a deque, because ``since`` bisects it by revision.
   Invariant: revisions never decrease along it and are all ``> oldest``;
   a revision's events are all held or none is.
-* ``_ends``: running byte totals, one per held event, so the held bytes are
-  a subtraction and an eviction finds where to cut with a bisect.
+* ``_bytes``: the sum of the held records' sizes (the record's last field).
 * ``oldest``: the smallest revision ``r`` such that every event with a
   revision ``> r`` is still held. It starts at the applied index the machine
   started from (0, or a snapshot's index after an install: the history of
@@ -26,10 +25,11 @@ The log is a bounded window of recent history:
   evicted group.
 * Bounds: at most ``max_events`` events and ``max_bytes`` bytes held, where
   an event costs ``len(key) + len(value) + len(prev_value)`` plus
-  :data:`EVENT_OVERHEAD`. An :meth:`EventLog.append` that goes past a bound
-  evicts whole revisions from the old end (so a reader never sees half of a
-  txn) until both bounds hold with 1/8 to spare: a cut of the lists once per
-  ``max_events / 8`` puts instead of a list shift per put. It runs after the
+  :data:`EVENT_OVERHEAD` (:func:`record_size`). An :meth:`EventLog.append`
+  that goes past a bound evicts whole revisions from the old end (so a
+  reader never sees half of a txn) until both bounds hold with 1/8 to spare:
+  a cut of the list once per ``max_events / 8`` puts instead of a list shift
+  per put. It runs after the
   whole revision is in. A single revision larger than a bound is evicted at
   once: the log is empty and ``oldest`` is that revision (live watchers
   still got it through ``on_events``; a resume from before it is COMPACTED,
@@ -39,8 +39,10 @@ Cost. ``apply`` of a put must stay within ~10% of what it was without
 events (scripts/bench_state.py), and building a frozen slotted dataclass
 costs more than the rest of the hot path's additions together (~0.7 us on
 CPython 3.11). So the log holds each event as a plain tuple
-``(kind, key, revision, value, prev_value)`` (:data:`EventRecord`, ~40 ns)
-and builds :class:`Event` objects only when someone reads: :meth:`since`, and
+``(kind, key, revision, value, prev_value, size)`` (:data:`EventRecord`,
+~40 ns), built by the machine, which knows the lengths where it makes the
+change (the size computed there costs a third of a loop over the records
+here), and builds :class:`Event` objects only when someone reads: :meth:`since`, and
 the machine's ``on_events`` callback (only when one is set). The tuples
 hold only bytes, ints and None (the kind as a plain int) so the cyclic GC
 untracks them: a held history of GC-tracked objects made every put ~20%
@@ -53,7 +55,7 @@ Not thread-safe: one owner (the partition driver).
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -72,6 +74,8 @@ __all__ = [
     "EventLog",
     "EventRecord",
     "events_from_records",
+    "make_record",
+    "record_size",
 ]
 
 #: Default bound of a partition's history, in events.
@@ -113,21 +117,39 @@ class Event:
     prev_value: bytes | None
 
 
-#: How the log holds an event: ``(kind, key, revision, value, prev_value)``,
-#: the fields of :class:`Event` in order, with ``kind`` a plain int (an
-#: EventKind member is a GC-tracked object; a tuple of only bytes, ints and
-#: None is untracked by the first collection that sees it, so a full history
-#: costs the cyclic GC nothing).
-EventRecord = tuple[int, bytes, int, bytes | None, bytes | None]
+#: How the log holds an event: ``(kind, key, revision, value, prev_value,
+#: size)``: the fields of :class:`Event` in order, with ``kind`` a plain int
+#: (an EventKind member is a GC-tracked object; a tuple of only bytes, ints
+#: and None is untracked by the first collection that sees it, so a full
+#: history costs the cyclic GC nothing), then the bytes charged for it,
+#: exactly :func:`record_size` of its key and values.
+EventRecord = tuple[int, bytes, int, bytes | None, bytes | None, int]
 
 _KINDS: Final = tuple(EventKind)
 _revision: Final = itemgetter(2)
 
 
+def record_size(key: bytes, value: bytes | None, prev_value: bytes | None) -> int:
+    """The bytes a held event is charged: its key and values plus EVENT_OVERHEAD."""
+    size = len(key) + EVENT_OVERHEAD
+    if value is not None:
+        size += len(value)
+    if prev_value is not None:
+        size += len(prev_value)
+    return size
+
+
+def make_record(
+    kind: EventKind, key: bytes, revision: int, value: bytes | None, prev_value: bytes | None
+) -> EventRecord:
+    """The :data:`EventRecord` of one event (hot paths build the tuple inline)."""
+    return (int(kind), key, revision, value, prev_value, record_size(key, value, prev_value))
+
+
 def events_from_records(records: Iterable[EventRecord]) -> list[Event]:
     """Build the :class:`Event` of each record, in order."""
     kinds = _KINDS
-    return [Event(kinds[k], key, rev, value, prev) for k, key, rev, value, prev in records]
+    return [Event(kinds[k], key, rev, value, prev) for k, key, rev, value, prev, _ in records]
 
 
 class Compacted(StateError):
@@ -165,10 +187,7 @@ class EventLog:
     """
 
     __slots__ = (
-        "_bytes_base",
-        "_bytes_end",
-        "_bytes_limit",
-        "_ends",
+        "_bytes",
         "_oldest",
         "_records",
         "max_bytes",
@@ -203,15 +222,9 @@ class EventLog:
         if type(oldest) is not int or oldest < 0:
             raise ValueError(f"oldest ({oldest!r}) must be an int >= 0")
         self._oldest = oldest
-        # The held events, oldest first (module doc: invariants).
+        # The held events, oldest first, and their total size (module doc).
         self._records: list[EventRecord] = []
-        # _ends[i]: bytes charged for every event appended since the reset,
-        # up to and including _records[i]; _bytes_end: the same for all of
-        # them; _bytes_base: for all evicted ones. Held bytes: the difference.
-        self._ends: list[int] = []
-        self._bytes_end = self._bytes_base = 0
-        # _bytes_base + max_bytes: an append past it evicts.
-        self._bytes_limit = self.max_bytes
+        self._bytes = 0
 
     @property
     def oldest(self) -> int:
@@ -224,7 +237,7 @@ class EventLog:
     @property
     def held_bytes(self) -> int:
         """Bytes held, as charged (key + value + prev_value + EVENT_OVERHEAD each)."""
-        return self._bytes_end - self._bytes_base
+        return self._bytes
 
     @property
     def newest(self) -> int:
@@ -244,25 +257,20 @@ class EventLog:
 
         Args:
             records: the events of one entry in op order, each ``(kind, key,
-                revision, value, prev_value)``, all with that entry's
+                revision, value, prev_value, size)``, all with that entry's
                 revision, which is greater than every revision held and than
                 :attr:`oldest`. Not empty. Copied: the caller may reuse the list.
 
         O(len(records)), plus amortized O(1) per evicted event.
         """
-        ends = self._ends
-        total = self._bytes_end
-        for _, key, _, value, prev in records:
-            total += len(key) + EVENT_OVERHEAD
-            if value is not None:
-                total += len(value)
-            if prev is not None:
-                total += len(prev)
-            ends.append(total)
-        self._bytes_end = total
         held = self._records
         held += records
-        if len(held) > self.max_events or total > self._bytes_limit:
+        if len(records) == 1:  # most entries: a put or delete (saves a loop)
+            size = self._bytes + records[0][5]
+        else:
+            size = self._bytes + sum(record[5] for record in records)
+        self._bytes = size
+        if len(held) > self.max_events or size > self.max_bytes:
             self._evict()
 
     def _evict(self) -> None:
@@ -270,23 +278,29 @@ class EventLog:
 
         Evicting down to 7/8 of a bound (not just under it) makes eviction
         rare: once per ``max_events / 8`` single-event revisions in the
-        steady state, each a bisect or two and one cut of the lists, instead
-        of shifting the lists on every put. (A bound under 8 is kept exactly.)
+        steady state, each one cut of the list, instead of shifting the list
+        on every put. (A bound under 8 is kept exactly.) O(events evicted).
         """
-        records, ends = self._records, self._ends
-        # Evict the first `cut` events: enough for both bounds...
-        cut = len(records) - (self.max_events - self.max_events // 8)
-        target = self._bytes_end - (self.max_bytes - self.max_bytes // 8)
-        if target > self._bytes_base:
-            # ...the first event whose running total reaches the target, and all before it...
-            cut = max(cut, bisect_left(ends, target) + 1)
+        records = self._records
+        keep_events = self.max_events - self.max_events // 8
+        keep_bytes = self.max_bytes - self.max_bytes // 8
+        size = self._bytes
+        # Evict the first `cut` events: enough for the count bound...
+        cut = max(0, len(records) - keep_events)
+        for record in islice(records, cut):
+            size -= record[5]
+        # ...and for the byte bound...
+        while size > keep_bytes:
+            size -= records[cut][5]
+            cut += 1
         # ...and the rest of the last evicted event's revision.
         revision = records[cut - 1][2]
-        cut = bisect_right(records, revision, cut, key=_revision)
+        end = bisect_right(records, revision, cut, key=_revision)
+        for record in islice(records, cut, end):
+            size -= record[5]
         self._oldest = revision
-        self._bytes_base = ends[cut - 1]
-        self._bytes_limit = self._bytes_base + self.max_bytes
-        del records[:cut], ends[:cut]
+        self._bytes = size
+        del records[:end]
 
     def since(self, after: int, start: bytes = b"", end: bytes | None = None) -> list[Event]:
         """Return the held events after revision ``after`` whose key is in ``[start, end)``.

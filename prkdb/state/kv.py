@@ -138,11 +138,13 @@ from prkdb.state.errors import CommandDecodeError, SnapshotDecodeError, StateInv
 from prkdb.state.events import (
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HISTORY_EVENTS,
+    EVENT_OVERHEAD,
     Event,
     EventKind,
     EventLog,
     EventRecord,
     events_from_records,
+    make_record,
 )
 from prkdb.state.limits import Limits, check_command
 from prkdb.state.results import OpResult, ResultCode, WriteResult, ok_result
@@ -220,10 +222,12 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 _OK: Final = ResultCode.OK
-# Event kinds as plain ints, as EventRecord holds them (events.py: GC).
-_PUT: Final = int(EventKind.PUT)
-_DELETE: Final = int(EventKind.DELETE)
-_EXPIRE: Final = int(EventKind.EXPIRE)
+_PUT: Final = EventKind.PUT
+_DELETE: Final = EventKind.DELETE
+_EXPIRE: Final = EventKind.EXPIRE
+# EventRecord holds kinds as plain ints (events.py: GC); _put builds its record inline.
+_PUT_INT: Final = int(_PUT)
+_EVENT_OVERHEAD: Final = EVENT_OVERHEAD
 _CAS_FAILED: Final = ResultCode.CAS_FAILED
 _LEASE_NOT_FOUND: Final = ResultCode.LEASE_NOT_FOUND
 _VALUE: Final = CompareTarget.VALUE
@@ -307,7 +311,7 @@ class KVStateMachine:
             replicated state: they may differ between replicas.
 
     Raises:
-        ValueError: a limit or ``partition`` out of range.
+        ValueError: a limit, a history bound or ``partition`` out of range.
     """
 
     __slots__ = (
@@ -340,6 +344,9 @@ class KVStateMachine:
     ) -> None:
         if type(partition) is not int or not 0 <= partition <= _PARTITION_MASK:
             raise ValueError(f"partition ({partition!r}) must be an int in [0, 65536)")
+        for name, n in (("history_events", history_events), ("history_bytes", history_bytes)):
+            if type(n) is not int or n < 0:
+                raise ValueError(f"{name} ({n!r}) must be an int >= 0")
         #: This partition's number: the low 16 bits of its lease ids.
         self.partition = partition
         #: The limits every committed command is checked against.
@@ -519,22 +526,23 @@ class KVStateMachine:
                 return replay  # its events went out when it was first applied
             result = self._execute(index, cmd)
             sessions.record(client_id, seq, result, index)
-        if self._emitted:
-            self._publish()
+        emitted = self._emitted
+        if emitted:
+            # Its events, as one revision, into the history, then to the listener.
+            self.events.append(emitted)
+            if self.on_events is not None:
+                self._notify(emitted)
+            emitted.clear()
         return result
 
-    def _publish(self) -> None:
-        """Move the entry's events into the history, then tell ``on_events``."""
-        emitted = self._emitted
-        self.events.append(emitted)
-        on_events = self.on_events
-        if on_events is not None:
-            try:
-                on_events(events_from_records(emitted))
-            except Exception as e:  # the owner's bug must not undo an applied entry
-                self.on_events_failures += 1
-                self.on_events_error = e
-        emitted.clear()
+    def _notify(self, records: list[EventRecord]) -> None:
+        """Call ``on_events`` with the Event objects of ``records``; never raises."""
+        assert self.on_events is not None
+        try:
+            self.on_events(events_from_records(records))
+        except Exception as e:  # the owner's bug must not undo an applied entry
+            self.on_events_failures += 1
+            self.on_events_error = e
 
     def _execute(self, index: int, cmd: Command) -> WriteResult:
         violation = check_command(cmd, self.limits)
@@ -569,15 +577,28 @@ class KVStateMachine:
         """
         data = self._data
         old = data.get(key)
+        # The event record, its size inlined (events.record_size; hot path).
         if old is None:
-            self._emitted.append((_PUT, key, index, value, None))
+            self._emitted.append(
+                (_PUT_INT, key, index, value, None, len(key) + len(value) + _EVENT_OVERHEAD)
+            )
             prev = 0
             create = index
             self._keys.add(key)
             if lease:
                 self._leases[lease].keys.add(key)
         else:
-            self._emitted.append((_PUT, key, index, value, old[0]))
+            prev_value = old[0]
+            self._emitted.append(
+                (
+                    _PUT_INT,
+                    key,
+                    index,
+                    value,
+                    prev_value,
+                    len(key) + len(value) + len(prev_value) + _EVENT_OVERHEAD,
+                )
+            )
             prev = old[1]
             create = old[3]
             old_lease = old[4]
@@ -597,7 +618,7 @@ class KVStateMachine:
         old = self._data.pop(key, None)
         if old is None:
             return 0
-        self._emitted.append((_DELETE, key, index, None, old[0]))
+        self._emitted.append(make_record(_DELETE, key, index, None, old[0]))
         self._keys.remove(key)
         if old[4]:
             self._leases[old[4]].keys.discard(key)
@@ -705,7 +726,7 @@ class KVStateMachine:
         kind = _EXPIRE if expired else _DELETE
         # Key order (sorted): a set's own order differs between processes.
         for key in sorted(lease.keys):
-            emit((kind, key, index, None, data.pop(key)[0]))
+            emit(make_record(kind, key, index, None, data.pop(key)[0]))
             keys.remove(key)
         return WriteResult(_OK, index, version=len(lease.keys))
 
