@@ -21,32 +21,30 @@ The log is a bounded window of recent history:
 * ``oldest``: the smallest revision ``r`` such that every event with a
   revision ``> r`` is still held. It starts at the applied index the machine
   started from (0, or a snapshot's index after an install: the history of
-  what came before is not known) and moves up to the revision of each
-  evicted group.
+  what came before is not known) and moves up to the newest revision
+  evicted.
 * Bounds: at most ``max_events`` events and ``max_bytes`` bytes held, where
   an event costs ``len(key) + len(value) + len(prev_value)`` plus
   :data:`EVENT_OVERHEAD` (:func:`record_size`). An :meth:`EventLog.append`
   that goes past a bound evicts whole revisions from the old end (so a
   reader never sees half of a txn) until both bounds hold with 1/8 to spare:
   a cut of the list once per ``max_events / 8`` puts instead of a list shift
-  per put. It runs after the
-  whole revision is in. A single revision larger than a bound is evicted at
-  once: the log is empty and ``oldest`` is that revision (live watchers
-  still got it through ``on_events``; a resume from before it is COMPACTED,
-  as it should be).
+  per put. It runs after the whole revision is in. A single revision larger
+  than a bound is evicted at once: the log is empty and ``oldest`` is that
+  revision (live watchers still got it through ``on_events``; a resume from
+  before it is COMPACTED, as it should be).
 
 Cost. ``apply`` of a put must stay within ~10% of what it was without
 events (scripts/bench_state.py), and building a frozen slotted dataclass
 costs more than the rest of the hot path's additions together (~0.7 us on
 CPython 3.11). So the log holds each event as a plain tuple
 ``(kind, key, revision, value, prev_value, size)`` (:data:`EventRecord`,
-~40 ns), built by the machine, which knows the lengths where it makes the
-change (the size computed there costs a third of a loop over the records
-here), and builds :class:`Event` objects only when someone reads: :meth:`since`, and
-the machine's ``on_events`` callback (only when one is set). The tuples
-hold only bytes, ints and None (the kind as a plain int) so the cyclic GC
-untracks them: a held history of GC-tracked objects made every put ~20%
-slower through collections alone.
+~40 ns), built by the machine where it makes the change (it has the values
+at hand there), and builds :class:`Event` objects only when someone reads:
+:meth:`since`, and the machine's ``on_events`` callback (only when one is
+set). The tuples hold only bytes, ints and None (the kind as a plain int) so
+the cyclic GC untracks them: a held history of GC-tracked objects made every
+put ~20% slower through collections alone.
 
 Pure and deterministic like the rest of :mod:`prkdb.state`: no clock, no I/O.
 Not thread-safe: one owner (the partition driver).

@@ -227,7 +227,6 @@ _DELETE: Final = EventKind.DELETE
 _EXPIRE: Final = EventKind.EXPIRE
 # EventRecord holds kinds as plain ints (events.py: GC); _put builds its record inline.
 _PUT_INT: Final = int(_PUT)
-_EVENT_OVERHEAD: Final = EVENT_OVERHEAD
 _CAS_FAILED: Final = ResultCode.CAS_FAILED
 _LEASE_NOT_FOUND: Final = ResultCode.LEASE_NOT_FOUND
 _VALUE: Final = CompareTarget.VALUE
@@ -580,7 +579,7 @@ class KVStateMachine:
         # The event record, its size inlined (events.record_size; hot path).
         if old is None:
             self._emitted.append(
-                (_PUT_INT, key, index, value, None, len(key) + len(value) + _EVENT_OVERHEAD)
+                (_PUT_INT, key, index, value, None, len(key) + len(value) + EVENT_OVERHEAD)
             )
             prev = 0
             create = index
@@ -596,7 +595,7 @@ class KVStateMachine:
                     index,
                     value,
                     prev_value,
-                    len(key) + len(value) + len(prev_value) + _EVENT_OVERHEAD,
+                    len(key) + len(value) + len(prev_value) + EVENT_OVERHEAD,
                 )
             )
             prev = old[1]

@@ -420,6 +420,8 @@ def test_events_replayed_reproduce_the_data(log: list[bytes]) -> None:
     revisions = [e.revision for e in history]
     assert revisions == sorted(revisions)
     assert _replay(history) == {k: r[0] for k, r in m.items()}
+    # The machine's inlined sizes agree with record_size.
+    assert m.events.held_bytes == sum(record_size(e.key, e.value, e.prev_value) for e in history)
     # Cutting at any revision gives the changes after it.
     for cut in sorted(set(revisions))[:3]:
         assert m.events.since(cut) == [e for e in history if e.revision > cut]
