@@ -462,18 +462,25 @@ async def watcher_main(spec: dict) -> None:
 
 def open_stalled_watchers(seeds: list[str], partitions: int) -> list[socket.socket]:
     """STALLED_PER_NODE connections per node, each watching every key of every partition
-    and never reading a byte: the server must cut them off (WATCH_OVERFLOW), not block."""
+    from "now" (the node's applied index: no backlog) and never reading a byte: the
+    server must cut them off (WATCH_OVERFLOW) once they fall behind, not block."""
+    from prkdb.client import SyncClient
     from prkdb.client.attempt import hello_frame
     from prkdb.wire.messages import Watch, encode_message
 
     socks = []
+    with SyncClient(seeds, cluster_id=CLUSTER_ID) as client:
+        client.refresh_topology()
+        applied = {address: [p.applied for p in client.status(node).partitions]
+                   for node, address in client.topology.nodes.items()}
     for address in seeds:
         host, port = address.rsplit(":", 1)
         for _ in range(STALLED_PER_NODE):
             sock = socket.create_connection((host, int(port)))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             frames = hello_frame(CLUSTER_ID) + b"".join(
-                encode_message(Watch(p + 1, p, b"", None, 0, False)) for p in range(partitions))
+                encode_message(Watch(p + 1, p, b"", None, applied[address][p], False))
+                for p in range(partitions))
             sock.sendall(frames)
             socks.append(sock)
     return socks
