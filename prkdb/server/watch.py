@@ -22,7 +22,10 @@ batches) only while the connection holds less than `SINK_HIGH_WATER`
 unsent bytes. What the socket did not take stays queued here and is pumped
 again on later passes and ticks. A watch whose live queue passes
 `max_events` or `max_bytes` is dropped with WATCH_OVERFLOW (the client
-resumes from its cursor). The backlog read at open is not counted (it is
+resumes from its cursor). So is a watch whose connection took none of its
+frames for `STALLED_S` while it had live events queued: a client that
+stopped reading costs a queued event per matching write until the bound,
+and at W64 that bound is many seconds away. The backlog read at open is not counted (it is
 bounded by the history size and may exceed the buffer; counting it would
 make a client that resumes from far back overflow forever).
 
@@ -58,6 +61,7 @@ SINK_HIGH_WATER = 1024 * 1024  # unsent bytes on a connection before watches que
 FRAME_BYTES = 256 * 1024  # event bytes per WatchEvents frame (whole batches; at least one)
 EVENT_OVERHEAD = 16  # bytes counted per event besides its key and values
 BISECT_ABOVE = 256  # ranges x events of a pass beyond which matching bisects sorted keys
+STALLED_S = 2.0  # a watch with live events queued whose connection took nothing this long ends
 
 
 class EventLike(Protocol):
@@ -142,6 +146,7 @@ class Watch:
     live_events: int = 0  # events in live batches of `queue`
     live_bytes: int = 0
     closed: bool = False
+    stalled_since: float | None = None  # since when live events wait and nothing left
 
     @property
     def range(self) -> tuple[bytes, bytes | None]:
@@ -319,7 +324,14 @@ class PartitionWatches:
                 self.close(w)  # the connection is closing: its cleanup forgets the rid
                 return
             w.sent_at = now
+            w.stalled_since = None
         if q:
+            if w.live_events:
+                if w.stalled_since is None:
+                    w.stalled_since = now
+                elif now - w.stalled_since > STALLED_S:
+                    self._overflow(w)  # the client stopped reading (module doc)
+                    return
             self._backed_up[w] = None
         else:
             self._backed_up.pop(w, None)

@@ -142,6 +142,29 @@ def test_a_stalled_reader_overflows_at_the_bound_and_others_go_on() -> None:
     assert fine.revisions(2) == list(range(1, 40))
 
 
+def test_a_reader_that_takes_nothing_for_a_while_is_cut_off_before_the_bound() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, max_events=10_000, max_bytes=1 << 30)
+    stalled = FakeSink(unsent_bytes=watch_mod.SINK_HIGH_WATER)  # socket full: nothing leaves
+    slow = FakeSink(unsent_bytes=watch_mod.SINK_HIGH_WATER)  # full too, but drains now and then
+    ws.open(hist, stalled, 1, b"", None, 0, False, applied=0, now=0)
+    ws.open(hist, slow, 2, b"", None, 0, False, applied=0, now=0)
+    t = 0.0
+    for rev in range(1, 60):
+        t = rev * 0.1
+        slow.unsent_bytes = 0 if rev % 10 == 0 else watch_mod.SINK_HIGH_WATER
+        apply(ws, hist, [put(b"k", rev)], applied=rev, now=t)
+        if t <= watch_mod.STALLED_S:
+            assert stalled.ended == [], t
+    # Cut off once it took nothing for STALLED_S with events waiting (far below the bound);
+    # the slow reader, which takes a frame every second, goes on.
+    assert [(rid, type(e)) for rid, e in stalled.ended] == [(1, WatchOverflow)]
+    assert slow.ended == [] and len(ws) == 1
+    slow.unsent_bytes = 0
+    ws.tick(59, t + 0.1)
+    assert slow.revisions(2) == list(range(1, 60))
+
+
 def test_overflow_by_bytes() -> None:
     hist = FakeHistory()
     ws = PartitionWatches(0, max_events=1000, max_bytes=1000)
