@@ -379,6 +379,14 @@ def test_on_events_gets_a_new_list_of_event_objects() -> None:
     assert all(type(e.kind) is EventKind for call in seen for e in call)
     with pytest.raises(AttributeError):
         seen[0][0].key = b"x"  # type: ignore[misc]  # frozen
+    # Built through the slots, yet the same as the dataclass's own __init__.
+    first = seen[0][0]
+    assert first == Event(PUT, b"a", 1, b"v", None) and repr(first) == repr(Event(*_fields(first)))
+    assert hash(first) == hash(Event(PUT, b"a", 1, b"v", None))
+
+
+def _fields(e: Event) -> tuple[EventKind, bytes, int, bytes | None, bytes | None]:
+    return (e.kind, e.key, e.revision, e.value, e.prev_value)
 
 
 def test_events_do_not_enter_equality_or_snapshots() -> None:
