@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prkdb.backupfile import Manifest, PartitionEntry, member_name
+from prkdb.backupfile import BackupFileError, Manifest, PartitionEntry, member_name
 from prkdb.config import ConfigError, NodeConfig
 from prkdb.logging import get_logger
 from prkdb.partitioning import hash_slice, partition_for
 from prkdb.server.datadir import ensure_identity
 from prkdb.storage.identity import (
     DataDirIdentity,
+    IdentityError,
     IdentityMismatch,
     read_identity,
     write_identity,
@@ -95,7 +96,7 @@ def test_recorded_rule_is_covered_by_the_checksum(tmp_path: Path) -> None:
     write_identity(tmp_path, DataDirIdentity.new("c", 1, 8, key_rule="hashtag"))
     raw = (tmp_path / "IDENTITY").read_text().replace('"hashtag"', '"crc32"')
     (tmp_path / "IDENTITY").write_text(raw)
-    with pytest.raises(Exception, match="checksum"):
+    with pytest.raises(IdentityError, match="checksum"):
         read_identity(tmp_path)
 
 
@@ -114,5 +115,5 @@ def test_backup_manifest_records_the_rule_and_old_backups_read_as_crc32() -> Non
     assert Manifest.from_json(doc) == m
     del doc["key_rule"]  # as a backup from before hash tags
     assert Manifest.from_json(doc).key_rule == "crc32"
-    with pytest.raises(Exception, match="key_rule 'x' is not one of"):
+    with pytest.raises(BackupFileError, match="key_rule 'x' is not one of"):
         Manifest.from_json({**doc, "key_rule": "x"})
