@@ -94,6 +94,35 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``[tls]``: certificates for the client and peer listeners (off when cert_file is "")."""
+
+    # PEM files; relative paths resolve against the config file's directory.
+    cert_file: str = ""  # this node's certificate chain (both listeners; dialing peers)
+    key_file: str = ""  # its private key
+    ca_file: str = ""  # CAs trusted for peer certificates and client certificates
+    # Clients must present a certificate signed by ca_file (with auth on, its CN is the user).
+    client_cert_auth: bool = False
+    min_version: str = "1.2"  # "1.2" or "1.3"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``[auth]``: users, roles and tokens (issue 18)."""
+
+    enabled: bool = False
+    # First line = the root user's password, read at first start when the
+    # cluster has no root user yet (`prkdb auth init` writes one).
+    root_password_file: str = ""
+    token_ttl_s: int = 600  # a login's token lasts this long; the SDKs log in again
+    failed_logins_per_minute: int = 10  # per source address; then AUTH_FAILED with retry_after
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: int = 1
     cluster_id: str = "prkdb"
@@ -106,6 +135,10 @@ class NodeConfig:
     raft: RaftSettings = field(default_factory=RaftSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    # Listen on non-loopback addresses without TLS and auth (logged at start).
+    insecure: bool = False
     log_format: str = "json"  # or "console"
     log_level: str = "info"
     source: str = "<defaults>"  # the file this came from, for error messages
@@ -158,6 +191,9 @@ class NodeConfig:
             raft=r.section("raft", RaftSettings),
             storage=r.section("storage", StorageSettings),
             limits=r.section("limits", LimitSettings),
+            tls=r.section("tls", TlsSettings),
+            auth=r.section("auth", AuthSettings),
+            insecure=r.bool(node, "node.insecure", False),
             log_format=r.text(r.table("log"), "log.format", "json"),
             log_level=r.text(r.table("log"), "log.level", "info"),
             source=source,
@@ -165,6 +201,13 @@ class NodeConfig:
         r.reject_unknown()
         cfg.validate()
         return cfg
+
+    def resolve(self, path: str) -> Path:
+        """A file named in this config: relative paths are relative to the config file's dir."""
+        p = Path(path)
+        if p.is_absolute() or self.source.startswith("<"):
+            return p
+        return Path(self.source).parent / p
 
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)
@@ -302,6 +345,12 @@ class _Reader:
             raise ConfigError(f"{self.source}: {key} = {v} must be >= {lo}")
         if hi is not None and v > hi:
             raise ConfigError(f"{self.source}: {key} = {v} must be <= {hi}")
+        return v
+
+    def bool(self, t: dict[str, Any], key: str, default: Any) -> bool:
+        v = self._get(t, key, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.source}: {key} = {v!r} must be true or false")
         return v
 
     def text(self, t: dict[str, Any], key: str, default: Any) -> str:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from prkdb.config import LimitSettings, NodeConfig, RaftSettings, StorageSettings
+from prkdb.config import (
+    AuthSettings,
+    LimitSettings,
+    NodeConfig,
+    RaftSettings,
+    StorageSettings,
+    TlsSettings,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -23,10 +30,11 @@ def test_prkdb_toml_is_exactly_the_defaults() -> None:
 def test_prkdb_toml_lists_and_comments_every_setting() -> None:
     text = (CONF / "prkdb.toml").read_text()
     raw = tomllib.loads(text)
-    sections = {"raft": RaftSettings, "storage": StorageSettings, "limits": LimitSettings}
+    sections = {"raft": RaftSettings, "storage": StorageSettings, "limits": LimitSettings,
+                "tls": TlsSettings, "auth": AuthSettings}
     for name, cls in sections.items():
         assert set(raw[name]) == {f.name for f in dataclasses.fields(cls)}, name
-    assert set(raw["node"]) == {"id", "cluster_id", "data_dir"}
+    assert set(raw["node"]) == {"id", "cluster_id", "data_dir", "insecure"}
     assert set(raw["cluster"]) == {"partitions"} and set(raw["log"]) == {"format", "level"}
     assert raw["peers"] and set(raw["peers"][0]) == {"id", "client", "peer"}
     in_peers = False
