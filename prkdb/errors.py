@@ -53,6 +53,7 @@ __all__ = [
     "ProtocolError",
     "Timeout",
     "TooLarge",
+    "TlsError",
     "TooManyLeases",
     "Unavailable",
     "WatchOverflow",
@@ -237,6 +238,17 @@ class ProtocolError(PrkdbError):
 
     `prkdb.wire.errors.RemoteProtocolError` and `LocalProtocolError` subclass
     this, so one ``except ProtocolError`` covers codec failures in the SDK.
+    """
+
+    default_code = ErrorCode.BAD_REQUEST
+
+
+class TlsError(PrkdbError):
+    """The TLS handshake with a node failed for good; retrying will not help.
+
+    A certificate was refused (by us: wrong CA, expired, wrong name; or by the
+    node: it wants a client certificate signed by its CA), or one side does
+    not speak TLS. Never on the wire: the message says which side and why.
     """
 
     default_code = ErrorCode.BAD_REQUEST
