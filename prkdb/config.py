@@ -267,6 +267,7 @@ class NodeConfig:
             raise ConfigError(
                 f"{s}: log.level = {self.log_level!r} must be debug, info, warning or error"
             )
+        self._validate_tls()
         ids = [p.id for p in self.peers]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{s}: peers has duplicate ids {sorted(ids)}")
@@ -283,6 +284,30 @@ class NodeConfig:
         self.me  # noqa: B018 - raises if node.id is not a peer
         return self
 
+
+    def _validate_tls(self) -> None:
+        """``[tls]``: the files that go together, and a known min_version (files load at start)."""
+        s, t = self.source, self.tls
+        if t.min_version not in ("1.2", "1.3"):
+            raise ConfigError(
+                f"{s}: tls.min_version = {t.min_version!r} must be \"1.2\" or \"1.3\"")
+        if not t.enabled:
+            for name in ("key_file", "ca_file"):
+                if getattr(t, name):
+                    raise ConfigError(f"{s}: tls.{name} is set but tls.cert_file is not "
+                                      "(TLS needs this node's certificate)")
+            if t.client_cert_auth:
+                raise ConfigError(f"{s}: tls.client_cert_auth = true needs tls.cert_file, "
+                                  "tls.key_file and tls.ca_file")
+            return
+        if not t.key_file:
+            raise ConfigError(f"{s}: tls.cert_file is set but tls.key_file is not")
+        if not t.ca_file and t.client_cert_auth:
+            raise ConfigError(f"{s}: tls.client_cert_auth = true needs tls.ca_file "
+                              "(the CA that signs client certificates)")
+        if not t.ca_file and len(self.peers) > 1:
+            raise ConfigError(f"{s}: tls.ca_file is required in a cluster of {len(self.peers)} "
+                              "nodes (peers check each other's certificates with it)")
 
 def parse_addr(addr: str, where: str = "address") -> tuple[str, int]:
     """'host:port' -> (host, port); raises ConfigError naming `where`."""
