@@ -31,6 +31,9 @@ an integer op tag (:class:`OpTag`), never a map with string keys::
                    client_id: bytes | int, seq: uint — the exactly-once
                    envelope (see sessions.py); absent for session-less writes
 
+    AuthUserAdd ... AuthSetSecret  [10..19, ...]   users, roles, token secret
+                   (prkdb/state/auth.py; applied by partition 0's AuthStore)
+
 Tags 5-9 arrived with transactions and leases (issue 16); tags 1-4 are as
 they were, so an old log decodes the same. A PutCommand without a lease keeps
 tag 1 (byte-identical to before), so plain writes pay nothing for leases.
@@ -66,6 +69,13 @@ from typing import Any, Final, Literal, TypeAlias, final, overload
 
 import cbor2
 
+from prkdb.state.auth import (
+    AUTH_COMMAND_TYPES,
+    AUTH_TAGS,
+    AuthCommand,
+    auth_command_from_cbor,
+    auth_command_to_cbor,
+)
 from prkdb.state.errors import CommandDecodeError
 
 __all__ = [
@@ -296,6 +306,7 @@ Command: TypeAlias = (
     | TxnCommand
     | LeaseGrantCommand
     | LeaseRevokeCommand
+    | AuthCommand
 )
 ClientId: TypeAlias = bytes | int
 
@@ -341,6 +352,8 @@ def _op_to_cbor(cmd: Command | GetOp) -> list[Any]:
         return [_LEASE_REVOKE, cmd.lease_id, cmd.expired]
     if type(cmd) is GetOp:
         return [_GET, cmd.key]
+    if type(cmd) in AUTH_COMMAND_TYPES:
+        return auth_command_to_cbor(cmd)
     raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
@@ -458,6 +471,9 @@ def _encoded_len(item: Any) -> int:
         return _head_len(len(item)) + sum(map(_encoded_len, item))
     if t is int:
         return _head_len(item if item >= 0 else -1 - item)
+    if t is str:  # names in auth commands (auth.py)
+        n = len(item.encode("utf-8"))
+        return _head_len(n) + n
     return 1  # None, undefined, True, False
 
 
@@ -587,6 +603,8 @@ def _op_from_cbor(item: Any, where: int = _TOP) -> Command | GetOp:
         return LeaseRevokeCommand(_uint_field(item[1], "LeaseRevoke lease_id"), expired)
     if tag == _GET:
         raise CommandDecodeError("GetOp (tag 9) is only allowed inside a Txn")
+    if tag in AUTH_TAGS:
+        return auth_command_from_cbor(item)
     raise CommandDecodeError(f"unknown command tag {tag}")
 
 

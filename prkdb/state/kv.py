@@ -95,6 +95,11 @@ Snapshot format 2 (CBOR, one array, version-tagged)::
     [2, applied_index, [k, v, version, mod_rev, create_rev, lease, k, ...],
      [session, ...], [lease_id, ttl_ms, lease_id, ttl_ms, ...]]
 
+Format 3 (issue 18) appends partition 0's users, roles and token secret
+(prkdb/state/auth.py, ``AuthStore.to_cbor``) as a sixth element; it is
+written only when that store is not empty, else format 2, so snapshots of
+a cluster that never used auth stay readable by older builds.
+
 Format 1 (before leases) is still read: ``[1, applied, [k, v, version,
 mod_rev, ...], [session, ...]]``; its records get ``create_revision :=
 mod_revision`` (the true one is unknown; exact for version 1) and lease 0.
@@ -118,6 +123,7 @@ from typing import Any, Final, Protocol, final
 import cbor2
 from sortedcontainers import SortedList
 
+from prkdb.state.auth import AuthStore
 from prkdb.state.commands import (
     UNCHECKED,
     BatchCommand,
@@ -167,8 +173,8 @@ __all__ = [
 
 #: Version tag of the snapshot array this build writes. Bump on any layout
 #: change, keep readers (this build reads 1 and 2).
-SNAPSHOT_FORMAT: Final = 2
-_READABLE_FORMATS: Final = (1, 2)
+SNAPSHOT_FORMAT: Final = 3
+_READABLE_FORMATS: Final = (1, 2, 3)
 
 #: A lease id is ``grant_index << LEASE_PARTITION_BITS | partition``.
 LEASE_PARTITION_BITS: Final = 16
@@ -275,7 +281,7 @@ class _Lease:
 class DecodedSnapshot:
     """A partition's whole state decoded from a snapshot, not yet installed."""
 
-    __slots__ = ("applied", "data", "keys", "leases", "sessions")
+    __slots__ = ("applied", "auth", "data", "keys", "leases", "sessions")
 
     def __init__(
         self,
@@ -283,6 +289,7 @@ class DecodedSnapshot:
         sessions: SessionTable,
         applied: int,
         leases: dict[int, _Lease] | None = None,
+        auth: AuthStore | None = None,
     ) -> None:
         self.data = data
         # The ordered index, built here so that `install` stays instant: the
@@ -291,6 +298,7 @@ class DecodedSnapshot:
         self.sessions = sessions
         self.applied = applied
         self.leases: dict[int, _Lease] = {} if leases is None else leases
+        self.auth = AuthStore() if auth is None else auth
 
 
 @final
@@ -320,6 +328,7 @@ class KVStateMachine:
         "_keys",
         "_leases",
         "_sessions",
+        "auth",
         "events",
         "limits",
         "on_events",
@@ -356,6 +365,8 @@ class KVStateMachine:
         # lease id -> _Lease, in grant (= id) order (module doc: invariant).
         self._leases: dict[int, _Lease] = {}
         self._sessions = SessionTable(max_sessions, session_ttl_entries)
+        #: Users, roles and the token secret (auth.py); used in partition 0 only.
+        self.auth = AuthStore()
         # Index of the last applied entry; 0 = nothing applied.
         self._applied = 0
         #: Recent change events, for watches (events.py). Read it (``since``,
@@ -566,8 +577,10 @@ class KVStateMachine:
             return WriteResult(_OK, index, ops=self._run_ops(index, cmd.ops))
         if type(cmd) is LeaseGrantCommand:
             return self._grant(index, cmd.ttl_ms)
-        assert type(cmd) is LeaseRevokeCommand  # check_command rejected everything else
-        return self._revoke(index, cmd.lease_id, cmd.expired)
+        if type(cmd) is LeaseRevokeCommand:
+            return self._revoke(index, cmd.lease_id, cmd.expired)
+        # check_command rejected everything but the auth commands
+        return self.auth.apply(index, cmd)
 
     def _put(self, index: int, key: bytes, value: bytes, lease: int) -> int:
         """Store ``value`` under ``key`` at revision ``index``; return the previous version.
@@ -757,11 +770,16 @@ class KVStateMachine:
         for lease_id, lease in self._leases.items():
             leases.append(lease_id)
             leases.append(lease.ttl_ms)
+        # Format 2 while the auth store is empty (every partition but 0, and
+        # clusters without auth): such snapshots stay readable by older builds.
+        auth = self.auth.to_cbor() if self.auth else None
 
         def encode() -> bytes:
             # (key,) + record per key, flattened: all in C (zip, map, chain).
             flat = list(chain.from_iterable(map(add, zip(keys), records)))
-            return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions, leases])
+            if auth is None:
+                return cbor2.dumps([2, applied, flat, sessions, leases])
+            return cbor2.dumps([SNAPSHOT_FORMAT, applied, flat, sessions, leases, auth])
 
         return encode
 
@@ -783,6 +801,7 @@ class KVStateMachine:
         self._sessions = state.sessions
         self._applied = state.applied
         self._leases = state.leases
+        self.auth = state.auth
         # The events before the snapshot are not known here (events.py).
         self.events.reset(state.applied)
 
@@ -816,27 +835,29 @@ class KVStateMachine:
         fmt = item[0]
         if type(fmt) is not int or fmt not in _READABLE_FORMATS:
             raise SnapshotDecodeError(
-                f"unsupported snapshot format {fmt!r:.40} (this build reads 1 and 2)"
+                f"unsupported snapshot format {fmt!r:.40} (this build reads 1, 2 and 3)"
             )
-        if len(item) != 3 + fmt:
+        size = 6 if fmt == 3 else 3 + fmt
+        if len(item) != size:
             raise SnapshotDecodeError(
-                f"snapshot format {fmt} must be a {3 + fmt}-element array, got {len(item)}"
+                f"snapshot format {fmt} must be a {size}-element array, got {len(item)}"
             )
         applied = item[1]
         if type(applied) is not int or applied < 0:
             raise SnapshotDecodeError(f"snapshot applied index must be >= 0, got {applied!r:.40}")
-        leases = self._decode_leases(item[4], applied) if fmt == 2 else {}
+        leases = self._decode_leases(item[4], applied) if fmt >= 2 else {}
         new_data = (
             _decode_records_v2(item[2], applied, leases)
-            if fmt == 2
+            if fmt >= 2
             else _decode_records_v1(item[2], applied)
         )
+        auth = AuthStore.from_cbor(item[5], applied) if fmt == 3 else AuthStore()
         sessions = SessionTable(self._sessions.max_sessions, self._sessions.ttl_entries)
         try:
             sessions.load_cbor(item[3], applied)
         except ValueError as e:
             raise SnapshotDecodeError(f"snapshot has a malformed session table: {e}") from None
-        return DecodedSnapshot(new_data, sessions, applied, leases)
+        return DecodedSnapshot(new_data, sessions, applied, leases, auth)
 
     def _decode_leases(self, flat: Any, applied: int) -> dict[int, _Lease]:
         if type(flat) is not list or len(flat) % 2:
@@ -897,6 +918,7 @@ class KVStateMachine:
             and list(self._data.items()) == list(other._data.items())
             and list(self._leases.items()) == list(other._leases.items())
             and self._sessions == other._sessions
+            and self.auth == other.auth
         )
 
     # Mutable, so unhashable; typeshed types object.__hash__ as a method, not None.

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, final
 
+from prkdb.state.auth import AUTH_COMMAND_TYPES
 from prkdb.state.commands import (
     UNCHECKED,
     BatchCommand,
@@ -148,6 +149,8 @@ def check_command(cmd: Command, limits: Limits = DEFAULT_LIMITS) -> Violation | 
                 f"LeaseRevoke expired must be a bool, got {type(cmd.expired).__name__}",
             )
         return _check_positive(cmd.lease_id, "lease id")
+    if type(cmd) in AUTH_COMMAND_TYPES:
+        return None  # decoding checked every field (auth.py); no size limits apply
     return ResultCode.INVALID_COMMAND, f"not a command: {type(cmd).__name__}"
 
 

@@ -80,6 +80,9 @@ class ResultCode(IntEnum):
     LEASE_NOT_FOUND = 8
     #: A grant would exceed ``Limits.max_leases`` leases in the partition.
     LEASE_LIMIT = 9
+    #: An auth command (prkdb/state/auth.py) named an unknown user or role, or
+    #: one that exists already, or would take root away; nothing changed.
+    AUTH_REJECTED = 10
 
 
 @final
