@@ -51,8 +51,8 @@ from prkdb.raft import RaftStatus
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
+from prkdb.server.watch import SharedBatch, WatchSink
 from prkdb.server.watch import Watch as Registration
-from prkdb.server.watch import WatchSink
 from prkdb.state import (
     UNCHECKED,
     Compare,
@@ -127,7 +127,9 @@ from prkdb.wire.messages import (
     WireMessage,
     WriteOk,
     check_hello,
+    encode_event_list,
     error_for,
+    watch_events_frame,
 )
 
 
@@ -200,13 +202,21 @@ class WatchConnection:
     def unsent_bytes(self) -> int:
         return self.framed.unsent_bytes
 
-    def send_events(self, watch: Registration, events: Sequence[Any], progress: int) -> bool:
+    def send_events(self, watch: Registration, events: Sequence[Any], progress: int,
+                    shared: SharedBatch | None = None) -> bool:
         if self.framed.closed:
             return False
         # The history's events go out as they are (prkdb.state.events.Event is
         # the wire's Event; the registry copied them without prev_value if not asked).
-        frame = WatchEvents(watch.rid, watch.partition, tuple(events), progress)
         try:
+            if shared is not None:  # encoded once for every watch of the range
+                if shared.encoded is None:
+                    shared.encoded = encode_event_list(events) or b""
+                if shared.encoded:
+                    return self.framed.send_bytes_nowait(watch_events_frame(
+                        watch.rid, watch.partition, shared.encoded, progress,
+                        self.framed.max_frame))
+            frame = WatchEvents(watch.rid, watch.partition, tuple(events), progress)
             return self.framed.send_nowait(frame)
         except LocalProtocolError as e:  # one revision larger than a frame
             self.end_watch(watch, TooLarge(

@@ -93,10 +93,14 @@ class WatchSink(Protocol):
         """Bytes queued on the connection that the socket has not taken yet."""
         ...
 
-    def send_events(self, watch: Watch, events: Sequence[Any], progress: int) -> bool:
+    def send_events(self, watch: Watch, events: Sequence[Any], progress: int,
+                    shared: SharedBatch | None = None) -> bool:
         """Queue one WatchEvents frame of `events` as they are; False if closed (or full).
 
         Without `watch.prev_values` their ``prev_value`` is None already.
+        `shared`: the batch these events are, shared by every watch of the
+        range; the sink may keep their encoding in ``shared.encoded`` for the
+        next watch (the frames differ only in their request id).
         """
         ...
 
@@ -124,10 +128,16 @@ def event_size(e: EventLike, prev_values: bool) -> int:
 
 @dataclass(slots=True)
 class _Batch:
+    """Events queued for a watch; a pass's live batch is shared by its range's watches."""
+
     events: list[Any]
     progress: int  # every event of this partition's range up to here is in or before it
     size: int  # event_size total
     live: bool  # counted against the buffer bound (the backlog is not)
+    encoded: Any = None  # the sink's encoding of `events`, made once for all sharers
+
+
+SharedBatch = _Batch
 
 
 @dataclass(eq=False, slots=True)
@@ -242,16 +252,18 @@ class PartitionWatches:
         events, self._pass = self._pass, []
         if events:
             for r, matched in self._match(events):
-                # Shared by the range's watches: the events as each kind of
-                # watch gets them (without previous values unless asked) and
-                # their size, each made once.
-                shared: dict[bool, tuple[list[Any], int]] = {}
+                # Shared by the range's watches: the batch as each kind of
+                # watch gets it (without previous values unless asked), made
+                # once, and so encoded once by the sinks (`_pump`).
+                shared: dict[bool, _Batch] = {}
                 for w in list(self._by_range.get(r, ())):
                     pv = w.prev_values
-                    got = shared.get(pv)
-                    if got is None:
-                        got = shared[pv] = _as_sent(matched, pv)
-                    self._add_live(w, got[0], got[1], applied, now)
+                    batch = shared.get(pv)
+                    if batch is None:
+                        sent, size = _as_sent(matched, pv)
+                        batch = shared[pv] = _Batch(
+                            sent, max(applied, sent[-1].revision), size, True)
+                    self._add_live(w, batch, now)
         if self._backed_up:
             self.pump_all(now)
 
@@ -278,20 +290,20 @@ class PartitionWatches:
                 out.append((r, [events[i] for i in sorted(order[lo:hi])]))
         return out
 
-    def _add_live(self, w: Watch, matched: list[Any], size: int, progress: int,
-                  now: float) -> None:
-        if matched[0].revision <= w.queued_upto:  # re-applied after a restart: skip what we had
-            matched = [e for e in matched if e.revision > w.queued_upto]
+    def _add_live(self, w: Watch, batch: _Batch, now: float) -> None:
+        if batch.events[0].revision <= w.queued_upto:  # re-applied after a restart: skip
+            matched = [e for e in batch.events if e.revision > w.queued_upto]
             if not matched:
                 return
-            size = sum(event_size(e, w.prev_values) for e in matched)
-        w.live_events += len(matched)
-        w.live_bytes += size
+            batch = _Batch(matched, batch.progress,
+                           sum(event_size(e, w.prev_values) for e in matched), True)
+        w.live_events += len(batch.events)
+        w.live_bytes += batch.size
         if w.live_events > self.max_events or w.live_bytes > self.max_bytes:
             self._overflow(w)
             return
-        w.queue.append(_Batch(matched, max(progress, matched[-1].revision), size, True))
-        w.queued_upto = w.queue[-1].progress
+        w.queue.append(batch)
+        w.queued_upto = batch.progress
         self._pump(w, now)
 
     def _overflow(self, w: Watch) -> None:
@@ -312,7 +324,9 @@ class PartitionWatches:
             events: list[Any] = []
             size = 0
             progress = 0
-            while q and (not events or size + q[0].size <= FRAME_BYTES):
+            taken = 0
+            b = q[0]
+            while q and (not taken or size + q[0].size <= FRAME_BYTES):
                 b = q.popleft()
                 if b.live:
                     w.live_events -= len(b.events)
@@ -320,7 +334,10 @@ class PartitionWatches:
                 events.extend(b.events)
                 size += b.size
                 progress = b.progress
-            if not sink.send_events(w, events, progress):
+                taken += 1
+            # A frame of one live batch is the frame of every watch sharing it.
+            shared = b if taken == 1 and b.live else None
+            if not sink.send_events(w, events, progress, shared):
                 self.close(w)  # the connection is closing: its cleanup forgets the rid
                 return
             w.sent_at = now

@@ -70,8 +70,10 @@ from prkdb.wire.frames import (
     FrameDecoder,
     PreEncoded,
     cbor_head,
+    encode_body,
     encode_frame,
     encode_frames,
+    frame_of,
 )
 from prkdb.wire.schema import (
     U32_MAX,
@@ -2023,6 +2025,38 @@ def _encode_watch_events(msg: WatchEvents, max_frame: int) -> bytes:
         [_WATCH_EVENTS_ID, msg.request_id, msg.partition, events, msg.progress],
         max_frame=max_frame,
     )
+
+
+_WATCH_EVENTS_HEAD: Final = cbor_head(CBOR_ARRAY, 5) + cbor_head(CBOR_UINT, _WATCH_EVENTS_ID)
+
+
+def encode_event_list(events: Sequence[Event]) -> bytes | None:
+    """The CBOR array of `events` as a WatchEvents frame carries it; None for an odd kind.
+
+    For frames that many watches share (`watch_events_frame`): the server
+    encodes a pass's events once per range, not once per watcher.
+    """
+    fields = [_EVENT_FIELDS(ev) for ev in events]
+    for f in fields:
+        if f[0].__class__ is not EventKind:
+            return None
+    return encode_body(fields)
+
+
+def watch_events_frame(request_id: int, partition: int, event_list: bytes, progress: int,
+                       max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The frame of ``WatchEvents(request_id, partition, events, progress)``.
+
+    `event_list` is ``encode_event_list(events)``: the bytes `encode_message`
+    writes for the same message (tests/wire/test_encoders.py).
+
+    Raises:
+        LocalProtocolError: TOO_LARGE beyond `max_frame`; struct.error for
+            a number outside 0..2**64-1 (never from the server's own values).
+    """
+    return frame_of(_WATCH_EVENTS_HEAD + cbor_head(CBOR_UINT, request_id)
+                    + cbor_head(CBOR_UINT, partition) + event_list
+                    + cbor_head(CBOR_UINT, progress), max_frame)
 
 
 _FAST_ENCODERS: Final[dict[type, Callable[[Any, int], bytes]]] = {

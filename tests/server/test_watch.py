@@ -42,10 +42,16 @@ class FakeSink:
     ended: list[tuple[int, PrkdbError]] = field(default_factory=list)
     closed: bool = False
 
-    def send_events(self, watch: Watch, events: Sequence[Any], progress: int) -> bool:
+    shared: list[tuple[int, Any]] = field(default_factory=list)
+
+    def send_events(self, watch: Watch, events: Sequence[Any], progress: int,
+                    shared: Any = None) -> bool:
         if self.closed:
             return False
         self.frames.append((watch.rid, list(events), progress))
+        if shared is not None:
+            assert list(shared.events) == list(events) and shared.progress == progress
+            self.shared.append((watch.rid, shared))
         return True
 
     def end_watch(self, watch: Watch, error: PrkdbError) -> None:
@@ -253,6 +259,29 @@ def test_watches_of_one_range_share_the_match() -> None:
         ws.open(hist, s, i, b"p/", b"p0", 0, False, applied=0, now=0)
     apply(ws, hist, [put(b"p/1", 1), put(b"q", 1)], applied=1)
     assert [s.revisions(i) for i, s in enumerate(sinks)] == [[1], [1], [1]]
+    # One batch object for the range's watches: the sinks encode it once.
+    batches = [s.shared[-1][1] for s in sinks]
+    assert batches[0] is batches[1] is batches[2]
+
+
+def test_a_frame_is_shared_only_by_watches_that_get_the_same_events() -> None:
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 100, 1 << 20)
+    plain, with_prev, backed_up = FakeSink(), FakeSink(), FakeSink(unsent_bytes=1 << 30)
+    ws.open(hist, plain, 1, b"p/", b"p0", 0, False, applied=0, now=0)
+    ws.open(hist, with_prev, 2, b"p/", b"p0", 0, True, applied=0, now=0)
+    ws.open(hist, backed_up, 3, b"p/", b"p0", 0, False, applied=0, now=0)
+    apply(ws, hist, [Ev(0, b"p/1", 1, b"new", b"old")], applied=1)
+    apply(ws, hist, [put(b"p/2", 2)], applied=2)
+    first = [next(e for _, evs, _ in sink.frames for e in evs if e.revision == 1)
+             for sink in (plain, with_prev)]
+    assert first[0].prev_value is None and first[1].prev_value == b"old"
+    assert plain.shared[0][1] is not with_prev.shared[0][1]
+    # A connection that took nothing gets both passes in one frame of its own.
+    backed_up.unsent_bytes = 0
+    ws.pump_all(now=1)
+    assert backed_up.frames[-1][0] == 3 and backed_up.revisions(3) == [1, 2]
+    assert backed_up.shared == []
 
 
 def test_matching_by_bisection_equals_the_plain_scan() -> None:

@@ -613,6 +613,28 @@ def test_watch_events_encoder_keeps_the_frame_limit() -> None:
     assert info.value.code == ErrorCode.TOO_LARGE
 
 
+@settings(max_examples=100, deadline=None)
+@given(STRATEGIES[m.WatchEvents])
+def test_a_shared_event_list_makes_the_same_frame(msg: m.WatchEvents) -> None:
+    """The frame many watches share (events encoded once) is `encode_message`'s frame."""
+    events = m.encode_event_list(msg.events)
+    assert events is not None
+    assert m.watch_events_frame(msg.request_id, msg.partition, events, msg.progress) == (
+        generic(msg, DEFAULT_MAX_FRAME))
+
+
+def test_a_shared_event_list_refuses_odd_kinds_and_keeps_the_frame_limit() -> None:
+    assert m.encode_event_list([m.Event(1, b"k", 3, None, None)]) is None  # type: ignore[arg-type]
+    msg = m.WatchEvents(7, 2, (m.Event(m.EventKind.PUT, b"k", 3, b"v" * 50, None),), 9)
+    events = m.encode_event_list(msg.events)
+    assert events is not None
+    size = len(generic(msg)) - 4
+    assert len(m.watch_events_frame(7, 2, events, 9, max_frame=size)) == size + 4
+    with pytest.raises(LocalProtocolError) as info:
+        m.watch_events_frame(7, 2, events, 9, max_frame=size - 1)
+    assert info.value.code == ErrorCode.TOO_LARGE
+
+
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=8), st.binary(max_size=8),
                           *[st.integers(0, 2**64 - 1)] * 4), max_size=5))
 def test_key_values_equals_the_constructor(items: list[Any]) -> None:
