@@ -12,8 +12,11 @@ row, so the reading task still yields at least every other read and cannot
 starve the others. Server CPU per op -3..-8% (A/B over W1, W64, R64). Used
 by the server's `FramedStream` and the client SDK's connections.
 
-Streams that are not sockets (tests' in-memory streams) are read through
-`receive_some` as before.
+Streams that are not bare sockets (a TLS `trio.SSLStream`, tests' in-memory
+streams) are read through `receive_some` as before: `raw_fd` gives the fd
+of a bare `trio.SocketStream` only, and every raw read or write of the fd
+(here, in `prkdb.server.framed` and in the peer transport) goes through it,
+so no fast path ever reads or writes around TLS.
 """
 
 from __future__ import annotations
@@ -23,15 +26,25 @@ import os
 import trio
 
 
+def raw_fd(stream: object) -> int:
+    """The fd of a bare `trio.SocketStream` (raw reads/writes are safe), else -1.
+
+    Exactly that type: a TLS stream wraps a socket stream and must never be
+    read or written around (it would read ciphertext or write plaintext).
+    """
+    if type(stream) is trio.SocketStream:
+        return stream.socket.fileno()
+    return -1
+
+
 class SocketReader:
     """The bytes of one connected stream, read as described in the module doc."""
 
     __slots__ = ("_direct", "_fd", "_more", "_stream")
 
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        sock = getattr(stream, "socket", None)
         self._stream = stream
-        self._fd = sock.fileno() if sock is not None else -1
+        self._fd = raw_fd(stream)
         self._direct = self._fd >= 0
         self._more = False  # the last read waited and filled the buffer: try the next at once
 

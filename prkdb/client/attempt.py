@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from prkdb.errors import ErrorCode, PrkdbError, TooLarge, error_from_code
+from prkdb.errors import ErrorCode, PrkdbError, TlsError, TooLarge, error_from_code
 from prkdb.wire import (
     PROTOCOL_VERSION,
     LocalProtocolError,
@@ -113,6 +113,8 @@ def hello_node_id(address: str, msg: object) -> tuple[int, str]:
         RemoteProtocolError: the answer is not a HelloOk.
     """
     if isinstance(msg, Error):
+        if msg.details.get("tls") == "required":  # plaintext to a TLS port
+            raise TlsError(f"{address}: {msg.message}")
         exc = error_from_frame(msg)
         if exc.code in (ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT):
             raise ConnectFailed(address, exc.message)

@@ -30,7 +30,7 @@ import trio
 
 from prkdb.client.api import AsyncApi, Connecting
 from prkdb.client.attempt import AttemptExpired
-from prkdb.client.connection import Connection, StreamFactory
+from prkdb.client.connection import Connection, StreamFactory, tls_stream_factory
 from prkdb.client.core import (
     BACKUP_CHUNK,
     DEFAULT_ATTEMPT_TIMEOUT,
@@ -43,6 +43,7 @@ from prkdb.client.core import (
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.client.routing import split_address
+from prkdb.client.security import TlsOptions
 from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
 from prkdb.wire.messages import WireMessage
@@ -80,15 +81,19 @@ class PrkDbClient(AsyncApi):
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        tls: TlsOptions | None = None,
     ) -> None:
         """Build an unconnected client; prefer `connect`, which also loads the topology.
 
         Raises:
             InvalidRequest: no seeds, a malformed seed, or a non-positive timeout.
+            TlsError: a file of `tls` cannot be used.
         """
         self.core = ClientCore(seeds, clock=trio.current_time, cluster_id=cluster_id,
                                timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
         self._factory: StreamFactory = stream_factory or trio.open_tcp_stream
+        if tls is not None:
+            self._factory = tls_stream_factory(self._factory, tls)
         # address -> live connection; replaced lazily when broken.
         self._connections: dict[str, Connection] = {}
         self._connect_locks: dict[str, trio.Lock] = {}
@@ -110,6 +115,7 @@ class PrkDbClient(AsyncApi):
         rng: random.Random | None = None,
         stream_factory: StreamFactory | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        tls: TlsOptions | None = None,
     ) -> Connecting[PrkDbClient]:
         """Connect to a cluster and learn its topology from any seed.
 
@@ -125,8 +131,12 @@ class PrkDbClient(AsyncApi):
             stream_factory: ``async (host, port) -> Stream``; default TCP.
             attempt_timeout: seconds one node gets per attempt (see
                 `DEFAULT_ATTEMPT_TIMEOUT`).
+            tls: connect with TLS: trust `TlsOptions.ca_file`, present a
+                client certificate if given (on top of `stream_factory`).
 
         Raises:
+            TlsError: a TLS file cannot be used, or a node's TLS handshake
+                failed for good (certificate refused, or no TLS there).
             WrongCluster: a seed belongs to another cluster.
             Timeout: no seed answered a Status within `timeout`.
             InvalidRequest: bad arguments.
@@ -140,6 +150,7 @@ class PrkDbClient(AsyncApi):
                 rng=rng,
                 stream_factory=stream_factory,
                 attempt_timeout=attempt_timeout,
+                tls=tls,
             )
             try:
                 await client.refresh_topology()

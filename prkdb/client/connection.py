@@ -65,8 +65,10 @@ from prkdb.client.attempt import (
     error_from_frame,
     request_frame,
 )
+from prkdb.client.security import TlsOptions
 from prkdb.errors import PrkdbError, ProtocolError
 from prkdb.netio import SocketReader
+from prkdb.security.tls import ClientTls, tls_failure
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -86,10 +88,28 @@ __all__ = [
     "ConnectionLost",
     "StreamFactory",
     "error_from_frame",
+    "tls_stream_factory",
 ]
 
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``(host, port) -> connected stream``; `trio.open_tcp_stream` by default, memory in tests."""
+
+
+def tls_stream_factory(factory: StreamFactory, options: TlsOptions) -> StreamFactory:
+    """`factory`'s streams with a TLS handshake on top (prkdb.security.tls.ClientTls).
+
+    Raises (the factory it returns):
+        TlsError: the handshake failed for good (a certificate refused, no TLS there).
+        trio.BrokenResourceError / OSError: a network failure (retried like any).
+    """
+    tls = ClientTls(options)  # raises TlsError now for a file that cannot be used
+
+    async def open_tls(host: str, port: int) -> trio.abc.Stream:
+        raw = await factory(host, port)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return await tls.wrap_trio(raw, address, host)
+
+    return open_tls
 
 # The protocol's response types (the hot two first: isinstance tries them in order).
 _RESPONSES = (GetOk, WriteOk, *sorted(RESPONSE_TYPES - {GetOk, WriteOk}, key=lambda c: c.__name__))
@@ -165,6 +185,11 @@ class Connection:
             node_id = check(address, from_wire(item))
         except _TRANSPORT_ERRORS as exc:
             await trio.aclose_forcefully(stream)
+            # TLS 1.3: a server refuses our certificate after our side of the
+            # handshake is done, so its alert comes with the first read.
+            refused = tls_failure(address, exc)
+            if refused is not None:
+                raise refused from None
             raise ConnectFailed(address, exc) from exc
         except RemoteProtocolError as exc:
             await trio.aclose_forcefully(stream)

@@ -48,6 +48,7 @@ from prkdb.errors import (
 from prkdb.logging import NodeLogger
 from prkdb.partitioning import KeyRule, partition_for
 from prkdb.raft import RaftStatus
+from prkdb.security.tls import LogLimiter
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
@@ -274,6 +275,7 @@ class ClientService:
         #: Replies that could not be queued (connection closed or not reading).
         self.dropped_replies = 0
         self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
+        self._log_limiter = LogLimiter()  # port mix-ups: one line per remote host a minute
 
     def send(self, framed: FramedStream, msg: Any) -> None:
         """Queue a reply; one that cannot be queued is counted, and logged once per connection."""
@@ -286,7 +288,7 @@ class ClientService:
                 reason="the connection is closing" if framed.closed
                 else "the client is not reading its replies (send queue full)")
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
         framed = FramedStream(stream, HELLO_MAX_FRAME, outbox=self.node.reply_outbox)
         watches = WatchConnection(self, framed)
         self.connections += 1
@@ -321,6 +323,17 @@ class ClientService:
                                  reason="an HTTP request reached the PrkDB client port; "
                                  "answered 400 and closed")
                 await framed.refuse_http("client")
+                return
+            if e.details.get("tls") == "client_hello":
+                # TLS to this plaintext port: the Error frame is not TLS, which
+                # the client's TLS library reports (prkdb.security.tls.tls_failure).
+                host = framed.remote_address.rsplit(":", 1)[0]
+                if self._log_limiter.allow("tls_on_plaintext_port", host) is not None:
+                    self.log.warning("tls_on_plaintext_port", remote=framed.remote_address,
+                                     reason="a client opened a TLS handshake, but this "
+                                     "client port has no [tls]; closed")
+                with trio.move_on_after(1):
+                    await framed.send_now(error_for(e, 0))
                 return
             await self._fatal(framed, error_for(e, 0))
             return

@@ -9,6 +9,9 @@ replies before it waits for more input. What the socket does not take at
 once, and everything when there is no outbox, goes through the writer task.
 A send that fails marks the stream broken and closes it.
 Reads go through `prkdb.netio.SocketReader` (no failed `recv` per message).
+The direct writes and reads need a bare socket (`prkdb.netio.raw_fd`): on a
+TLS stream every byte goes through the stream (the writer task), never
+around it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import os
 
 import trio
 
-from prkdb.netio import SocketReader
+from prkdb.netio import SocketReader, raw_fd
+from prkdb.security.tls import peer_common_name
 from prkdb.wire import CLOSED, NEED_DATA, FrameDecoder, encode_message
 from prkdb.wire.messages import WireMessage
 
@@ -72,8 +76,7 @@ class FramedStream:
         self.dropped = 0
         self._wake = trio.Event()
         self._writer_done = trio.Event()
-        sock = getattr(stream, "socket", None)
-        self._fd = sock.fileno() if sock is not None else -1
+        self._fd = raw_fd(stream)  # -1 (no direct writes) for TLS and memory streams
         self._reader = SocketReader(stream)
 
     @property
@@ -91,9 +94,20 @@ class FramedStream:
         return len(self._out) + sum(map(len, self._pending))
 
     @property
+    def peer_common_name(self) -> str | None:
+        """The subject CN of the other end's verified TLS certificate; None without one.
+
+        With ``[tls] client_cert_auth`` and auth on, this is the client's user.
+        """
+        return peer_common_name(self.stream)
+
+    @property
     def remote_address(self) -> str:
         """host:port of the other end, for logs ("?" if the socket cannot tell)."""
-        sock = getattr(self.stream, "socket", None)
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        sock = getattr(stream, "socket", None)
         try:
             # sock may be None (a memory stream in tests): the AttributeError is caught.
             host, port = sock.getpeername()[:2]  # type: ignore[union-attr]

@@ -13,6 +13,8 @@ again with backoff; meanwhile it is treated as agreeing (the handshake's
 cluster-id check still holds), so a slow peer never costs availability.
 
 `ask_peers` is also how a rebuilding node surveys the others (rebuild.py).
+With ``[tls]`` the node dials the client ports with its own certificate and
+checks that the node answering names the member it asked (`NodeTls.dial`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import ErrorCode, PrkdbError, ProtocolError
 from prkdb.logging import NodeLogger
+from prkdb.security.tls import NodeTls
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PROTOCOL_VERSION, from_wire
 from prkdb.wire.messages import (
@@ -64,7 +67,8 @@ class _Refused(Exception):
     """The peer's address answered, but not as a node of our cluster."""
 
 
-async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False) -> StatusOk:
+async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False,
+                       tls: NodeTls | None = None) -> StatusOk:
     """One peer's Status over its client port (raises OSError, PrkdbError, ...).
 
     `fence`: ask with RebuildFence (rebuild.py), so the peer first forgets
@@ -73,7 +77,10 @@ async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False) ->
     peer = cfg.peer(peer_id)
     assert peer is not None
     host, port = parse_addr(peer.client_addr)
-    stream = await trio.open_tcp_stream(host, port)
+    raw = await trio.open_tcp_stream(host, port)
+    stream: trio.abc.Stream = raw
+    if tls is not None:
+        stream = await tls.dial(raw, peer_id, peer.client_addr)  # TlsError: unreachable
     framed = FramedStream(stream, _MAX_FRAME)
     try:
         await framed.send_now(Hello(PROTOCOL_VERSION, cfg.cluster_id, ROLE_CLIENT, 0))
@@ -103,14 +110,14 @@ class Survey:
 
 
 async def ask_peers(cfg: NodeConfig, peer_ids: list[int], timeout: float, *,
-                    fence: bool = False) -> Survey:
+                    fence: bool = False, tls: NodeTls | None = None) -> Survey:
     """Ask `peer_ids` for their Status in parallel, each within `timeout`."""
     survey = Survey()
 
     async def ask(peer_id: int) -> None:
         try:
             with trio.fail_after(timeout):
-                st = await fetch_status(cfg, peer_id, fence=fence)
+                st = await fetch_status(cfg, peer_id, fence=fence, tls=tls)
         except _Refused as e:
             survey.mismatched[peer_id] = str(e)
         except (OSError, PrkdbError, StreamClosed, trio.TooSlowError,
@@ -133,12 +140,13 @@ class Quarantine(Protocol):
     def quarantine(self, peer_id: int, reason: str) -> None: ...
 
 
-async def check_peer_layouts(cfg: NodeConfig, transport: Quarantine, log: NodeLogger) -> None:
+async def check_peer_layouts(cfg: NodeConfig, transport: Quarantine, log: NodeLogger,
+                             tls: NodeTls | None = None) -> None:
     """Ask every peer once (retrying the ones that cannot be reached); quarantine disagreement."""
     pending = [p.id for p in cfg.peers if p.id != cfg.node_id]
     delay = RETRY_FIRST_S
     while pending:
-        survey = await ask_peers(cfg, pending, ASK_TIMEOUT_S)
+        survey = await ask_peers(cfg, pending, ASK_TIMEOUT_S, tls=tls)
         for peer_id, problem in survey.mismatched.items():
             transport.quarantine(peer_id, problem)
             log.error("config_mismatch", peer=peer_id, problem=problem,

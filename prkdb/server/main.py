@@ -103,6 +103,7 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None)
     import trio
 
     from prkdb.logging import configure_logging
+    from prkdb.security.tls import TlsSetupError
     from prkdb.server.listen import ListenError, bind_addresses
     from prkdb.server.node import FatalStorageError, Node
     from prkdb.server.rebuild import RebuildError
@@ -124,9 +125,10 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None)
     gc.set_threshold(50_000, 20, 100)
     try:
         trio.run(Node(cfg, rebuild=rebuild, bound=bound, seed=seed).run)
-    except* (IdentityMismatch, ListenError) as eg:
-        # The configuration does not fit the data dir, or the port is taken
-        # (two nodes started at once both bound it; see listen.py): exit 2.
+    except* (IdentityMismatch, ListenError, TlsSetupError) as eg:
+        # The configuration does not fit the data dir, a [tls] file cannot be
+        # used, or the port is taken (two nodes started at once both bound
+        # it; see listen.py): exit 2.
         for refusal in eg.exceptions:
             click.echo(f"prkdb: node {cfg.node_id} refused to start: {refusal}", err=True)
         sys.exit(2)

@@ -28,6 +28,7 @@ from prkdb.config import NodeConfig
 from prkdb.errors import Unavailable
 from prkdb.logging import get_logger
 from prkdb.raft import Message
+from prkdb.security.tls import NodeTls, watch_reload_signal
 from prkdb.server import systemd
 from prkdb.server.client_service import ClientService
 from prkdb.server.datadir import ensure_identity, open_storage
@@ -70,6 +71,7 @@ class Node:
         self.reply_outbox = ReplyOutbox()  # client connections the RaftLoop answered
         self.client_port = 0
         self.peer_port = 0
+        self.tls: NodeTls | None = None  # [tls]: loaded first thing in `run`, reloaded on SIGHUP
 
     def _open_storage(self, identity: DataDirIdentity) -> None:
         cfg = self.cfg
@@ -98,6 +100,8 @@ class Node:
 
     async def _run(self, bound: BoundAddresses, task_status: Any) -> None:
         cfg = self.cfg
+        # A certificate that does not load stops the start before any disk work.
+        self.tls = NodeTls(cfg, self.log) if cfg.tls.enabled else None
         # Whose dir is this? Checked before anything is written into it.
         empty = data_dir_is_empty(cfg.data_dir)
         identity = ensure_identity(cfg, self.log)
@@ -113,7 +117,7 @@ class Node:
                                   "gone: rebuilding from the other nodes before it votes")
             rebuild = True
         targets = await prepare_rebuild(cfg, self.log, requested=rebuild, empty=empty,
-                                        identity=identity)
+                                        identity=identity, tls=self.tls)
         tracker = RebuildTracker(cfg.data_dir, cfg.node_id, targets, self.log) if targets \
             else None
         self._open_storage(identity)
@@ -123,7 +127,8 @@ class Node:
                                        on_peer_down=self._peer_down,
                                        data_dir_id=identity.data_dir_id,
                                        on_dir_changed=self.fence_peer,
-                                       rng=random.Random(rng.getrandbits(64)))
+                                       rng=random.Random(rng.getrandbits(64)),
+                                       tls=self.tls)
         self.raft_loop = RaftLoop(cfg, self.committer, self.log, outbox=self.transport,
                                   replies=self.reply_outbox,
                                   rng=random.Random(rng.getrandbits(64)))
@@ -146,10 +151,12 @@ class Node:
                 self._nursery = nursery
                 await nursery.start(self.transport.run, peer_listeners)
                 await nursery.start(self.raft_loop.run)
-                nursery.start_soon(trio.serve_listeners, self.service.handle_connection,
-                                   client_listeners)
+                handler = (self.service.handle_connection if self.tls is None
+                           else self.tls.wrap(self.service.handle_connection, "client"))
+                nursery.start_soon(trio.serve_listeners, handler, client_listeners)
                 nursery.start_soon(self._watch_signals)
-                nursery.start_soon(check_peer_layouts, cfg, self.transport, self.log)
+                nursery.start_soon(watch_reload_signal, self.tls, self.log)
+                nursery.start_soon(check_peer_layouts, cfg, self.transport, self.log, self.tls)
                 nursery.start_soon(self._sync_marks)
                 interval = systemd.watchdog_interval()
                 if interval:

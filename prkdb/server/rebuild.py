@@ -70,6 +70,7 @@ from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.logging import NodeLogger
 from prkdb.raft import Role
 from prkdb.raft.types import HardState
+from prkdb.security.tls import NodeTls
 from prkdb.server import systemd
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.server.layout import ask_peers
@@ -127,7 +128,8 @@ def log_lost(data_dir: Path) -> bool:
 
 
 async def answer_while_rebuilding(
-    cfg: NodeConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    cfg: NodeConfig, tls: NodeTls | None = None, *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve our client port during the survey: Status says "nothing here yet".
 
@@ -141,7 +143,7 @@ async def answer_while_rebuilding(
     empty = tuple(PartitionStatus(p, 0, 0, 0, 0, Role.FOLLOWER) for p in range(cfg.partitions))
     nodes = tuple(NodeInfo(p.id, p.client_addr, p.peer_addr) for p in cfg.peers)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.abc.Stream) -> None:
         framed = FramedStream(stream, 64 * 1024)
         try:
             with trio.fail_after(SURVEY_TIMEOUT_S):
@@ -166,18 +168,20 @@ async def answer_while_rebuilding(
             await framed.aclose()
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
+        await nursery.start(trio.serve_listeners,
+                            handle if tls is None else tls.wrap(handle, "client"), listeners)
         task_status.started()
 
 
-async def survey_all(cfg: NodeConfig, log: NodeLogger) -> dict[int, StatusOk]:
+async def survey_all(cfg: NodeConfig, log: NodeLogger,
+                     tls: NodeTls | None = None) -> dict[int, StatusOk]:
     """Every other node's Status; waits (logging who is missing) until all answered."""
     others = [p.id for p in cfg.peers if p.id != cfg.node_id]
     got: dict[int, StatusOk] = {}
     last_log = -WAIT_LOG_EVERY_S
     while True:
         missing = [p for p in others if p not in got]
-        survey = await ask_peers(cfg, missing, SURVEY_TIMEOUT_S, fence=True)
+        survey = await ask_peers(cfg, missing, SURVEY_TIMEOUT_S, fence=True, tls=tls)
         for problem in survey.mismatched.values():
             raise RebuildError(f"{problem}: the configs disagree")
         got.update(survey.answers)
@@ -220,7 +224,8 @@ def floors_and_targets(cfg: NodeConfig, answers: dict[int, StatusOk]
 
 
 async def prepare(cfg: NodeConfig, log: NodeLogger, *, requested: bool, empty: bool,
-                  identity: DataDirIdentity) -> dict[int, Target] | None:
+                  identity: DataDirIdentity,
+                  tls: NodeTls | None = None) -> dict[int, Target] | None:
     """Run before the node opens its WAL: the targets if rebuilding, else None.
 
     `requested`: started with --rebuild (the caller checked the dir was empty).
@@ -248,7 +253,7 @@ async def prepare(cfg: NodeConfig, log: NodeLogger, *, requested: bool, empty: b
             if not empty:
                 return None
             # A peer whose layout differs is not counted: layout.py quarantines it.
-            survey = await ask_peers(cfg, others, DETECT_TIMEOUT_S)
+            survey = await ask_peers(cfg, others, DETECT_TIMEOUT_S, tls=tls)
             seen = {pid: max((p.term for p in st.partitions), default=0)
                     for pid, st in survey.answers.items()}
             if not any(seen.values()):
@@ -264,9 +269,9 @@ async def prepare(cfg: NodeConfig, log: NodeLogger, *, requested: bool, empty: b
         failed: list[RebuildError] = []
         answers: dict[int, StatusOk] = {}
         async with trio.open_nursery() as nursery:
-            await nursery.start(answer_while_rebuilding, cfg)
+            await nursery.start(answer_while_rebuilding, cfg, tls)
             try:
-                answers = await survey_all(cfg, log)
+                answers = await survey_all(cfg, log, tls)
             except RebuildError as e:
                 failed.append(e)  # raised below, not wrapped in the nursery's group
             nursery.cancel_scope.cancel()

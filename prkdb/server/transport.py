@@ -33,6 +33,14 @@ before is gone: the transport logs `peer_data_dir_changed` and, before any
 message of the new connection is delivered, has the node forget that
 member's acks (`on_dir_changed`, the fence a rebuilding node asks for).
 Ids are remembered for this process's life.
+
+With ``[tls]`` (prkdb/security/tls.py) both directions are mutual TLS: the
+listener's accept step handshakes before the Hello is read, and a peer whose
+certificate does not name the member its Hello claims (``node-<id>``) is
+refused with an Error frame; the dialer checks that the node it dialed
+names the id it expects before it says its Hello. On a TLS link the
+direct ``os.write`` of `_PeerLink.write` steps aside (`raw_fd` is -1): every
+frame goes through the sender task and the TLS stream.
 """
 
 from __future__ import annotations
@@ -46,7 +54,9 @@ import trio
 from prkdb.config import NodeConfig, parse_addr
 from prkdb.errors import PrkdbError
 from prkdb.logging import NodeLogger
+from prkdb.netio import raw_fd
 from prkdb.raft import COMMIT_ONLY, Message, MsgType
+from prkdb.security.tls import LogLimiter, NodeTls
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PEER_PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
 from prkdb.wire.messages import ROLE_PEER, Error, Hello, HelloOk, RaftBatch, check_hello, error_for
@@ -69,8 +79,11 @@ class PeerTransport:
         data_dir_id: str = "",
         on_dir_changed: Callable[[int], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         self.cfg = config
+        self.tls = tls  # None: plaintext links
+        self._log_limiter = LogLimiter()
         self._rng = rng if rng is not None else random.Random()  # reconnect jitter
         self.data_dir_id = data_dir_id
         self.on_dir_changed = on_dir_changed
@@ -107,7 +120,7 @@ class PeerTransport:
 
     @property
     def connected(self) -> dict[int, bool]:
-        return {peer: link.fd >= 0 for peer, link in self._links.items()}
+        return {peer: link.connected for peer, link in self._links.items()}
 
     def send(self, partition: int, msgs: Sequence[Message]) -> None:
         """Collect messages for their peers; they leave at the next `flush`."""
@@ -179,13 +192,20 @@ class PeerTransport:
         rng = random.Random(self._rng.getrandbits(64))
         while not link.quarantined:
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                raw = await trio.open_tcp_stream(host, port)
             except OSError:
                 # Refused: nothing listens there, the process is gone.
                 self._peer_down(peer_id)
                 await self._backoff(link, backoff, rng)
                 backoff = min(backoff * 2, 1.0)
                 continue
+            stream: trio.abc.Stream = raw
+            if self.tls is not None:
+                try:
+                    stream = await self.tls.dial(raw, peer_id, peer.peer_addr)
+                except PrkdbError:  # refused for good this time (logged): try again later
+                    await self._backoff(link, 1.0, rng)
+                    continue
             framed = FramedStream(stream, self.cfg.limits.max_peer_frame)
             connected = False
             try:
@@ -196,7 +216,11 @@ class PeerTransport:
                     )
                     reply = from_wire(await framed.receive())
                 if not isinstance(reply, HelloOk):
-                    self.log.warning("peer_refused_hello", peer=peer_id, reply=repr(reply)[:200])
+                    # Once a minute per peer: a refusal repeats at every reconnect.
+                    suppressed = self._log_limiter.allow("peer_refused_hello", str(peer_id))
+                    if suppressed is not None:
+                        self.log.warning("peer_refused_hello", peer=peer_id,
+                                         reply=repr(reply)[:300], suppressed=suppressed)
                     await framed.aclose()
                     await trio.sleep(1.0)
                     continue
@@ -212,6 +236,7 @@ class PeerTransport:
                     self._peer_down(peer_id)
             finally:
                 link.fd = -1  # before the close: the fd number may be reused at once
+                link.connected = False
                 await framed.aclose()
             await self._backoff(link, backoff, rng)
 
@@ -236,9 +261,13 @@ class PeerTransport:
             await self.on_dir_changed(peer_id)
 
     async def _serve(self, listeners: list[trio.SocketListener]) -> None:
-        await trio.serve_listeners(self._handle_incoming, listeners)
+        handler = self._handle_incoming
+        if self.tls is not None:
+            await trio.serve_listeners(self.tls.wrap(handler, "peer"), listeners)
+        else:
+            await trio.serve_listeners(handler, listeners)
 
-    async def _handle_incoming(self, stream: trio.SocketStream) -> None:
+    async def _handle_incoming(self, stream: trio.abc.Stream) -> None:
         framed = FramedStream(stream, HELLO_MAX_FRAME)
         peer_id = 0
         try:
@@ -251,9 +280,18 @@ class PeerTransport:
             if err is None and self.cfg.peer(hello.node_id) is None:
                 err = Error(0, 4, f"node {hello.node_id} is not a member of this cluster")
             if err is not None:
-                self.log.warning("rejected_peer", node=hello.node_id, reason=err.message)
+                host = framed.remote_address.rsplit(":", 1)[0]
+                suppressed = self._log_limiter.allow("rejected_peer", host)
+                if suppressed is not None:
+                    self.log.warning("rejected_peer", node=hello.node_id, reason=err.message,
+                                     remote=framed.remote_address, suppressed=suppressed)
                 await framed.send_now(err)
                 return
+            if self.tls is not None:
+                mismatch = self.tls.member_refusal(stream, hello.node_id, framed.remote_address)
+                if mismatch is not None:
+                    await framed.send_now(Error(0, 4, f"refused: this connection {mismatch}"))
+                    return
             peer_id = hello.node_id
             if peer_id in self.quarantined:
                 await framed.send_now(Error(0, 4, f"node {peer_id} is quarantined here: "
@@ -306,7 +344,8 @@ class _PeerLink:
         self.msgs: list[tuple[int, Message]] = []
         self.lazy: list[tuple[int, Message]] = []  # commit-index news: may wait a little
         self.out = bytearray()  # encoded frames waiting for the sender task
-        self.fd = -1  # the connected socket, while the sender task holds it open
+        self.fd = -1  # the bare socket, while the sender task holds it open (-1 with TLS)
+        self.connected = False  # the sender task holds a handshaken connection
         self.quarantined = False  # the peer's config disagrees: the sender task stops
         self.writing = False  # the sender task is inside send_all: append, never write
         self._wake = trio.Event()
@@ -330,9 +369,10 @@ class _PeerLink:
             self._wake.set()
         return True
 
-    async def run_writer(self, stream: trio.SocketStream) -> None:
+    async def run_writer(self, stream: trio.abc.Stream) -> None:
         """Write what `write` could not, until the connection fails (raises)."""
-        self.fd = stream.socket.fileno()
+        self.fd = raw_fd(stream)  # -1 on TLS: `write` queues for us, never writes around TLS
+        self.connected = True
         while True:
             while self.out:
                 data = bytes(self.out)

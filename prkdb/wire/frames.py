@@ -356,14 +356,22 @@ _HTTP_METHODS: Final = frozenset({
 })
 
 
+# TLS records (handshake 0x16, alert 0x15) start with their type and the
+# major version 3: as a length that is over 350 MB, so, as for HTTP, only a
+# header that is too long anyway is looked at.
+_TLS_RECORDS: Final = frozenset({0x15, 0x16})
+
+
 def _http_start(header: bytes | bytearray) -> RemoteProtocolError | None:
-    """The error for a frame header that is the start of HTTP, else None.
+    """The error for a frame header that is the start of HTTP or TLS, else None.
 
     A port mix-up (a seed that is etcd's or a proxy's HTTP port; curl or a
     health checker pointed at a PrkDB port) then says so instead of
     "frame length 1213486160 exceeds max_frame". `details["http"]` is
-    "response" or "request", so a server can answer in HTTP. The decoder
-    does not know the address: the connection's owner adds it.
+    "response" or "request", so a server can answer in HTTP; TLS (a client
+    that speaks TLS to a plaintext port, or a TLS server's alert to a
+    plaintext client) sets `details["tls"]` instead. The decoder does not
+    know the address: the connection's owner adds it.
     """
     head = bytes(header)
     if head == _HTTP_RESPONSE:
@@ -378,6 +386,18 @@ def _http_start(header: bytes | bytearray) -> RemoteProtocolError | None:
             f"the peer sent an HTTP request ({method}...), not the PrkDB protocol: "
             "this is a PrkDB port, not an HTTP endpoint",
             details={"http": "request"},
+        )
+    if head[0] in _TLS_RECORDS and head[1] == 3:
+        if head[0] == 0x16:
+            return RemoteProtocolError(
+                "the peer opened a TLS handshake, but this port does not speak TLS: "
+                "connect without TLS, or set [tls] on the node",
+                details={"tls": "client_hello"},
+            )
+        return RemoteProtocolError(
+            "the peer answered in TLS: the server expects TLS (connect with TLS: "
+            "prkctl --cacert FILE, tls=TlsOptions(...) in the SDKs)",
+            details={"tls": "record"},
         )
     return None
 
