@@ -22,6 +22,10 @@ with `ConnectionLost` and is never reused.
 
 Time is `time.monotonic`, which is also asyncio's default loop clock; the
 timers are set relative to it (``call_later``), so other loops work too.
+
+TLS (``tls=TlsOptions(...)``) is asyncio's own: the connection is made with
+the `ClientTls` context and the server name it names, and a refused
+handshake becomes `TlsError` (prkdb.security.tls.tls_failure).
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from prkdb.client.core import (
 )
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.routing import split_address
+from prkdb.client.security import TlsOptions
 from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
+from prkdb.security.tls import HANDSHAKE_TIMEOUT, ClientTls, tls_failure
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -96,12 +102,13 @@ class AioConnection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, address: str, hello: bytes, check: HelloCheck,
-                   deadline: float) -> AioConnection:
-        """Dial `address`, send `hello`, let `check` judge the answer; by `deadline`.
+                   deadline: float, tls: ClientTls | None = None) -> AioConnection:
+        """Dial `address` (with `tls`), send `hello`, let `check` judge the answer; by `deadline`.
 
         Raises:
             AttemptExpired: the deadline (`time.monotonic`) passed first.
             ConnectFailed: unreachable, refused, or closed during the hello.
+            TlsError: the TLS handshake was refused for good.
             WrongCluster / ProtocolError: the node refused us for good.
         """
         loop = asyncio.get_running_loop()
@@ -109,7 +116,13 @@ class AioConnection(asyncio.Protocol):
         conn = cls(address, loop)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await loop.create_connection(lambda: conn, host, port)
+                if tls is None:
+                    await loop.create_connection(lambda: conn, host, port)
+                else:
+                    await loop.create_connection(
+                        lambda: conn, host, port, ssl=tls.context,
+                        server_hostname=tls.server_name(host),
+                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
                 assert conn._transport is not None and conn._hello is not None
                 conn._transport.write(hello)
                 item = await conn._hello
@@ -118,9 +131,16 @@ class AioConnection(asyncio.Protocol):
             raise AttemptExpired() from None
         except ConnectionLost as exc:
             conn.close()
+            # TLS 1.3: a refused client certificate is an alert at the first read.
+            refused = tls_failure(address, conn._broken) if conn._broken else None
+            if refused is not None:
+                raise refused from None
             raise ConnectFailed(address, exc.reason) from None
         except OSError as exc:
             conn.close()
+            refused = tls_failure(address, exc)
+            if refused is not None:
+                raise refused from None
             raise ConnectFailed(address, exc) from exc
         except RemoteProtocolError as exc:
             conn.close()
@@ -306,10 +326,12 @@ class AsyncClient(AsyncApi):
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        tls: TlsOptions | None = None,
     ) -> None:
         """Build an unconnected client; prefer `connect`, which also loads the topology."""
         self.core = ClientCore(seeds, clock=time.monotonic, cluster_id=cluster_id,
                                timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
+        self._tls = ClientTls(tls) if tls is not None else None  # TlsError: a bad file
         self._connections: dict[str, AioConnection] = {}
         self._dialing: dict[str, asyncio.Future[AioConnection]] = {}
         self._closed = False
@@ -323,6 +345,7 @@ class AsyncClient(AsyncApi):
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        tls: TlsOptions | None = None,
     ) -> Connecting[AsyncClient]:
         """Connect and learn the topology; arguments and errors as `PrkDbClient.connect`.
 
@@ -332,7 +355,7 @@ class AsyncClient(AsyncApi):
 
         async def open_() -> AsyncClient:
             client = cls(seeds, cluster_id=cluster_id, timeout=timeout, rng=rng,
-                         attempt_timeout=attempt_timeout)
+                         attempt_timeout=attempt_timeout, tls=tls)
             try:
                 await client.refresh_topology()
             except BaseException:
@@ -410,7 +433,7 @@ class AsyncClient(AsyncApi):
         try:
             core = self.core
             conn = await AioConnection.open(address, core.hello_frame(), core.accept_hello,
-                                            deadline)
+                                            deadline, self._tls)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else AttemptExpired())
             future.exception()  # retrieved: no "never retrieved" warning if nobody waits

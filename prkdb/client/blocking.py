@@ -17,12 +17,19 @@ Cost: a request is one ``send`` and (usually) one ``recv`` system call. The
 deadline is kept by the kernel (``SO_RCVTIMEO``, re-set only when the time
 left differs from it by more than `_TIMEOUT_SLACK` or a factor of two),
 not by Python's socket timeouts, which poll before every send and receive.
+
+TLS: the socket is wrapped (`ssl.SSLSocket`) right after the dial, with the
+handshake bounded by the attempt's deadline. A kernel timeout inside a TLS
+read shows as `ssl.SSLWantReadError` (handled as the plain socket's
+EAGAIN), and a watch's reads drain what TLS decrypted beyond one record
+(``pending()``), which the selector cannot see.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -37,6 +44,7 @@ from prkdb.client.attempt import (
     request_frame,
 )
 from prkdb.client.routing import split_address
+from prkdb.security.tls import ClientTls, tls_failure
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -89,12 +97,13 @@ class BlockingConnection:
 
     @classmethod
     def open(cls, address: str, hello: bytes, check: HelloCheck, deadline: float,
-             clock: Clock) -> BlockingConnection:
-        """Dial `address`, send `hello`, let `check` judge the answer; by `deadline`.
+             clock: Clock, tls: ClientTls | None = None) -> BlockingConnection:
+        """Dial `address` (with `tls`), send `hello`, let `check` judge the answer; by `deadline`.
 
         Raises:
             AttemptExpired: the deadline passed first.
             ConnectFailed: unreachable, refused, or closed during the hello.
+            TlsError: the TLS handshake was refused for good.
             WrongCluster / ProtocolError: the node refused us for good.
         """
         host, port = split_address(address)
@@ -111,6 +120,8 @@ class BlockingConnection:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(max(deadline - clock(), 1e-6))
+            if tls is not None:  # the handshake runs here, within the deadline
+                sock = tls.context.wrap_socket(sock, server_hostname=tls.server_name(host))
             sock.sendall(hello)
             item = _receive_one(sock, decoder, deadline, clock)
             if item is CLOSED:
@@ -121,6 +132,9 @@ class BlockingConnection:
             raise AttemptExpired() from None
         except OSError as exc:
             sock.close()
+            refused = tls_failure(address, exc)  # TLS errors are OSErrors
+            if refused is not None:
+                raise refused from None
             raise ConnectFailed(address, exc) from exc
         except RemoteProtocolError as exc:
             sock.close()
@@ -214,7 +228,10 @@ class BlockingConnection:
             self._sock.setblocking(False)
             try:
                 data = self._sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
+                sock = self._sock
+                while isinstance(sock, ssl.SSLSocket) and data and sock.pending():
+                    data += sock.recv(_RECEIVE_SIZE)  # decrypted already: no wait
+            except (BlockingIOError, ssl.SSLWantReadError):
                 return []
             finally:
                 self._sock.setblocking(True)
@@ -254,8 +271,8 @@ class BlockingConnection:
                 self._rcvtimeo = current = left
             try:
                 return sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:  # SO_RCVTIMEO ran out; maybe early: look again
-                continue
+            except (BlockingIOError, ssl.SSLWantReadError):
+                continue  # SO_RCVTIMEO ran out (inside TLS: WantRead); maybe early: look again
 
     def close(self) -> None:
         self.broken = True

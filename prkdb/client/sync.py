@@ -51,6 +51,7 @@ from prkdb.client.results import (
 )
 from prkdb.client.routing import Topology
 from prkdb.client.scan import DEFAULT_PAGE_SIZE, KeyRange, key_range
+from prkdb.client.security import TlsOptions
 from prkdb.client.txn import Compare, TxnOpLike
 from prkdb.client.watch import (
     AwaitFrames,
@@ -64,6 +65,7 @@ from prkdb.client.watch import (
     watch_start,
 )
 from prkdb.errors import InvalidRequest, LeaseNotFound, PrkdbError, TooLarge
+from prkdb.security.tls import ClientTls
 from prkdb.wire import DEFAULT_MAX_FRAME
 from prkdb.wire.messages import (
     AdminOk,
@@ -98,9 +100,11 @@ class SyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.core = ClientCore(seeds, clock=time.monotonic, cluster_id=cluster_id,
                                timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
+        self._tls = ClientTls(tls) if tls is not None else None  # TlsError: a bad file
         self._pool = Pool()
         self._closed = False
         try:
@@ -361,7 +365,8 @@ class SyncClient:
                 raise InvalidRequest("the client is closed")
             core = self.core
             conn = BlockingConnection.open(action.address, core.hello_frame(),
-                                           core.accept_hello, action.deadline, time.monotonic)
+                                           core.accept_hello, action.deadline, time.monotonic,
+                                           self._tls)
         reply = conn.request(action.build, action, action.deadline, time.monotonic)
         self._pool.give(conn)
         return reply
@@ -457,7 +462,7 @@ class SyncWatch:
             raise InvalidRequest("the client is closed")
         core = self._client.core
         conn = BlockingConnection.open(action.address, core.hello_frame(), core.accept_hello,
-                                       action.deadline, time.monotonic)
+                                       action.deadline, time.monotonic, self._client._tls)
         try:
             request_id = conn.send_stream(action.build)
         except BaseException:
