@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from prkctl.commands import backup, bench, dev, kv, leader, lease, snapshot, status, wal, watch
-from prkctl.context import DEFAULT_SEEDS, DEFAULT_TIMEOUT, CtlContext, pass_ctl
+from prkctl.context import DEFAULT_SEEDS, DEFAULT_TIMEOUT, CtlContext, pass_ctl, tls_flags
 from prkctl.errors import OutcomeUnknownError, PrkctlError
 from prkctl.output import encoding_flags
 
@@ -40,6 +40,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list
               show_default=True, help="Seconds per request, retries included.")
 @click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of failures.")
+@tls_flags
 @encoding_flags
 @click.version_option(package_name="prkdb", prog_name="prkctl")
 @pass_ctl

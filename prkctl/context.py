@@ -32,6 +32,8 @@ from prkdb.client import (
     Unavailable,
     WrongCluster,
 )
+from prkdb.client.security import TlsOptions
+from prkdb.errors import TlsError
 from prkdb.storage import StorageError
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ClientFactory",
     "CtlContext",
     "pass_ctl",
+    "tls_flags",
     "translate_errors",
 ]
 
@@ -70,13 +73,34 @@ class CtlContext:
     # Root --utf8/--hex/--base64; None: the command's own flag or utf8 decides.
     encoding: str | None = None
     client_factory: ClientFactory | None = None
+    # --cacert / --cert / --key (env PRKCTL_CACERT, ...): "" = not given.
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def tls(self) -> TlsOptions | None:
+        """TLS settings from the flags; None (plaintext) without --cacert.
+
+        Raises:
+            click.UsageError: --cert without --key (or the reverse), or either without --cacert.
+        """
+        if bool(self.cert) != bool(self.key):
+            raise click.UsageError("--cert and --key go together (a client certificate "
+                                   "and its private key)")
+        if not self.cacert:
+            if self.cert:
+                raise click.UsageError("--cert needs --cacert (the CA that signed the "
+                                       "nodes' certificates)")
+            return None
+        return TlsOptions(self.cacert, self.cert, self.key)
 
     async def connect(self) -> Any:
         """A connected SDK client; learns the cluster id if none was given."""
         if self.client_factory is not None:
             return await self.client_factory(self)
         client = await PrkDbClient.connect(self.seeds, cluster_id=self.cluster_id,
-                                           timeout=self.timeout)
+                                           timeout=self.timeout, tls=self.tls)
         self.cluster_id = client.cluster_id  # as given, or as the first node named it
         return client
 
@@ -109,6 +133,24 @@ class CtlContext:
 pass_ctl = click.make_pass_decorator(CtlContext, ensure=True)
 
 
+def _tls_flag(name: str, attr: str, env: str, help_: str) -> Callable[[F], F]:
+    def store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        setattr(ctx.ensure_object(CtlContext), attr, value or "")
+
+    return click.option(name, envvar=env, default=None, metavar="FILE", expose_value=False,
+                        callback=store, type=click.Path(dir_okay=False),
+                        help=f"{help_} (env {env}).")
+
+
+def tls_flags(fn: F) -> F:
+    """The root group's TLS options; they land in `CtlContext` (cacert, cert, key)."""
+    fn = _tls_flag("--key", "key", "PRKCTL_KEY", "The client certificate's private key (PEM)")(fn)
+    fn = _tls_flag("--cert", "cert", "PRKCTL_CERT",
+                   "A client certificate (PEM) for nodes that ask for one")(fn)
+    return _tls_flag("--cacert", "cacert", "PRKCTL_CACERT",
+                     "Connect with TLS, trusting the CA certificates in FILE (PEM)")(fn)
+
+
 def translate_errors(fn: F) -> F:
     """Map SDK and storage exceptions to PrkctlError (exit 1) / OutcomeUnknownError (3)."""
 
@@ -132,6 +174,9 @@ def translate_errors(fn: F) -> F:
         except Unavailable as e:
             _trace(debug)
             raise PrkctlError(f"cluster unavailable: {e.message or e}") from e
+        except TlsError as e:
+            _trace(debug)
+            raise PrkctlError(f"TLS: {e.message or e}") from e
         except InvalidRequest as e:
             _trace(debug)
             raise PrkctlError(f"rejected: {e.message or e}") from e

@@ -48,6 +48,9 @@ class ConnectFailed(Exception):
     """Could not establish a connection (nothing was sent): always safe to retry."""
 
     def __init__(self, address: str, cause: BaseException | str) -> None:
+        if isinstance(cause, BaseException) and not str(cause):  # trio's Broken...: see why
+            inner = cause.__cause__ or cause.__context__
+            cause = str(inner) if inner is not None and str(inner) else type(cause).__name__
         super().__init__(f"{address}: cannot connect: {cause}")
         self.address = address
 

@@ -232,6 +232,23 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _send_alert(tls: trio.SSLStream[Any]) -> None:
+    """Send the alert OpenSSL wrote when the handshake failed (best effort, at most 1 s).
+
+    trio raises as soon as the handshake fails and leaves the alert (the
+    reason: "unknown ca", "certificate expired", "certificate required") in
+    the stream's outgoing BIO; without it the other end sees only an EOF
+    and cannot tell a refused certificate from a network failure. trio has
+    no public call for this, hence the guarded look at its BIO.
+    """
+    bio = getattr(tls, "_outgoing", None)
+    if not isinstance(bio, ssl.MemoryBIO) or not bio.pending:
+        return
+    with trio.move_on_after(1), contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await tls.transport_stream.send_all(bio.read())
+
+
 def _remote(stream: trio.SocketStream) -> tuple[str, str]:
     """(host, host:port) of the other end of a raw stream ("?" if unknown)."""
     try:
@@ -349,6 +366,7 @@ class NodeTls:
                 OSError) as e:
             self.warn("tls_handshake_failed", host, port=port, remote=remote,
                       reason=_reason(e))
+            await _send_alert(tls)
             await trio.aclose_forcefully(tls)
             return None
         return tls
@@ -379,6 +397,7 @@ class NodeTls:
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError, trio.ClosedResourceError,
                 OSError) as e:
+            await _send_alert(tls)
             await trio.aclose_forcefully(tls)
             failed = _reason(e)
             self.warn("peer_tls_failed", addr, peer=peer_id, addr=addr, reason=failed)
@@ -447,6 +466,8 @@ class ClientTls:
         try:
             await tls.do_handshake()
         except BaseException as e:
+            if isinstance(e, Exception):
+                await _send_alert(tls)  # the node can log why (unknown ca, ...)
             await trio.aclose_forcefully(tls)
             failure = tls_failure(address, e) if isinstance(e, Exception) else None
             if failure is not None:
