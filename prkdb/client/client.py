@@ -21,6 +21,8 @@ All waiting uses trio time (`trio.current_time`), so tests drive it with
 
 from __future__ import annotations
 
+import heapq
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,6 +104,7 @@ class PrkDbClient(AsyncApi):
         # system task: started on first use, cancelled by aclose.
         self._background: trio.Nursery | None = None
         self._background_ready: trio.Event | None = None
+        self._timer: _WatchTimer | None = None  # wakes waiting watches (`_watch_timer`)
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -242,6 +245,15 @@ class PrkDbClient(AsyncApi):
     def _watch_io(self) -> TrioWatchIO:
         return TrioWatchIO(self)
 
+    async def _watch_timer(self) -> _WatchTimer:
+        """The client's `_WatchTimer`, started in the background nursery on first use."""
+        if self._timer is None:
+            nursery = await self.background_nursery()
+            if self._timer is None:  # (another watch may have started it meanwhile)
+                self._timer = _WatchTimer()
+                nursery.start_soon(self._timer.run, name="prkdb-watch-timer")
+        return self._timer
+
     async def _send(self, action: Send) -> WireMessage:
         conn = self._connections.get(action.address)
         if conn is None or conn.broken:
@@ -291,6 +303,7 @@ class TrioWatchIO:
     def __init__(self, client: PrkDbClient) -> None:
         self._client = client
         self._event = trio.Event()
+        self._timer_at = math.inf  # the deadline registered with the client's _WatchTimer
         self.inbox = WatchInbox(self._wake)
 
     def _wake(self) -> None:
@@ -325,8 +338,50 @@ class TrioWatchIO:
             await trio.lowlevel.checkpoint()
             return
         self._event = trio.Event()
-        with trio.move_on_at(deadline):
-            await self._event.wait()
+        if deadline < self._timer_at:
+            self._timer_at = deadline
+            timer = await self._client._watch_timer()
+            timer.wake_at(deadline, self._timer_fired)
+        await self._event.wait()
+
+    def _timer_fired(self, at: float) -> None:
+        # Early is fine (the plan waits again); the next wait registers anew.
+        if at == self._timer_at:
+            self._timer_at = math.inf
+        self._event.set()
+
+
+class _WatchTimer:
+    """Wakes waiting watches at their deadlines: one task per client.
+
+    A cancel scope per wait cost a watcher ~10 us per event (a deadline
+    registered and removed each time); a watch now registers a deadline only
+    when it is earlier than the one it has, which is rare (its deadlines move
+    forward with every frame), and is woken early at worst.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[float], None]]] = []
+        self._seq = 0
+        self._scope: trio.CancelScope | None = None
+
+    def wake_at(self, deadline: float, wake: Callable[[float], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, wake))
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def run(self) -> None:
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                at, _, wake = heapq.heappop(heap)
+                wake(at)
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
+                await trio.sleep_forever()
+            self._scope = None
 
 
 @final
