@@ -403,6 +403,12 @@ class SyncWatch:
             return self._driver.plan.cursor
         return WatchCursor() if self._given is None else WatchCursor.parse(self._given)
 
+    @property
+    def streams(self) -> dict[int, str]:
+        """Partition -> the node (host:port) its stream is open at now; a partition
+        between streams (reconnecting) is absent. For logs and debugging."""
+        return self._driver.plan.streams if self._driver is not None else {}
+
     def __iter__(self) -> SyncWatch:
         return self
 

@@ -474,6 +474,12 @@ class WatchPlan:
         finally:
             self.closed = True
 
+    @property
+    def streams(self) -> dict[int, str]:
+        """Partition -> the address its stream is open at (partitions reconnecting: absent)."""
+        return {p: f.address for p, f in self.feeds.items()
+                if f.handle is not None and f.address is not None}
+
     def close_actions(self) -> list[CancelStream]:
         """The cancels a front end sends when the caller stops (every open stream)."""
         out = []

@@ -81,13 +81,15 @@ def test_async_watch_survives_killing_its_node(cluster: LocalCluster, kind: str)
         writer = Writer(cluster, b"async/")
         got = take(front, watch, 50)
         assert watch._driver is not None
-        cluster.kill(node_of(cluster, {f.address for f in watch._driver.plan.feeds.values()}))
+        killed = node_of(cluster, set(watch.streams.values()))
+        cluster.kill(killed)
         time.sleep(3)
         writer.stop()
         deadline = time.monotonic() + 30
         while not set(writer.writes) <= {e.key for e in got} and time.monotonic() < deadline:
             got += take(front, watch, 1)
         assert watch._driver.plan.opened > 4  # reopened
+        assert f"127.0.0.1:{cluster.client_ports[killed - 1]}" not in watch.streams.values()
         close(front, watch)
         check(got, writer)
     finally:
@@ -101,12 +103,16 @@ def test_sdk_watch_survives_killing_its_node(cluster: LocalCluster) -> None:
         writer = Writer(cluster, b"live/")
         while len(got) < 50:
             got.append(next(watch))
+        streams = watch.streams
         ports = {conn.address for conn in watch._streams if isinstance(conn, BlockingConnection)}
-        cluster.kill(node_of(cluster, set(ports)))
+        assert set(streams.values()) == ports and len(streams) == 4  # every partition streams
+        killed = node_of(cluster, set(streams.values()))
+        cluster.kill(killed)
         time.sleep(3)
         writer.stop()
         deadline = time.monotonic() + 30
         while not set(writer.writes) <= {e.key for e in got} and time.monotonic() < deadline:
             got.append(next(watch))
         assert watch._driver is not None and watch._driver.plan.opened > 4  # reopened
+        assert f"127.0.0.1:{cluster.client_ports[killed - 1]}" not in watch.streams.values()
     check(got, writer)
