@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prkdb.config import NodeConfig
 from prkdb.raft import MemoryStorage
-from prkdb.raft.types import HardState
+from prkdb.raft.types import Entry, HardState, SnapshotMeta
 from prkdb.state import KVStateMachine
 from prkdb.storage import PartitionLog, SnapshotStore, WriteAheadLog
 
@@ -65,6 +65,8 @@ def recover_partition(
                 f"{snap.meta.index} (newest marker {plog.snapshot_index}); "
                 f"snapshot files in {snapshots.directory}"
             )
+        if snap.meta.index > plog.snapshot_index:
+            entries = _finish_marker(p, wal, plog, snap.meta, entries)
         storage.apply_snapshot(snap)
         sm.restore(snap.data)
         snap_index = snap.meta.index
@@ -96,3 +98,19 @@ def recover_partition(
     if not hs.is_empty() or snap_index:
         storage.set_hard_state(HardState(hs.term, hs.vote, commit))
     return RecoveredPartition(storage, sm, snap_index)
+
+
+def _finish_marker(p: int, wal: WriteAheadLog, plog: PartitionLog, meta: SnapshotMeta,
+                   after: list[Entry]) -> list[Entry]:
+    """The snapshot file at `meta` was saved but its WAL marker was not (a crash between).
+
+    Write the marker now, as the crashed step would have: the WAL must know
+    the log restarts there, or it refuses the first append after it (and a
+    snapshot installed from the leader is usually beyond every entry the WAL
+    holds). Entries the WAL holds after it stay only if its entry at
+    ``meta.index`` has the snapshot's term; otherwise they are of a log the
+    snapshot replaced, and go, as `append_snapshot_marker` drops them too.
+    """
+    term = next((e.term for e in plog.entries if e.index == meta.index), None)
+    wal.append_snapshot_marker(p, meta)
+    return after if term == meta.term else []
