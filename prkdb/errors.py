@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ERROR_DESCRIPTIONS",
+    "AuthFailed",
     "Compacted",
     "ErrorCode",
     "InternalError",
@@ -49,12 +50,14 @@ __all__ = [
     "LeaseNotFound",
     "NotLeader",
     "OutcomeUnknown",
+    "PermissionDenied",
     "PrkdbError",
     "ProtocolError",
     "Timeout",
-    "TooLarge",
     "TlsError",
+    "TooLarge",
     "TooManyLeases",
+    "Unauthenticated",
     "Unavailable",
     "WatchOverflow",
     "WrongCluster",
@@ -79,6 +82,9 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_LEASES = 11  # the partition holds limits.max_leases leases; details: limit
     COMPACTED = 12  # a Watch's `after` is older than the history held; details: oldest, partition
     WATCH_OVERFLOW = 13  # a watch fell too far behind and was dropped; resume from the cursor
+    UNAUTHENTICATED = 14  # no user on the connection, or a bad/expired token: log in again
+    PERMISSION_DENIED = 15  # the user may not do this; details: user, what
+    AUTH_FAILED = 16  # wrong user or password, or too many failures; details: retry_after_ms
 
 
 ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -118,6 +124,21 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
         "ends a Watch whose client read too slowly: the server dropped the events it had "
         "queued for it (limits.watch_buffer_events / watch_buffer_bytes). Resume with a new "
         "Watch from the last progress or event revision received; nothing is lost"
+    ),
+    ErrorCode.UNAUTHENTICATED: (
+        "the server has auth on and the connection has no valid user: none yet, or its token "
+        "expired, was issued before the user's password changed or the user was deleted, or "
+        "names another cluster (the message says which). Nothing was done: log in (Login or "
+        "Authenticate) and retry once"
+    ),
+    ErrorCode.PERMISSION_DENIED: (
+        "the connection's user may not do this (a key or range outside its roles' "
+        "permissions, or an admin request without the root role); details: user, what. "
+        "Nothing was done; do not retry"
+    ),
+    ErrorCode.AUTH_FAILED: (
+        "Login refused: wrong user or password, or too many failed logins from this address "
+        "(details: retry_after_ms, present when rate limited). Do not retry at once"
     ),
 }
 """One line per code: what it means and what the receiver should do (docs/protocol.md)."""
@@ -328,6 +349,38 @@ class WatchOverflow(Unavailable):
     default_code = ErrorCode.WATCH_OVERFLOW
 
 
+class Unauthenticated(PrkdbError):
+    """The connection has no valid user (none, or an expired or voided token).
+
+    The SDK logs in again once with its credentials and retries; without
+    credentials, pass some (`prkdb.client.Credentials`).
+    """
+
+    default_code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(PrkdbError):
+    """The user may not do this: a key or range outside its roles, or an admin request."""
+
+    default_code = ErrorCode.PERMISSION_DENIED
+
+
+class AuthFailed(PrkdbError):
+    """A login was refused: wrong user or password, or rate limited.
+
+    Attributes:
+        retry_after_ms: when rate limited, how long until a login may be tried
+            again from this address (None otherwise).
+    """
+
+    default_code = ErrorCode.AUTH_FAILED
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        v = self.details.get("retry_after_ms")
+        return v if _is_uint(v) else None
+
+
 _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.OUTCOME_UNKNOWN: OutcomeUnknown,
@@ -340,6 +393,9 @@ _BY_CODE: dict[int, type[PrkdbError]] = {
     ErrorCode.LEASE_NOT_FOUND: LeaseNotFound,
     ErrorCode.TOO_MANY_LEASES: TooManyLeases,
     ErrorCode.WATCH_OVERFLOW: WatchOverflow,
+    ErrorCode.UNAUTHENTICATED: Unauthenticated,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
+    ErrorCode.AUTH_FAILED: AuthFailed,
 }
 
 

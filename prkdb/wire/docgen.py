@@ -391,11 +391,14 @@ def _messages() -> list[str]:
             [m.Get, m.Put, m.Delete, m.Cas, m.Batch, m.Status, m.TransferLeader, m.Snapshot,
              m.RebuildFence, m.BackupBegin, m.BackupRead, m.Scan, m.Txn, m.LeaseGrant,
              m.LeaseRevoke, m.LeaseKeepAlive, m.LeaseTimeToLive, m.LeaseList, m.Watch,
-             m.WatchCancel],
+             m.WatchCancel, m.Login, m.Authenticate, m.UserAdd, m.UserDelete, m.UserPasswd,
+             m.UserGrant, m.UserRevoke, m.UserList, m.RoleAdd, m.RoleDelete, m.RoleGrant,
+             m.RoleRevoke, m.RoleList],
         ),
         ("2.12 Responses", [m.GetOk, m.WriteOk, m.StatusOk, m.AdminOk, m.BackupBeginOk,
                            m.BackupChunk, m.ScanOk, m.TxnOk, m.LeaseOk, m.LeaseKeepAliveOk,
-                           m.LeaseListOk, m.WatchEvents]),
+                           m.LeaseListOk, m.WatchEvents, m.AuthOk, m.UserListOk,
+                           m.RoleListOk]),
     ]
     listed = {cls for _, classes in groups for cls in classes}
     assert listed | {m.RaftBatch} == set(m.SCHEMAS), "a message is missing from the doc groups"

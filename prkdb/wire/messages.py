@@ -53,6 +53,9 @@ import prkdb.wire.raft_codec as raft_codec
 from prkdb.errors import ErrorCode, PrkdbError
 from prkdb.raft.types import Entry, Message, Role
 
+# A permission's level, as the AuthStore keeps it (one definition).
+from prkdb.state.auth import Perm
+
 # The log's own enums (one definition): a Compare's target and op mean the same
 # on the wire and in a TxnCommand, so the server copies them across unchanged.
 from prkdb.state.commands import CompareOp, CompareTarget
@@ -95,6 +98,7 @@ from prkdb.wire.schema import (
 )
 
 __all__ = [
+    "AUTH_ADMIN_TYPES",
     "BACKUP_CHUNK_MAX",
     "CLIENT_VERSIONS",
     "EVENT_KINDS_WITH_VALUE",
@@ -120,6 +124,8 @@ __all__ = [
     "STREAM_RESPONSE_TYPES",
     "SUPPORTED_VERSIONS",
     "AdminOk",
+    "AuthOk",
+    "Authenticate",
     "BackupBegin",
     "BackupBeginOk",
     "BackupChunk",
@@ -149,16 +155,26 @@ __all__ = [
     "LeaseOk",
     "LeaseRevoke",
     "LeaseTimeToLive",
+    "Login",
     "NodeInfo",
     "OpKind",
     "OpResult",
     "PartitionStatus",
+    "Perm",
+    "PermInfo",
     "Put",
     "RaftBatch",
     "RaftBatchEncoder",
     "ReadConsistency",
     "RebuildFence",
     "ReplicaProgress",
+    "RoleAdd",
+    "RoleDelete",
+    "RoleGrant",
+    "RoleInfo",
+    "RoleList",
+    "RoleListOk",
+    "RoleRevoke",
     "Scan",
     "ScanOk",
     "Snapshot",
@@ -170,6 +186,14 @@ __all__ = [
     "TxnOp",
     "TxnOpKind",
     "TxnOpResult",
+    "UserAdd",
+    "UserDelete",
+    "UserGrant",
+    "UserInfo",
+    "UserList",
+    "UserListOk",
+    "UserPasswd",
+    "UserRevoke",
     "Watch",
     "WatchCancel",
     "WatchEvents",
@@ -892,6 +916,195 @@ class WatchEvents:
     progress: int  # the revision up to which the range is fully delivered
 
 
+# --- authentication and authorization (issue 18) ---------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Log in with a password, on any node: answered `AuthOk` (the token, and the user is
+    bound to this connection) or AUTH_FAILED (wrong user or password, or rate limited)."""
+
+    request_id: int
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never log the password
+        return f"Login(request_id={self.request_id}, user={self.user!r}, password=***)"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Bind the user of a token (from `AuthOk`) to this connection: answered `AuthOk`.
+
+    Served in the order it arrives: requests sent after it on the same
+    connection run as its user (a client may pipeline it right after Hello).
+    """
+
+    request_id: int
+    token: str
+
+    def __repr__(self) -> str:
+        return f"Authenticate(request_id={self.request_id}, token=***)"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """A user is bound to the connection; `token` lets other connections `Authenticate`."""
+
+    request_id: int
+    user: str
+    token: str  # "" when the server has auth off (nothing to present)
+    expires_ms: int  # when the token expires, Unix time in ms (0: auth off)
+
+    def __repr__(self) -> str:
+        return f"AuthOk(request_id={self.request_id}, user={self.user!r}, token=***)"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserAdd:
+    """Create a user (root only); password null = it logs in with a client certificate only."""
+
+    request_id: int
+    name: str
+    password: str | None
+    roles: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"UserAdd(request_id={self.request_id}, name={self.name!r}, roles={self.roles})"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserDelete:
+    request_id: int
+    name: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserPasswd:
+    """Set a user's password; every token issued before is void."""
+
+    request_id: int
+    name: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"UserPasswd(request_id={self.request_id}, name={self.name!r}, password=***)"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserGrant:
+    request_id: int
+    name: str
+    role: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserRevoke:
+    request_id: int
+    name: str
+    role: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserList:
+    request_id: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleAdd:
+    request_id: int
+    name: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleDelete:
+    request_id: int
+    name: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleGrant:
+    """Give a role READ or READWRITE on the keys in ``[start, end)`` (replaces that range's)."""
+
+    request_id: int
+    role: str
+    start: bytes
+    end: bytes | None
+    perm: Perm
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleRevoke:
+    """Take back the permission a RoleGrant gave on exactly ``[start, end)``."""
+
+    request_id: int
+    role: str
+    start: bytes
+    end: bytes | None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleList:
+    request_id: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
+    roles: tuple[str, ...]
+    has_password: bool
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class UserListOk:
+    request_id: int
+    users: tuple[UserInfo, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PermInfo:
+    start: bytes
+    end: bytes | None
+    perm: Perm
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    name: str
+    perms: tuple[PermInfo, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoleListOk:
+    request_id: int
+    roles: tuple[RoleInfo, ...]
+
+
+#: Requests that change users or roles (root only; proposed in partition 0).
+AUTH_ADMIN_TYPES: Final = frozenset(
+    {UserAdd, UserDelete, UserPasswd, UserGrant, UserRevoke, RoleAdd, RoleDelete, RoleGrant,
+     RoleRevoke})
+
+
 # --- peers ---------------------------------------------------------------------------
 
 
@@ -941,6 +1154,22 @@ WireMessage: TypeAlias = (
     | LeaseListOk
     | WatchEvents
     | RaftBatch
+    | Login
+    | Authenticate
+    | AuthOk
+    | UserAdd
+    | UserDelete
+    | UserPasswd
+    | UserGrant
+    | UserRevoke
+    | UserList
+    | UserListOk
+    | RoleAdd
+    | RoleDelete
+    | RoleGrant
+    | RoleRevoke
+    | RoleList
+    | RoleListOk
 )
 
 # --- the tables ------------------------------------------------------------------------
@@ -1082,6 +1311,12 @@ def _check_watch_events(m: WatchEvents) -> str | None:
             return f"events[{i}].value: a {ev.kind.name} event needs {need}"
     if last > m.progress:
         return f"progress: {m.progress} is below the revision of an event ({last})"
+    return None
+
+
+def _check_role_range(m: RoleGrant | RoleRevoke) -> str | None:
+    if m.end is not None and m.end <= m.start:
+        return "end: must be greater than start (or null): the range is empty"
     return None
 
 
@@ -1231,10 +1466,38 @@ _EVENT = Record(
     ),
 )
 
+_NAME = Text(max_len=128)
+_PASSWORD = Text(max_len=1024)
+_TOKEN = Text(max_len=4096)
+_USER_INFO = Record(
+    UserInfo,
+    (
+        Field("name", _NAME, "the user"),
+        Field("roles", ListOf(_NAME), "its roles, sorted"),
+        Field("has_password", Bool(), "false: logs in with a client certificate only"),
+    ),
+)
+_PERM_INFO = Record(
+    PermInfo,
+    (
+        Field("start", _BYTES, "first key of the range (inclusive)"),
+        Field("end", Optional(_BYTES), "end of the range (exclusive); null = no end"),
+        Field("perm", Enum(Perm), "READ (1) or READWRITE (2)"),
+    ),
+)
+_ROLE_INFO = Record(
+    RoleInfo,
+    (
+        Field("name", _NAME, "the role"),
+        Field("perms", ListOf(_PERM_INFO), "its permissions, by range"),
+    ),
+)
+
 #: Nested records, for docs/protocol.md.
 RECORDS: Final = (
     _BATCH_OP, _OP_RESULT, _NODE_INFO, _PARTITION_STATUS, _REPLICA_PROGRESS,
     _KEY_VALUE, _COMPARE, _TXN_OP, _TXN_OP_RESULT, _LEASE_INFO, _EVENT,
+    _USER_INFO, _PERM_INFO, _ROLE_INFO,
 )
 
 _ALL = (
@@ -1569,6 +1832,79 @@ _ALL = (
         _check_watch_events,
     ),
     Schema(
+        Login,
+        60,
+        (_rid(), Field("user", _NAME, "the user"), Field("password", _PASSWORD, "its password")),
+    ),
+    Schema(Authenticate, 61, (_rid(), Field("token", _TOKEN, "a token from AuthOk"))),
+    Schema(
+        AuthOk,
+        62,
+        (
+            _rid("the Login's or Authenticate's request id"),
+            Field("user", _NAME, "the user now bound to the connection"),
+            Field("token", _TOKEN,
+                  "v1.<payload>.<signature>: present it with Authenticate on other connections "
+                  "(any node of the cluster); \"\" when the server has auth off"),
+            Field("expires_ms", _U64, "when the token expires, Unix time in ms; 0 = auth off"),
+        ),
+    ),
+    Schema(
+        UserAdd,
+        63,
+        (
+            _rid(),
+            Field("name", _NAME, "the new user (1..128 printable characters, no spaces)"),
+            Field("password", Optional(_PASSWORD),
+                  "null: the user logs in with a client certificate (CN = name) only"),
+            Field("roles", ListOf(_NAME), "roles to give it; each must exist (root is built in)"),
+        ),
+    ),
+    Schema(UserDelete, 64, (_rid(), Field("name", _NAME, "the user (not root)"))),
+    Schema(
+        UserPasswd,
+        65,
+        (_rid(), Field("name", _NAME, "the user"), Field("password", _PASSWORD, "the new one")),
+    ),
+    Schema(UserGrant, 66, (_rid(), Field("name", _NAME, "the user"),
+                           Field("role", _NAME, "an existing role, or root"))),
+    Schema(UserRevoke, 67, (_rid(), Field("name", _NAME, "the user"),
+                            Field("role", _NAME, "one of its roles"))),
+    Schema(UserList, 68, (_rid(),)),
+    Schema(RoleAdd, 69, (_rid(), Field("name", _NAME, "the new role (not root)"))),
+    Schema(RoleDelete, 70, (_rid(), Field("name", _NAME, "the role; users lose it"))),
+    Schema(
+        RoleGrant,
+        71,
+        (
+            _rid(),
+            Field("role", _NAME, "the role (not root: it allows everything)"),
+            Field("start", _BYTES, "first key of the range (inclusive)"),
+            Field("end", Optional(_BYTES),
+                  "end of the range (exclusive), > start; null = no end. A prefix p: as for "
+                  "Scan"),
+            Field("perm", Enum(Perm), "READ (1): Get, Scan, Watch, Txn compares and gets; "
+                                      "READWRITE (2): also every write"),
+        ),
+        _check_role_range,
+    ),
+    Schema(
+        RoleRevoke,
+        72,
+        (
+            _rid(),
+            Field("role", _NAME, "the role"),
+            Field("start", _BYTES, "start of a range granted"),
+            Field("end", Optional(_BYTES), "its end, exactly as granted"),
+        ),
+        _check_role_range,
+    ),
+    Schema(RoleList, 73, (_rid(),)),
+    Schema(UserListOk, 74, (_rid("the UserList's request id"),
+                            Field("users", ListOf(_USER_INFO), "every user, by name"))),
+    Schema(RoleListOk, 75, (_rid("the RoleList's request id"),
+                            Field("roles", ListOf(_ROLE_INFO), "every role, by name"))),
+    Schema(
         RaftBatch,
         50,
         (
@@ -1586,7 +1922,9 @@ assert len(SCHEMAS_BY_ID) == len(_ALL), "duplicate type id"
 REQUEST_TYPES: Final = frozenset(
     {Get, Put, Delete, Cas, Batch, Status, RebuildFence, TransferLeader, Snapshot,
      BackupBegin, BackupRead, Scan, Txn, LeaseGrant, LeaseRevoke, LeaseKeepAlive,
-     LeaseTimeToLive, LeaseList, Watch, WatchCancel}
+     LeaseTimeToLive, LeaseList, Watch, WatchCancel, Login, Authenticate, UserAdd, UserDelete,
+     UserPasswd, UserGrant, UserRevoke, UserList, RoleAdd, RoleDelete, RoleGrant, RoleRevoke,
+     RoleList}
 )
 """Messages a client may send after Hello; each gets one response, except the streams
 (`STREAM_REQUEST_TYPES`: many) and `ONE_WAY_REQUEST_TYPES` (none)."""
@@ -1598,7 +1936,7 @@ ONE_WAY_REQUEST_TYPES: Final = frozenset({WatchCancel})
 """Requests answered by nothing. WatchCancel carries the id of the Watch it ends."""
 RESPONSE_TYPES: Final = frozenset(
     {GetOk, WriteOk, StatusOk, AdminOk, BackupBeginOk, BackupChunk, ScanOk, TxnOk, LeaseOk,
-     LeaseKeepAliveOk, LeaseListOk, WatchEvents, Error}
+     LeaseKeepAliveOk, LeaseListOk, WatchEvents, Error, AuthOk, UserListOk, RoleListOk}
 )
 """Messages a server sends to clients after HelloOk."""
 STREAM_RESPONSE_TYPES: Final = frozenset({WatchEvents})

@@ -84,6 +84,10 @@ rid = st.integers(1, U64)
 key = st.binary(min_size=1, max_size=20)
 session = {"client_id": st.integers(1, U64), "seq": st.integers(1, U64)}
 text = st.text(max_size=20)
+name = st.text(max_size=20)  # user and role names: any text the wire takes (the server checks more)
+# [start, end) with end null or > start (RoleGrant, RoleRevoke).
+key_range = st.tuples(small_bytes, st.none() | small_bytes).map(
+    lambda r: r if r[1] is None or r[1] > r[0] else (r[0], None))
 plain = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**64), U64) | text | small_bytes,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
@@ -300,6 +304,30 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         st.lists(st.builds(m.LeaseInfo, any_lease_id, uint, uint), max_size=3).map(tuple),
     ),
     m.RaftBatch: raft_batches(),
+    m.Login: st.builds(m.Login, rid, name, text),
+    m.Authenticate: st.builds(m.Authenticate, rid, text),
+    m.AuthOk: st.builds(m.AuthOk, rid, name, text, uint),
+    m.UserAdd: st.builds(m.UserAdd, rid, name, st.none() | text,
+                         st.lists(name, max_size=3).map(tuple)),
+    m.UserDelete: st.builds(m.UserDelete, rid, name),
+    m.UserPasswd: st.builds(m.UserPasswd, rid, name, text),
+    m.UserGrant: st.builds(m.UserGrant, rid, name, name),
+    m.UserRevoke: st.builds(m.UserRevoke, rid, name, name),
+    m.UserList: st.builds(m.UserList, rid),
+    m.RoleAdd: st.builds(m.RoleAdd, rid, name),
+    m.RoleDelete: st.builds(m.RoleDelete, rid, name),
+    m.RoleGrant: key_range.flatmap(lambda r: st.builds(
+        m.RoleGrant, rid, name, st.just(r[0]), st.just(r[1]), st.sampled_from(m.Perm))),
+    m.RoleRevoke: key_range.flatmap(lambda r: st.builds(
+        m.RoleRevoke, rid, name, st.just(r[0]), st.just(r[1]))),
+    m.RoleList: st.builds(m.RoleList, rid),
+    m.UserListOk: st.builds(m.UserListOk, rid, st.lists(st.builds(
+        m.UserInfo, name, st.lists(name, max_size=2).map(tuple), st.booleans()),
+        max_size=3).map(tuple)),
+    m.RoleListOk: st.builds(m.RoleListOk, rid, st.lists(st.builds(
+        m.RoleInfo, name, st.lists(st.builds(
+            m.PermInfo, small_bytes, st.none() | small_bytes, st.sampled_from(m.Perm)),
+            max_size=2).map(tuple)), max_size=3).map(tuple)),
 }
 
 any_message = st.one_of(*STRATEGIES.values())

@@ -305,6 +305,8 @@ def odd_values(wtype: WireType) -> st.SearchStrategy[Any]:
         return empty | st.lists(odd_values(wtype.inner), max_size=2).map(tuple)
     if isinstance(wtype, Record):
         return st.builds(wtype.cls, *(odd_values(f.type) for f in wtype.fields))
+    if isinstance(wtype, Text):  # names inside records (UserInfo)
+        return st.text(max_size=10) | st.just("x" * (wtype.max_len + 1))
     raise AssertionError(f"no odd values for {type(wtype).__name__}")
 
 

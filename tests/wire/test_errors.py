@@ -27,6 +27,9 @@ def test_codes_are_stable() -> None:
         "TOO_MANY_LEASES": 11,
         "COMPACTED": 12,
         "WATCH_OVERFLOW": 13,
+        "UNAUTHENTICATED": 14,
+        "PERMISSION_DENIED": 15,
+        "AUTH_FAILED": 16,
     }
     assert set(e.ERROR_DESCRIPTIONS) == set(ErrorCode)
 
@@ -47,6 +50,9 @@ def test_codes_are_stable() -> None:
         (ErrorCode.TOO_MANY_LEASES, e.TooManyLeases),
         (ErrorCode.COMPACTED, e.Compacted),
         (ErrorCode.WATCH_OVERFLOW, e.WatchOverflow),
+        (ErrorCode.UNAUTHENTICATED, e.Unauthenticated),
+        (ErrorCode.PERMISSION_DENIED, e.PermissionDenied),
+        (ErrorCode.AUTH_FAILED, e.AuthFailed),
     ],
 )
 def test_error_from_code_maps_every_code(code: ErrorCode, cls: type) -> None:

@@ -86,6 +86,23 @@ SAMPLES: dict[type, Any] = {
         ),
         45,
     ),
+    m.Login: m.Login(1, "alice", "pw"),
+    m.Authenticate: m.Authenticate(1, "v1.abc.def"),
+    m.AuthOk: m.AuthOk(1, "alice", "v1.abc.def", 1_700_000_000_000),
+    m.UserAdd: m.UserAdd(1, "alice", "pw", ("app",)),
+    m.UserDelete: m.UserDelete(1, "alice"),
+    m.UserPasswd: m.UserPasswd(1, "alice", "pw2"),
+    m.UserGrant: m.UserGrant(1, "alice", "app"),
+    m.UserRevoke: m.UserRevoke(1, "alice", "app"),
+    m.UserList: m.UserList(1),
+    m.RoleAdd: m.RoleAdd(1, "app"),
+    m.RoleDelete: m.RoleDelete(1, "app"),
+    m.RoleGrant: m.RoleGrant(1, "app", b"app/", b"app0", m.Perm.READWRITE),
+    m.RoleRevoke: m.RoleRevoke(1, "app", b"app/", b"app0"),
+    m.RoleList: m.RoleList(1),
+    m.UserListOk: m.UserListOk(1, (m.UserInfo("alice", ("app",), True),)),
+    m.RoleListOk: m.RoleListOk(
+        1, (m.RoleInfo("app", (m.PermInfo(b"app/", None, m.Perm.READ),)),)),
 }
 
 
@@ -219,6 +236,9 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.TxnOpResult: lambda: m.to_wire(SAMPLES[m.TxnOk]),
         m.LeaseInfo: lambda: m.to_wire(SAMPLES[m.LeaseListOk]),
         m.Event: lambda: m.to_wire(SAMPLES[m.WatchEvents]),
+        m.UserInfo: lambda: m.to_wire(SAMPLES[m.UserListOk]),
+        m.RoleInfo: lambda: m.to_wire(SAMPLES[m.RoleListOk]),
+        m.PermInfo: lambda: m.to_wire(SAMPLES[m.RoleListOk]),
     }[cls]()
     locate = {
         m.BatchOp: lambda w: w[3][0],
@@ -231,6 +251,9 @@ def test_nested_records_reject_wrong_types(cls: type, fld: Any) -> None:
         m.TxnOp: lambda w: w[4][0],
         m.TxnOpResult: lambda w: w[4][0],
         m.LeaseInfo: lambda w: w[2][0],
+        m.UserInfo: lambda w: w[2][0],
+        m.RoleInfo: lambda w: w[2][0],
+        m.PermInfo: lambda w: w[2][0][1][0],
         m.Event: lambda w: w[3][0],
     }[cls]
     idx = [f.name for f in record.fields].index(fld.name)
@@ -506,6 +529,22 @@ def test_type_ids_are_stable() -> None:
         "LeaseListOk": 40,
         "WatchEvents": 41,
         "RaftBatch": 50,
+        "Login": 60,
+        "Authenticate": 61,
+        "AuthOk": 62,
+        "UserAdd": 63,
+        "UserDelete": 64,
+        "UserPasswd": 65,
+        "UserGrant": 66,
+        "UserRevoke": 67,
+        "UserList": 68,
+        "RoleAdd": 69,
+        "RoleDelete": 70,
+        "RoleGrant": 71,
+        "RoleRevoke": 72,
+        "RoleList": 73,
+        "UserListOk": 74,
+        "RoleListOk": 75,
     }
 
 
