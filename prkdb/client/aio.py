@@ -59,7 +59,7 @@ from prkdb.client.routing import split_address
 from prkdb.client.security import TlsOptions
 from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
-from prkdb.security.tls import HANDSHAKE_TIMEOUT, ClientTls, tls_failure
+from prkdb.security.client_tls import HANDSHAKE_TIMEOUT, ClientTls, tls_failure
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -247,6 +247,7 @@ class AioConnection(asyncio.Protocol):
         lost = ConnectionLost(self.address, cause)
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(lost)
+            self._hello.exception()  # retrieved: `open` may be gone (a failed TLS dial)
         waiters, self._waiters = self._waiters, {}
         for state in waiters.values():
             if not state.task.done():

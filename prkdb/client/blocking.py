@@ -44,7 +44,7 @@ from prkdb.client.attempt import (
     request_frame,
 )
 from prkdb.client.routing import split_address
-from prkdb.security.tls import ClientTls, tls_failure
+from prkdb.security.client_tls import ClientTls, tls_failure
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,

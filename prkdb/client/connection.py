@@ -68,7 +68,8 @@ from prkdb.client.attempt import (
 from prkdb.client.security import TlsOptions
 from prkdb.errors import PrkdbError, ProtocolError
 from prkdb.netio import SocketReader
-from prkdb.security.tls import ClientTls, tls_failure
+from prkdb.security.client_tls import ClientTls, tls_failure
+from prkdb.security.tls import send_alert
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -88,6 +89,7 @@ __all__ = [
     "ConnectionLost",
     "StreamFactory",
     "error_from_frame",
+    "tls_handshake",
     "tls_stream_factory",
 ]
 
@@ -107,9 +109,33 @@ def tls_stream_factory(factory: StreamFactory, options: TlsOptions) -> StreamFac
     async def open_tls(host: str, port: int) -> trio.abc.Stream:
         raw = await factory(host, port)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return await tls.wrap_trio(raw, address, host)
+        return await tls_handshake(raw, tls, address, host)
 
     return open_tls
+
+
+async def tls_handshake(stream: trio.abc.Stream, tls: ClientTls, address: str,
+                        host: str) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS on a dialed stream to `address` (`host` as dialed, for the name check).
+
+    Raises:
+        TlsError: refused for good (see `tls_failure`).
+        trio.BrokenResourceError / OSError: a network failure (retry).
+    """
+    ssl_stream = trio.SSLStream(stream, tls.context, server_hostname=tls.server_name(host))
+    try:
+        await ssl_stream.do_handshake()
+    except Exception as exc:
+        await send_alert(ssl_stream)  # the node can log why (unknown ca, ...)
+        await trio.aclose_forcefully(ssl_stream)
+        failure = tls_failure(address, exc)
+        if failure is not None:
+            raise failure from None
+        raise
+    except BaseException:
+        await trio.aclose_forcefully(ssl_stream)
+        raise
+    return ssl_stream
 
 # The protocol's response types (the hot two first: isinstance tries them in order).
 _RESPONSES = (GetOk, WriteOk, *sorted(RESPONSE_TYPES - {GetOk, WriteOk}, key=lambda c: c.__name__))

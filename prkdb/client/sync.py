@@ -65,7 +65,7 @@ from prkdb.client.watch import (
     watch_start,
 )
 from prkdb.errors import InvalidRequest, LeaseNotFound, PrkdbError, TooLarge
-from prkdb.security.tls import ClientTls
+from prkdb.security.client_tls import ClientTls
 from prkdb.wire import DEFAULT_MAX_FRAME
 from prkdb.wire.messages import (
     AdminOk,

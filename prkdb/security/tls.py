@@ -34,12 +34,8 @@ The raw-socket fast paths (FramedStream's and the peer link's ``os.write``,
 `trio.SocketStream` (`prkdb.netio.raw_fd`): on a TLS stream they step aside
 and everything goes through trio's `SSLStream`, never plaintext to the fd.
 
-Client. `ClientTls` holds the context made from the SDK's `TlsOptions`
-(trust ``ca_file``, present ``cert_file`` if given, check the server's name:
-``server_name`` or the host dialed). `tls_failure` turns what a failed
-handshake raised into a `TlsError` that says whose certificate was refused
-and why, or that one side does not speak TLS; None means a plain network
-failure (the caller retries as for any connect failure).
+The SDKs' side is prkdb/security/client_tls.py (no trio: the asyncio and
+blocking clients use it too).
 """
 
 from __future__ import annotations
@@ -51,7 +47,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -59,12 +55,8 @@ from prkdb.errors import ErrorCode, TlsError
 from prkdb.wire import encode_message
 from prkdb.wire.messages import Error
 
-if TYPE_CHECKING:  # the SDK imports this module: no import of prkdb.client at run time
-    from prkdb.client.security import TlsOptions
-
 __all__ = [
     "HANDSHAKE_TIMEOUT",
-    "ClientTls",
     "LogLimiter",
     "NodeContexts",
     "NodeTls",
@@ -73,21 +65,15 @@ __all__ = [
     "member_mismatch",
     "node_contexts",
     "peer_common_name",
-    "tls_failure",
+    "send_alert",
     "watch_reload_signal",
 ]
 
-HANDSHAKE_TIMEOUT = 5.0  # seconds from accept (or dial) to a finished handshake
+HANDSHAKE_TIMEOUT = 5.0  # seconds from accept (or dial) to a finished handshake (both sides)
 LOG_EVERY_S = 60.0  # one log line per (event, remote host) per this many seconds
 _TLS_HANDSHAKE = 0x16  # the content type of the first TLS record (a ClientHello)
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _NODE_NAME = re.compile(r"node-(\d+)\Z")
-# OpenSSL reasons meaning "what came back is not TLS" (the other end speaks plaintext).
-_NOT_TLS_REASONS = frozenset({
-    "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE",
-    "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNEXPECTED_RECORD",
-    "RECORD_TOO_LARGE", "UNEXPECTED_MESSAGE",
-})
 TLS_REQUIRED_MESSAGE = ("the server expects TLS on this {port} port: connect with TLS "
                         "(prkctl --cacert FILE; tls=TlsOptions(...) in the SDKs)")
 
@@ -232,7 +218,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _send_alert(tls: trio.SSLStream[Any]) -> None:
+async def send_alert(tls: trio.SSLStream[Any]) -> None:
     """Send the alert OpenSSL wrote when the handshake failed (best effort, at most 1 s).
 
     trio raises as soon as the handshake fails and leaves the alert (the
@@ -366,7 +352,7 @@ class NodeTls:
                 OSError) as e:
             self.warn("tls_handshake_failed", host, port=port, remote=remote,
                       reason=_reason(e))
-            await _send_alert(tls)
+            await send_alert(tls)
             await trio.aclose_forcefully(tls)
             return None
         return tls
@@ -397,7 +383,7 @@ class NodeTls:
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError, trio.ClosedResourceError,
                 OSError) as e:
-            await _send_alert(tls)
+            await send_alert(tls)
             await trio.aclose_forcefully(tls)
             failed = _reason(e)
             self.warn("peer_tls_failed", addr, peer=peer_id, addr=addr, reason=failed)
@@ -420,81 +406,3 @@ async def watch_reload_signal(tls: NodeTls | None, log: Logger) -> None:
                 log.info("tls_reload_skipped", reason="no [tls] in the configuration")
             else:
                 tls.reload()
-
-
-# -- client side ------------------------------------------------------------------------
-
-class ClientTls:
-    """An SDK's TLS: the context made from `TlsOptions` and the name to check."""
-
-    __slots__ = ("context", "options")
-
-    def __init__(self, options: TlsOptions) -> None:
-        """Raises `TlsError` if a file cannot be used (naming it)."""
-        self.options = options
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_verify_locations(cafile=options.ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise TlsError(f"cannot use the CA file {options.ca_file!r}: "
-                           f"{getattr(e, 'strerror', None) or e}") from None
-        if options.cert_file or options.key_file:
-            if not (options.cert_file and options.key_file):
-                raise TlsError("a client certificate needs both cert_file and key_file")
-            try:
-                ctx.load_cert_chain(options.cert_file, options.key_file)
-            except (OSError, ssl.SSLError) as e:
-                raise TlsError(f"cannot use the client certificate {options.cert_file!r} / "
-                               f"key {options.key_file!r}: "
-                               f"{getattr(e, 'strerror', None) or e}") from None
-        self.context = ctx
-
-    def server_name(self, host: str) -> str:
-        """The name the server's certificate must carry when dialed at `host`."""
-        return self.options.server_name or host
-
-    async def wrap_trio(self, stream: trio.abc.Stream, address: str,
-                        host: str) -> trio.SSLStream[Any]:
-        """Handshake on a dialed trio stream.
-
-        Raises:
-            TlsError: refused for good (see `tls_failure`).
-            trio.BrokenResourceError / OSError: a network failure (retry).
-        """
-        tls = trio.SSLStream(stream, self.context, server_hostname=self.server_name(host))
-        try:
-            await tls.do_handshake()
-        except BaseException as e:
-            if isinstance(e, Exception):
-                await _send_alert(tls)  # the node can log why (unknown ca, ...)
-            await trio.aclose_forcefully(tls)
-            failure = tls_failure(address, e) if isinstance(e, Exception) else None
-            if failure is not None:
-                raise failure from None
-            raise
-        return tls
-
-
-def tls_failure(address: str, exc: BaseException) -> TlsError | None:
-    """A `TlsError` for a handshake (or first read) that failed for good, else None (retry)."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, ssl.SSLError):
-        cause = cause.__cause__ or cause.__context__
-    if not isinstance(cause, ssl.SSLError) or isinstance(
-            cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return None  # closed mid-handshake: a network failure, not a refusal
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return TlsError(f"{address}: the server's certificate was refused: "
-                        f"{cause.verify_message} (check the CA file and the server's "
-                        "name and dates)")
-    reason = cause.reason or ""
-    if reason in _NOT_TLS_REASONS:
-        return TlsError(f"{address}: the server does not speak TLS (its answer is not TLS: "
-                        f"{reason.lower().replace('_', ' ')}); is [tls] set on the node, "
-                        "or is this the right port?")
-    if "ALERT" in reason or "CERTIFICATE" in reason:
-        return TlsError(f"{address}: the server refused the TLS handshake: "
-                        f"{reason.lower().replace('_', ' ')} (does it want a client "
-                        "certificate signed by its CA, valid today?)")
-    return TlsError(f"{address}: TLS failed: {reason.lower().replace('_', ' ') or cause}")

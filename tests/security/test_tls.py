@@ -20,18 +20,18 @@ import trio
 import trio.testing
 
 from prkdb.client.attempt import hello_node_id
+from prkdb.client.connection import tls_handshake
 from prkdb.client.security import TlsOptions
 from prkdb.config import NodeConfig
 from prkdb.errors import TlsError
 from prkdb.netio import raw_fd
 from prkdb.security.certs import CertAuthority, CertFiles
+from prkdb.security.client_tls import ClientTls, tls_failure
 from prkdb.security.tls import (
-    ClientTls,
     LogLimiter,
     NodeTls,
     TlsSetupError,
     member_mismatch,
-    tls_failure,
 )
 from prkdb.server.framed import FramedStream, ReplyOutbox
 from prkdb.wire import NEED_DATA, FrameDecoder, RemoteProtocolError, encode_message, from_wire
@@ -197,7 +197,7 @@ async def test_framed_stream_over_tls_never_writes_around_it(pki: Pki) -> None:
                                      str(pki.alice.key_file)), "alice"),
                          (TlsOptions(str(pki.ca_file)), None)):
             raw = await trio.open_tcp_stream("127.0.0.1", port)
-            client = await ClientTls(opts).wrap_trio(raw, "node1", "127.0.0.1")
+            client = await tls_handshake(raw, ClientTls(opts), "node1", "127.0.0.1")
             await client.send_all(encode_message(Status(1)))
             decoder, got = FrameDecoder(), 0
             while got < 200:
@@ -282,7 +282,7 @@ async def test_tls_to_a_plaintext_port_is_named_on_both_sides(pki: Pki) -> None:
         port = await _serve(nursery, plaintext_server)
         raw = await trio.open_tcp_stream("127.0.0.1", port)
         with pytest.raises(TlsError, match="the server does not speak TLS"):
-            await ClientTls(TlsOptions(str(pki.ca_file))).wrap_trio(raw, "n", "127.0.0.1")
+            await tls_handshake(raw, ClientTls(TlsOptions(str(pki.ca_file))), "n", "127.0.0.1")
         nursery.cancel_scope.cancel()
 
 
@@ -303,11 +303,11 @@ async def test_a_wrong_ca_and_an_expired_certificate_are_told_apart(pki: Pki,
         port = await _serve(nursery, tls.wrap(handler, "client"))
         raw = await trio.open_tcp_stream("127.0.0.1", port)
         with pytest.raises(TlsError, match=r"the server's certificate was refused: self-signed"):
-            await ClientTls(TlsOptions(str(other_ca))).wrap_trio(raw, "n", "127.0.0.1")
+            await tls_handshake(raw, ClientTls(TlsOptions(str(other_ca))), "n", "127.0.0.1")
         raw = await trio.open_tcp_stream("127.0.0.1", port)
-        client = await ClientTls(TlsOptions(str(pki.ca_file), str(expired.cert_file),
-                                            str(expired.key_file))).wrap_trio(raw, "n",
-                                                                              "127.0.0.1")
+        bob = ClientTls(TlsOptions(str(pki.ca_file), str(expired.cert_file),
+                                   str(expired.key_file)))
+        client = await tls_handshake(raw, bob, "n", "127.0.0.1")
         with pytest.raises(trio.BrokenResourceError) as info:  # TLS 1.3: the alert comes now
             await client.send_all(b"\0\0\0\1\0")
             await client.receive_some(10)
