@@ -12,11 +12,19 @@ the old process's TIME_WAIT connections) Linux lets two sockets bind one
 address while neither listens, so two nodes started at the same instant
 can both get past the bind; the second then fails at `listen()` with the
 same message.
+
+Safe defaults (issue 18): `exposure` names the listen addresses that are not
+loopback. `prkdb serve` refuses to listen there unless ``[tls]`` and
+``[auth] enabled`` are both set (anyone who reaches the port could
+otherwise read and write every key and send admin requests), or the
+config says ``[node] insecure = true`` in so many words (then it logs
+``insecure_listeners`` at start).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -24,7 +32,8 @@ import trio
 
 from prkdb.config import NodeConfig, parse_addr
 
-__all__ = ["BoundAddresses", "ListenError", "bind_addresses", "open_listeners"]
+__all__ = ["BoundAddresses", "ListenError", "bind_addresses", "exposure", "exposure_refusal",
+           "open_listeners"]
 
 _BACKLOG = 0xFFFF  # as trio.open_tcp_listeners; the kernel caps it at somaxconn
 
@@ -93,6 +102,42 @@ def _bind(addr: str, what: str) -> list[socket.socket]:
             s.close()
         raise _fail(addr, what, e) from None
     return socks
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) means this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # unresolvable: the bind says so
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def exposure(cfg: NodeConfig) -> list[str]:
+    """This node's listen addresses reachable from other machines, as "addr (setting)"."""
+    me = cfg.me
+    return [f"{addr} ({_setting(cfg, kind)})"
+            for kind, addr in (("client", me.client_addr), ("peer", me.peer_addr))
+            if not _is_loopback(parse_addr(addr)[0])]
+
+
+def exposure_refusal(cfg: NodeConfig) -> str | None:
+    """Why `prkdb serve` must not start with `cfg` (module doc), or None."""
+    if cfg.insecure or (cfg.tls.enabled and cfg.auth.enabled):
+        return None
+    exposed = exposure(cfg)
+    if not exposed:
+        return None
+    missing = " and ".join(what for what, on in (("TLS ([tls])", cfg.tls.enabled),
+                                                 ("auth ([auth] enabled)", cfg.auth.enabled))
+                           if not on)
+    return (f"it would listen on {', '.join(exposed)} without {missing}: anyone who reaches "
+            "it could read and write every key. Set [tls] and [auth] enabled = true, or "
+            "[node] insecure = true to accept that (a trusted network only)")
 
 
 def bind_addresses(cfg: NodeConfig) -> BoundAddresses:

@@ -102,15 +102,19 @@ def apply_overrides(cfg: NodeConfig, node_id: int | None, data_dir: Path | None,
 def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None) -> None:
     import trio
 
-    from prkdb.logging import configure_logging
+    from prkdb.logging import configure_logging, get_logger
     from prkdb.security.tls import TlsSetupError
-    from prkdb.server.listen import ListenError, bind_addresses
+    from prkdb.server.listen import ListenError, bind_addresses, exposure, exposure_refusal
     from prkdb.server.node import FatalStorageError, Node
     from prkdb.server.rebuild import RebuildError
     from prkdb.server.recovery import RecoveryError
     from prkdb.storage import StorageError
     from prkdb.storage.identity import IdentityMismatch
 
+    exposed_why = exposure_refusal(cfg)  # safe defaults (listen.py)
+    if exposed_why is not None:
+        click.echo(f"prkdb: node {cfg.node_id} refused to start: {exposed_why}", err=True)
+        sys.exit(2)
     try:
         # First of all: a taken port is one line, before any log line, data dir or WAL.
         bound = bind_addresses(cfg)
@@ -118,6 +122,13 @@ def run_node(cfg: NodeConfig, *, rebuild: bool = False, seed: int | None = None)
         click.echo(f"prkdb: node {cfg.node_id} refused to start: {e}", err=True)
         sys.exit(2)
     configure_logging(cfg.log_format, cfg.log_level)
+    exposed = exposure(cfg) if cfg.insecure and not (cfg.tls.enabled and cfg.auth.enabled) \
+        else []
+    if exposed:
+        get_logger(node=cfg.node_id).warning(
+            "insecure_listeners", addresses=exposed, tls=cfg.tls.enabled, auth=cfg.auth.enabled,
+            detail="[node] insecure = true: anyone who reaches these addresses can read and "
+                   "write every key")
     # The server allocates many short-lived objects per request and few
     # cycles: collecting the youngest generation every 700 allocations costs
     # more than it frees. Collect less often (memory stays bounded: the
