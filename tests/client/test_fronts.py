@@ -241,8 +241,16 @@ def test_give_up_messages_name_the_call(front: Front, tcp_fake: TcpFake) -> None
         (lambda: db.batch([("put", key, b"v"), ("delete", key)], timeout=0.2),
          f"batch of 2 ops (partition 2, client {client} seq 4): partition 2"),
     ]
-    for call, text in calls:
-        with pytest.raises(Timeout) as info:
+    for k, (call, text) in enumerate(calls):
+        with pytest.raises((Timeout, OutcomeUnknown)) as info:
             call()
-        assert info.value.message.startswith(text), info.value.message
-        assert "no quorum" in info.value.message
+        message = info.value.message
+        if isinstance(info.value, OutcomeUnknown):
+            # A loaded machine: a write's last attempt was still in flight at
+            # the deadline. The message names the call all the same.
+            assert k >= 2, message  # never for a read
+            what = text.split(": partition 2")[0]
+            assert message.startswith(f"{what}: deadline of 0.2s passed"), message
+        else:
+            assert message.startswith(text), message
+        assert "no quorum" in message
