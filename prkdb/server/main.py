@@ -225,7 +225,11 @@ def dev_configs(nodes: int, port: int, data_dir: Path, partitions: int) -> list[
               metavar="SECONDS",
               help="Start a node that died again after this long (doubled while it keeps "
                    "failing at start; left down after 3 such failures). 0: never restart.")
-def dev(nodes: str, port: int, data_dir: Path, partitions: int, restart_delay: float) -> None:
+@click.option("--secure", is_flag=True,
+              help="TLS and auth on: a throwaway CA, node certificates and a root password "
+                   "under DATA_DIR/secure; prints a prkctl command line that works.")
+def dev(nodes: str, port: int, data_dir: Path, partitions: int, restart_delay: float,
+        secure: bool) -> None:
     """Run a local cluster as child processes until Ctrl-C, then stop them cleanly.
 
     Node i's PID is in DATA_DIR/node<i>.pid and its output in DATA_DIR/node<i>.log.
@@ -237,20 +241,29 @@ def dev(nodes: str, port: int, data_dir: Path, partitions: int, restart_delay: f
       prkdb dev --nodes 3 --port 8080
       prkctl --seeds 127.0.0.1:8080 put hello world
       kill -9 $(cat prkdb-data/node1.pid); prkctl --seeds 127.0.0.1:8081 status
+      prkdb dev --secure                  # TLS + auth; prints the prkctl flags to use
     """
+    from prkdb.security.devsecure import secure_dev_cluster
     from prkdb.server.devcluster import DevCluster, RestartPolicy
 
     n = int(nodes)
     paths = dev_configs(n, port, data_dir, partitions)
     addrs = [f"127.0.0.1:{port + i}" for i in range(n)]
     seeds = ",".join(addrs)
+    prkctl = f"prkctl --seeds {seeds}"
+    if secure:
+        made = secure_dev_cluster(data_dir, dict(enumerate(paths, start=1)))
+        prkctl = made.prkctl_command(seeds).removesuffix(" status")
 
     def banner() -> None:
         click.echo(f"PrkDB dev cluster: {n} nodes, {partitions} partitions, data in {data_dir}")
         click.echo(f"seeds: {seeds}")
-        click.echo(f"try:   prkctl --seeds {seeds} put hello world")
+        if secure:
+            click.echo(f"TLS and auth on: CA, node certificates and the root password in "
+                       f"{data_dir / 'secure'}")
+        click.echo(f"try:   {prkctl} put hello world")
         click.echo(f"       kill -9 $(cat {data_dir}/node1.pid)   # a failover: see "
-                   f"`prkctl --seeds {seeds} status`")
+                   f"`{prkctl} status`")
         click.echo("Ctrl-C stops the cluster.")
 
     cluster = DevCluster(paths, addrs, data_dir, RestartPolicy(delay=restart_delay))

@@ -44,3 +44,78 @@ def test_serve_refuses_before_touching_anything(tmp_path: Path) -> None:
     assert "refused to start: it would listen on 0.0.0.0:7999" in out.stderr
     assert "[node] insecure = true" in out.stderr
     assert not data.exists()
+
+
+# -- prkdb dev --secure ---------------------------------------------------------------
+
+def test_secure_dev_files_are_made_once_and_configs_validate(tmp_path: Path) -> None:
+    from prkdb.security.devsecure import secure_dev_cluster
+    from prkdb.server.main import dev_configs
+
+    data = tmp_path / "data"
+    paths = dict(enumerate(dev_configs(3, 18400, data, 4), start=1))
+    made = secure_dev_cluster(data, paths)
+    for i, path in paths.items():
+        cfg = NodeConfig.from_toml(path)
+        assert cfg.tls.enabled and cfg.auth.enabled
+        assert Path(cfg.tls.cert_file) == made.node_certs[i].cert_file
+        assert exposure_refusal(cfg) is None
+    assert made.password_file.stat().st_mode & 0o777 == 0o600
+    assert (made.node_certs[1].key_file.stat().st_mode & 0o777) == 0o600
+    password, ca = made.password_file.read_text(), made.ca_file.read_bytes()
+    cmd = made.prkctl_command("127.0.0.1:18400")
+    assert f"--cacert {made.ca_file}" in cmd and "--user root" in cmd
+    assert f"--password-file {made.password_file}" in cmd
+    # A restart keeps them (the printed command stays valid) ...
+    again = secure_dev_cluster(data, dict(enumerate(dev_configs(3, 18400, data, 4), start=1)))
+    assert again.password_file.read_text() == password and again.ca_file.read_bytes() == ca
+    # ... unless one is gone: then the certificates are made anew (the password is kept).
+    made.node_certs[2].key_file.unlink()
+    third = secure_dev_cluster(data, dict(enumerate(dev_configs(3, 18400, data, 4), start=1)))
+    assert third.ca_file.read_bytes() != ca and third.password_file.read_text() == password
+
+
+@pytest.mark.slow
+def test_dev_secure_serves_tls_only(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from prkdb.client import SyncClient
+    from prkdb.client.security import TlsOptions
+    from prkdb.errors import TlsError
+    from tests.integration.cluster import free_ports
+
+    port = free_ports(1)[0]
+    data = tmp_path / "data"
+    out = (tmp_path / "out.txt").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "prkdb", "dev", "--secure", "--nodes", "1",
+                             "--port", str(port), "--data-dir", str(data),
+                             "--restart-delay", "0"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while "try:" not in (tmp_path / "out.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        banner = (tmp_path / "out.txt").read_text()
+        assert f"--cacert {data / 'secure' / 'ca.crt'}" in banner
+        seeds = [f"127.0.0.1:{port}"]
+        tls = TlsOptions(str(data / "secure" / "ca.crt"))
+        while True:  # the node is up once its Status answers over TLS
+            try:
+                with SyncClient(seeds, tls=tls, timeout=2):
+                    break
+            except TlsError:
+                raise
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with pytest.raises(TlsError, match="the server expects TLS"):
+            SyncClient(seeds, timeout=2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        out.close()
