@@ -49,6 +49,7 @@ from prkdb.logging import NodeLogger
 from prkdb.partitioning import KeyRule, partition_for
 from prkdb.raft import RaftStatus
 from prkdb.security.tls import LogLimiter
+from prkdb.server.auth import AuthService, ConnectionAuth
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
@@ -80,8 +81,10 @@ from prkdb.state import Limits as StateLimits
 from prkdb.storage import SnapshotStore
 from prkdb.wire import LocalProtocolError, RemoteProtocolError, from_wire
 from prkdb.wire.messages import (
+    AUTH_ADMIN_TYPES,
     ROLE_CLIENT,
     AdminOk,
+    Authenticate,
     BackupBegin,
     BackupBeginOk,
     BackupChunk,
@@ -104,6 +107,7 @@ from prkdb.wire.messages import (
     LeaseOk,
     LeaseRevoke,
     LeaseTimeToLive,
+    Login,
     NodeInfo,
     OpKind,
     OpResult,
@@ -112,6 +116,7 @@ from prkdb.wire.messages import (
     ReadConsistency,
     RebuildFence,
     ReplicaProgress,
+    RoleList,
     Scan,
     ScanOk,
     Snapshot,
@@ -122,6 +127,7 @@ from prkdb.wire.messages import (
     TxnOk,
     TxnOpKind,
     TxnOpResult,
+    UserList,
     Watch,
     WatchCancel,
     WatchEvents,
@@ -149,6 +155,7 @@ class Partition(Protocol):
     def scan(self, start: bytes, end: bytes | None, limit: int, keys_only: bool
              ) -> list[ScanItem]: ...
     def count(self, start: bytes, end: bytes | None) -> int: ...
+    def lease_keys(self, lease_id: int) -> list[bytes] | None: ...
     def not_leader_error(self) -> NotLeader: ...
     def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None: ...
     def submit_lease_grant(self, data: bytes, deadline: float, callback: Callback) -> None: ...
@@ -275,6 +282,8 @@ class ClientService:
         #: Replies that could not be queued (connection closed or not reading).
         self.dropped_replies = 0
         self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
+        #: Users, tokens and permission checks (prkdb/server/auth.py).
+        self.auth = AuthService(node)
         self._log_limiter = LogLimiter()  # port mix-ups: one line per remote host a minute
 
     def send(self, framed: FramedStream, msg: Any) -> None:
@@ -348,6 +357,9 @@ class ClientService:
         framed.decoder.max_frame = framed.max_frame = self.cfg.limits.max_frame
         self.send(framed, HelloOk(self.cfg.node_id, self.cfg.cluster_id))
         limiter = trio.Semaphore(MAX_IN_FLIGHT)
+        auth = self.auth
+        conn = auth.new_connection(framed.remote_address, framed.peer_common_name)
+        checked = auth.enabled
         while not framed.broken:
             try:
                 obj = await framed.receive()
@@ -363,6 +375,27 @@ class ClientService:
                 if not e.request_id:
                     return
                 continue
+            if checked or type(req) is Authenticate or type(req) is Login:
+                # Auth (prkdb/server/auth.py): who is on the connection, and may they?
+                kind = type(req)
+                if type(req) is Authenticate:
+                    try:  # here, not in a task: requests after it run as its user
+                        self.send(framed, auth.authenticate(conn, req))
+                    except PrkdbError as e:
+                        self.send(framed, error_for(e, req.request_id))
+                    continue
+                if type(req) is Login:
+                    await limiter.acquire()
+                    nursery.start_soon(self._login, framed, conn, req, limiter)
+                    continue
+                if kind is not Status and kind is not WatchCancel:
+                    try:
+                        self._authorize(conn, req)
+                    except PrkdbError as e:
+                        if e.code == ErrorCode.UNAUTHENTICATED:
+                            auth.unauthenticated(conn, e)
+                        self.send(framed, error_for(e, getattr(req, "request_id", 0)))
+                        continue
             if type(req) is Watch or type(req) is WatchCancel:
                 self._watch_request(watches, req)
                 continue
@@ -371,6 +404,58 @@ class ClientService:
                 self._start(framed, req, limiter)
             else:
                 nursery.start_soon(self._run_request, framed, req, limiter)
+
+    def _authorize(self, conn: ConnectionAuth, req: Any) -> None:
+        """Raise UNAUTHENTICATED or PERMISSION_DENIED unless `conn`'s user may send `req`."""
+        auth = self.auth
+        match req:
+            case Get():
+                auth.require_key(conn, req.key, False, "get")
+            case Put() | Delete() | Cas():
+                auth.require_key(conn, req.key, True, type(req).__name__.lower())
+            case Batch():
+                for op in req.ops:
+                    auth.require_key(conn, op.key, True, "batch")
+                auth.check_user(conn)  # (an empty batch)
+            case Scan():
+                auth.require(conn, req.start, req.end, False, "scan")
+            case Watch():
+                auth.require(conn, req.start, req.end, False, "watch")
+            case Txn():
+                for c in req.compares:
+                    auth.require_key(conn, c.key, False, "txn compare")
+                for txn_op in (*req.success, *req.failure):
+                    auth.require_key(conn, txn_op.key, txn_op.kind != TxnOpKind.GET, "txn")
+                auth.check_user(conn)
+            case LeaseRevoke():
+                # Revoking deletes the attached keys: READWRITE on each (as applied here).
+                p = lease_partition(req.lease_id)
+                drivers = self.node.drivers
+                keys = drivers[p].lease_keys(req.lease_id) if p < len(drivers) else None
+                for key in keys or ():
+                    auth.require_key(conn, key, True, "lease revoke (an attached key)")
+                auth.check_user(conn)
+            case LeaseGrant() | LeaseKeepAlive() | LeaseTimeToLive() | LeaseList():
+                auth.check_user(conn)
+            case RebuildFence() if auth.may_fence(conn, req.node_id):
+                pass  # a rebuilding member fencing itself, with its node certificate
+            case _:  # admin requests: the transfer, snapshot, backup, fence, users and roles
+                auth.require_root(conn, type(req).__name__)
+
+    async def _login(self, framed: FramedStream, conn: ConnectionAuth, req: Login,
+                     limiter: trio.Semaphore) -> None:
+        try:
+            resp: Any = await self.auth.login(conn, req)
+        except PrkdbError as e:
+            resp = error_for(e, req.request_id)
+        except Exception as e:
+            self.log.exception("request_failed", request="Login", error=repr(e))
+            resp = error_for(InternalError(f"internal error: {type(e).__name__}"),
+                             req.request_id)
+        finally:
+            limiter.release()
+        self.send(framed, resp)
+        framed.flush()
 
     def _watch_request(self, watches: WatchConnection, req: Watch | WatchCancel) -> None:
         """Open or cancel a watch of this connection (no task: module doc)."""
@@ -488,6 +573,10 @@ class ClientService:
                 return await self._backup_begin(req)
             case BackupRead():
                 return await self._backup_read(req)
+            case UserList() | RoleList():
+                return await self.auth.admin(req)
+            case _ if type(req) in AUTH_ADMIN_TYPES:
+                return await self.auth.admin(req)
             case _:
                 raise InvalidRequest(f"{type(req).__name__} is not a client request")
 

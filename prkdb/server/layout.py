@@ -25,16 +25,19 @@ from typing import Protocol
 import trio
 
 from prkdb.config import NodeConfig, parse_addr
-from prkdb.errors import ErrorCode, PrkdbError, ProtocolError
+from prkdb.errors import ErrorCode, PrkdbError, ProtocolError, error_from_code
 from prkdb.logging import NodeLogger
 from prkdb.security.tls import NodeTls
+from prkdb.server.auth import root_password
 from prkdb.server.framed import FramedStream, StreamClosed
+from prkdb.state.auth import ROOT
 from prkdb.wire import PROTOCOL_VERSION, from_wire
 from prkdb.wire.messages import (
     ROLE_CLIENT,
     Error,
     Hello,
     HelloOk,
+    Login,
     RebuildFence,
     Status,
     StatusOk,
@@ -91,8 +94,21 @@ async def fetch_status(cfg: NodeConfig, peer_id: int, *, fence: bool = False,
             raise ProtocolError(f"node {peer_id} speaks another protocol: {reply.message}")
         if not isinstance(reply, HelloOk):
             raise _Refused(f"node {peer_id} refused our hello: {reply!r:.200}")
+        if fence and cfg.auth.enabled:
+            # RebuildFence is an admin request: log in as root first (auth.py:
+            # may_fence), and go on whatever the answer (it names the problem).
+            password = root_password(cfg)
+            if password is not None:
+                await framed.send_now(Login(2, ROOT, password))
+                await framed.receive()
         await framed.send_now(RebuildFence(1, cfg.node_id) if fence else Status(1))
         status = from_wire(await framed.receive())
+        if isinstance(status, Error) and status.code in (ErrorCode.UNAUTHENTICATED,
+                                                         ErrorCode.PERMISSION_DENIED):
+            # Not a layout mismatch: the peer refuses us (an unreachable one, to the caller).
+            raise error_from_code(status.code, f"node {peer_id} refused RebuildFence: "
+                                  f"{status.message} (give this node the cluster's root "
+                                  "password file, or a node certificate)")
         if not isinstance(status, StatusOk):
             raise _Refused(f"node {peer_id} answered Status with {status!r:.200}")
         return status

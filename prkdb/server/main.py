@@ -270,6 +270,35 @@ def dev(nodes: str, port: int, data_dir: Path, partitions: int, restart_delay: f
     sys.exit(cluster.run(banner))
 
 
+@cli.group()
+def auth() -> None:
+    """Authentication: the root user's password file."""
+
+
+@auth.command("init")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The node's TOML config.")
+def auth_init(config_path: Path) -> None:
+    """Write a random root password to [auth] root_password_file (mode 0600), if absent.
+
+    The first node to lead partition 0 with [auth] enabled creates the user
+    root with it. An existing file is kept as it is.
+    """
+    from prkdb.errors import InvalidRequest
+    from prkdb.server.auth import init_root_password
+
+    try:
+        path, written = init_root_password(NodeConfig.from_toml(config_path))
+    except (ConfigError, InvalidRequest) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write the root password file: {e}") from None
+    if written:
+        click.echo(f"wrote a random root password to {path}")
+    else:
+        click.echo(f"{path} exists already: kept (the root password is its first line)")
+
+
 def main() -> None:
     cli(prog_name="prkdb")
 

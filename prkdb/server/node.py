@@ -158,6 +158,7 @@ class Node:
                 nursery.start_soon(watch_reload_signal, self.tls, self.log)
                 nursery.start_soon(check_peer_layouts, cfg, self.transport, self.log, self.tls)
                 nursery.start_soon(self._sync_marks)
+                nursery.start_soon(self.service.auth.run)  # root user at first start
                 interval = systemd.watchdog_interval()
                 if interval:
                     nursery.start_soon(self._watchdog, interval)

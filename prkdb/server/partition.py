@@ -93,6 +93,7 @@ from prkdb.state import (
     ScanItem,
     encode_command,
 )
+from prkdb.state.auth import AuthStore
 from prkdb.storage import SnapshotStore, WriteAheadLog
 
 Ts = TypeVarTuple("Ts")
@@ -250,6 +251,15 @@ class PartitionDriver:
     def status(self) -> RaftStatus:
         """The Raft state of this replica (term, commit, each follower's progress if leading)."""
         return self.raw.status()
+
+    def auth_store(self) -> AuthStore:
+        """The users and roles this machine applied (partition 0's are the cluster's)."""
+        return self.sm.auth
+
+    def lease_keys(self, lease_id: int) -> list[bytes] | None:
+        """The keys attached to a lease in the applied state (None: no such lease here)."""
+        lease = self.sm.lease(lease_id)
+        return None if lease is None else lease[1]
 
     def has_ready(self) -> bool:
         """Whether the core has anything to persist, send or apply (no side effects)."""

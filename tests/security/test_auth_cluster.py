@@ -1,0 +1,385 @@
+"""Authentication and authorization with real `prkdb` processes (issue 18).
+
+One 3-node cluster with ``[auth] enabled`` for the module (the root user is
+created at first start from the password file), spoken to with a raw wire
+client (tests/integration/cluster.py) so every refusal is seen as the
+server sends it; a second one-node cluster (another cluster id) issues a
+token the first must refuse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prkdb.errors import ErrorCode
+from prkdb.partitioning import partition_for
+from prkdb.state.kv import prefix_end
+from prkdb.wire import PROTOCOL_VERSION, FrameDecoder
+from prkdb.wire.messages import (
+    AdminOk,
+    Authenticate,
+    AuthOk,
+    Error,
+    Get,
+    GetOk,
+    Hello,
+    Login,
+    Perm,
+    Put,
+    ReadConsistency,
+    RebuildFence,
+    RoleAdd,
+    RoleGrant,
+    RoleList,
+    RoleListOk,
+    RoleRevoke,
+    Scan,
+    ScanOk,
+    Snapshot,
+    Status,
+    StatusOk,
+    TransferLeader,
+    Txn,
+    TxnOk,
+    TxnOp,
+    TxnOpKind,
+    UserAdd,
+    UserDelete,
+    UserGrant,
+    UserList,
+    UserListOk,
+    UserPasswd,
+    Watch,
+    WatchCancel,
+    WatchEvents,
+    WriteOk,
+)
+from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
+
+pytestmark = pytest.mark.slow
+
+ROOT_PW = "root-pw-for-tests"
+PARTITIONS = 4
+_ids = itertools.count(1)
+_seq = itertools.count(1)
+
+
+def auth_section(password_file: Path, per_minute: int = 3) -> str:
+    return (f'\n[auth]\nenabled = true\nroot_password_file = "{password_file}"\n'
+            f"token_ttl_s = 600\nfailed_logins_per_minute = {per_minute}\n")
+
+
+def _start(root: Path, nodes: int, cluster_id: str = CLUSTER_ID) -> LocalCluster:
+    pw = root / "root.pw"
+    pw.write_text(ROOT_PW + "\nignored second line\n")
+    c = LocalCluster(root, nodes, partitions=PARTITIONS, extra=auth_section(pw))
+    if cluster_id != CLUSTER_ID:
+        for i in c.ids:
+            conf = root / f"node{i}.toml"
+            conf.write_text(conf.read_text().replace(f'"{CLUSTER_ID}"', f'"{cluster_id}"'))
+    c.start_all()
+    return c
+
+
+class Conn(WireConn):
+    """A raw connection with request ids; `login` binds a user to it."""
+
+    def __init__(self, port: int, cluster_id: str = CLUSTER_ID, source: str = "") -> None:
+        if not source:
+            super().__init__(port, cluster_id=cluster_id)
+            return
+        # From another loopback address (Linux routes all of 127/8 to lo): the
+        # login rate limit counts per source address.
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5.0,
+                                             source_address=(source, 0))
+        self.decoder = FrameDecoder()
+        self.hello = self.call(Hello(PROTOCOL_VERSION, cluster_id, "client", 0))
+
+    def ask(self, build: Any) -> Any:
+        rid = next(_ids)
+        reply = self.call(build(rid))
+        assert getattr(reply, "request_id", rid) == rid, reply
+        return reply
+
+    def login(self, user: str, password: str) -> Any:
+        return self.ask(lambda rid: Login(rid, user, password))
+
+    def put(self, key: bytes, value: bytes = b"v") -> Any:
+        return self.ask(lambda rid: Put(rid, key, value, 77, next(_seq)))
+
+    def get(self, key: bytes) -> Any:
+        p = partition_for(key, PARTITIONS, "hashtag")
+        return self.ask(lambda rid: Get(rid, key, ReadConsistency.FOLLOWER, p))
+
+    def scan(self, partition: int, start: bytes, end: bytes | None) -> Any:
+        return self.ask(lambda rid: Scan(rid, partition, start, end, 0, False, False,
+                                         ReadConsistency.FOLLOWER))
+
+
+def _until(fn: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = fn()
+        except (OSError, ConnectionError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def _poll(fn: Any, accept: Any, timeout: float = 15.0) -> Any:
+    """The first result of `fn` that `accept` takes (polled as `_until`)."""
+    return _until(lambda: (lambda r: r if accept(r) else None)(fn()), timeout)
+
+
+def _code(reply: Any) -> int:
+    assert isinstance(reply, Error), reply
+    return reply.code
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    root = Path(tempfile.mkdtemp(prefix="prk-A-auth-"))
+    c = _start(root, 3)
+    try:
+        c.wait_ready()
+        # The leader of partition 0 creates root from the password file's first line
+        # (polled in the logs: failed logins would count against the rate limit).
+        creator = _until(lambda: next(
+            (i for i in c.ids if "auth_root_created" in c.log(i)), None))
+        admin = Conn(c.client_ports[creator - 1])
+        assert isinstance(admin.login("root", ROOT_PW), AuthOk)
+        for build in (
+            lambda r: RoleAdd(r, "app"),
+            lambda r: RoleGrant(r, "app", b"app/", prefix_end(b"app/"), Perm.READWRITE),
+            lambda r: RoleAdd(r, "ro"),
+            lambda r: RoleGrant(r, "ro", b"shared/", prefix_end(b"shared/"), Perm.READ),
+            lambda r: UserAdd(r, "alice", "alice-pw", ("app", "ro")),
+        ):
+            reply = _until(lambda b=build: admin.ask(b))  # partition 0's leader may move
+            assert isinstance(reply, AdminOk), reply
+        admin.close()
+        yield c
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Routed:
+    """One logged-in connection per node; writes go to the key's partition leader."""
+
+    def __init__(self, c: LocalCluster, user: str, pw: str) -> None:
+        self.cluster = c
+        self.conns = [Conn(port) for port in c.client_ports]
+        for conn in self.conns:
+            assert isinstance(conn.login(user, pw), AuthOk)
+
+    def to_leader(self, partition: int) -> Conn:
+        leader = _until(lambda: self.cluster.leaders().get(partition))
+        return self.conns[leader - 1]
+
+    def put(self, key: bytes) -> Any:
+        p = partition_for(key, PARTITIONS, "hashtag")
+        return _poll(lambda: self.to_leader(p).put(key),
+                     lambda r: not (isinstance(r, Error) and r.code == ErrorCode.NOT_LEADER))
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+
+def _leader_conn(c: LocalCluster, partition: int, user: str, pw: str) -> Conn:
+    leader = _until(lambda: c.leaders().get(partition))
+    conn = Conn(c.client_ports[leader - 1])
+    assert isinstance(conn.login(user, pw), AuthOk)
+    return conn
+
+
+def test_requests_need_a_user_but_status_does_not(cluster: LocalCluster) -> None:
+    conn = Conn(cluster.client_ports[1])
+    assert isinstance(conn.ask(Status), StatusOk)
+    reply = conn.get(b"app/x")
+    assert _code(reply) == ErrorCode.UNAUTHENTICATED and "log in" in reply.message
+    assert _code(conn.put(b"app/x")) == ErrorCode.UNAUTHENTICATED
+    assert _code(conn.ask(lambda r: Watch(r, 0, b"", None, 0, False))) == \
+        ErrorCode.UNAUTHENTICATED
+    assert _code(conn.ask(lambda r: Authenticate(r, "v1.bad.token"))) == \
+        ErrorCode.UNAUTHENTICATED
+    conn.close()
+    assert cluster.wait_for_log(2, "request_unauthenticated")
+
+
+def test_wrong_password_and_unknown_user(cluster: LocalCluster) -> None:
+    conn = Conn(cluster.client_ports[0])
+    reply = conn.login("alice", "wrong")
+    assert _code(reply) == ErrorCode.AUTH_FAILED and "wrong user or password" in reply.message
+    assert "retry_after_ms" not in reply.details
+    assert _code(conn.login("mallory", "x")) == ErrorCode.AUTH_FAILED
+    # Still nobody on the connection; the right password works.
+    assert _code(conn.get(b"app/x")) == ErrorCode.UNAUTHENTICATED
+    ok = conn.login("alice", "alice-pw")
+    assert isinstance(ok, AuthOk) and ok.user == "alice" and ok.token.startswith("v1.")
+    assert ok.expires_ms > time.time() * 1000 + 500_000
+    assert cluster.wait_for_log(1, "login_failed")
+
+
+def test_failed_logins_are_rate_limited_per_address(cluster: LocalCluster) -> None:
+    port = cluster.client_ports[2]
+    conn = Conn(port, source="127.0.0.2")  # failed_logins_per_minute = 3
+    for _ in range(3):
+        assert _code(conn.login("alice", "wrong")) == ErrorCode.AUTH_FAILED
+    limited = conn.login("alice", "alice-pw")  # even the right password, for now
+    assert _code(limited) == ErrorCode.AUTH_FAILED
+    assert 0 < limited.details["retry_after_ms"] <= 60_000 and "too many" in limited.message
+    # Another connection from the same address is limited too, and still served...
+    again = Conn(port, source="127.0.0.2")
+    assert _code(again.login("root", ROOT_PW)) == ErrorCode.AUTH_FAILED
+    assert isinstance(again.ask(Status), StatusOk)
+    # ... and other addresses are not limited.
+    assert isinstance(Conn(port, source="127.0.0.3").login("alice", "alice-pw"), AuthOk)
+    assert cluster.wait_for_log(3, "logins_rate_limited")
+
+
+def test_permissions_on_get_put_scan_watch_and_txn(cluster: LocalCluster) -> None:
+    routed = Routed(cluster, "alice", "alice-pw")
+    alice = routed.conns[0]
+    root = Routed(cluster, "root", ROOT_PW)
+    for key in (b"shared/a", b"secret/a", b"app", b"apq", b"app/2", b"app/3"):
+        assert isinstance(root.put(key), WriteOk)
+    assert isinstance(routed.put(b"app/1"), WriteOk)
+
+    assert isinstance(alice.get(b"app/1"), GetOk)
+    assert isinstance(alice.get(b"shared/a"), GetOk)
+    denied = alice.get(b"secret/a")
+    assert _code(denied) == ErrorCode.PERMISSION_DENIED
+    assert denied.details == {"user": "alice", "what": "get needs READ on key b'secret/a'"}
+    assert _code(routed.put(b"shared/a")) == ErrorCode.PERMISSION_DENIED  # READ only
+    assert _code(routed.put(b"secret/b")) == ErrorCode.PERMISSION_DENIED
+
+    # A scan of the granted prefix, on every partition: only keys inside it.
+    seen = []
+    for p in range(PARTITIONS):
+        page = alice.scan(p, b"app/", prefix_end(b"app/"))
+        assert isinstance(page, ScanOk), page
+        seen += [kv.key for kv in page.kvs]
+        # A wider range is refused, not filtered.
+        assert _code(alice.scan(p, b"app", prefix_end(b"app"))) == ErrorCode.PERMISSION_DENIED
+        assert _code(alice.scan(p, b"", None)) == ErrorCode.PERMISSION_DENIED
+    assert seen and all(k.startswith(b"app/") for k in seen)
+
+    # Watches: the same rule.
+    watch = alice.ask(lambda r: Watch(r, 0, b"app/", prefix_end(b"app/"), 0, False))
+    assert isinstance(watch, WatchEvents), watch
+    alice.send(WatchCancel(watch.request_id))
+    assert _code(alice.ask(lambda r: Watch(r, 0, b"", None, 0, False))) == \
+        ErrorCode.PERMISSION_DENIED
+
+    # Txns: compares and gets need READ, puts and deletes READWRITE, on every key.
+    a, s, x = b"app/{t}1", b"shared/{t}1", b"secret/{t}1"
+    p = partition_for(a, PARTITIONS, "hashtag")
+    assert p == partition_for(s, PARTITIONS, "hashtag") == partition_for(x, PARTITIONS,
+                                                                         "hashtag")
+
+    def txn(ops: tuple[TxnOp, ...]) -> Any:
+        return routed.to_leader(p).ask(lambda r: Txn(r, p, (), ops, (), 77, next(_seq)))
+
+    ok = _until(lambda: txn((TxnOp(TxnOpKind.PUT, a, b"1"), TxnOp(TxnOpKind.GET, s))))
+    assert isinstance(ok, TxnOk), ok
+    assert _code(txn((TxnOp(TxnOpKind.PUT, a, b"1"), TxnOp(TxnOpKind.GET, x)))) == \
+        ErrorCode.PERMISSION_DENIED
+    assert _code(txn((TxnOp(TxnOpKind.PUT, s, b"1"),))) == ErrorCode.PERMISSION_DENIED
+    routed.close()
+    root.close()
+    assert any("permission_denied" in cluster.log(i) for i in cluster.ids)
+
+
+def test_admin_requests_need_root(cluster: LocalCluster) -> None:
+    alice = Conn(cluster.client_ports[0])
+    assert isinstance(alice.login("alice", "alice-pw"), AuthOk)
+    for build in (lambda r: TransferLeader(r, 0, 0), lambda r: Snapshot(r, None),
+                  lambda r: RebuildFence(r, 2), lambda r: UserAdd(r, "eve", "x", ("root",)),
+                  lambda r: UserGrant(r, "alice", "root"), UserList, RoleList):
+        reply = alice.ask(build)
+        assert _code(reply) == ErrorCode.PERMISSION_DENIED, reply
+        assert "needs the root role" in reply.message
+    root = Conn(cluster.client_ports[0])
+    assert isinstance(root.login("root", ROOT_PW), AuthOk)
+    users = root.ask(UserList)
+    assert isinstance(users, UserListOk)
+    assert {u.name: u.roles for u in users.users}.items() >= {("root", ("root",)),
+                                                              ("alice", ("app", "ro"))}
+    roles = root.ask(RoleList)
+    assert isinstance(roles, RoleListOk) and {r.name for r in roles.roles} >= {"root", "app"}
+    assert isinstance(root.ask(lambda r: Snapshot(r, 1)), AdminOk)
+
+
+def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None:
+    conns = []
+    for port in cluster.client_ports:
+        conn = Conn(port)
+        assert isinstance(conn.login("alice", "alice-pw"), AuthOk)
+        conns.append(conn)
+    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    grant = (b"app/", prefix_end(b"app/"))
+    assert all(isinstance(c.get(b"app/1"), GetOk) for c in conns)
+    t0 = time.monotonic()
+    assert isinstance(_until(lambda: admin.ask(lambda r: RoleRevoke(r, "app", *grant))),
+                      AdminOk)
+    for c in conns:
+        _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 5)
+    assert time.monotonic() - t0 < 5
+    assert isinstance(_until(lambda: admin.ask(
+        lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE))), AdminOk)
+    for c in conns:
+        _until(lambda c=c: isinstance(c.get(b"app/1"), GetOk), 5)
+
+
+def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) -> None:
+    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, "bob", "bob-1", ("app",)))),
+                      AdminOk)
+    bob = Conn(cluster.client_ports[1])
+    token = _until(lambda: bob.login("bob", "bob-1")).token
+    other = Conn(cluster.client_ports[2])
+    assert isinstance(other.ask(lambda r: Authenticate(r, token)), AuthOk)
+    assert isinstance(other.get(b"app/1"), GetOk)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, "bob", "bob-2")), AdminOk)
+    reply = _poll(lambda: other.get(b"app/1"), lambda r: isinstance(r, Error), 5)
+    assert reply.code == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
+    fresh = Conn(cluster.client_ports[0])
+    reply = fresh.ask(lambda r: Authenticate(r, token))
+    assert _code(reply) == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
+    assert isinstance(fresh.login("bob", "bob-2"), AuthOk)
+    assert isinstance(admin.ask(lambda r: UserDelete(r, "bob")), AdminOk)
+    reply = _poll(lambda: fresh.get(b"app/1"), lambda r: isinstance(r, Error), 5)
+    assert reply.code == ErrorCode.UNAUTHENTICATED and "does not exist" in reply.message
+
+
+def test_a_token_of_another_cluster_is_refused(cluster: LocalCluster) -> None:
+    root = Path(tempfile.mkdtemp(prefix="prk-A-other-"))
+    other = _start(root, 1, cluster_id="prkdb-other")
+    try:
+        conn = _until(lambda: Conn(other.client_ports[0], cluster_id="prkdb-other"))
+        login = _poll(lambda: conn.login("root", ROOT_PW), lambda r: isinstance(r, AuthOk))
+        mine = Conn(cluster.client_ports[0])
+        reply = mine.ask(lambda r: Authenticate(r, login.token))
+        assert _code(reply) == ErrorCode.UNAUTHENTICATED
+        assert "issued by cluster 'prkdb-other'" in reply.message
+        assert _code(mine.get(b"app/1")) == ErrorCode.UNAUTHENTICATED
+    finally:
+        other.close()
+        shutil.rmtree(root, ignore_errors=True)
