@@ -31,6 +31,11 @@ seconds measured, systems alternated per workload, --reps repetitions):
                 the throughput against plain W64 of the same rep, and the servers' RSS
                 growth (a slow watcher must be cut off, not slow writes or grow memory)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
+  TLS           (PrkDB only; --no-tls skips it) W1, W64 and R64-lin against a second
+                3-node PrkDB with [tls] on both listeners (mutual TLS between peers,
+                certificates from prkdb.security.certs), alternated with the plain
+                cluster in the same reps: throughput, latency and server CPU with TLS
+                against plain
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
 window), the load generator's own CPU, and the physical floor (one fdatasync
@@ -71,8 +76,10 @@ from etcd_load import EtcdError, EtcdHttp  # noqa: E402
 
 from prkdb.bench import key_of, percentile, preload  # noqa: E402
 from prkdb.client import PrkDbClient, ReadConsistency  # noqa: E402
+from prkdb.client.security import TlsOptions  # noqa: E402
 from prkdb.errors import PrkdbError  # noqa: E402
 from prkdb.partitioning import partition_for  # noqa: E402
+from prkdb.security.certs import CertAuthority  # noqa: E402
 from prkdb.server.main import dev_configs  # noqa: E402
 from prkdb.state.kv import prefix_end  # noqa: E402
 
@@ -106,6 +113,13 @@ LEVELS = {
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ETCD_ATTEMPT_TIMEOUT = 0.1  # seconds, the etcd FAILOVER writer's per-attempt timeout
+TLS_WORKLOADS = ("W1", "W64", "R64-lin")  # what the "prkdb-tls" system runs
+TLS_PORT_OFFSET = 300  # its client ports: --port + 300.. (peers + 100 more)
+
+
+def tls_options(spec: dict) -> TlsOptions | None:
+    """The SDK's TLS settings a target names ("ca_file"), or None for plaintext."""
+    return TlsOptions(spec["ca_file"]) if spec.get("ca_file") else None
 
 
 def log(msg: str) -> None:
@@ -203,17 +217,32 @@ class Cluster:
 class PrkCluster(Cluster):
     name = "prkdb"
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, *, tls: bool = False) -> None:
         super().__init__(root)
-        paths = dev_configs(3, port, root / "prkdb", PARTITIONS)
+        if tls:
+            self.name = "prkdb-tls"
+        paths = dev_configs(3, port, root / self.name, PARTITIONS)
+        self.tls: TlsOptions | None = None
+        if tls:  # TLS on both listeners; peers mutual (prkdb/security/tls.py)
+            certs = root / self.name / "certs"
+            ca = CertAuthority("bench CA")
+            ca_file = ca.write(certs)
+            for i, path in enumerate(paths, 1):
+                c = ca.issue_node(i).write(certs, f"node{i}")
+                with path.open("a") as f:
+                    f.write(f'\n[tls]\ncert_file = "{c.cert_file}"\nkey_file = "{c.key_file}"\n'
+                            f'ca_file = "{ca_file}"\n')
+            self.tls = TlsOptions(str(ca_file))
         for i, path in enumerate(paths, 1):
             self.cmds[i] = [sys.executable, "-m", "prkdb", "serve", "--config", str(path),
                             "--log-level", "warning"]
         self.seeds = [f"127.0.0.1:{port + i}" for i in range(3)]
 
     async def ready(self) -> None:
-        await wait_ready(self.seeds)
-        async with PrkDbClient.connect(self.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+        if self.tls is None:
+            await wait_ready(self.seeds)
+        async with PrkDbClient.connect(self.seeds, cluster_id=CLUSTER_ID, timeout=30,
+                                       tls=self.tls) as c:
             for node in self.cmds:  # every node answers (a restarted one too)
                 await c.status(node)
 
@@ -331,8 +360,9 @@ async def worker_main(spec: dict) -> None:
     conns: list[EtcdHttp] = []
     lease_ids = spec.get("lease_ids", [])
     per_op = 1  # items (scans, renewals, ...) one op does
-    if system == "prkdb":
-        prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10)
+    if system.startswith("prkdb"):
+        prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10,
+                                        tls=tls_options(spec))
         for j in range(clients):
             if workload in ("put", "put-watched", "put-stalled"):
                 ops.append(lambda k, c=prk: c.put(k, VALUE))
@@ -601,8 +631,10 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
 
 
 async def preload_all(system: str, cluster: Cluster, keys: int) -> None:
-    if system == "prkdb":
-        async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30) as c:
+    if system.startswith("prkdb"):
+        assert isinstance(cluster, PrkCluster)
+        async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30,
+                                       tls=cluster.tls) as c:
             await preload(c, keys, len(VALUE))
     else:
         await bulk_load_etcd(cluster, keys, batch=1)
@@ -932,6 +964,17 @@ def build_table(data: dict, systems: list[str]) -> str:
         e = med(vals.get("etcd", [])) if "etcd" in vals else None
         rows.append((f"RSS per node after {rss_keys:,} keys (MB)³", cell(p, "MB"), cell(e, "MB"),
                      f"{p[0] / e[0]:.2f}×" if p and e else "n/a", "", ""))
+    for label in TLS_WORKLOADS:  # TLS against plain, same reps (alternated)
+        for name, field, unit in (("", "ops_per_s", "ops/s"), (" p50", "p50_ms", "ms"),
+                                  (" p99", "p99_ms", "ms"),
+                                  (" server CPU", "server_cpu_us_per_op", "µs/op")):
+            t, p = stat("prkdb-tls", label, field), stat("prkdb", label, field)
+            if t is None or p is None:
+                continue
+            ratio = t[0] / p[0] if p[0] else None
+            rows.append((f"TLS: {label}{name} ({unit}), TLS [plain]",
+                         f"{cell(t, unit)} [{cell(p, unit)}]", "",
+                         f"{ratio:.2f}× of plain" if ratio is not None else "n/a", "", ""))
     idle = data.get("idle_cpu_cores", {})
     rows.append(("idle server CPU, 3 nodes, no load (% of a core)",
                  f"{100 * idle['prkdb']:.0f}" if "prkdb" in idle else "n/a",
@@ -981,6 +1024,8 @@ def main() -> None:
     ap.add_argument("--etcd-port", type=int, default=22379,
                     help="etcd client port of node 1 (peers on PORT+100..)")
     ap.add_argument("--prkdb-only", action="store_true", help="do not run etcd")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="do not run the PrkDB-with-TLS cluster (the TLS rows)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 rep x 2 s, 2 kills, 20,000 keys for RSS")
     ap.add_argument("--workloads", help="comma-separated labels to run (default: all), e.g. "
@@ -1045,6 +1090,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
     ports = [args.port + i for i in (0, 1, 2, 100, 101, 102)]
     clusters: dict[str, Cluster] = {"prkdb": PrkCluster(root, args.port)}
+    if not args.no_tls and (not args.workloads or args.workloads & set(TLS_WORKLOADS)):
+        tls_port = args.port + TLS_PORT_OFFSET
+        ports += [tls_port + i for i in (0, 1, 2, 100, 101, 102)]
+        clusters["prkdb-tls"] = PrkCluster(root, tls_port, tls=True)
+        systems.insert(1, "prkdb-tls")
     if etcd_bin:
         ports += [args.etcd_port + i for i in (0, 1, 2, 100, 101, 102)]
         clusters["etcd"] = EtcdCluster(root, args.etcd_port, etcd_bin)
@@ -1058,6 +1108,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
         trio.run(clusters[s].ready)
         trio.run(preload_all, s, clusters[s], READ_KEYS)
         log(f"{s}: 3 nodes up, {READ_KEYS} keys preloaded")
+        if s == "prkdb-tls":
+            continue  # runs TLS_WORKLOADS only
         if "scan" in wanted:
             trio.run(preload_scan, s, clusters[s])
             log(f"{s}: {SCAN_KEYS} keys under {SCAN_PREFIX!r} for SCAN-1k")
@@ -1078,8 +1130,10 @@ def run(args: argparse.Namespace, root: Path) -> None:
             path = root / f"leases-{system}.json"
             path.write_text(json.dumps(lease_ids[system]))
             extra = {"lease_file": str(path)}
-        if system == "prkdb":
-            return {"seeds": c.seeds, **extra}
+        if system.startswith("prkdb"):
+            assert isinstance(c, PrkCluster)
+            return {"seeds": c.seeds, **extra,
+                    **({"ca_file": c.tls.ca_file} if c.tls is not None else {})}
         leader = trio.run(c.leader)
         eps = c.endpoints
         if workload == "keepalive":
@@ -1096,6 +1150,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
             for s in order:
                 if workload == "put-stalled" and s != "prkdb":
                     continue  # raw PrkDB sockets
+                if s == "prkdb-tls" and label not in TLS_WORKLOADS:
+                    continue
                 r = run_load(s, clusters[s], workload, clients, target(s, workload), args, root)
                 data["runs"].setdefault(s, {}).setdefault(label, []).append(r)
                 log(f"rep {rep + 1} {label:<13} {s:<6} {r['ops_per_s']:>9,.0f} ops/s  "
@@ -1103,15 +1159,16 @@ def run(args: argparse.Namespace, root: Path) -> None:
                     f"server {r['server_cpu_us_per_op'] or 0:,.0f} µs/op  "
                     f"loadgen {r['loadgen_busiest_proc_pct']:.0f}% x{r['loadgen_procs']}  "
                     f"errors {r['errors']}")
+    untimed = [s for s in systems if s != "prkdb-tls"]  # failover and RSS: no TLS rows
     for rep in range(args.failover_reps):
-        for s in (systems if rep % 2 == 0 else systems[::-1]):
+        for s in (untimed if rep % 2 == 0 else untimed[::-1]):
             r = trio.run(failover_once, s, clusters[s], rep)
             data["failover"].setdefault(s, []).append(r)
             fo = r["failover_s"]
             log(f"failover {rep + 1} {s:<6} killed node {r['victim']}: "
                 f"{'TIMEOUT' if fo is None else f'{fo:.3f} s'}")
     if args.rss_keys > 0:
-        for s in systems:
+        for s in untimed:
             r = trio.run(rss, s, clusters[s], args.rss_keys)
             data["rss"][s] = r
             log(f"{s}: {r['keys']:,} keys in {r['load_s']:.1f} s; RSS MB per node "
