@@ -24,15 +24,21 @@ def render_node_config(
     log_format: str = "console",
     log_level: str = "info",
     extra: str = "",
+    insecure: bool = False,
 ) -> str:
-    """One node's TOML. `raft` overrides [raft] keys; `extra` is appended TOML tables."""
+    """One node's TOML. `raft` overrides [raft] keys; `extra` is appended TOML tables.
+
+    `insecure`: ``[node] insecure = true`` (listen beyond loopback without TLS and auth).
+    """
     raft_lines = "".join(f"{k} = {v}\n" for k, v in (raft or {}).items())
     peer_tables = "".join(
         f'\n[[peers]]\nid = {p.id}\nclient = "{p.client_addr}"\npeer = "{p.peer_addr}"\n'
         for p in peers
     )
+    insecure_line = "insecure = true\n" if insecure else ""
     return (
-        f'[node]\nid = {node_id}\ncluster_id = "{cluster_id}"\ndata_dir = "{data_dir}"\n\n'
+        f'[node]\nid = {node_id}\ncluster_id = "{cluster_id}"\ndata_dir = "{data_dir}"\n'
+        f"{insecure_line}\n"
         f"[cluster]\npartitions = {partitions}\n\n"
         f"[raft]\n{raft_lines}\n"
         f'[log]\nformat = "{log_format}"\nlevel = "{log_level}"\n\n'

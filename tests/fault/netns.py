@@ -230,6 +230,7 @@ class NetnsCluster(NodeProcesses):
             raft={"tick_ms": self.tick_ms, "election_ticks": self.election_ticks,
                   "snapshot_entries": self._snapshot_entries},
             extra=self._extra,
+            insecure=True,  # private addresses only our namespaces use
         )
 
     # --- processes ----------------------------------------------------------------
