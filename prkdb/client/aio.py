@@ -56,7 +56,7 @@ from prkdb.client.core import (
 )
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.routing import split_address
-from prkdb.client.security import TlsOptions
+from prkdb.client.security import Credentials, TlsOptions
 from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
 from prkdb.security.client_tls import HANDSHAKE_TIMEOUT, ClientTls, tls_failure
@@ -328,10 +328,12 @@ class AsyncClient(AsyncApi):
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         tls: TlsOptions | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """Build an unconnected client; prefer `connect`, which also loads the topology."""
         self.core = ClientCore(seeds, clock=time.monotonic, cluster_id=cluster_id,
-                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
+                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng,
+                               credentials=credentials)
         self._tls = ClientTls(tls) if tls is not None else None  # TlsError: a bad file
         self._connections: dict[str, AioConnection] = {}
         self._dialing: dict[str, asyncio.Future[AioConnection]] = {}
@@ -347,6 +349,7 @@ class AsyncClient(AsyncApi):
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         tls: TlsOptions | None = None,
+        credentials: Credentials | None = None,
     ) -> Connecting[AsyncClient]:
         """Connect and learn the topology; arguments and errors as `PrkDbClient.connect`.
 
@@ -356,7 +359,7 @@ class AsyncClient(AsyncApi):
 
         async def open_() -> AsyncClient:
             client = cls(seeds, cluster_id=cluster_id, timeout=timeout, rng=rng,
-                         attempt_timeout=attempt_timeout, tls=tls)
+                         attempt_timeout=attempt_timeout, tls=tls, credentials=credentials)
             try:
                 await client.refresh_topology()
             except BaseException:

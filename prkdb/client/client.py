@@ -45,7 +45,7 @@ from prkdb.client.core import (
 from prkdb.client.lease import AsyncKeptLease
 from prkdb.client.results import UNSET, BackupFailed, GetResult, WriteResult
 from prkdb.client.routing import split_address
-from prkdb.client.security import TlsOptions
+from prkdb.client.security import Credentials, TlsOptions
 from prkdb.client.watch import OpenStream, WatchInbox, cancel_array
 from prkdb.errors import InvalidRequest
 from prkdb.wire.messages import WireMessage
@@ -84,6 +84,7 @@ class PrkDbClient(AsyncApi):
         stream_factory: StreamFactory | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         tls: TlsOptions | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """Build an unconnected client; prefer `connect`, which also loads the topology.
 
@@ -92,7 +93,8 @@ class PrkDbClient(AsyncApi):
             TlsError: a file of `tls` cannot be used.
         """
         self.core = ClientCore(seeds, clock=trio.current_time, cluster_id=cluster_id,
-                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
+                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng,
+                               credentials=credentials)
         self._factory: StreamFactory = stream_factory or trio.open_tcp_stream
         if tls is not None:
             self._factory = tls_stream_factory(self._factory, tls)
@@ -119,6 +121,7 @@ class PrkDbClient(AsyncApi):
         stream_factory: StreamFactory | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         tls: TlsOptions | None = None,
+        credentials: Credentials | None = None,
     ) -> Connecting[PrkDbClient]:
         """Connect to a cluster and learn its topology from any seed.
 
@@ -136,11 +139,16 @@ class PrkDbClient(AsyncApi):
                 `DEFAULT_ATTEMPT_TIMEOUT`).
             tls: connect with TLS: trust `TlsOptions.ca_file`, present a
                 client certificate if given (on top of `stream_factory`).
+            credentials: log in as this user (a cluster with ``[auth]`` on):
+                once at connect, then each new connection presents the token
+                right after its hello; on UNAUTHENTICATED (an expired token)
+                the client logs in again once and retries the request.
 
         Raises:
             TlsError: a TLS file cannot be used, or a node's TLS handshake
                 failed for good (certificate refused, or no TLS there).
             WrongCluster: a seed belongs to another cluster.
+            AuthFailed: `credentials` were refused (wrong password, rate limited).
             Timeout: no seed answered a Status within `timeout`.
             InvalidRequest: bad arguments.
         """
@@ -154,6 +162,7 @@ class PrkDbClient(AsyncApi):
                 stream_factory=stream_factory,
                 attempt_timeout=attempt_timeout,
                 tls=tls,
+                credentials=credentials,
             )
             try:
                 await client.refresh_topology()

@@ -109,6 +109,7 @@ from prkdb.client.scan import (
     encode_token,
     pinned_key,
 )
+from prkdb.client.security import Credentials
 from prkdb.client.sessions import SessionPool
 from prkdb.client.txn import (
     Compare,
@@ -128,12 +129,19 @@ from prkdb.errors import (
     Timeout,
     WrongCluster,
 )
-from prkdb.wire import encode_delete_request, encode_get_request, encode_put_request
+from prkdb.wire import (
+    encode_delete_request,
+    encode_get_request,
+    encode_message,
+    encode_put_request,
+)
 from prkdb.wire.messages import (
     BACKUP_CHUNK_MAX,
     KEEPALIVE_IDS_MAX,
     KEY_RULE_HASHTAG,
     AdminOk,
+    Authenticate,
+    AuthOk,
     BackupBegin,
     BackupBeginOk,
     BackupChunk,
@@ -150,6 +158,7 @@ from prkdb.wire.messages import (
     LeaseOk,
     LeaseRevoke,
     LeaseTimeToLive,
+    Login,
     OpKind,
     OpResult,
     ReadConsistency,
@@ -212,6 +221,9 @@ _STATUS_TRY_TIMEOUT: Final = 1.0  # seconds one node gets to answer a topology r
 _REFRESH_POLL: Final = 0.005  # seconds between looks while another call refreshes
 _MAX_HINT_HOPS: Final = 3  # NOT_LEADER hints followed without a pause (ping-pong guard)
 _TRIED_SHOWN: Final = 6  # attempts listed in a give-up message
+#: The request id of the Authenticate pipelined after a Hello (`hello_frame`): far above
+#: any id a connection counts to, so its answer matches no request and is dropped.
+AUTHENTICATE_REQUEST_ID: Final = 2**62
 
 
 @final
@@ -335,8 +347,18 @@ class ClientCore:
         timeout: float = DEFAULT_TIMEOUT,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         rng: random.Random | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """Raises: InvalidRequest: no seeds, a malformed seed, or a bad timeout."""
+        if credentials is not None and not isinstance(credentials, Credentials):
+            raise InvalidRequest(f"credentials ({type(credentials).__name__}) must be a "
+                                 "prkdb.client.Credentials")
+        #: Who to log in as (None: no login; the cluster must have auth off).
+        self.credentials = credentials
+        #: The token of the last login ("": the server has auth off; None: none yet).
+        #: Every new connection presents it right after its Hello (`hello_frame`).
+        self.token: str | None = None
+        self._token_gen = 0  # bumped at every login: a call tells "someone logged in since"
         if isinstance(seeds, str):
             seeds = [seeds]
         if not seeds:
@@ -374,8 +396,65 @@ class ClientCore:
     # --- the handshake -------------------------------------------------------------
 
     def hello_frame(self) -> bytes:
-        """The first frame of a new connection (an empty cluster id until one is pinned)."""
-        return hello_frame(self.cluster_id)
+        """The first frame(s) of a new connection (an empty cluster id until one is pinned).
+
+        With a token, an `Authenticate` follows the Hello at once (pipelined:
+        the node binds the user before it reads the next request). Its answer
+        carries `AUTHENTICATE_REQUEST_ID`, which no request uses, so every
+        connection drops it; a refused token shows as UNAUTHENTICATED on the
+        first request, and `execute` logs in again.
+        """
+        frame = hello_frame(self.cluster_id)
+        if self.token:
+            frame += encode_message(Authenticate(AUTHENTICATE_REQUEST_ID, self.token))
+        return frame
+
+    # --- logging in (issue 18) ----------------------------------------------------------
+
+    def login(self, timeout: float | None) -> Plan[None]:
+        """Log in with `credentials` on any node (no-op without them); keep the token.
+
+        Raises:
+            AuthFailed: wrong user or password, or rate limited.
+        """
+        creds = self.credentials
+        if creds is None:
+            return
+        op = _Op(lambda: f"login as {creds.user!r}",
+                 lambda rid: to_wire(Login(rid, creds.user, creds.password)))
+        reply = yield from self.execute(op, timeout, AuthOk)
+        assert isinstance(reply, AuthOk)
+        self._set_token(reply.token)
+
+    def _set_token(self, token: str) -> None:
+        self.token = token
+        self._token_gen += 1
+
+    def _relogin(self, target: str, gen: int, deadline: float) -> Plan[None]:
+        """After UNAUTHENTICATED from `target`: bind a user to our connection there.
+
+        A token newer than the refused attempt (another call logged in since)
+        is presented with Authenticate; else a Login there gets a new one.
+        Raises what the node answers (AuthFailed: wrong password); a broken
+        connection is left to the retry loop.
+        """
+        creds = self.credentials
+        assert creds is not None
+        try:
+            token = self.token
+            if token and self._token_gen != gen:
+                reply = yield Send(target, lambda rid: to_wire(Authenticate(rid, token)),
+                                   deadline)
+                if isinstance(reply, AuthOk):
+                    return
+            reply = yield Send(target, lambda rid: to_wire(Login(rid, creds.user,
+                                                                 creds.password)), deadline)
+        except (ConnectFailed, ConnectionLost, AttemptExpired):
+            return
+        if isinstance(reply, AuthOk):
+            self._set_token(reply.token)
+        elif isinstance(reply, Error):
+            raise error_from_frame(reply)
 
     def accept_hello(self, address: str, msg: object) -> int:
         """Judge a node's answer to our Hello; its node id. Pins the cluster id.
@@ -845,6 +924,8 @@ class ClientCore:
         """
         budget = self._budget(timeout)
         if (yield from self._refresh((), None, self.clock() + budget)):
+            if self.token is None and self.credentials is not None:
+                yield from self.login(timeout)  # at connect: later connections present the token
             return
         why = "; ".join(self.refresh_problems[-_TRIED_SHOWN:]) or "no answer"
         raise Timeout(
@@ -1177,8 +1258,10 @@ class ClientCore:
         hops = 0
         last_error: BaseException | None = None
         now = start
+        relogged = False  # logged in again once after UNAUTHENTICATED (issue 18)
         while now < deadline:
             send: Send | None = None  # the attempt (and its state), once there is a target
+            token_gen = self._token_gen
             reply: Any = None
             expired = False  # the attempt's time ran out
             attempt_end = now + span
@@ -1236,6 +1319,13 @@ class ClientCore:
                     failed.add(target)
                 elif err.code == ErrorCode.OUTCOME_UNKNOWN and op.write:
                     ambiguous = True  # same seq again is safe: the server de-duplicates
+                elif (err.code == ErrorCode.UNAUTHENTICATED and not relogged
+                      and self.credentials is not None):
+                    # Nothing was done: log in on that connection once, and retry at once.
+                    relogged = True
+                    yield from self._relogin(target, token_gen, attempt_end)
+                    now = clock()
+                    continue
                 elif err.code in (
                     ErrorCode.UNAVAILABLE,
                     ErrorCode.TIMEOUT,

@@ -51,7 +51,7 @@ from prkdb.client.results import (
 )
 from prkdb.client.routing import Topology
 from prkdb.client.scan import DEFAULT_PAGE_SIZE, KeyRange, key_range
-from prkdb.client.security import TlsOptions
+from prkdb.client.security import Credentials, TlsOptions
 from prkdb.client.txn import Compare, TxnOpLike
 from prkdb.client.watch import (
     AwaitFrames,
@@ -101,9 +101,11 @@ class SyncClient:
         rng: random.Random | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         tls: TlsOptions | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.core = ClientCore(seeds, clock=time.monotonic, cluster_id=cluster_id,
-                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng)
+                               timeout=timeout, attempt_timeout=attempt_timeout, rng=rng,
+                               credentials=credentials)
         self._tls = ClientTls(tls) if tls is not None else None  # TlsError: a bad file
         self._pool = Pool()
         self._closed = False

@@ -72,6 +72,9 @@ from prkdb.server.pending import Callback, Waiter
 from prkdb.state import ResultCode, WriteResult, encode_command
 from prkdb.state.auth import (
     ROOT,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
     SECRET_SIZE,
     AuthCommand,
     AuthRoleAdd,
@@ -129,9 +132,7 @@ BOOTSTRAP_POLL_S: Final = 0.5
 # Logins checked at once per node (scrypt: ~50 ms of CPU and 16 MiB each).
 LOGIN_THREADS: Final = 2
 LOG_EVERY_S: Final = 60.0
-# A hash to check a password against when the user does not exist: the same
-# cost as a real check, so a login's time does not tell which users exist.
-_DUMMY_HASH: Final = PasswordHash.make("", b"prkdb-no-such-user", n=16, r=1, p=1)
+_NO_USER_SALT: Final = b"prkdb-no-such-user"
 
 
 def unix_ms() -> int:
@@ -442,7 +443,10 @@ class AuthService:
         if not store.secret:
             raise Unavailable("auth is starting (no token secret replicated yet): retry")
         u = store.user(req.user)
-        pw = u.password if u is not None and u.password is not None else _DUMMY_HASH
+        # No such user (or no password): check against a hash of the default cost all
+        # the same, so a login's time does not tell which users exist.
+        pw = (u.password if u is not None and u.password is not None
+              else PasswordHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, _NO_USER_SALT, bytes(32)))
         ok = await trio.to_thread.run_sync(pw.verify, req.password, limiter=self._threads)
         u = self.store.user(req.user)  # (it may have changed while we hashed)
         if not ok or u is None or u.password is None or u.password != pw:

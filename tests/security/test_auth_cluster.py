@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from prkdb.client import AuthFailed, Credentials, PermissionDenied, Unauthenticated
 from prkdb.errors import ErrorCode
 from prkdb.partitioning import partition_for
 from prkdb.state.kv import prefix_end
@@ -63,6 +64,7 @@ from prkdb.wire.messages import (
     WatchEvents,
     WriteOk,
 )
+from tests.client.fronts import FRONTS, Front, fronts_fixture_iter
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
 
 pytestmark = pytest.mark.slow
@@ -73,7 +75,7 @@ _ids = itertools.count(1)
 _seq = itertools.count(1)
 
 
-def auth_section(password_file: Path, per_minute: int = 3) -> str:
+def auth_section(password_file: Path, per_minute: int = 10) -> str:
     return (f'\n[auth]\nenabled = true\nroot_password_file = "{password_file}"\n'
             f"token_ttl_s = 600\nfailed_logins_per_minute = {per_minute}\n")
 
@@ -239,9 +241,10 @@ def test_wrong_password_and_unknown_user(cluster: LocalCluster) -> None:
 
 def test_failed_logins_are_rate_limited_per_address(cluster: LocalCluster) -> None:
     port = cluster.client_ports[2]
-    conn = Conn(port, source="127.0.0.2")  # failed_logins_per_minute = 3
-    for _ in range(3):
-        assert _code(conn.login("alice", "wrong")) == ErrorCode.AUTH_FAILED
+    conn = Conn(port, source="127.0.0.2")  # failed_logins_per_minute = 10
+    for i in range(10):
+        assert _code(conn.login("alice" if i % 2 else "mallory", "wrong")) == \
+            ErrorCode.AUTH_FAILED
     limited = conn.login("alice", "alice-pw")  # even the right password, for now
     assert _code(limited) == ErrorCode.AUTH_FAILED
     assert 0 < limited.details["retry_after_ms"] <= 60_000 and "too many" in limited.message
@@ -353,7 +356,7 @@ def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) ->
     assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, "bob", "bob-1", ("app",)))),
                       AdminOk)
     bob = Conn(cluster.client_ports[1])
-    token = _until(lambda: bob.login("bob", "bob-1")).token
+    token = _poll(lambda: bob.login("bob", "bob-1"), lambda r: isinstance(r, AuthOk)).token
     other = Conn(cluster.client_ports[2])
     assert isinstance(other.ask(lambda r: Authenticate(r, token)), AuthOk)
     assert isinstance(other.get(b"app/1"), GetOk)
@@ -383,3 +386,43 @@ def test_a_token_of_another_cluster_is_refused(cluster: LocalCluster) -> None:
     finally:
         other.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- the SDKs: login at connect, the token on every connection, login again once ------------
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> Iterator[Front]:
+    yield from fronts_fixture_iter(request.param)
+
+
+def test_sdk_logs_in_and_logs_in_again(cluster: LocalCluster, front: Front) -> None:
+    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    user = f"sdk-{front.kind}"
+    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, user, "pw1", ("app",)))),
+                      AdminOk)
+    with pytest.raises(AuthFailed, match="wrong user or password"):
+        front.connect(cluster.seeds, credentials=Credentials(user, "nope"), timeout=10)
+    with pytest.raises(Unauthenticated, match="authentication required"):
+        front.connect(cluster.seeds, timeout=10).get(b"app/1")
+    db = front.connect(cluster.seeds, credentials=Credentials(user, "pw1"), timeout=10)
+    assert db.core.token.startswith("v1.")
+    keys = [f"app/{front.kind}/{i}".encode() for i in range(8)]
+    for k in keys:  # every partition's leader: connections that presented the token
+        db.put(k, b"v")
+    assert {kv.key for kv in db.scan(f"app/{front.kind}/".encode())} == set(keys)
+    with pytest.raises(PermissionDenied, match="put needs READWRITE on key b'secret/x'"):
+        db.put(b"secret/x", b"v")
+    # The password is set again (to the same one): every token of the user dies; the
+    # SDK's next request on each connection gets UNAUTHENTICATED and logs in once more.
+    old = db.core.token
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw1")), AdminOk)
+    time.sleep(0.3)  # every node applies it
+    for k in keys:
+        assert db.get(k) == b"v"
+    assert db.core.token != old
+    # A password the client no longer has: the login again fails, and says why.
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw2")), AdminOk)
+    time.sleep(0.3)
+    with pytest.raises(AuthFailed):
+        db.get(keys[0])
