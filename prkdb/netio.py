@@ -12,7 +12,7 @@ row, so the reading task still yields at least every other read and cannot
 starve the others. Server CPU per op -3..-8% (A/B over W1, W64, R64). Used
 by the server's `FramedStream` and the client SDK's connections.
 
-Streams that are not bare sockets (a TLS `trio.SSLStream`, tests' in-memory
+Streams that are not bare sockets (a TLS stream, tests' in-memory
 streams) are read through `receive_some` as before: `raw_fd` gives the fd
 of a bare `trio.SocketStream` only, and every raw read or write of the fd
 (here, in `prkdb.server.framed` and in the peer transport) goes through it,

@@ -69,7 +69,7 @@ from prkdb.client.security import TlsOptions
 from prkdb.errors import PrkdbError, ProtocolError
 from prkdb.netio import SocketReader
 from prkdb.security.client_tls import ClientTls, tls_failure
-from prkdb.security.tls import send_alert
+from prkdb.security.stream import TlsStream
 from prkdb.wire import (
     CLOSED,
     DEFAULT_MAX_FRAME,
@@ -115,18 +115,24 @@ def tls_stream_factory(factory: StreamFactory, options: TlsOptions) -> StreamFac
 
 
 async def tls_handshake(stream: trio.abc.Stream, tls: ClientTls, address: str,
-                        host: str) -> trio.SSLStream[trio.abc.Stream]:
+                        host: str) -> trio.abc.Stream:
     """TLS on a dialed stream to `address` (`host` as dialed, for the name check).
+
+    A socket gets the lean `TlsStream` (prkdb/security/stream.py); another
+    stream (a test's, from a custom `StreamFactory`) trio's `SSLStream`.
 
     Raises:
         TlsError: refused for good (see `tls_failure`).
         trio.BrokenResourceError / OSError: a network failure (retry).
     """
-    ssl_stream = trio.SSLStream(stream, tls.context, server_hostname=tls.server_name(host))
+    name = tls.server_name(host)
+    ssl_stream: TlsStream | trio.SSLStream[trio.abc.Stream] = (
+        TlsStream(stream, tls.context, server_side=False, server_hostname=name)
+        if isinstance(stream, trio.SocketStream)
+        else trio.SSLStream(stream, tls.context, server_hostname=name))
     try:
-        await ssl_stream.do_handshake()
+        await ssl_stream.do_handshake()  # a TlsStream sends the alert if it fails
     except Exception as exc:
-        await send_alert(ssl_stream)  # the node can log why (unknown ca, ...)
         await trio.aclose_forcefully(ssl_stream)
         failure = tls_failure(address, exc)
         if failure is not None:

@@ -44,6 +44,7 @@ class ClientTls:
         self.options = options
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.options |= ssl.OP_NO_RENEGOTIATION  # the trio client's TlsStream relies on it
         try:
             ctx.load_verify_locations(cafile=options.ca_file)
         except (OSError, ssl.SSLError) as e:

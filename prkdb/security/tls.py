@@ -18,7 +18,9 @@ side. So a client certificate (CN = a user) can never join as a peer.
 Every accepted connection goes through `NodeTls.accept` first: it peeks at
 the first byte without consuming it. 0x16 opens a TLS handshake, which runs
 (bounded by `HANDSHAKE_TIMEOUT`) before the connection's handler gets a
-`trio.SSLStream`. Anything else is someone speaking plaintext to a TLS port:
+`TlsStream` (prkdb/security/stream.py: TLS over the socket at the cost of
+plaintext, where `trio.SSLStream` doubled the CPU of a request). Anything
+else is someone speaking plaintext to a TLS port:
 a PrkDB frame (first byte 0: a length under 16 MiB) gets a plaintext
 `Error` frame with ``details={"tls": "required"}`` so the client can say
 "the server expects TLS"; anything else is closed. Every refusal is logged
@@ -32,7 +34,7 @@ that does not load logs ``tls_reload_failed`` and keeps the old contexts.
 The raw-socket fast paths (FramedStream's and the peer link's ``os.write``,
 `prkdb.netio.SocketReader`'s ``os.read``) exist only for a bare
 `trio.SocketStream` (`prkdb.netio.raw_fd`): on a TLS stream they step aside
-and everything goes through trio's `SSLStream`, never plaintext to the fd.
+and everything goes through the `TlsStream`, never plaintext to the fd.
 
 The SDKs' side is prkdb/security/client_tls.py (no trio: the asyncio and
 blocking clients use it too).
@@ -52,6 +54,7 @@ from typing import Any, Protocol
 import trio
 
 from prkdb.errors import ErrorCode, TlsError
+from prkdb.security.stream import TlsStream
 from prkdb.wire import encode_message
 from prkdb.wire.messages import Error
 
@@ -65,7 +68,6 @@ __all__ = [
     "member_mismatch",
     "node_contexts",
     "peer_common_name",
-    "send_alert",
     "watch_reload_signal",
 ]
 
@@ -129,7 +131,7 @@ def peer_common_name(stream: trio.abc.Stream) -> str | None:
     `getpeercert()` is empty, and with CERT_OPTIONAL/REQUIRED a certificate
     that fails verification fails the handshake.
     """
-    if not isinstance(stream, trio.SSLStream):
+    if not isinstance(stream, TlsStream | trio.SSLStream):
         return None
     try:
         cert = stream.getpeercert()
@@ -187,6 +189,7 @@ def node_contexts(cfg: Any) -> NodeContexts:
     def make(protocol: int, verify: ssl.VerifyMode) -> ssl.SSLContext:
         ctx = ssl.SSLContext(protocol)
         ctx.minimum_version = minimum
+        ctx.options |= ssl.OP_NO_RENEGOTIATION  # TlsStream relies on it (stream.py)
         if protocol == ssl.PROTOCOL_TLS_CLIENT:
             ctx.check_hostname = False  # peers are checked by member id (module doc)
         _load(ctx, cert, key, ca, cfg.source)
@@ -216,23 +219,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
     return str(exc) or type(exc).__name__
-
-
-async def send_alert(tls: trio.SSLStream[Any]) -> None:
-    """Send the alert OpenSSL wrote when the handshake failed (best effort, at most 1 s).
-
-    trio raises as soon as the handshake fails and leaves the alert (the
-    reason: "unknown ca", "certificate expired", "certificate required") in
-    the stream's outgoing BIO; without it the other end sees only an EOF
-    and cannot tell a refused certificate from a network failure. trio has
-    no public call for this, hence the guarded look at its BIO.
-    """
-    bio = getattr(tls, "_outgoing", None)
-    if not isinstance(bio, ssl.MemoryBIO) or not bio.pending:
-        return
-    with trio.move_on_after(1), contextlib.suppress(
-            trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        await tls.transport_stream.send_all(bio.read())
 
 
 def _remote(stream: trio.SocketStream) -> tuple[str, str]:
@@ -320,7 +306,7 @@ class NodeTls:
 
         return handle
 
-    async def accept(self, stream: trio.SocketStream, port: str) -> trio.SSLStream[Any] | None:
+    async def accept(self, stream: trio.SocketStream, port: str) -> TlsStream | None:
         """TLS-handshaken `stream`, or None (refused, logged and closed): see the module doc."""
         host, remote = _remote(stream)
         first = b""
@@ -344,22 +330,21 @@ class NodeTls:
             await trio.aclose_forcefully(stream)
             return None
         ctx = self.contexts.peer if port == "peer" else self.contexts.client
-        tls = trio.SSLStream(stream, ctx, server_side=True)
+        tls = TlsStream(stream, ctx, server_side=True)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                await tls.do_handshake()
+                await tls.do_handshake()  # sends the alert if it fails
         except (trio.BrokenResourceError, trio.TooSlowError, trio.ClosedResourceError,
                 OSError) as e:
             self.warn("tls_handshake_failed", host, port=port, remote=remote,
                       reason=_reason(e))
-            await send_alert(tls)
             await trio.aclose_forcefully(tls)
             return None
         return tls
 
     def member_refusal(self, stream: trio.abc.Stream, node_id: int, remote: str) -> str | None:
         """Peer listener: why `stream`'s certificate does not name `node_id` (logged)."""
-        if not isinstance(stream, trio.SSLStream):
+        if not isinstance(stream, TlsStream):
             return "the peer did not use TLS"
         why = member_mismatch(stream.getpeercert(), node_id)
         if why is not None:
@@ -370,20 +355,19 @@ class NodeTls:
     # -- dialing side ---------------------------------------------------------------
 
     async def dial(self, stream: trio.SocketStream, peer_id: int,
-                   addr: str) -> trio.SSLStream[Any]:
+                   addr: str) -> TlsStream:
         """Handshake as a client on a dialed `stream` to member `peer_id`, and check its name.
 
         Raises:
             TlsError: the handshake failed, or the certificate names another member
                 (logged; `stream` is closed).
         """
-        tls = trio.SSLStream(stream, self.contexts.dial, server_side=False)
+        tls = TlsStream(stream, self.contexts.dial, server_side=False)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError, trio.ClosedResourceError,
                 OSError) as e:
-            await send_alert(tls)
             await trio.aclose_forcefully(tls)
             failed = _reason(e)
             self.warn("peer_tls_failed", addr, peer=peer_id, addr=addr, reason=failed)

@@ -104,9 +104,7 @@ class FramedStream:
     @property
     def remote_address(self) -> str:
         """host:port of the other end, for logs ("?" if the socket cannot tell)."""
-        stream = self.stream
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
+        stream = getattr(self.stream, "transport_stream", self.stream)  # under TLS
         sock = getattr(stream, "socket", None)
         try:
             # sock may be None (a memory stream in tests): the AttributeError is caught.
