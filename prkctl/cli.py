@@ -10,8 +10,28 @@ from __future__ import annotations
 
 import click
 
-from prkctl.commands import backup, bench, dev, kv, leader, lease, snapshot, status, wal, watch
-from prkctl.context import DEFAULT_SEEDS, DEFAULT_TIMEOUT, CtlContext, pass_ctl, tls_flags
+from prkctl.commands import (
+    backup,
+    bench,
+    dev,
+    kv,
+    leader,
+    lease,
+    role,
+    snapshot,
+    status,
+    user,
+    wal,
+    watch,
+)
+from prkctl.context import (
+    DEFAULT_SEEDS,
+    DEFAULT_TIMEOUT,
+    CtlContext,
+    auth_flags,
+    pass_ctl,
+    tls_flags,
+)
 from prkctl.errors import OutcomeUnknownError, PrkctlError
 from prkctl.output import encoding_flags
 
@@ -41,6 +61,7 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str) -> list
 @click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of failures.")
 @tls_flags
+@auth_flags
 @encoding_flags
 @click.version_option(package_name="prkdb", prog_name="prkctl")
 @pass_ctl
@@ -85,6 +106,8 @@ def _register() -> None:
     cli.add_command(wal.wal)
     cli.add_command(bench.bench)
     cli.add_command(dev.dev)
+    cli.add_command(user.user)
+    cli.add_command(role.role)
 
 
 _register()

@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,15 +25,18 @@ import trio
 from prkctl.errors import OutcomeUnknownError, PrkctlError
 from prkctl.output import print_json
 from prkdb.client import (
+    AuthFailed,
     InvalidRequest,
     LeaseNotFound,
     OutcomeUnknown,
+    PermissionDenied,
     PrkDbClient,
     PrkdbError,
+    Unauthenticated,
     Unavailable,
     WrongCluster,
 )
-from prkdb.client.security import TlsOptions
+from prkdb.client.security import Credentials, TlsOptions
 from prkdb.errors import TlsError
 from prkdb.storage import StorageError
 
@@ -41,6 +45,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ClientFactory",
     "CtlContext",
+    "auth_flags",
     "pass_ctl",
     "tls_flags",
     "translate_errors",
@@ -77,6 +82,33 @@ class CtlContext:
     cacert: str = ""
     cert: str = ""
     key: str = ""
+    # --user / --password-file (env PRKCTL_USER, PRKCTL_PASSWORD_FILE): "" = not given.
+    user: str = ""
+    password_file: str = ""
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """The user to log in as, from --user and --password-file (first line); None: none.
+
+        Raises:
+            click.UsageError: one flag without the other, or an unreadable or empty file.
+        """
+        if not self.user:
+            if self.password_file:
+                raise click.UsageError("--password-file needs --user")
+            return None
+        if not self.password_file:
+            raise click.UsageError("--user needs --password-file (a file whose first line "
+                                   "is the password)")
+        try:
+            text = Path(self.password_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.UsageError(f"--password-file {self.password_file}: {e}") from None
+        password = text.splitlines()[0] if text else ""
+        if not password:
+            raise click.UsageError(f"--password-file {self.password_file}: the first line "
+                                   "is empty")
+        return Credentials(self.user, password)
 
     @property
     def tls(self) -> TlsOptions | None:
@@ -100,7 +132,8 @@ class CtlContext:
         if self.client_factory is not None:
             return await self.client_factory(self)
         client = await PrkDbClient.connect(self.seeds, cluster_id=self.cluster_id,
-                                           timeout=self.timeout, tls=self.tls)
+                                           timeout=self.timeout, tls=self.tls,
+                                           credentials=self.credentials)
         self.cluster_id = client.cluster_id  # as given, or as the first node named it
         return client
 
@@ -151,6 +184,25 @@ def tls_flags(fn: F) -> F:
                      "Connect with TLS, trusting the CA certificates in FILE (PEM)")(fn)
 
 
+def auth_flags(fn: F) -> F:
+    """The root group's --user and --password-file; they land in `CtlContext`."""
+
+    def store(attr: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+        def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+            setattr(ctx.ensure_object(CtlContext), attr, value or "")
+        return callback
+
+    fn = click.option("--password-file", envvar="PRKCTL_PASSWORD_FILE", default=None,
+                      metavar="FILE", expose_value=False, callback=store("password_file"),
+                      type=click.Path(dir_okay=False),
+                      help="The --user's password: the first line of FILE "
+                      "(env PRKCTL_PASSWORD_FILE).")(fn)
+    return click.option("--user", envvar="PRKCTL_USER", default=None, expose_value=False,
+                        callback=store("user"),
+                        help="Log in as this user (a cluster with auth on; env "
+                        "PRKCTL_USER).")(fn)
+
+
 def translate_errors(fn: F) -> F:
     """Map SDK and storage exceptions to PrkctlError (exit 1) / OutcomeUnknownError (3)."""
 
@@ -177,6 +229,12 @@ def translate_errors(fn: F) -> F:
         except TlsError as e:
             _trace(debug)
             raise PrkctlError(f"TLS: {e.message or e}") from e
+        except Unauthenticated as e:
+            _trace(debug)
+            raise PrkctlError(f"{e.message or e} (pass --user and --password-file)") from e
+        except (AuthFailed, PermissionDenied) as e:
+            _trace(debug)
+            raise PrkctlError(e.message or str(e)) from e
         except InvalidRequest as e:
             _trace(debug)
             raise PrkctlError(f"rejected: {e.message or e}") from e

@@ -44,8 +44,24 @@ from prkdb.wire.messages import (
     BackupBeginOk,
     BackupChunk,
     BatchOp,
+    Perm,
     ReadConsistency,
+    RoleAdd,
+    RoleDelete,
+    RoleGrant,
+    RoleInfo,
+    RoleList,
+    RoleListOk,
+    RoleRevoke,
     StatusOk,
+    UserAdd,
+    UserDelete,
+    UserGrant,
+    UserInfo,
+    UserList,
+    UserListOk,
+    UserPasswd,
+    UserRevoke,
 )
 from prkdb.wire.messages import Compare as WireCompare
 
@@ -434,6 +450,77 @@ class AsyncApi:
             WrongCluster: a node belongs to another cluster.
         """
         await self._drive(self.core.refresh_topology(timeout))
+
+    # --- users and roles (root only; issue 18) -----------------------------------------
+
+    async def user_add(self, name: str, password: str | None = None, roles: Iterable[str] = (),
+                       *, timeout: float | None = None) -> AdminOk:
+        """Create user `name` (password None: it logs in with a client certificate only)."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: UserAdd(rid, name, password, tuple(roles)), f"user add {name!r}",
+            AdminOk, timeout))
+
+    async def user_delete(self, name: str, *, timeout: float | None = None) -> AdminOk:
+        """Delete user `name` (not root); its tokens stop working on every node."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: UserDelete(rid, name), f"user delete {name!r}", AdminOk, timeout))
+
+    async def user_passwd(self, name: str, password: str, *,
+                          timeout: float | None = None) -> AdminOk:
+        """Set a user's password; every token issued before is void."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: UserPasswd(rid, name, password), f"user passwd {name!r}", AdminOk,
+            timeout))
+
+    async def user_grant(self, name: str, role: str, *,
+                         timeout: float | None = None) -> AdminOk:
+        """Give user `name` the role `role` (an existing role, or root)."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: UserGrant(rid, name, role), f"user grant {name!r} {role!r}", AdminOk,
+            timeout))
+
+    async def user_revoke(self, name: str, role: str, *,
+                          timeout: float | None = None) -> AdminOk:
+        """Take the role `role` from user `name`."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: UserRevoke(rid, name, role), f"user revoke {name!r} {role!r}",
+            AdminOk, timeout))
+
+    async def users(self, *, timeout: float | None = None) -> list[UserInfo]:
+        """Every user with its roles, by name."""
+        reply = await self._drive(self.core.auth_admin(UserList, "user list", UserListOk,
+                                                       timeout))
+        return list(reply.users)
+
+    async def role_add(self, name: str, *, timeout: float | None = None) -> AdminOk:
+        """Create role `name` (no permissions yet)."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: RoleAdd(rid, name), f"role add {name!r}", AdminOk, timeout))
+
+    async def role_delete(self, name: str, *, timeout: float | None = None) -> AdminOk:
+        """Delete role `name`; users that had it lose it."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: RoleDelete(rid, name), f"role delete {name!r}", AdminOk, timeout))
+
+    async def role_grant(self, role: str, start: bytes, end: bytes | None, perm: Perm, *,
+                         timeout: float | None = None) -> AdminOk:
+        """Give `role` READ or READWRITE on the keys in ``[start, end)`` (end None: no end)."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: RoleGrant(rid, role, start, end, Perm(perm)),
+            f"role grant {role!r}", AdminOk, timeout))
+
+    async def role_revoke(self, role: str, start: bytes, end: bytes | None, *,
+                          timeout: float | None = None) -> AdminOk:
+        """Take back the permission `role` has on exactly ``[start, end)``."""
+        return await self._drive(self.core.auth_admin(
+            lambda rid: RoleRevoke(rid, role, start, end), f"role revoke {role!r}", AdminOk,
+            timeout))
+
+    async def roles(self, *, timeout: float | None = None) -> list[RoleInfo]:
+        """Every role with its permissions, by name (root first: it allows everything)."""
+        reply = await self._drive(self.core.auth_admin(RoleList, "role list", RoleListOk,
+                                                       timeout))
+        return list(reply.roles)
 
     async def transfer_leader(
         self, partition: int, to_node: int = 0, *, timeout: float | None = None

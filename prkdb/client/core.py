@@ -426,6 +426,20 @@ class ClientCore:
         assert isinstance(reply, AuthOk)
         self._set_token(reply.token)
 
+    def auth_admin(self, request: Callable[[int], WireMessage], describe: str,
+                   expect: type[T], timeout: float | None) -> Plan[T]:
+        """A user or role request (root only), sent to partition 0's leader.
+
+        Args:
+            request: request id -> the request (`UserAdd`, ..., `RoleList`).
+            describe: what it does, for error messages ("user add alice").
+            expect: its answer's type (AdminOk, UserListOk, RoleListOk).
+        """
+        op = _Op(lambda: describe, lambda rid: to_wire(request(rid)), partition=0)
+        reply = yield from self.execute(op, timeout, expect)  # type: ignore[arg-type]
+        assert isinstance(reply, expect)
+        return reply
+
     def _set_token(self, token: str) -> None:
         self.token = token
         self._token_gen += 1
