@@ -167,6 +167,40 @@ class TlsStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
         await self._drain()
 
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Encrypt `data` and write what the socket takes now, without waiting.
+
+        The fast path of `FramedStream.flush` and the peer link (no task
+        switch per write). Returns True if ciphertext is left over: the
+        caller must then have some task ``await send_all(b"")`` (which
+        writes it, in order before anything sent later).
+
+        Raises:
+            trio.BrokenResourceError: the connection failed.
+            trio.ClosedResourceError: `aclose` was called.
+        """
+        fd = self._open_fd()
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as e:
+            raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
+        self._take_out()
+        if self._lock.locked():
+            return True  # a task is writing: it takes ours along, or leaves it to the caller
+        try:
+            n = os.write(fd, self._pending)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
+        del self._pending[:n]
+        return bool(self._pending)
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Ciphertext made but not yet taken by the socket."""
+        return len(self._pending) + self._out.pending
+
     async def _drain(self) -> None:
         """Write every ciphertext byte OpenSSL made so far, in order (module doc)."""
         self._take_out()

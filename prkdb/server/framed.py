@@ -9,9 +9,10 @@ replies before it waits for more input. What the socket does not take at
 once, and everything when there is no outbox, goes through the writer task.
 A send that fails marks the stream broken and closes it.
 Reads go through `prkdb.netio.SocketReader` (no failed `recv` per message).
-The direct writes and reads need a bare socket (`prkdb.netio.raw_fd`): on a
-TLS stream every byte goes through the stream (the writer task), never
-around it.
+The direct writes and reads need a bare socket (`prkdb.netio.raw_fd`), so
+they never go around TLS. On a `TlsStream` the direct write is its own:
+`TlsStream.write_nowait` encrypts and writes what the socket takes, and the
+writer task writes the rest (``send_all(b"")``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import trio
 
 from prkdb.netio import SocketReader, raw_fd
+from prkdb.security.stream import TlsStream
 from prkdb.security.tls import peer_common_name
 from prkdb.wire import CLOSED, NEED_DATA, FrameDecoder, encode_message
 from prkdb.wire.messages import WireMessage
@@ -77,6 +79,8 @@ class FramedStream:
         self._wake = trio.Event()
         self._writer_done = trio.Event()
         self._fd = raw_fd(stream)  # -1 (no direct writes) for TLS and memory streams
+        self._tls = stream if isinstance(stream, TlsStream) else None  # its own direct writes
+        self._tls_backlog = False  # write_nowait left ciphertext for the writer task
         self._reader = SocketReader(stream)
 
     @property
@@ -91,7 +95,8 @@ class FramedStream:
         Not counted: a chunk the writer task is inside ``send_all`` with (at
         most what was queued when it started).
         """
-        return len(self._out) + sum(map(len, self._pending))
+        tls = self._tls.backlog_bytes if self._tls is not None else 0
+        return len(self._out) + sum(map(len, self._pending)) + tls
 
     @property
     def peer_common_name(self) -> str | None:
@@ -161,6 +166,16 @@ class FramedStream:
             return
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending.clear()
+        if self._tls is not None and not (self._writing or self._out or self.broken):
+            try:
+                self._tls_backlog = self._tls.write_nowait(data) or self._tls_backlog
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._out += data  # the writer's send_all fails too and ends the stream
+                self._wake.set()
+                return
+            if self._tls_backlog:
+                self._wake.set()
+            return
         if self._fd < 0 or self._writing or self._out or self.broken:
             self._out += data
             self._wake.set()
@@ -183,12 +198,13 @@ class FramedStream:
         """Write what `flush` left (or everything, without an outbox) until closed."""
         try:
             while True:
-                while self._pending or self._out:
+                while self._pending or self._out or self._tls_backlog:
                     if self._pending:
                         self._out += b"".join(self._pending)
                         self._pending.clear()
-                    data = bytes(self._out)
+                    data = bytes(self._out)  # b"" on TLS: writes write_nowait's backlog
                     self._out.clear()
+                    self._tls_backlog = False
                     self._writing = True
                     try:
                         await self.stream.send_all(data)

@@ -39,8 +39,9 @@ listener's accept step handshakes before the Hello is read, and a peer whose
 certificate does not name the member its Hello claims (``node-<id>``) is
 refused with an Error frame; the dialer checks that the node it dialed
 names the id it expects before it says its Hello. On a TLS link the
-direct ``os.write`` of `_PeerLink.write` steps aside (`raw_fd` is -1): every
-frame goes through the sender task and the TLS stream.
+direct ``os.write`` of `_PeerLink.write` is the `TlsStream`'s own
+(`TlsStream.write_nowait`: encrypt, write what the socket takes), and the
+sender task writes what is left; no byte goes around TLS (`raw_fd` is -1).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from prkdb.errors import PrkdbError
 from prkdb.logging import NodeLogger
 from prkdb.netio import raw_fd
 from prkdb.raft import COMMIT_ONLY, Message, MsgType
+from prkdb.security.stream import TlsStream
 from prkdb.security.tls import LogLimiter, NodeTls
 from prkdb.server.framed import FramedStream, StreamClosed
 from prkdb.wire import PEER_PROTOCOL_VERSION, RaftBatchEncoder, RemoteProtocolError, from_wire
@@ -237,6 +239,8 @@ class PeerTransport:
             finally:
                 link.fd = -1  # before the close: the fd number may be reused at once
                 link.connected = False
+                link.tls = None
+                link.tls_backlog = False
                 await framed.aclose()
             await self._backoff(link, backoff, rng)
 
@@ -346,12 +350,22 @@ class _PeerLink:
         self.out = bytearray()  # encoded frames waiting for the sender task
         self.fd = -1  # the bare socket, while the sender task holds it open (-1 with TLS)
         self.connected = False  # the sender task holds a handshaken connection
+        self.tls: TlsStream | None = None  # the TLS stream, while connected over TLS
+        self.tls_backlog = False  # write_nowait left ciphertext for the sender task
         self.quarantined = False  # the peer's config disagrees: the sender task stops
         self.writing = False  # the sender task is inside send_all: append, never write
         self._wake = trio.Event()
 
     def write(self, data: bytes) -> bool:
         """Write `data` now if the socket is idle, else queue it; False if dropped."""
+        if self.tls is not None and not (self.writing or self.out):
+            try:
+                self.tls_backlog = self.tls.write_nowait(data) or self.tls_backlog
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False  # the sender task's next write fails too and reconnects
+            if self.tls_backlog:
+                self._wake.set()
+            return True
         if self.fd < 0 or self.writing or self.out:
             if len(self.out) + len(data) > MAX_UNSENT_BYTES:
                 return False
@@ -371,12 +385,14 @@ class _PeerLink:
 
     async def run_writer(self, stream: trio.abc.Stream) -> None:
         """Write what `write` could not, until the connection fails (raises)."""
-        self.fd = raw_fd(stream)  # -1 on TLS: `write` queues for us, never writes around TLS
+        self.fd = raw_fd(stream)  # -1 on TLS: never a write around it
+        self.tls = stream if isinstance(stream, TlsStream) else None
         self.connected = True
         while True:
-            while self.out:
-                data = bytes(self.out)
+            while self.out or self.tls_backlog:
+                data = bytes(self.out)  # b"" on TLS: writes write_nowait's backlog
                 self.out.clear()
+                self.tls_backlog = False
                 self.writing = True
                 try:
                     await stream.send_all(data)

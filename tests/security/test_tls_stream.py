@@ -126,3 +126,23 @@ async def test_eof_without_close_notify_is_broken(contexts) -> None:
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some(10)
     await server.aclose()
+
+
+async def test_write_nowait_then_send_all_keeps_the_order(contexts) -> None:
+    """The fast path: what the socket does not take is written by the next send_all."""
+    server, client = await _pair(*contexts)
+    chunks = [os.urandom(50_000) for _ in range(60)]  # 3 MB: the socket fills up
+    backlog = False
+    for c in chunks[:30]:
+        backlog = client.write_nowait(c) or backlog
+    assert backlog and client.backlog_bytes > 0
+    async with trio.open_nursery() as n:
+        async def rest() -> None:
+            await client.send_all(b"")  # the backlog first
+            for c in chunks[30:]:
+                await client.send_all(c)
+        n.start_soon(rest)
+        assert await _read_exactly(server, 3_000_000) == b"".join(chunks)
+    assert client.backlog_bytes == 0
+    await client.aclose()
+    await server.aclose()
