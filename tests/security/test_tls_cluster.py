@@ -10,6 +10,7 @@ node no other test sent the same kind of refusal to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import signal
@@ -243,3 +244,44 @@ def test_sighup_reloads_and_keeps_the_old_certificate_on_a_bad_file(cluster: Tls
         db.put(b"after-reload", b"1")
     assert cluster.alive(3)
     still_serves(cluster, b"after-reload-all")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_fuzzed_handshakes_leave_the_node_serving(cluster: TlsCluster) -> None:
+    """Damaged ClientHellos and random records on both TLS ports: no crash, bounded memory."""
+    import random
+
+    rng = random.Random(18)
+    ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
+    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(bio_in, bio_out, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = bio_out.read()  # a real ClientHello to damage
+    pid = cluster.procs[1].pid
+    before = _rss_mb(pid)
+    for i in range(300):
+        port = (cluster.client_ports if i % 2 else cluster.peer_ports)[0]
+        data = bytearray(hello)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if i % 5 == 0:
+            data = data[:rng.randint(1, len(data))]  # cut short
+        if i % 7 == 0:  # a record header announcing a huge body
+            data = bytearray(b"\x16\x03\x03\xff\xff") + rng.randbytes(rng.randint(0, 2000))
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(bytes(data))
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(2)
+            with contextlib.suppress(OSError):
+                while s.recv(65536):
+                    pass
+    assert cluster.alive(1)
+    still_serves(cluster, b"after-fuzz")
+    assert _rss_mb(pid) - before < 50

@@ -119,3 +119,14 @@ def test_dev_secure_serves_tls_only(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(5)
         out.close()
+
+
+def test_serve_names_an_unusable_certificate(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[node]\ndata_dir = "data"\n\n[tls]\ncert_file = "missing.crt"\n'
+                   'key_file = "missing.key"\n')
+    out = subprocess.run([sys.executable, "-m", "prkdb", "serve", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "refused to start" in out.stderr and "no such file" in out.stderr
+    assert "missing.crt" in out.stderr
