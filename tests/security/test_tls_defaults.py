@@ -125,7 +125,12 @@ def test_serve_names_an_unusable_certificate(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text('[node]\ndata_dir = "data"\n\n[tls]\ncert_file = "missing.crt"\n'
                    'key_file = "missing.key"\n')
-    out = subprocess.run([sys.executable, "-m", "prkdb", "serve", "--config", str(cfg)],
+    from tests.integration.cluster import free_ports
+
+    client, peer = free_ports(2)
+    out = subprocess.run([sys.executable, "-m", "prkdb", "serve", "--config", str(cfg),
+                          "--client-listen", f"127.0.0.1:{client}",
+                          "--peer-listen", f"127.0.0.1:{peer}"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert "refused to start" in out.stderr and "no such file" in out.stderr
