@@ -80,7 +80,8 @@ def check_parser(schema: Schema, body: bytes) -> Any:
 
 def test_the_hot_messages_get_parsers() -> None:
     assert set(m.HOT_MESSAGES) <= {s.cls for s in COMPILABLE}
-    parsers = m._HOT_PARSERS.values()
+    parsers = [p for p in m._HOT_PARSERS.values() if p is not m._parse_watch_events]
+    assert len(parsers) == len(m._HOT_PARSERS) - 1  # WatchEvents: written by hand
     assert sorted(p.__name__ for p in parsers) == sorted(f"parse_{c.__name__}"
                                                         for c in m.HOT_MESSAGES)
     for parse in parsers:
@@ -135,6 +136,77 @@ def test_parser_agrees_with_generic_on_damaged_bytes(schema: Schema, data: st.Da
         body = body[:at] + data.draw(st.binary(min_size=1, max_size=3)) + body[at:]
     if body:
         check_parser(schema, body)
+
+
+# --- WatchEvents: read by a hand-written parser (nested event records) ----------------
+
+WATCH = m.SCHEMAS[m.WatchEvents]
+PARSERS[m.WatchEvents] = m._parse_watch_events
+
+
+def watch_wire(msg: m.WatchEvents) -> list[Any]:
+    return [WATCH.type_id, *(f.type.encode(getattr(msg, f.name)) for f in WATCH.fields)]
+
+
+@given(STRATEGIES[m.WatchEvents])
+def test_the_watch_events_parser_reads_every_valid_frame(msg: m.WatchEvents) -> None:
+    parsed = check_parser(WATCH, m.encode_message(msg)[4:])
+    assert parsed is not None and _same(parsed, msg)
+    assert m._parse_hot(m.encode_message(msg)[4:]) is not None
+
+
+@given(data=st.data())
+def test_the_watch_events_parser_agrees_with_generic_on_odd_fields(data: st.DataObject) -> None:
+    """A field of the frame or of one event replaced by any plain value."""
+    wire = watch_wire(data.draw(STRATEGIES[m.WatchEvents]))
+    odd = data.draw(plain | st.integers(-(2**70), 2**70) | st.sampled_from([True, False, 0]))
+    events = wire[3]
+    if events and data.draw(st.booleans()):
+        row = list(events[data.draw(st.integers(0, len(events) - 1))])
+        row[data.draw(st.integers(0, len(row) - 1))] = odd
+        events[data.draw(st.integers(0, len(events) - 1))] = row
+    else:
+        wire[data.draw(st.integers(1, len(wire) - 1))] = odd
+    try:
+        body = cbor2.dumps(wire)
+    except cbor2.CBOREncodeError:
+        return
+    check_parser(WATCH, body)
+
+
+@given(data=st.data())
+def test_the_watch_events_parser_agrees_with_generic_on_damaged_bytes(
+        data: st.DataObject) -> None:
+    body = cbor2.dumps(watch_wire(data.draw(STRATEGIES[m.WatchEvents])))
+    at = data.draw(st.integers(0, len(body)))
+    how = data.draw(st.sampled_from(["cut", "flip", "insert"]))
+    if how == "cut":
+        body = body[:at]
+    elif how == "flip" and at < len(body):
+        body = body[:at] + bytes([data.draw(st.integers(0, 255))]) + body[at + 1 :]
+    else:
+        body = body[:at] + data.draw(st.binary(min_size=1, max_size=3)) + body[at:]
+    if body:
+        check_parser(WATCH, body)
+
+
+def test_the_watch_events_parser_leaves_bad_order_and_kinds_to_the_generic_path() -> None:
+    ev = m.Event(m.EventKind.PUT, b"k", 5, b"v", None)
+    for wire in (
+        [41, 1, 0, [watch_wire_event(ev), watch_wire_event(ev, revision=4)], 9],  # order
+        [41, 1, 0, [watch_wire_event(ev)], 4],  # progress below an event
+        [41, 1, 0, [[7, b"k", 5, b"v", None]], 9],  # unknown kind
+        [41, 1, 0, [[1, b"k", 5, b"v", None]], 9],  # a DELETE with a value
+    ):
+        body = cbor2.dumps(wire)
+        assert m._parse_watch_events(body) is None
+        assert generic(body, WATCH)[0] == "error"
+
+
+def watch_wire_event(ev: m.Event, **change: Any) -> list[Any]:
+    fields = {"kind": int(ev.kind), "key": ev.key, "revision": ev.revision, "value": ev.value,
+              "prev_value": ev.prev_value, **change}
+    return list(fields.values())
 
 
 # Heads cbor2 accepts that we never write: the argument in more bytes than needed.
@@ -344,4 +416,5 @@ def test_decode_body_and_parsers_agree_on_every_message(msgs: list[Any]) -> None
         body = m.encode_message(msg)[4:]
         parsed = m._parse_hot(body)
         assert parsed is None or _same(parsed, m.from_wire(decode_body(body)))
-        assert (parsed is not None) == (type(msg) in m.HOT_MESSAGES and msg == parsed)
+        parsed_types = (*m.HOT_MESSAGES, m.WatchEvents)
+        assert (parsed is not None) == (type(msg) in parsed_types and msg == parsed)
