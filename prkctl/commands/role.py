@@ -57,7 +57,12 @@ def _describe(start: bytes, end: bytes | None, encoding: str) -> str:
 @pass_ctl
 @translate_errors
 def add(ctl: CtlContext, name: str) -> None:
-    """Create role NAME (no permissions yet)."""
+    """Create role NAME (no permissions yet).
+
+    \b
+    Example:
+      prkctl role add app
+    """
     reply = ctl.run_client(lambda client: client.role_add(name))
     ctl.emit({"role": name, **reply.details}, f"role {name} added")
 
@@ -67,7 +72,12 @@ def add(ctl: CtlContext, name: str) -> None:
 @pass_ctl
 @translate_errors
 def delete(ctl: CtlContext, name: str) -> None:
-    """Delete role NAME (users that had it lose it)."""
+    """Delete role NAME (users that had it lose it).
+
+    \b
+    Example:
+      prkctl role delete app
+    """
     reply = ctl.run_client(lambda client: client.role_delete(name))
     ctl.emit({"role": name, **reply.details}, f"role {name} deleted")
 
@@ -86,7 +96,13 @@ _PERMS = {"read": Perm.READ, "readwrite": Perm.READWRITE}
 @translate_errors
 def grant(ctl: CtlContext, name: str, perm: str, key: str, range_end: str | None,
           prefix: bool, encoding: str) -> None:
-    """Give role NAME PERM (read|readwrite) on KEY, [KEY, RANGE_END) or --prefix KEY."""
+    """Give role NAME PERM (read|readwrite) on KEY, [KEY, RANGE_END) or --prefix KEY.
+
+    \b
+    Example:
+      prkctl role grant app readwrite app/ --prefix
+      prkctl role grant app read config/a config/m
+    """
     start, end = key_range(key, range_end, prefix, encoding)
 
     async def body(client: Any) -> Any:
@@ -108,7 +124,12 @@ def grant(ctl: CtlContext, name: str, perm: str, key: str, range_end: str | None
 @translate_errors
 def revoke(ctl: CtlContext, name: str, key: str, range_end: str | None, prefix: bool,
            encoding: str) -> None:
-    """Take back the permission role NAME has on exactly that range."""
+    """Take back the permission role NAME has on exactly that range.
+
+    \b
+    Example:
+      prkctl role revoke app app/ --prefix
+    """
     start, end = key_range(key, range_end, prefix, encoding)
     reply = ctl.run_client(lambda client: client.role_revoke(name, start, end))
     what = _describe(start, end, encoding)
@@ -120,7 +141,12 @@ def revoke(ctl: CtlContext, name: str, key: str, range_end: str | None, prefix: 
 @pass_ctl
 @translate_errors
 def list_(ctl: CtlContext, encoding: str) -> None:
-    """Every role and its permissions."""
+    """Every role and its permissions.
+
+    \b
+    Example:
+      prkctl role list
+    """
     roles = ctl.run_client(lambda client: client.roles())
     data = [{"role": r.name, "all": r.name == "root",
              "perms": [{"range": _describe(p.start, p.end, encoding),

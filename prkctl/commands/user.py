@@ -54,7 +54,12 @@ _NEW_PASSWORD = click.option(
 @translate_errors
 def add(ctl: CtlContext, name: str, new_password_file: str | None, no_password: bool,
         roles: str) -> None:
-    """Create user NAME."""
+    """Create user NAME.
+
+    \b
+    Example:
+      prkctl user add alice --roles app --new-password-file alice.pw
+    """
     if no_password and new_password_file:
         raise click.UsageError("--no-password and --new-password-file exclude each other")
     password = None if no_password else new_password(new_password_file, name)
@@ -72,7 +77,12 @@ def add(ctl: CtlContext, name: str, new_password_file: str | None, no_password: 
 @pass_ctl
 @translate_errors
 def delete(ctl: CtlContext, name: str) -> None:
-    """Delete user NAME (its tokens stop working at once)."""
+    """Delete user NAME (its tokens stop working at once).
+
+    \b
+    Example:
+      prkctl user delete alice
+    """
     reply = ctl.run_client(lambda client: client.user_delete(name))
     ctl.emit({"user": name, **reply.details}, f"user {name} deleted")
 
@@ -83,7 +93,12 @@ def delete(ctl: CtlContext, name: str) -> None:
 @pass_ctl
 @translate_errors
 def passwd(ctl: CtlContext, name: str, new_password_file: str | None) -> None:
-    """Set NAME's password (every token issued before is void)."""
+    """Set NAME's password (every token issued before is void).
+
+    \b
+    Example:
+      prkctl user passwd alice --new-password-file alice.pw
+    """
     password = new_password(new_password_file, name)
     reply = ctl.run_client(lambda client: client.user_passwd(name, password))
     ctl.emit({"user": name, **reply.details}, f"password of {name} changed")
@@ -95,7 +110,12 @@ def passwd(ctl: CtlContext, name: str, new_password_file: str | None) -> None:
 @pass_ctl
 @translate_errors
 def grant(ctl: CtlContext, name: str, role: str) -> None:
-    """Give user NAME the role ROLE."""
+    """Give user NAME the role ROLE.
+
+    \b
+    Example:
+      prkctl user grant alice app
+    """
     reply = ctl.run_client(lambda client: client.user_grant(name, role))
     ctl.emit({"user": name, "role": role, **reply.details}, f"user {name} got role {role}")
 
@@ -106,7 +126,12 @@ def grant(ctl: CtlContext, name: str, role: str) -> None:
 @pass_ctl
 @translate_errors
 def revoke(ctl: CtlContext, name: str, role: str) -> None:
-    """Take the role ROLE from user NAME."""
+    """Take the role ROLE from user NAME.
+
+    \b
+    Example:
+      prkctl user revoke alice app
+    """
     reply = ctl.run_client(lambda client: client.user_revoke(name, role))
     ctl.emit({"user": name, "role": role, **reply.details}, f"user {name} lost role {role}")
 
@@ -115,7 +140,12 @@ def revoke(ctl: CtlContext, name: str, role: str) -> None:
 @pass_ctl
 @translate_errors
 def list_(ctl: CtlContext) -> None:
-    """Every user, its roles, and whether it has a password."""
+    """Every user, its roles, and whether it has a password.
+
+    \b
+    Example:
+      prkctl --json user list
+    """
     users = ctl.run_client(lambda client: client.users())
     data = [{"user": u.name, "roles": list(u.roles), "password": u.has_password}
             for u in users]
