@@ -15,7 +15,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from prkdb.partitioning import KEY_RULES
 
@@ -108,6 +108,9 @@ class TlsSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.cert_file)
+
+
+MAX_TOKEN_TTL_S: Final = 7 * 24 * 3600  # a token lasts at most a week
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +271,7 @@ class NodeConfig:
                 f"{s}: log.level = {self.log_level!r} must be debug, info, warning or error"
             )
         self._validate_tls()
+        self._validate_auth()
         ids = [p.id for p in self.peers]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{s}: peers has duplicate ids {sorted(ids)}")
@@ -308,6 +312,21 @@ class NodeConfig:
         if not t.ca_file and len(self.peers) > 1:
             raise ConfigError(f"{s}: tls.ca_file is required in a cluster of {len(self.peers)} "
                               "nodes (peers check each other's certificates with it)")
+
+    def _validate_auth(self) -> None:
+        """``[auth]``: a root password file when on, a sane token TTL and login limit."""
+        s, a = self.source, self.auth
+        if not 0 < a.token_ttl_s <= MAX_TOKEN_TTL_S:
+            raise ConfigError(f"{s}: auth.token_ttl_s = {a.token_ttl_s} must be in "
+                              f"1..{MAX_TOKEN_TTL_S} (seconds)")
+        if a.failed_logins_per_minute < 1:
+            raise ConfigError(f"{s}: auth.failed_logins_per_minute = "
+                              f"{a.failed_logins_per_minute} must be >= 1")
+        if a.enabled and not a.root_password_file:
+            raise ConfigError(f"{s}: auth.enabled = true needs auth.root_password_file (the "
+                              "root user's password at first start; `prkdb auth init "
+                              "--config FILE` writes one)")
+
 
 def parse_addr(addr: str, where: str = "address") -> tuple[str, int]:
     """'host:port' -> (host, port); raises ConfigError naming `where`."""

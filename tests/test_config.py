@@ -66,6 +66,10 @@ def test_three_node_config_parses(tmp_path: Path) -> None:
         (PEERS3.replace("8182", "8181"), "reuse an address"),
         ("[storage]\nsegment_size = 10\n", "storage.segment_size = 10 must be >= 1048576"),
         ("this is = not toml [", "not valid TOML"),
+        ("[auth]\nenabled = true\n", "auth.enabled = true needs auth.root_password_file"),
+        ("[auth]\ntoken_ttl_s = 0\n", "auth.token_ttl_s = 0 must be in 1..604800"),
+        ("[auth]\nfailed_logins_per_minute = 0\n",
+         "auth.failed_logins_per_minute = 0 must be >= 1"),
     ],
 )
 def test_bad_configs_name_file_key_and_value(tmp_path: Path, text: str, message: str) -> None:
