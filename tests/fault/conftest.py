@@ -42,7 +42,8 @@ def make_cluster(netns_ok: None, tmp_path: Path) -> Iterator[Callable[..., Netns
     def make(nodes: int = 3, *, start: bool = True, **kw: object) -> NetnsCluster:
         root = tmp_path / f"cluster{len(made)}"
         root.mkdir()
-        c = NetnsCluster(root, nodes, **kw)  # type: ignore[arg-type]
+        cls = kw.pop("cluster_class", NetnsCluster)  # e.g. tests/fault/secure.py's
+        c = cls(root, nodes, **kw)  # type: ignore[operator]
         made.append(c)
         if start:
             c.start_all()

@@ -383,8 +383,12 @@ class NetnsCluster(NodeProcesses):
 
     # --- status ------------------------------------------------------------------
 
+    def wire(self, i: int, timeout: float = 1.0) -> Any:
+        """A test connection to node i's client port that said hello (and may read keys)."""
+        return WireConn(CLIENT_PORT, host=self.addr(i), timeout=timeout)
+
     def status(self, i: int, timeout: float = 1.0) -> StatusOk:
-        conn = WireConn(CLIENT_PORT, host=self.addr(i), timeout=timeout)
+        conn = self.wire(i, timeout)
         try:
             return conn.call(Status(1))
         finally:
@@ -458,7 +462,7 @@ def stale_read(c: NetnsCluster, i: int, key: bytes, timeout: float = 1.0) -> Any
     from prkdb.partitioning import partition_for
     from prkdb.wire.messages import Get, ReadConsistency
 
-    conn = WireConn(CLIENT_PORT, host=c.addr(i), timeout=timeout)
+    conn = c.wire(i, timeout)
     try:
         return conn.call(Get(2, key, ReadConsistency.STALE, partition_for(key, c.partitions)))
     finally:

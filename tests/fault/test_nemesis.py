@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from typing import Any
 
 import pytest
 import trio
 
 from prkdb.client import ReadConsistency
 from prkdb.testing.linearizability import INF, History, Op, check_history, check_ops
-from tests.fault.netns import wait_replicas_agree
+from tests.fault.netns import NetnsCluster, wait_replicas_agree
+from tests.fault.secure import SecureNetnsCluster
 from tests.fault.workload import (
     NemesisLog,
     Stats,
@@ -39,6 +41,7 @@ from tests.fault.workload import (
 pytestmark = pytest.mark.slow
 
 DURATION = 25.0  # seconds of faults per cluster size
+SECURE_DURATION = 12.0  # the TLS-and-auth run (its plain twin runs longer)
 WORKERS = 6
 TXN_WORKERS = 3
 GROUPS = 3  # txn groups ({g0}:a, {g0}:b, ...): few, so that txns contend
@@ -48,15 +51,26 @@ GROUP_KEYS = [k for g in range(GROUPS) for k in txn_group(g)[1:]]
 
 @pytest.mark.parametrize("nodes", [3, 5])
 async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) -> None:
+    await run_nemesis(make_cluster(nodes, partitions=4), DURATION)
+
+
+async def test_random_nemesis_with_tls_and_auth(make_cluster) -> None:
+    """The same, once with TLS on every listener and auth on (issue 18): root's client."""
+    c = make_cluster(3, partitions=4, cluster_class=SecureNetnsCluster)
+    await run_nemesis(c, SECURE_DURATION, **c.client_kwargs())
+
+
+async def run_nemesis(c: NetnsCluster, duration: float, **client_kw: Any) -> None:
+    """Faults for `duration` under the mixed workload, then heal and check (module doc)."""
+    nodes = len(c.ids)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     print(f"\nseed {seed} nodes {nodes}")
-    c = make_cluster(nodes, partitions=4)
     h = History()
     stats = Stats()
     nem = NemesisLog()
     stop = trio.Event()
-    async with connect(c.seeds) as client:
+    async with connect(c.seeds, **client_kw) as client:
         async with trio.open_nursery() as nursery:
             for p in range(WORKERS):
                 nursery.start_soon(mixed_worker, client, h, p, KEYS, stop, stats,
@@ -65,7 +79,7 @@ async def test_random_nemesis_history_is_linearizable(make_cluster, nodes: int) 
                 nursery.start_soon(txn_worker, client, h, WORKERS + p, GROUPS, stop, stats,
                                    random.Random(rng.random()), 1.0)
             nursery.start_soon(random_nemesis, c, stop, random.Random(rng.random()), nem, h.t0)
-            await trio.sleep(DURATION)
+            await trio.sleep(duration)
             stop.set()
         phases = [f"faults {time.monotonic() - h.t0:.1f}s"]
         c.heal()

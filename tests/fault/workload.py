@@ -20,6 +20,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -39,9 +40,10 @@ class Stats:
         return f"ops {dict(self.ops)} errors {dict(self.errors)}"
 
 
-def connect(seeds: list[str], timeout: float = 2.0, attempt: float = 0.5):
+def connect(seeds: list[str], timeout: float = 2.0, attempt: float = 0.5, **kw: Any):
+    """The workload's client; `kw`: more `PrkDbClient.connect` arguments (tls, credentials)."""
     return PrkDbClient.connect(seeds, cluster_id=CLUSTER_ID, timeout=timeout,
-                               attempt_timeout=attempt)
+                               attempt_timeout=attempt, **kw)
 
 
 async def rec_put(client: PrkDbClient, h: History, proc: int, key: bytes, value: bytes | None,

@@ -1,0 +1,117 @@
+"""A namespaced cluster with TLS on both listeners and auth on (issue 18: the nemesis, secured).
+
+`SecureNetnsCluster` is a `NetnsCluster` whose nodes get ``[tls]`` (a
+throwaway CA; each node's certificate names ``node-<id>`` and its private
+address) and ``[auth]`` (the root user from a password file, made at first
+start). Its `wire` connections speak TLS, and those that read keys present
+root's token; `client_kwargs` are what an SDK client needs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from prkdb.client.security import Credentials, TlsOptions
+from prkdb.security.certs import CertAuthority
+from prkdb.wire import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode_message, from_wire
+from prkdb.wire.messages import Authenticate, AuthOk, Hello, Login
+from tests.fault.netns import CLIENT_PORT, CLUSTER_ID, NetnsCluster
+
+ROOT = "root"
+
+
+class SecureWireConn:
+    """A blocking TLS connection that said hello (and presented `token`, if given)."""
+
+    def __init__(self, host: str, port: int, ca: Path, *, timeout: float,
+                 token: str = "") -> None:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        raw = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+        self.decoder = FrameDecoder()
+        self.hello = self.call(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0))
+        if token:
+            reply = self.call(Authenticate(1, token))
+            if not isinstance(reply, AuthOk):
+                self.close()
+                raise ConnectionError(f"Authenticate refused: {reply}")
+
+    def call(self, msg: Any) -> Any:
+        self.sock.sendall(encode_message(msg))
+        while True:
+            f = self.decoder.next_frame()
+            if f is not NEED_DATA:
+                return from_wire(f)
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("closed")
+            self.decoder.receive_data(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SecureNetnsCluster(NetnsCluster):
+    """A NetnsCluster with [tls] and [auth] on every node (module doc)."""
+
+    def __init__(self, root: Path, nodes: int = 3, **kw: Any) -> None:
+        super().__init__(root, nodes, **kw)  # network up, plain configs written
+        self.secure = root / "secure"
+        ca = CertAuthority("PrkDB fault-test CA")
+        self.ca_file = ca.write(self.secure)
+        self.password = secrets.token_urlsafe(16)
+        password_file = self.secure / "root.password"
+        password_file.write_text(self.password + "\n")
+        password_file.chmod(0o600)
+        self._token = ""
+        for i in self.ids:
+            cert = ca.issue_node(i, hosts=(self.addr(i),)).write(self.secure, f"node{i}")
+            path = root / f"node{i}.toml"
+            path.write_text(path.read_text() + (
+                f'\n[tls]\ncert_file = "{cert.cert_file}"\nkey_file = "{cert.key_file}"\n'
+                f'ca_file = "{self.ca_file}"\n'
+                f'\n[auth]\nenabled = true\nroot_password_file = "{password_file}"\n'
+                "failed_logins_per_minute = 1000\n"))
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"tls": TlsOptions(str(self.ca_file)),
+                "credentials": Credentials(ROOT, self.password)}
+
+    def wire(self, i: int, timeout: float = 1.0) -> Any:
+        # Status needs no user; a token (HMAC-checked, cheap) lets the same
+        # connection read keys. Logging in per connection would cost a scrypt.
+        return SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=timeout,
+                              token=self._token)
+
+    def wait_ready(self, nodes: Any = None, timeout: float = 30.0) -> Any:
+        """Ready as a NetnsCluster is, and root can log in (made at first start)."""
+        leaders = super().wait_ready(nodes, timeout)
+        deadline = time.monotonic() + timeout
+        while not self._token:
+            for i in self.ids:
+                if not self.alive(i) or i in self.paused:
+                    continue
+                try:
+                    conn = SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=5)
+                    try:
+                        reply = conn.call(Login(1, ROOT, self.password))
+                    finally:
+                        conn.close()
+                except (OSError, ConnectionError):
+                    continue
+                if isinstance(reply, AuthOk) and reply.token:
+                    self._token = reply.token
+                    break
+            else:
+                assert time.monotonic() < deadline, "root could not log in"
+                time.sleep(0.2)
+        return leaders
