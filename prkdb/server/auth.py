@@ -51,7 +51,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -320,6 +320,8 @@ class AuthService:
         self.limiter = LoginLimiter(settings.failed_logins_per_minute)
         self.log_limiter = LogLimiter()
         self._threads = trio.CapacityLimiter(LOGIN_THREADS)
+        #: Called (from `run`) after users or roles changed; set by the client service.
+        self.on_change: Callable[[], None] | None = None
 
     # -- the replicated state -------------------------------------------------------
     def _partition(self) -> AuthPartition:
@@ -522,14 +524,23 @@ class AuthService:
 
     # -- the root user at first start -------------------------------------------------------
     async def run(self) -> None:
-        """While auth is on: as partition 0's leader, create the secret and root if missing."""
+        """While auth is on: as partition 0's leader, create the secret and root if missing.
+
+        Also calls `on_change` whenever the store changed (polled every
+        `BOOTSTRAP_POLL_S`): the client service checks open watches again.
+        """
         if not self.enabled:
             return
         warned = False
+        seen = -1
         while True:
             await trio.sleep(BOOTSTRAP_POLL_S)
             driver = self._partition()
             store = self.store
+            if store.revision != seen:
+                seen = store.revision
+                if self.on_change is not None:
+                    self.on_change()
             if not driver.is_leader or (store.secret and ROOT in store.users):
                 continue
             try:

@@ -284,6 +284,9 @@ class ClientService:
         self._backups: BackupFiles | None = None  # made on first use (node.snapshots)
         #: Users, tokens and permission checks (prkdb/server/auth.py).
         self.auth = AuthService(node)
+        self.auth.on_change = self._recheck_watches
+        #: With auth on: the connections that opened watches, and who is on each.
+        self._watching: dict[WatchConnection, ConnectionAuth] = {}
         self._log_limiter = LogLimiter()  # port mix-ups: one line per remote host a minute
 
     def send(self, framed: FramedStream, msg: Any) -> None:
@@ -307,6 +310,7 @@ class ClientService:
                 try:
                     await self._serve(framed, nursery, watches)
                 finally:
+                    self._watching.pop(watches, None)
                     watches.close_all()
                     # Answer what is queued (e.g. the error that ends this
                     # connection), then close; requests still running are cut.
@@ -396,6 +400,8 @@ class ClientService:
                             auth.unauthenticated(conn, e)
                         self.send(framed, error_for(e, getattr(req, "request_id", 0)))
                         continue
+                    if kind is Watch:
+                        self._watching[watches] = conn
             if type(req) is Watch or type(req) is WatchCancel:
                 self._watch_request(watches, req)
                 continue
@@ -441,6 +447,17 @@ class ClientService:
                 pass  # a rebuilding member fencing itself, with its node certificate
             case _:  # admin requests: the transfer, snapshot, backup, fence, users and roles
                 auth.require_root(conn, type(req).__name__)
+
+    def _recheck_watches(self) -> None:
+        """Users or roles changed: end the open watches their users may no longer read."""
+        for watches, conn in list(self._watching.items()):
+            for rid, (_, w) in list(watches.watches.items()):
+                try:
+                    self.auth.require(conn, w.start, w.end, False, "watch")
+                except PrkdbError as e:
+                    watches.cancel(rid)
+                    self.send(watches.framed, error_for(e, rid))
+                    watches.framed.flush()
 
     async def _login(self, framed: FramedStream, conn: ConnectionAuth, req: Login,
                      limiter: trio.Semaphore) -> None:

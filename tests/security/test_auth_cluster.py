@@ -342,11 +342,27 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
     admin = _leader_conn(cluster, 0, "root", ROOT_PW)
     grant = (b"app/", prefix_end(b"app/"))
     assert all(isinstance(c.get(b"app/1"), GetOk) for c in conns)
+    # A watch on each node, on its own connection (its frames would mix with the gets).
+    watchers = []
+    for port in cluster.client_ports:
+        w = Conn(port)
+        assert isinstance(w.login("alice", "alice-pw"), AuthOk)
+        first = w.ask(lambda r: Watch(r, 0, *grant, 0, False))
+        assert isinstance(first, WatchEvents)
+        watchers.append((w, first.request_id))
     t0 = time.monotonic()
     assert isinstance(_until(lambda: admin.ask(lambda r: RoleRevoke(r, "app", *grant))),
                       AdminOk)
     for c in conns:
         _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 5)
+    # Open watches end too, with the error, once their node applied the change.
+    for w, rid in watchers:
+        frame = w.recv()
+        while isinstance(frame, WatchEvents):
+            frame = w.recv()
+        assert isinstance(frame, Error) and frame.request_id == rid, frame
+        assert frame.code == ErrorCode.PERMISSION_DENIED and "watch needs READ" in frame.message
+        w.close()
     assert time.monotonic() - t0 < 5
     assert isinstance(_until(lambda: admin.ask(
         lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE))), AdminOk)
