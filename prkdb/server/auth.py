@@ -30,7 +30,7 @@ and the creation of the root user at first start.
   (`LoginLimiter`); beyond ``failed_logins_per_minute`` a login is refused
   at once, without checking the password, with AUTH_FAILED and
   ``retry_after_ms``. Refusals are logged once per address (or user) per
-  minute (`LogLimiter`).
+  minute (prkdb.security.tls.LogLimiter, with the count of lines held back).
 * **Root at first start** (`AuthService.run`): while ``[auth] enabled``,
   the leader of partition 0 proposes the token secret if there is none and
   the user ``root`` (role root) with the first line of
@@ -68,6 +68,7 @@ from prkdb.errors import (
     Unavailable,
 )
 from prkdb.logging import NodeLogger
+from prkdb.security.tls import LogLimiter
 from prkdb.server.pending import Callback, Waiter
 from prkdb.state import ResultCode, WriteResult, encode_command
 from prkdb.state.auth import (
@@ -118,7 +119,6 @@ from prkdb.wire.messages import (
 __all__ = [
     "AuthService",
     "ConnectionAuth",
-    "LogLimiter",
     "LoginLimiter",
     "TokenError",
     "root_password",
@@ -131,7 +131,6 @@ TOKEN_VERSION: Final = "v1"
 BOOTSTRAP_POLL_S: Final = 0.5
 # Logins checked at once per node (scrypt: ~50 ms of CPU and 16 MiB each).
 LOGIN_THREADS: Final = 2
-LOG_EVERY_S: Final = 60.0
 _NO_USER_SALT: Final = b"prkdb-no-such-user"
 
 
@@ -239,25 +238,6 @@ class LoginLimiter:
         while times and times[0] <= cut:
             times.pop(0)
         return times
-
-
-class LogLimiter:
-    """True at most once per key per `every_s` (bounded): refusals are logged once a minute."""
-
-    def __init__(self, every_s: float = LOG_EVERY_S, max_keys: int = 10_000) -> None:
-        self.every_s = every_s
-        self.max_keys = max_keys
-        self._last: OrderedDict[Any, float] = OrderedDict()
-
-    def allow(self, key: Any, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
-            return False
-        self._last[key] = now
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
-        return True
 
 
 class ConnectionAuth:
@@ -403,15 +383,19 @@ class AuthService:
         return ROOT not in self.store.users
 
     def _denied(self, conn: ConnectionAuth, user: str, what: str) -> None:
-        if self.log_limiter.allow(("denied", user), trio.current_time()):
-            self.log.warning("permission_denied", user=user, what=what, remote=conn.address)
+        held = self.log_limiter.allow("permission_denied", user)
+        if held is not None:
+            self.log.warning("permission_denied", user=user, what=what, remote=conn.address,
+                             suppressed=held)
         raise PermissionDenied(f"permission denied: user {user!r}: {what}",
                                details={"user": user, "what": what})
 
     def unauthenticated(self, conn: ConnectionAuth, error: PrkdbError) -> None:
         """Log (once a minute per address) a request refused for want of a user."""
-        if self.log_limiter.allow(("unauthenticated", conn.address), trio.current_time()):
-            self.log.info("request_unauthenticated", remote=conn.address, reason=error.message)
+        held = self.log_limiter.allow("request_unauthenticated", conn.address)
+        if held is not None:
+            self.log.info("request_unauthenticated", remote=conn.address, reason=error.message,
+                          suppressed=held)
 
     def authenticate(self, conn: ConnectionAuth, req: Authenticate) -> AuthOk:
         """Bind the token's user to `conn` (synchronous: requests after it run as that user)."""
@@ -422,8 +406,10 @@ class AuthService:
             claims = verify_token(req.token, secret=store.secret, cluster_id=self.cfg.cluster_id,
                                   store=store, now_ms=unix_ms())
         except TokenError as e:
-            if self.log_limiter.allow(("token", conn.address), trio.current_time()):
-                self.log.info("token_refused", remote=conn.address, reason=str(e))
+            held = self.log_limiter.allow("token_refused", conn.address)
+            if held is not None:
+                self.log.info("token_refused", remote=conn.address, reason=str(e),
+                              suppressed=held)
             raise Unauthenticated(str(e)) from None
         conn.bind(claims.user, claims.revision, claims.expires_ms)
         return AuthOk(req.request_id, claims.user, req.token, claims.expires_ms)
@@ -436,9 +422,10 @@ class AuthService:
         source = conn.address.rsplit(":", 1)[0]  # per address, whatever the port
         wait = self.limiter.retry_after_ms(source, now)
         if wait is not None:
-            if self.log_limiter.allow(("limited", source), now):
+            held = self.log_limiter.allow("logins_rate_limited", source)
+            if held is not None:
                 self.log.warning("logins_rate_limited", remote=conn.address, user=req.user,
-                                 retry_after_ms=wait)
+                                 retry_after_ms=wait, suppressed=held)
             raise AuthFailed(f"too many failed logins from {source}: retry in {wait} ms",
                              details={"retry_after_ms": wait})
         store = self.store
@@ -453,8 +440,10 @@ class AuthService:
         u = self.store.user(req.user)  # (it may have changed while we hashed)
         if not ok or u is None or u.password is None or u.password != pw:
             self.limiter.failed(source, trio.current_time())
-            if self.log_limiter.allow(("login", source), trio.current_time()):
-                self.log.warning("login_failed", remote=conn.address, user=req.user)
+            held = self.log_limiter.allow("login_failed", source)
+            if held is not None:
+                self.log.warning("login_failed", remote=conn.address, user=req.user,
+                                 suppressed=held)
             raise AuthFailed(f"login failed: wrong user or password for {req.user!r}")
         expires = unix_ms() + self.cfg.auth.token_ttl_s * 1000
         token = sign_token(self.store.secret, self.cfg.cluster_id, u.name, u.revision, expires)
