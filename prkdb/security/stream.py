@@ -142,6 +142,19 @@ class TlsStream(trio.abc.Stream):
                 return b""
             except ssl.SSLError as e:
                 raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
+            # Every record already received, up to n (a record holds at most
+            # 16 KiB): like one os.read of a plain socket, so the next call
+            # waits (and yields) instead of returning record after record.
+            while len(data) < n:
+                try:
+                    more = self._obj.read(n - len(data))
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    break  # nothing more yet / the close_notify: b"" next time
+                except ssl.SSLError:
+                    break  # raised again by the next call
+                if not more:
+                    break
+                data += more
             if self._out.pending:  # e.g. a KeyUpdate to answer
                 await self._drain()
             return data
