@@ -9,8 +9,11 @@ token the first must refuse.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import itertools
 import json
+import random
 import shutil
 import socket
 import tempfile
@@ -27,7 +30,7 @@ from prkdb.client import AuthFailed, Credentials, PermissionDenied, Unauthentica
 from prkdb.errors import ErrorCode
 from prkdb.partitioning import partition_for
 from prkdb.state.kv import prefix_end
-from prkdb.wire import PROTOCOL_VERSION, FrameDecoder
+from prkdb.wire import PROTOCOL_VERSION, FrameDecoder, encode_frame
 from prkdb.wire.messages import (
     AdminOk,
     Authenticate,
@@ -493,3 +496,58 @@ def test_prkctl_users_and_roles(cluster: LocalCluster, tmp_path: Path) -> None:
     assert _prkctl(cluster, *as_root, "user", "delete", "carol").exit_code == 0
     r = _prkctl(cluster, "get", "ops/x", env=env)
     assert r.exit_code == 1 and "login failed" in r.output
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_login_handshake_fuzz_keeps_the_node_serving(cluster: LocalCluster) -> None:
+    """Random Logins and Authenticates (junk tokens, forged payloads, huge names) and
+    garbage frames after the hello: every one answered or the connection closed, no crash,
+    no memory growth, and the node still serves everyone else."""
+    rng = random.Random(18)
+    port = cluster.client_ports[1]
+    pid = cluster.procs[2].pid
+
+    def junk(n: int) -> str:
+        return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(160, 0x2FFF)]))
+                       for _ in range(n))
+
+    conn = Conn(port, source="127.0.0.4")
+    before = 0
+    for i in range(400):
+        if i == 100:
+            # After a warm-up: scrypt's 16 MiB per login thread (LOGIN_THREADS) stay with
+            # the allocator; what matters is that nothing grows with the number of logins.
+            before = _rss_kb(pid)
+        kind = i % 4
+        if kind == 0:
+            msg: Any = Login(i + 1, junk(rng.randrange(1, 128)), junk(rng.randrange(0, 300)))
+        elif kind == 1:
+            msg = Authenticate(i + 1, junk(rng.randrange(0, 4000)))
+        elif kind == 2:
+            forged = base64.urlsafe_b64encode(json.dumps(
+                {"c": CLUSTER_ID, "u": "root", "r": rng.randrange(10**6),
+                 "e": rng.randrange(2**60)}).encode()).decode().rstrip("=")
+            msg = Authenticate(i + 1, f"v1.{forged}.{junk(43)}")
+        else:
+            msg = Login(i + 1, "root", junk(rng.randrange(0, 1024)))
+        reply = conn.call(msg)
+        assert isinstance(reply, Error) and reply.code in (
+            ErrorCode.AUTH_FAILED, ErrorCode.UNAUTHENTICATED), reply
+    # Oversized fields and garbage are protocol errors: the connection closes, the node lives.
+    for payload in (encode_frame([60, 1, "x" * 200, "pw"]), b"\x00\x00\x00\x03\xff\xff\xff"):
+        bad = Conn(port, source="127.0.0.4")
+        bad.sock.sendall(payload)
+        with contextlib.suppress(ConnectionError, OSError):
+            reply = bad.recv()
+            assert isinstance(reply, Error)
+        bad.close()
+    assert isinstance(Conn(port).ask(Status), StatusOk)
+    ok = Conn(port, source="127.0.0.5").login("alice", "alice-pw")
+    assert isinstance(ok, AuthOk)
+    assert _rss_kb(pid) - before < 8_000, "the node's memory grew by more than 8 MB"
