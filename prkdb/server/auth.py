@@ -143,6 +143,17 @@ class TokenError(Exception):
     """Why a token is not accepted (the message goes to the client)."""
 
 
+class AuthBehind(TokenError):
+    """This node has not applied the auth state a token was issued with (yet).
+
+    A node that restarted, or was cut off, may lag partition 0: the token's
+    user, password change or the cluster's secret are not here yet. Not the
+    client's fault: answered UNAVAILABLE (retry, here later or elsewhere),
+    never UNAUTHENTICATED (which would make the client log in again, at a
+    node that does not know the user either).
+    """
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -188,9 +199,14 @@ def verify_token(token: str, *, secret: bytes, cluster_id: str, store: AuthStore
         raise TokenError("malformed token payload")
     if cluster != cluster_id:
         raise TokenError(f"token was issued by cluster {cluster!r}, this is {cluster_id!r}")
+    if not secret:
+        raise AuthBehind("this node has not applied the cluster's token secret yet")
     want = hmac.new(secret, parts[1].encode("ascii"), hashlib.sha256).digest()
-    if not secret or not hmac.compare_digest(sig, want):
+    if not hmac.compare_digest(sig, want):
         raise TokenError("token signature is not valid (forged, or signed with another secret)")
+    if store.revision < revision:  # the entry that made the token's user is not applied here
+        raise AuthBehind(f"this node's auth state is at revision {store.revision}, before the "
+                         f"token's ({revision}): it is catching up")
     u = store.user(user)
     if u is None:
         raise TokenError(f"token of user {user!r}, which was deleted")
@@ -243,7 +259,7 @@ class LoginLimiter:
 class ConnectionAuth:
     """Who is on one client connection (module doc)."""
 
-    __slots__ = ("address", "cert_name", "expires_ms", "revision", "user")
+    __slots__ = ("address", "cert_name", "expires_ms", "pending_token", "revision", "user")
 
     def __init__(self, address: str, cert_name: str | None = None) -> None:
         self.address = address
@@ -255,6 +271,8 @@ class ConnectionAuth:
         self.revision = 0
         #: When the binding ends (0: never, for a certificate).
         self.expires_ms = 0
+        #: A token this node could not check yet (`AuthBehind`): checked again per request.
+        self.pending_token = ""
 
     def bind(self, user: str, revision: int, expires_ms: int) -> None:
         self.user, self.revision, self.expires_ms = user, revision, expires_ms
@@ -338,6 +356,9 @@ class AuthService:
     def check_user(self, conn: ConnectionAuth) -> str:
         """The connection's user if it is (still) valid; else UNAUTHENTICATED saying why."""
         user = conn.user
+        if user is None and conn.pending_token:
+            self._check_token(conn, conn.pending_token)
+            user = conn.user
         if user is None:
             raise Unauthenticated("authentication required: log in (Login) or present a "
                                   "token (Authenticate) first")
@@ -401,18 +422,30 @@ class AuthService:
         """Bind the token's user to `conn` (synchronous: requests after it run as that user)."""
         if not self.enabled:
             return AuthOk(req.request_id, "", "", 0)
+        claims = self._check_token(conn, req.token)
+        return AuthOk(req.request_id, claims.user, req.token, claims.expires_ms)
+
+    def _check_token(self, conn: ConnectionAuth, token: str) -> TokenClaims:
+        """Bind `token`'s user to `conn`, or raise: UNAVAILABLE while this node is behind
+        the token (kept, and checked again by the connection's next request), else
+        UNAUTHENTICATED saying why."""
         store = self.store
         try:
-            claims = verify_token(req.token, secret=store.secret, cluster_id=self.cfg.cluster_id,
+            claims = verify_token(token, secret=store.secret, cluster_id=self.cfg.cluster_id,
                                   store=store, now_ms=unix_ms())
+        except AuthBehind as e:
+            conn.pending_token = token
+            raise Unavailable(str(e)) from None
         except TokenError as e:
+            conn.pending_token = ""
             held = self.log_limiter.allow("token_refused", conn.address)
             if held is not None:
                 self.log.info("token_refused", remote=conn.address, reason=str(e),
                               suppressed=held)
             raise Unauthenticated(str(e)) from None
+        conn.pending_token = ""
         conn.bind(claims.user, claims.revision, claims.expires_ms)
-        return AuthOk(req.request_id, claims.user, req.token, claims.expires_ms)
+        return claims
 
     async def login(self, conn: ConnectionAuth, req: Login) -> AuthOk:
         """Check a password (rate limited per address); bind the user and issue a token."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -10,13 +11,18 @@ import pytest
 from click.testing import CliRunner
 
 from prkdb.config import NodeConfig
+from prkdb.errors import Unauthenticated, Unavailable
+from prkdb.logging import get_logger
 from prkdb.server.auth import (
+    AuthBehind,
+    AuthService,
     LoginLimiter,
     TokenError,
     _b64,
     init_root_password,
     root_password,
     sign_token,
+    unix_ms,
     verify_token,
 )
 from prkdb.server.main import cli as prkdb_cli
@@ -27,6 +33,7 @@ from prkdb.state.auth import (
     AuthUserPasswd,
     PasswordHash,
 )
+from prkdb.wire.messages import Authenticate
 
 SECRET = b"s" * 32
 NOW = 1_800_000_000_000
@@ -63,7 +70,7 @@ def test_a_token_round_trips() -> None:
         (sign_token(SECRET, "other", "alice", 5, NOW + 1), {},
          "issued by cluster 'other', this is 'c1'"),
         (sign_token(b"k" * 32, "c1", "alice", 5, NOW + 1), {}, "signature is not valid"),
-        (sign_token(SECRET, "c1", "alice", 5, NOW + 1), {"secret": b""}, "signature"),
+        (sign_token(SECRET, "c1", "alice", 5, NOW + 1), {"secret": b""}, "token secret yet"),
         (sign_token(SECRET, "c1", "bob", 5, NOW + 1), {}, "user 'bob', which was deleted"),
         (sign_token(SECRET, "c1", "alice", 4, NOW + 1), {}, "before its password changed"),
         (sign_token(SECRET, "c1", "alice", 5, NOW), {}, "expired 0 ms ago"),
@@ -93,6 +100,65 @@ def test_password_change_and_delete_void_tokens() -> None:
     store.apply(10, AuthUserDelete("alice"))
     with pytest.raises(TokenError, match="deleted"):
         _verify(token, store)
+
+
+def test_a_node_behind_the_token_says_so_instead_of_refusing_it() -> None:
+    """A lagging node (restarted, cut off) must answer UNAVAILABLE, not UNAUTHENTICATED:
+    the token is good, the node has not applied the entry that made it yet."""
+    token = sign_token(SECRET, "c1", "alice", 9, NOW + 1)  # after a password change at 9
+    store = _store()  # has alice from revision 5 only
+    with pytest.raises(AuthBehind, match="revision 5, before the token's"):
+        _verify(token, store)
+    with pytest.raises(AuthBehind, match="token secret"):
+        _verify(token, store, secret=b"")
+    fresh = AuthStore()  # nothing applied: not even the user
+    with pytest.raises(AuthBehind):
+        _verify(sign_token(SECRET, "c1", "alice", 5, NOW + 1), fresh)
+    store.apply(9, AuthUserPasswd("alice", _PW))  # caught up
+    assert _verify(token, store).revision == 9
+    store.apply(12, AuthUserDelete("alice"))
+    with pytest.raises(TokenError, match="deleted") as info:  # and now really refused
+        _verify(token, store)
+    assert not isinstance(info.value, AuthBehind)
+
+
+class _Node:
+    """What AuthService reads of a node: the config, a logger, partition 0's store."""
+
+    def __init__(self, store: AuthStore) -> None:
+        self.cfg = NodeConfig.default().replace(cluster_id="c1")
+        self.cfg = self.cfg.replace(auth=dataclasses.replace(self.cfg.auth, enabled=True))
+        self.log = get_logger(node=1)
+        store_ = store
+
+        class _P0:
+            partition = 0
+
+            def auth_store(self) -> AuthStore:
+                return store_
+
+        self.drivers = [_P0()]
+
+
+async def test_a_connection_whose_token_this_node_is_behind_waits_for_it() -> None:
+    """Authenticate on a lagging node: UNAVAILABLE, and the connection's requests say
+    UNAVAILABLE until the node catches up; then they run as the token's user."""
+    store = _store()
+    store.secret = SECRET
+    service = AuthService(_Node(store))
+    conn = service.new_connection("127.0.0.1:5", None)
+    token = sign_token(SECRET, "c1", "alice", 9, unix_ms() + 60_000)
+    with pytest.raises(Unavailable, match="catching up"):
+        service.authenticate(conn, Authenticate(1, token))
+    with pytest.raises(Unavailable):
+        service.check_user(conn)
+    store.apply(9, AuthUserPasswd("alice", _PW))
+    assert service.check_user(conn) == "alice"
+    other = service.new_connection("127.0.0.1:6", None)
+    with pytest.raises(Unauthenticated, match="signature"):
+        service.authenticate(other, Authenticate(2, token[:-3] + "AAA"))
+    with pytest.raises(Unauthenticated, match="authentication required"):
+        service.check_user(other)
 
 
 def test_login_limiter_counts_a_sliding_minute_per_address() -> None:
