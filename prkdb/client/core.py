@@ -440,6 +440,15 @@ class ClientCore:
         assert isinstance(reply, expect)
         return reply
 
+    def login_frame(self) -> bytes:
+        """A Login frame with `credentials`, to pipeline before a request (a watch's reopen).
+
+        Its answer carries `AUTHENTICATE_REQUEST_ID` and is dropped by every connection.
+        """
+        creds = self.credentials
+        assert creds is not None
+        return encode_message(Login(AUTHENTICATE_REQUEST_ID, creds.user, creds.password))
+
     def _set_token(self, token: str) -> None:
         self.token = token
         self._token_gen += 1

@@ -69,6 +69,7 @@ from prkdb.client.results import WatchEvent
 from prkdb.client.scan import KeyRange
 from prkdb.errors import (
     Compacted,
+    ErrorCode,
     InternalError,
     InvalidRequest,
     NotLeader,
@@ -77,6 +78,7 @@ from prkdb.errors import (
     Unavailable,
     WatchOverflow,
 )
+from prkdb.wire import encode_message
 from prkdb.wire.messages import Error, Event, Watch, WatchCancel, WatchEvents, to_wire
 
 __all__ = [
@@ -120,6 +122,10 @@ PENDING_EVENTS_LIMIT: Final = 10_000
 limit it cancels that partition's stream and reopens it from ``received`` once
 the caller has taken half of them. With `STREAM_FRAME_LIMIT`, a slow caller
 costs bounded memory and never makes the server's buffer overflow for long."""
+
+RELOGINS: Final = 3
+"""Reopens with a Login pipelined before the Watch after UNAUTHENTICATED, in a row
+(no frame between), before the error is raised to the caller."""
 
 _MAX_CURSOR: Final = 1 << 20  # characters; a cursor is a few bytes per partition
 _BACKOFF_BASE: Final = 0.05  # seconds; the first reopen waits 25-50 ms
@@ -350,7 +356,7 @@ class PartitionFeed:
     """One partition's stream: what was received and delivered, and where it is open."""
 
     __slots__ = ("address", "compacted", "cursor", "failures", "handle", "partition", "pending",
-                 "received", "retry_at", "silent_since", "token", "turn")
+                 "received", "relogin", "retry_at", "silent_since", "token", "turn")
 
     def __init__(self, partition: int, after: int) -> None:
         self.partition = partition
@@ -371,6 +377,9 @@ class PartitionFeed:
         #: Nodes that answered COMPACTED for `received` (cleared by any frame): a replica
         #: that restarted from a snapshot keeps less history than the others.
         self.compacted: set[str] = set()
+        #: Streams ended UNAUTHENTICATED (an expired token) since the last frame: the
+        #: next open logs in first; the third in a row is raised.
+        self.relogin = 0
 
     def accept(self, events: Sequence[Event], progress: int, key_range: KeyRange,
                where: str) -> int:
@@ -429,6 +438,11 @@ class WatchPlan:
         suspected / suspect: the core's memory of nodes that failed recently.
         clock: the front end's clock, seconds.
         rng: jitter for the backoff.
+        login: () -> a Login frame with the client's credentials, or None: a stream
+            that ends UNAUTHENTICATED (its connection's token expired) is reopened at
+            once with it pipelined before the Watch; `RELOGINS` times in a row at most
+            (a replica that applies a password change late may refuse one), then it
+            is raised.
     """
 
     def __init__(self, key_range: KeyRange, start: Mapping[int, int], prev_values: bool, *,
@@ -437,7 +451,8 @@ class WatchPlan:
                  suspected: Callable[[str], bool],
                  suspect: Callable[[str], None],
                  clock: Callable[[], float],
-                 rng: random.Random) -> None:
+                 rng: random.Random,
+                 login: Callable[[], bytes] | None = None) -> None:
         self.range = key_range
         self.prev_values = prev_values
         self.feeds = {p: PartitionFeed(p, after) for p, after in sorted(start.items())}
@@ -447,6 +462,9 @@ class WatchPlan:
         self._suspect = suspect
         self._clock = clock
         self._rng = rng
+        # The frame of a Login with the client's credentials (None: none), sent before
+        # a Watch reopened after UNAUTHENTICATED.
+        self._login = login
         self._tokens: dict[object, PartitionFeed] = {}
         self._next_token = 0
         self.opened = 0  # streams opened so far (tests and logs)
@@ -539,8 +557,12 @@ class WatchPlan:
         token = (feed.partition, self._next_token)
         partition, start, end = feed.partition, self.range.start, self.range.end
         after, prev = feed.received, self.prev_values
+        login = self._login if feed.relogin else None
 
         def watch_request(rid: int) -> Any:
+            if login is not None:  # a Login pipelined before the Watch (the node serves
+                # them in order); its answer carries an id no request has, and is dropped
+                return login() + encode_message(Watch(rid, partition, start, end, after, prev))
             return to_wire(Watch(rid, partition, start, end, after, prev))
 
         try:
@@ -562,6 +584,11 @@ class WatchPlan:
         if not isinstance(item, WatchEvents):
             # The stream ended: a lost connection, a local overflow, or an Error frame.
             feed.handle = feed.token = None
+            if (self._login is not None and feed.relogin < RELOGINS and isinstance(item, Error)
+                    and item.code == ErrorCode.UNAUTHENTICATED):
+                feed.relogin += 1  # (a token that expired): at once, with a login
+                feed.retry_at = now
+                return
             fatal = fatal_error(item, address)
             if isinstance(fatal, Compacted):
                 feed.compacted.add(address)
@@ -579,6 +606,7 @@ class WatchPlan:
                                 f"stream of partition {feed.partition}")
         feed.silent_since = now
         feed.failures = 0
+        feed.relogin = 0
         feed.compacted.clear()
         feed.accept(item.events, item.progress, self.range, address)
         if feed.pending_events >= PENDING_EVENTS_LIMIT and feed.handle is not None:
@@ -745,7 +773,7 @@ def new_watch_plan(core: ClientCore, key_range: KeyRange, start: Mapping[int, in
 
     return WatchPlan(key_range, start, bool(prev_values), addresses=topology.addresses_by_id,
                      leader_of=leader_of, suspected=suspected, suspect=suspect, clock=clock,
-                     rng=core.rng)
+                     rng=core.rng, login=core.login_frame if core.credentials else None)
 
 
 def cancel_array(request_id: int) -> Any:

@@ -465,12 +465,16 @@ class AuthService:
         if not store.secret:
             raise Unavailable("auth is starting (no token secret replicated yet): retry")
         u = store.user(req.user)
-        # No such user (or no password): check against a hash of the default cost all
-        # the same, so a login's time does not tell which users exist.
-        pw = (u.password if u is not None and u.password is not None
-              else PasswordHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, _NO_USER_SALT, bytes(32)))
-        ok = await trio.to_thread.run_sync(pw.verify, req.password, limiter=self._threads)
-        u = self.store.user(req.user)  # (it may have changed while we hashed)
+        for _ in range(3):
+            # No such user (or no password): check against a hash of the default cost all
+            # the same, so a login's time does not tell which users exist.
+            pw = (u.password if u is not None and u.password is not None
+                  else PasswordHash(SCRYPT_N, SCRYPT_R, SCRYPT_P, _NO_USER_SALT, bytes(32)))
+            ok = await trio.to_thread.run_sync(pw.verify, req.password,
+                                               limiter=self._threads)
+            before, u = u, self.store.user(req.user)
+            if u is before:  # else it changed while we hashed (a passwd applied): again
+                break
         if not ok or u is None or u.password is None or u.password != pw:
             self.limiter.failed(source, trio.current_time())
             held = self.log_limiter.allow("login_failed", source)

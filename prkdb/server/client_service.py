@@ -389,8 +389,10 @@ class ClientService:
                         self.send(framed, error_for(e, req.request_id))
                     continue
                 if type(req) is Login:
+                    # Awaited here (scrypt in a thread, ~50 ms): like Authenticate, the
+                    # requests pipelined after a Login run as its user.
                     await limiter.acquire()
-                    nursery.start_soon(self._login, framed, conn, req, limiter)
+                    await self._login(framed, conn, req, limiter)
                     continue
                 if kind is not Status and kind is not WatchCancel:
                     try:

@@ -71,6 +71,7 @@ from prkdb.wire.messages import (
     WriteOk,
 )
 from tests.client.fronts import FRONTS, Front, fronts_fixture_iter
+from tests.client.test_watch_fronts import close, take
 from tests.integration.cluster import CLUSTER_ID, LocalCluster, WireConn
 
 pytestmark = pytest.mark.slow
@@ -551,3 +552,24 @@ def test_login_handshake_fuzz_keeps_the_node_serving(cluster: LocalCluster) -> N
     ok = Conn(port, source="127.0.0.5").login("alice", "alice-pw")
     assert isinstance(ok, AuthOk)
     assert _rss_kb(pid) - before < 8_000, "the node's memory grew by more than 8 MB"
+
+
+def test_sdk_watch_logs_in_again_when_its_token_dies(cluster: LocalCluster,
+                                                     front: Front) -> None:
+    """A watch ended UNAUTHENTICATED (the user's tokens voided: the node checks open
+    watches again) reopens with a Login pipelined before it, and misses nothing."""
+    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    user = f"watcher-{front.kind}"
+    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, user, "pw", ("app",)))),
+                      AdminOk)
+    db = front.connect(cluster.seeds, credentials=Credentials(user, "pw"), timeout=10)
+    prefix = f"app/w-{front.kind}/".encode()
+    watch = db.inner.watch(prefix, cursor=db.watch_cursor(prefix))
+    db.put(prefix + b"1", b"a")
+    got = take(front, watch, 1)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw")), AdminOk)
+    time.sleep(1.2)  # every node applies it and ends the watch streams (polled, 0.5 s)
+    db.put(prefix + b"2", b"b")  # (logs in again too)
+    got += take(front, watch, 1)
+    assert [(e.key, e.value) for e in got] == [(prefix + b"1", b"a"), (prefix + b"2", b"b")]
+    close(front, watch)
