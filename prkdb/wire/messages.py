@@ -925,7 +925,12 @@ class WatchEvents:
 @dataclass(frozen=True, slots=True)
 class Login:
     """Log in with a password, on any node: answered `AuthOk` (the token, and the user is
-    bound to this connection) or AUTH_FAILED (wrong user or password, or rate limited)."""
+    bound to this connection) or AUTH_FAILED (wrong user or password, or rate limited).
+
+    Served in the order it arrives, like `Authenticate`: requests sent after it on the
+    connection run as its user (a client may pipeline a Login before a request).
+    With auth off it is answered AuthOk with an empty token, unchecked.
+    """
 
     request_id: int
     user: str
