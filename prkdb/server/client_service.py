@@ -435,13 +435,16 @@ class ClientService:
                 for txn_op in (*req.success, *req.failure):
                     auth.require_key(conn, txn_op.key, txn_op.kind != TxnOpKind.GET, "txn")
                 auth.check_user(conn)
-            case LeaseRevoke():
-                # Revoking deletes the attached keys: READWRITE on each (as applied here).
+            case LeaseRevoke() | LeaseTimeToLive(with_keys=True):
+                # A revoke deletes the attached keys: READWRITE on each; listing them
+                # needs READ on each (as applied here).
+                write = type(req) is LeaseRevoke
                 p = lease_partition(req.lease_id)
                 drivers = self.node.drivers
                 keys = drivers[p].lease_keys(req.lease_id) if p < len(drivers) else None
+                what = "lease revoke" if write else "lease time-to-live with keys"
                 for key in keys or ():
-                    auth.require_key(conn, key, True, "lease revoke (an attached key)")
+                    auth.require_key(conn, key, write, f"{what} (an attached key)")
                 auth.check_user(conn)
             case LeaseGrant() | LeaseKeepAlive() | LeaseTimeToLive() | LeaseList():
                 auth.check_user(conn)

@@ -39,6 +39,10 @@ from prkdb.wire.messages import (
     Get,
     GetOk,
     Hello,
+    LeaseGrant,
+    LeaseOk,
+    LeaseRevoke,
+    LeaseTimeToLive,
     Login,
     Perm,
     Put,
@@ -312,6 +316,20 @@ def test_permissions_on_get_put_scan_watch_and_txn(cluster: LocalCluster) -> Non
     assert _code(txn((TxnOp(TxnOpKind.PUT, a, b"1"), TxnOp(TxnOpKind.GET, x)))) == \
         ErrorCode.PERMISSION_DENIED
     assert _code(txn((TxnOp(TxnOpKind.PUT, s, b"1"),))) == ErrorCode.PERMISSION_DENIED
+    # Leases: revoking one deletes its keys (READWRITE on each); listing its keys needs READ.
+    k = b"secret/{t}leased"
+    grant = _poll(lambda: root.to_leader(p).ask(lambda r: LeaseGrant(r, p, 60_000, 77,
+                                                                       next(_seq))),
+                  lambda r: isinstance(r, LeaseOk))
+    put = root.to_leader(p).ask(lambda r: Txn(r, p, (), (TxnOp(
+        TxnOpKind.PUT, k, b"v", grant.lease_id),), (), 77, next(_seq)))
+    assert isinstance(put, TxnOk), put
+    leader = routed.to_leader(p)
+    assert _code(leader.ask(lambda r: LeaseRevoke(r, grant.lease_id, 77, next(_seq)))) == \
+        ErrorCode.PERMISSION_DENIED
+    assert _code(leader.ask(lambda r: LeaseTimeToLive(r, grant.lease_id, True))) == \
+        ErrorCode.PERMISSION_DENIED
+    assert isinstance(leader.ask(lambda r: LeaseTimeToLive(r, grant.lease_id, False)), LeaseOk)
     routed.close()
     root.close()
     assert any("permission_denied" in cluster.log(i) for i in cluster.ids)
