@@ -10,10 +10,13 @@ lease are deleted with it); see kv.py for the state and its invariants.
 Every change also yields an :class:`Event` into the machine's bounded
 :class:`EventLog` (``machine.events``), which serves watches (events.py).
 
+Partition 0's machine also holds the cluster's users, roles and token secret
+(``auth``: an :class:`~prkdb.state.auth.AuthStore`, changed by its own commands).
+
 Modules: ``commands`` (command types, log encoding), ``results`` (results,
 version/revision rules), ``limits`` (size limits, validation), ``sessions``
-(exactly-once table), ``events`` (change events, history), ``kv`` (the
-machine), ``errors``.
+(exactly-once table), ``events`` (change events, history), ``auth`` (users,
+roles, their commands), ``kv`` (the machine), ``errors``.
 """
 
 from prkdb.state.commands import (
