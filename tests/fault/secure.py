@@ -19,7 +19,7 @@ from typing import Any
 from prkdb.client.security import Credentials, TlsOptions
 from prkdb.security.certs import CertAuthority
 from prkdb.wire import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode_message, from_wire
-from prkdb.wire.messages import Authenticate, AuthOk, Hello, Login
+from prkdb.wire.messages import Authenticate, AuthOk, Hello, Login, Status, StatusOk
 from tests.fault.netns import CLIENT_PORT, CLUSTER_ID, NetnsCluster
 
 ROOT = "root"
@@ -87,14 +87,35 @@ class SecureNetnsCluster(NetnsCluster):
                 "credentials": Credentials(ROOT, self.password)}
 
     def wire(self, i: int, timeout: float = 1.0) -> Any:
-        # Status needs no user; a token (HMAC-checked, cheap) lets the same
-        # connection read keys. Logging in per connection would cost a scrypt.
+        # A token (HMAC-checked, cheap) lets the connection read keys; logging
+        # in per connection would cost a scrypt.
         return SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=timeout,
                               token=self._token)
 
+    def status(self, i: int, timeout: float = 1.0) -> StatusOk:
+        conn = SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=timeout)
+        try:
+            reply = conn.call(Status(1))  # free: no token needed (or checked)
+            assert isinstance(reply, StatusOk), reply
+            return reply
+        finally:
+            conn.close()
+
     def wait_ready(self, nodes: Any = None, timeout: float = 30.0) -> Any:
         """Ready as a NetnsCluster is, and root can log in (made at first start)."""
-        leaders = super().wait_ready(nodes, timeout)
+        try:
+            leaders = super().wait_ready(nodes, timeout)
+        except AssertionError as e:  # say why each node did not answer
+            why = []
+            for i in self.ids:
+                try:
+                    st = self.status(i, timeout=2)
+                    why.append(f"node {i}: " + ", ".join(
+                        f"p{p.partition} leader {p.leader} term {p.term} commit {p.commit} "
+                        f"applied {p.applied}" for p in st.partitions))
+                except Exception as exc:
+                    why.append(f"node {i}: {exc!r}; log tail:\n{self.log(i)[-1500:]}")
+            raise AssertionError(f"{e}\n" + "\n".join(why)) from None
         deadline = time.monotonic() + timeout
         while not self._token:
             for i in self.ids:
