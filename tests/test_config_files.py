@@ -73,6 +73,7 @@ def test_unit_has_the_required_settings() -> None:
     expect = {
         "Type": "notify",
         "ExecStart": "/usr/local/bin/prkdb serve --config /etc/prkdb/%i.toml",
+        "ExecReload": "/bin/kill -HUP $MAINPID",  # reloads the TLS certificates
         "Restart": "on-failure",
         "TimeoutStopSec": "30",
         "LimitNOFILE": "65536",
