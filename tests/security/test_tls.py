@@ -327,3 +327,25 @@ def test_frames_name_tls_records() -> None:
         with pytest.raises(RemoteProtocolError) as info:
             d.next_frame()
         assert info.value.details == {"tls": kind}
+
+
+async def test_the_sdk_checks_the_name_it_dialed_or_server_name(pki: Pki) -> None:
+    """Node certificates name node-<id>, localhost and 127.0.0.1; anything else is refused."""
+    tls = NodeTls(pki.config(1), RecordingLog())
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        await stream.receive_some(1)
+
+    async with trio.open_nursery() as nursery:
+        port = await _serve(nursery, tls.wrap(handler, "client"))
+        for name, ok in (("", True), ("node-1", True), ("localhost", True),
+                         ("node-2", False), ("db.example.net", False)):
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            client = ClientTls(TlsOptions(str(pki.ca_file), server_name=name))
+            if ok:
+                stream = await tls_handshake(raw, client, "n", "127.0.0.1")
+                await stream.aclose()
+            else:
+                with pytest.raises(TlsError, match="certificate was refused: Hostname mismatch"):
+                    await tls_handshake(raw, client, "n", "127.0.0.1")
+        nursery.cancel_scope.cancel()
