@@ -362,7 +362,10 @@ class _PeerLink:
             try:
                 self.tls_backlog = self.tls.write_nowait(data) or self.tls_backlog
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False  # the sender task's next write fails too and reconnects
+                # Broken: the sender task's write fails too, and it reconnects.
+                self.out += data
+                self._wake.set()
+                return True
             if self.tls_backlog:
                 self._wake.set()
             return True
