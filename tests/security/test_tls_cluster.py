@@ -285,3 +285,27 @@ def test_fuzzed_handshakes_leave_the_node_serving(cluster: TlsCluster) -> None:
     assert cluster.alive(1)
     still_serves(cluster, b"after-fuzz")
     assert _rss_mb(pid) - before < 50
+
+
+def test_a_restarted_node_catches_up_over_tls(cluster: TlsCluster) -> None:
+    """kill -9 a node, write without it, start it again: its peers' TLS links come back."""
+    cluster.kill(2)
+    with SyncClient([cluster.seeds[0], cluster.seeds[2]], tls=cluster.options(),
+                    timeout=15) as db:
+        for i in range(50):
+            db.put(b"while-down/%d" % i, b"v")
+        target = {p.partition: p.commit for p in cluster.status(1).partitions}
+    cluster.start(2)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            mine = {p.partition: p.applied for p in cluster.status(2).partitions}
+        except (OSError, ConnectionError, AssertionError):
+            mine = {}
+        if mine and all(mine[p] >= c for p, c in target.items()):
+            break
+        assert time.monotonic() < deadline, f"node 2 applied {mine}, wanted {target}"
+        time.sleep(0.1)
+    assert "peer_connected" in cluster.log(2)
+    with SyncClient(cluster.seeds[1:2], tls=cluster.options(), timeout=10) as db:
+        db.put(b"after-restart", b"1")
