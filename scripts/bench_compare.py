@@ -33,9 +33,10 @@ seconds measured, systems alternated per workload, --reps repetitions):
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
   TLS           (PrkDB only; --no-tls skips it) W1, W64 and R64-lin against a second
                 3-node PrkDB with [tls] on both listeners (mutual TLS between peers,
-                certificates from prkdb.security.certs), alternated with the plain
+                certificates from prkdb.security.certs) and [auth] on (the clients log
+                in as root: every request is checked), alternated with the plain
                 cluster in the same reps: throughput, latency and server CPU with TLS
-                against plain
+                and auth against plain
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
 window), the load generator's own CPU, and the physical floor (one fdatasync
@@ -76,8 +77,8 @@ from etcd_load import EtcdError, EtcdHttp  # noqa: E402
 
 from prkdb.bench import key_of, percentile, preload  # noqa: E402
 from prkdb.client import PrkDbClient, ReadConsistency  # noqa: E402
-from prkdb.client.security import TlsOptions  # noqa: E402
-from prkdb.errors import PrkdbError  # noqa: E402
+from prkdb.client.security import Credentials, TlsOptions  # noqa: E402
+from prkdb.errors import AuthFailed, PrkdbError  # noqa: E402
 from prkdb.partitioning import partition_for  # noqa: E402
 from prkdb.security.certs import CertAuthority  # noqa: E402
 from prkdb.server.main import dev_configs  # noqa: E402
@@ -120,6 +121,13 @@ TLS_PORT_OFFSET = 300  # its client ports: --port + 300.. (peers + 100 more)
 def tls_options(spec: dict) -> TlsOptions | None:
     """The SDK's TLS settings a target names ("ca_file"), or None for plaintext."""
     return TlsOptions(spec["ca_file"]) if spec.get("ca_file") else None
+
+
+def credentials(spec: dict) -> Credentials | None:
+    """root's credentials if a target names its password file ("password_file")."""
+    if not spec.get("password_file"):
+        return None
+    return Credentials("root", Path(spec["password_file"]).read_text().splitlines()[0])
 
 
 def log(msg: str) -> None:
@@ -223,16 +231,23 @@ class PrkCluster(Cluster):
             self.name = "prkdb-tls"
         paths = dev_configs(3, port, root / self.name, PARTITIONS)
         self.tls: TlsOptions | None = None
-        if tls:  # TLS on both listeners; peers mutual (prkdb/security/tls.py)
+        self.password_file = ""  # with auth: root's password (the clients log in as root)
+        self.credentials: Credentials | None = None
+        if tls:  # TLS on both listeners; peers mutual (prkdb/security/tls.py); auth on
             certs = root / self.name / "certs"
             ca = CertAuthority("bench CA")
             ca_file = ca.write(certs)
+            password_file = certs / "root.password"
+            password_file.write_text("bench-root-password\n")
             for i, path in enumerate(paths, 1):
                 c = ca.issue_node(i).write(certs, f"node{i}")
                 with path.open("a") as f:
                     f.write(f'\n[tls]\ncert_file = "{c.cert_file}"\nkey_file = "{c.key_file}"\n'
-                            f'ca_file = "{ca_file}"\n')
+                            f'ca_file = "{ca_file}"\n'
+                            f'\n[auth]\nenabled = true\nroot_password_file = "{password_file}"\n')
             self.tls = TlsOptions(str(ca_file))
+            self.password_file = str(password_file)
+            self.credentials = credentials({"password_file": self.password_file})
         for i, path in enumerate(paths, 1):
             self.cmds[i] = [sys.executable, "-m", "prkdb", "serve", "--config", str(path),
                             "--log-level", "warning"]
@@ -241,10 +256,17 @@ class PrkCluster(Cluster):
     async def ready(self) -> None:
         if self.tls is None:
             await wait_ready(self.seeds)
-        async with PrkDbClient.connect(self.seeds, cluster_id=CLUSTER_ID, timeout=30,
-                                       tls=self.tls) as c:
-            for node in self.cmds:  # every node answers (a restarted one too)
-                await c.status(node)
+        # (with auth: the connect's login waits until the root user exists)
+        for _ in range(100):
+            try:
+                async with PrkDbClient.connect(self.seeds, cluster_id=CLUSTER_ID, timeout=30,
+                                               tls=self.tls, credentials=self.credentials) as c:
+                    for node in self.cmds:  # every node answers (a restarted one too)
+                        await c.status(node)
+                    return
+            except AuthFailed:  # root is created by partition 0's first leader
+                await trio.sleep(0.2)
+        raise RuntimeError(f"{self.name}: the root user was not created")
 
 
 class EtcdCluster(Cluster):
@@ -362,7 +384,7 @@ async def worker_main(spec: dict) -> None:
     per_op = 1  # items (scans, renewals, ...) one op does
     if system.startswith("prkdb"):
         prk = await PrkDbClient.connect(spec["seeds"], cluster_id=CLUSTER_ID, timeout=10,
-                                        tls=tls_options(spec))
+                                        tls=tls_options(spec), credentials=credentials(spec))
         for j in range(clients):
             if workload in ("put", "put-watched", "put-stalled"):
                 ops.append(lambda k, c=prk: c.put(k, VALUE))
@@ -634,7 +656,7 @@ async def preload_all(system: str, cluster: Cluster, keys: int) -> None:
     if system.startswith("prkdb"):
         assert isinstance(cluster, PrkCluster)
         async with PrkDbClient.connect(cluster.seeds, cluster_id=CLUSTER_ID, timeout=30,
-                                       tls=cluster.tls) as c:
+                                       tls=cluster.tls, credentials=cluster.credentials) as c:
             await preload(c, keys, len(VALUE))
     else:
         await bulk_load_etcd(cluster, keys, batch=1)
@@ -972,7 +994,7 @@ def build_table(data: dict, systems: list[str]) -> str:
             if t is None or p is None:
                 continue
             ratio = t[0] / p[0] if p[0] else None
-            rows.append((f"TLS: {label}{name} ({unit}), TLS [plain]",
+            rows.append((f"TLS+auth: {label}{name} ({unit}), TLS+auth [plain]",
                          f"{cell(t, unit)} [{cell(p, unit)}]", "",
                          f"{ratio:.2f}× of plain" if ratio is not None else "n/a", "", ""))
     idle = data.get("idle_cpu_cores", {})
@@ -1133,7 +1155,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
         if system.startswith("prkdb"):
             assert isinstance(c, PrkCluster)
             return {"seeds": c.seeds, **extra,
-                    **({"ca_file": c.tls.ca_file} if c.tls is not None else {})}
+                    **({"ca_file": c.tls.ca_file} if c.tls is not None else {}),
+                    **({"password_file": c.password_file} if c.password_file else {})}
         leader = trio.run(c.leader)
         eps = c.endpoints
         if workload == "keepalive":

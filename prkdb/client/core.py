@@ -358,7 +358,8 @@ class ClientCore:
         #: The token of the last login ("": the server has auth off; None: none yet).
         #: Every new connection presents it right after its Hello (`hello_frame`).
         self.token: str | None = None
-        self._token_gen = 0  # bumped at every login: a call tells "someone logged in since"
+        self._token_gen = 0  # bumped at every login (a waiting call sees a new token)
+        self._logging_in_until = -math.inf  # a relogin runs until then (single flight)
         if isinstance(seeds, str):
             seeds = [seeds]
         if not seeds:
@@ -453,25 +454,44 @@ class ClientCore:
         self.token = token
         self._token_gen += 1
 
-    def _relogin(self, target: str, gen: int, deadline: float) -> Plan[None]:
+    def _relogin(self, target: str, deadline: float) -> Plan[None]:
         """After UNAUTHENTICATED from `target`: bind a user to our connection there.
 
-        A token newer than the refused attempt (another call logged in since)
-        is presented with Authenticate; else a Login there gets a new one.
-        Raises what the node answers (AuthFailed: wrong password); a broken
-        connection is left to the retry loop.
+        Cheapest first, since many calls may be refused at once (a connection
+        dialed before the login, a token that expired under load): (1) present
+        our token with Authenticate (an HMAC check on the node); (2) if it is
+        refused and another call is logging in, wait for its token and present
+        that; (3) else log in there ourselves (scrypt on the node; one call at
+        a time, so a burst of refusals costs one login, not one each).
+        Raises what the node answers a Login (AuthFailed: wrong password); a
+        broken connection or the deadline is left to the retry loop.
         """
         creds = self.credentials
         assert creds is not None
+        clock = self.clock
         try:
-            token = self.token
-            if token and self._token_gen != gen:
-                reply = yield Send(target, lambda rid: to_wire(Authenticate(rid, token)),
+            first = self.token
+            if first:
+                reply = yield Send(target, lambda rid: to_wire(Authenticate(rid, first)),
                                    deadline)
                 if isinstance(reply, AuthOk):
                     return
-            reply = yield Send(target, lambda rid: to_wire(Login(rid, creds.user,
-                                                                 creds.password)), deadline)
+            seen = self._token_gen
+            while self._logging_in_until > clock() and self._token_gen == seen:
+                yield Sleep(_REFRESH_POLL)  # another call logs in: its token will do
+            newer = self.token
+            if self._token_gen != seen and newer:
+                reply = yield Send(target, lambda rid: to_wire(Authenticate(rid, newer)),
+                                   deadline)
+                if isinstance(reply, AuthOk):
+                    return
+            self._logging_in_until = deadline
+            try:
+                reply = yield Send(target, lambda rid: to_wire(Login(rid, creds.user,
+                                                                     creds.password)),
+                                   deadline)
+            finally:
+                self._logging_in_until = -math.inf
         except (ConnectFailed, ConnectionLost, AttemptExpired):
             return
         if isinstance(reply, AuthOk):
@@ -1284,7 +1304,6 @@ class ClientCore:
         relogged = False  # logged in again once after UNAUTHENTICATED (issue 18)
         while now < deadline:
             send: Send | None = None  # the attempt (and its state), once there is a target
-            token_gen = self._token_gen
             reply: Any = None
             expired = False  # the attempt's time ran out
             attempt_end = now + span
@@ -1346,7 +1365,7 @@ class ClientCore:
                       and self.credentials is not None):
                     # Nothing was done: log in on that connection once, and retry at once.
                     relogged = True
-                    yield from self._relogin(target, token_gen, attempt_end)
+                    yield from self._relogin(target, attempt_end)
                     now = clock()
                     continue
                 elif err.code in (
