@@ -31,7 +31,8 @@ def test_a_reachable_listener_needs_tls_and_auth_or_insecure(tmp_path: Path) -> 
     tls = {"cert_file": "n.crt", "key_file": "n.key"}
     only_tls = _cfg("0.0.0.0:7001", tls=tls)
     assert "without auth ([auth] enabled)" in (exposure_refusal(only_tls) or "")
-    assert exposure_refusal(_cfg("0.0.0.0:7001", tls=tls, auth={"enabled": True})) is None
+    auth = {"enabled": True, "root_password_file": "root.pw"}
+    assert exposure_refusal(_cfg("0.0.0.0:7001", tls=tls, auth=auth)) is None
     assert exposure_refusal(_cfg("0.0.0.0:7001", node={"insecure": True})) is None
 
 
