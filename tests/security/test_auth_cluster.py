@@ -591,3 +591,19 @@ def test_sdk_watch_logs_in_again_when_its_token_dies(cluster: LocalCluster,
     got += take(front, watch, 1)
     assert [(e.key, e.value) for e in got] == [(prefix + b"1", b"a"), (prefix + b"2", b"b")]
     close(front, watch)
+
+
+def test_a_wiped_node_fences_itself_as_root_and_rejoins(cluster: LocalCluster) -> None:
+    """Last in the module (it restarts node 3): a node that lost its disk after the root
+    user exists logs in as root (its root_password_file) to send RebuildFence, rebuilds
+    from its peers, and serves again with the cluster's users."""
+    cluster.kill(3)
+    shutil.rmtree(cluster.root / "data3")
+    cluster.start(3)
+    assert cluster.wait_for_log(3, "rebuild_prepared", timeout=30), cluster.log(3)[-3000:]
+    assert "refused RebuildFence" not in cluster.log(3)
+    cluster.wait_ready()
+    conn = _poll(lambda: Conn(cluster.client_ports[2]), lambda r: r is not None)
+    assert isinstance(_poll(lambda: conn.login("alice", "alice-pw"),
+                            lambda r: isinstance(r, AuthOk)), AuthOk)
+    assert isinstance(_poll(lambda: conn.get(b"app/1"), lambda r: isinstance(r, GetOk)), GetOk)
