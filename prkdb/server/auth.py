@@ -10,8 +10,10 @@ and the creation of the root user at first start.
 * **Identity.** Each client connection has a `ConnectionAuth`: nobody until
   a `Login` (a password, checked with scrypt in a worker thread), an
   `Authenticate` (a token) or, with ``[tls] client_cert_auth``, the verified
-  client certificate's common name. With ``[auth] enabled = false`` nothing
-  is checked and Login answers an empty token.
+  client certificate's common name. Both are served in the order they
+  arrive on the connection (the reader awaits a Login), so requests
+  pipelined after them run as their user. With ``[auth] enabled = false``
+  nothing is checked and Login answers an empty token.
 * **Tokens** are ``v1.<payload>.<signature>``: the payload is base64url JSON
   ``{"c": cluster id, "u": user, "r": the user's revision, "e": expiry in
   Unix ms}``, the signature base64url HMAC-SHA256 over the payload text with
@@ -23,9 +25,13 @@ and the creation of the root user at first start.
   now*, so a role change takes effect on a node as soon as it applies
   partition 0's entry: Get/Scan/Watch need READ on the whole key or range
   (a wider range is refused, not filtered), writes need READWRITE on every
-  key, admin requests need the root role. Status, Hello, Login and
+  key (a lease revoke: every key attached; a time-to-live with keys: READ on
+  them), admin requests need the root role. Status, Hello, Login and
   Authenticate need nobody. A member's node certificate (CN ``node-<id>``)
-  may send RebuildFence for its own id (a rebuilding node fences itself).
+  may send RebuildFence for its own id, and anybody may while the cluster
+  has no root user yet (a rebuilding node must fence itself; `may_fence`).
+  Open watches are checked again whenever the store changes (`run` polls
+  its revision): one whose range is no longer readable ends with the error.
 * **Failed logins** are counted per source address over a sliding minute
   (`LoginLimiter`); beyond ``failed_logins_per_minute`` a login is refused
   at once, without checking the password, with AUTH_FAILED and
