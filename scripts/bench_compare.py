@@ -31,12 +31,16 @@ seconds measured, systems alternated per workload, --reps repetitions):
                 the throughput against plain W64 of the same rep, and the servers' RSS
                 growth (a slow watcher must be cut off, not slow writes or grow memory)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
-  TLS           (PrkDB only; --no-tls skips it) W1, W64 and R64-lin against a second
+  TLS           (--no-tls skips it) W1, W64 and R64-lin against a second
                 3-node PrkDB with [tls] on both listeners (mutual TLS between peers,
                 certificates from prkdb.security.certs) and [auth] on (the clients log
                 in as root: every request is checked), alternated with the plain
                 cluster in the same reps: throughput, latency and server CPU with TLS
-                and auth against plain
+                and auth against plain; with etcd, also a second 3-node etcd with TLS
+                on both listeners (peers mutual; no auth), whose TLS cost is the
+                yardstick: PrkDB's ratio over etcd's (the issue's goal: >= 1.0x for
+                throughput, <= 1.0x for server CPU). Both clients speak TLS through
+                prkdb.security.stream.TlsStream
 
 plus server CPU microseconds per operation (/proc/PID/stat over each measured
 window), the load generator's own CPU, and the physical floor (one fdatasync
@@ -114,7 +118,8 @@ LEVELS = {
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ETCD_ATTEMPT_TIMEOUT = 0.1  # seconds, the etcd FAILOVER writer's per-attempt timeout
-TLS_WORKLOADS = ("W1", "W64", "R64-lin")  # what the "prkdb-tls" system runs
+TLS_WORKLOADS = ("W1", "W64", "R64-lin")  # what the "prkdb-tls" and "etcd-tls" systems run
+TLS_SYSTEMS = ("prkdb-tls", "etcd-tls")
 TLS_PORT_OFFSET = 300  # its client ports: --port + 300.. (peers + 100 more)
 
 
@@ -272,26 +277,43 @@ class PrkCluster(Cluster):
 class EtcdCluster(Cluster):
     name = "etcd"
 
-    def __init__(self, root: Path, port: int, binary: str) -> None:
+    def __init__(self, root: Path, port: int, binary: str, *, tls: bool = False) -> None:
         super().__init__(root)
+        self.ca_file = ""  # with TLS: the CA the clients trust
+        scheme = "https" if tls else "http"
+        if tls:
+            self.name = "etcd-tls"
         self.endpoints = [f"127.0.0.1:{port + i}" for i in range(3)]
-        peers = [f"http://127.0.0.1:{port + 100 + i}" for i in range(3)]
+        peers = [f"{scheme}://127.0.0.1:{port + 100 + i}" for i in range(3)]
         initial = ",".join(f"e{i + 1}={peers[i]}" for i in range(3))
+        certs = root / self.name / "certs"
+        ca = CertAuthority("bench etcd CA") if tls else None
+        if ca is not None:
+            self.ca_file = str(ca.write(certs))
         for i in range(3):
-            client = f"http://{self.endpoints[i]}"
+            client = f"{scheme}://{self.endpoints[i]}"
             self.cmds[i + 1] = [
-                binary, "--name", f"e{i + 1}", "--data-dir", str(root / f"etcd{i + 1}"),
+                binary, "--name", f"e{i + 1}",
+                "--data-dir", str(root / f"{self.name}{i + 1}"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "bench-compare",
+                "--initial-cluster-token", f"bench-compare-{self.name}",
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
             ]
+            if ca is not None:  # TLS on both listeners, peers mutual (as PrkDB's [tls])
+                c = ca.issue_node(i + 1).write(certs, f"e{i + 1}")
+                self.cmds[i + 1] += [
+                    # No --trusted-ca-file: etcd would then require client certificates.
+                    "--cert-file", str(c.cert_file), "--key-file", str(c.key_file),
+                    "--peer-cert-file", str(c.cert_file), "--peer-key-file", str(c.key_file),
+                    "--peer-trusted-ca-file", self.ca_file, "--peer-client-cert-auth",
+                ]
 
     async def statuses(self) -> dict[int, dict]:
         out = {}
         for node in self.cmds:
-            conn = EtcdHttp(self.endpoints[node - 1])
+            conn = EtcdHttp(self.endpoints[node - 1], self.ca_file)
             try:
                 with trio.fail_after(2):
                     out[node] = await conn.status()
@@ -400,7 +422,7 @@ async def worker_main(spec: dict) -> None:
     else:
         endpoints = spec["endpoints"]
         for g in range(offset, offset + clients):
-            conn = EtcdHttp(endpoints[g % len(endpoints)])
+            conn = EtcdHttp(endpoints[g % len(endpoints)], spec.get("ca_file", ""))
             await conn.connect()
             conns.append(conn)
             if workload in ("put", "put-watched"):
@@ -729,7 +751,7 @@ async def bulk_load_etcd(cluster: EtcdCluster, keys: int, batch: int = 100,
                    for s in range(0, keys, batch)])
 
     async def worker() -> None:
-        conn = EtcdHttp(endpoint)
+        conn = EtcdHttp(endpoint, cluster.ca_file)
         try:
             for chunk in chunks:
                 if len(chunk) == 1:
@@ -994,9 +1016,24 @@ def build_table(data: dict, systems: list[str]) -> str:
             if t is None or p is None:
                 continue
             ratio = t[0] / p[0] if p[0] else None
-            rows.append((f"TLS+auth: {label}{name} ({unit}), TLS+auth [plain]",
-                         f"{cell(t, unit)} [{cell(p, unit)}]", "",
-                         f"{ratio:.2f}× of plain" if ratio is not None else "n/a", "", ""))
+            et, ep = stat("etcd-tls", label, field), stat("etcd", label, field)
+            eratio = et[0] / ep[0] if et and ep and ep[0] else None
+            etcd_cell = (f"{cell(et, unit)} [{cell(ep, unit)}] = {eratio:.2f}×"
+                         if et and ep and eratio is not None else "")
+            if ratio is not None and eratio:
+                # The issue's goal: PrkDB's cost of TLS no worse than etcd's.
+                rel = ratio / eratio
+                better = rel >= 1.0 if field == "ops_per_s" else rel <= 1.0
+                target = ("≥ 1.0×" if field == "ops_per_s" else "≤ 1.0×") \
+                    if field in ("ops_per_s", "server_cpu_us_per_op") else ""
+                rows.append((f"TLS: {label}{name} ({unit}), TLS [plain] = ratio; PrkDB with "
+                             "auth", f"{cell(t, unit)} [{cell(p, unit)}] = {ratio:.2f}×",
+                             etcd_cell, f"{rel:.2f}×", target,
+                             ("yes" if better else "**no**") if target else ""))
+            else:
+                rows.append((f"TLS+auth: {label}{name} ({unit}), TLS+auth [plain]",
+                             f"{cell(t, unit)} [{cell(p, unit)}]", "",
+                             f"{ratio:.2f}× of plain" if ratio is not None else "n/a", "", ""))
     idle = data.get("idle_cpu_cores", {})
     rows.append(("idle server CPU, 3 nodes, no load (% of a core)",
                  f"{100 * idle['prkdb']:.0f}" if "prkdb" in idle else "n/a",
@@ -1112,7 +1149,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
 
     ports = [args.port + i for i in (0, 1, 2, 100, 101, 102)]
     clusters: dict[str, Cluster] = {"prkdb": PrkCluster(root, args.port)}
-    if not args.no_tls and (not args.workloads or args.workloads & set(TLS_WORKLOADS)):
+    tls = not args.no_tls and (not args.workloads or bool(args.workloads & set(TLS_WORKLOADS)))
+    if tls:
         tls_port = args.port + TLS_PORT_OFFSET
         ports += [tls_port + i for i in (0, 1, 2, 100, 101, 102)]
         clusters["prkdb-tls"] = PrkCluster(root, tls_port, tls=True)
@@ -1120,6 +1158,11 @@ def run(args: argparse.Namespace, root: Path) -> None:
     if etcd_bin:
         ports += [args.etcd_port + i for i in (0, 1, 2, 100, 101, 102)]
         clusters["etcd"] = EtcdCluster(root, args.etcd_port, etcd_bin)
+        if tls:  # etcd with TLS on both listeners, for the TLS cost of each system
+            tls_port = args.etcd_port + TLS_PORT_OFFSET
+            ports += [tls_port + i for i in (0, 1, 2, 100, 101, 102)]
+            clusters["etcd-tls"] = EtcdCluster(root, tls_port, etcd_bin, tls=True)
+            systems.append("etcd-tls")
     check_ports_free(ports)
     for s in systems:
         clusters[s].start()
@@ -1130,7 +1173,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         trio.run(clusters[s].ready)
         trio.run(preload_all, s, clusters[s], READ_KEYS)
         log(f"{s}: 3 nodes up, {READ_KEYS} keys preloaded")
-        if s == "prkdb-tls":
+        if s in TLS_SYSTEMS:
             continue  # runs TLS_WORKLOADS only
         if "scan" in wanted:
             trio.run(preload_scan, s, clusters[s])
@@ -1157,12 +1200,14 @@ def run(args: argparse.Namespace, root: Path) -> None:
             return {"seeds": c.seeds, **extra,
                     **({"ca_file": c.tls.ca_file} if c.tls is not None else {}),
                     **({"password_file": c.password_file} if c.password_file else {})}
+        assert isinstance(c, EtcdCluster)
         leader = trio.run(c.leader)
         eps = c.endpoints
         if workload == "keepalive":
             return {"endpoints": [eps[leader - 1]], **extra}
         if workload in ("put", "put-watched", "get-linearizable", "scan"):
-            return {"endpoints": [eps[leader - 1]]}
+            return {"endpoints": [eps[leader - 1]],
+                    **({"ca_file": c.ca_file} if c.ca_file else {})}
         if workload == "get-follower":
             return {"endpoints": [ep for i, ep in enumerate(eps, 1) if i != leader]}
         return {"endpoints": eps}
@@ -1173,7 +1218,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
             for s in order:
                 if workload == "put-stalled" and s != "prkdb":
                     continue  # raw PrkDB sockets
-                if s == "prkdb-tls" and label not in TLS_WORKLOADS:
+                if s in TLS_SYSTEMS and label not in TLS_WORKLOADS:
                     continue
                 r = run_load(s, clusters[s], workload, clients, target(s, workload), args, root)
                 data["runs"].setdefault(s, {}).setdefault(label, []).append(r)
@@ -1182,7 +1227,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
                     f"server {r['server_cpu_us_per_op'] or 0:,.0f} µs/op  "
                     f"loadgen {r['loadgen_busiest_proc_pct']:.0f}% x{r['loadgen_procs']}  "
                     f"errors {r['errors']}")
-    untimed = [s for s in systems if s != "prkdb-tls"]  # failover and RSS: no TLS rows
+    untimed = [s for s in systems if s not in TLS_SYSTEMS]  # failover and RSS: no TLS rows
     for rep in range(args.failover_reps):
         for s in (untimed if rep % 2 == 0 else untimed[::-1]):
             r = trio.run(failover_once, s, clusters[s], rep)

@@ -5,6 +5,8 @@ etcd serves a JSON gateway (grpc-gateway) on its client port: ``POST
 with base64 keys and values. One `EtcdHttp` is one TCP connection carrying
 one request at a time (HTTP/1.1, no pipelining), so a closed-loop client is
 one `EtcdHttp`. No dependency beyond trio; used by scripts/bench_compare.py.
+With ``ca_file`` it speaks HTTPS, through the same `TlsStream` as the PrkDB
+SDK (prkdb/security/stream.py), so both systems' clients pay the same for TLS.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 from typing import Any
 
 import trio
+
+from prkdb.security.stream import TlsStream
 
 
 class EtcdError(Exception):
@@ -33,11 +38,13 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 class EtcdHttp:
     """One keep-alive HTTP/1.1 connection to one etcd endpoint ("127.0.0.1:2379")."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, ca_file: str = "") -> None:
         self.endpoint = endpoint
         self.host, self.port = split_endpoint(endpoint)
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.abc.Stream | None = None
+        self._socket: trio.SocketStream | None = None
         self._buf = bytearray()
+        self._tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     async def connect(self) -> None:
         if self._stream is None:
@@ -46,17 +53,27 @@ class EtcdHttp:
             except OSError as e:
                 raise EtcdError(f"connect {self.endpoint}: {e}") from e
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socket = stream
             self._stream = stream
+            if self._tls is not None:
+                tls = TlsStream(stream, self._tls, server_side=False, server_hostname=self.host)
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as e:
+                    stream.socket.close()
+                    self._stream = self._socket = None
+                    raise EtcdError(f"TLS with {self.endpoint}: {e}") from e
+                self._stream = tls
             self._buf.clear()
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.socket.close()
-            self._stream = None
+        if self._socket is not None:
+            self._socket.socket.close()
+            self._stream = self._socket = None
 
     async def aclose(self) -> None:
         if self._stream is not None:
-            stream, self._stream = self._stream, None
+            stream, self._stream, self._socket = self._stream, None, None
             await stream.aclose()
 
     async def _fill(self) -> None:
