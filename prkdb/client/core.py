@@ -427,17 +427,31 @@ class ClientCore:
         assert isinstance(reply, AuthOk)
         self._set_token(reply.token)
 
-    def auth_admin(self, request: Callable[[int], WireMessage], describe: str,
-                   expect: type[T], timeout: float | None) -> Plan[T]:
+    def auth_admin(self, request: Callable[..., WireMessage], describe: str,
+                   expect: type[T], timeout: float | None, *, write: bool = True) -> Plan[T]:
         """A user or role request (root only), sent to partition 0's leader.
 
         Args:
-            request: request id -> the request (`UserAdd`, ..., `RoleList`).
+            request: ``(request_id, client_id, seq)`` -> the change (`UserAdd`, ...),
+                made exactly once with a session slot held throughout (a retry
+                after a lost answer gets the first answer again); with
+                ``write=False`` ``(request_id)`` -> a listing (`UserList`, `RoleList`).
             describe: what it does, for error messages ("user add alice").
             expect: its answer's type (AdminOk, UserListOk, RoleListOk).
         """
-        op = _Op(lambda: describe, lambda rid: to_wire(request(rid)), partition=0)
-        reply = yield from self.execute(op, timeout, expect)  # type: ignore[arg-type]
+        if not write:
+            op = _Op(lambda: describe, lambda rid: to_wire(request(rid)), partition=0)
+            reply = yield from self.execute(op, timeout, expect)  # type: ignore[arg-type]
+            assert isinstance(reply, expect)
+            return reply
+        slot = self.sessions.acquire()
+        client_id, seq = slot.client_id, slot.next_seq
+        try:
+            op = _Op(lambda: f"{describe} (client {client_id} seq {seq})",
+                     lambda rid: to_wire(request(rid, client_id, seq)), 0, _LINEARIZABLE, True)
+            reply = yield from self.execute(op, timeout, expect)  # type: ignore[arg-type]
+        finally:
+            self.sessions.release(slot)
         assert isinstance(reply, expect)
         return reply
 

@@ -307,70 +307,77 @@ class SyncClient:
     def user_add(self, name: str, password: str | None = None, roles: Iterable[str] = (),
                        *, timeout: float | None = None) -> AdminOk:
         """Create user `name` (password None: it logs in with a client certificate only)."""
+        given = tuple(roles)  # (an iterator is read once; every attempt sends the same)
         return self._run(self.core.auth_admin(
-            lambda rid: UserAdd(rid, name, password, tuple(roles)), f"user add {name!r}",
+            lambda rid, c, s: UserAdd(rid, name, password, given, c, s),
+            f"user add {name!r}",
             AdminOk, timeout))
 
     def user_delete(self, name: str, *, timeout: float | None = None) -> AdminOk:
         """Delete user `name` (not root); its tokens stop working on every node."""
         return self._run(self.core.auth_admin(
-            lambda rid: UserDelete(rid, name), f"user delete {name!r}", AdminOk, timeout))
+            lambda rid, c, s: UserDelete(rid, name, c, s),
+            f"user delete {name!r}", AdminOk, timeout))
 
     def user_passwd(self, name: str, password: str, *,
                           timeout: float | None = None) -> AdminOk:
         """Set a user's password; every token issued before is void."""
         return self._run(self.core.auth_admin(
-            lambda rid: UserPasswd(rid, name, password), f"user passwd {name!r}", AdminOk,
+            lambda rid, c, s: UserPasswd(rid, name, password, c, s),
+            f"user passwd {name!r}", AdminOk,
             timeout))
 
     def user_grant(self, name: str, role: str, *,
                          timeout: float | None = None) -> AdminOk:
         """Give user `name` the role `role` (an existing role, or root)."""
         return self._run(self.core.auth_admin(
-            lambda rid: UserGrant(rid, name, role), f"user grant {name!r} {role!r}", AdminOk,
+            lambda rid, c, s: UserGrant(rid, name, role, c, s),
+            f"user grant {name!r} {role!r}", AdminOk,
             timeout))
 
     def user_revoke(self, name: str, role: str, *,
                           timeout: float | None = None) -> AdminOk:
         """Take the role `role` from user `name`."""
         return self._run(self.core.auth_admin(
-            lambda rid: UserRevoke(rid, name, role), f"user revoke {name!r} {role!r}",
+            lambda rid, c, s: UserRevoke(rid, name, role, c, s), f"user revoke {name!r} {role!r}",
             AdminOk, timeout))
 
     def users(self, *, timeout: float | None = None) -> list[UserInfo]:
         """Every user with its roles, by name."""
         reply = self._run(self.core.auth_admin(UserList, "user list", UserListOk,
-                                                       timeout))
+                                                       timeout, write=False))
         return list(reply.users)
 
     def role_add(self, name: str, *, timeout: float | None = None) -> AdminOk:
         """Create role `name` (no permissions yet)."""
         return self._run(self.core.auth_admin(
-            lambda rid: RoleAdd(rid, name), f"role add {name!r}", AdminOk, timeout))
+            lambda rid, c, s: RoleAdd(rid, name, c, s), f"role add {name!r}", AdminOk, timeout))
 
     def role_delete(self, name: str, *, timeout: float | None = None) -> AdminOk:
         """Delete role `name`; users that had it lose it."""
         return self._run(self.core.auth_admin(
-            lambda rid: RoleDelete(rid, name), f"role delete {name!r}", AdminOk, timeout))
+            lambda rid, c, s: RoleDelete(rid, name, c, s),
+            f"role delete {name!r}", AdminOk, timeout))
 
     def role_grant(self, role: str, start: bytes, end: bytes | None, perm: Perm, *,
                          timeout: float | None = None) -> AdminOk:
         """Give `role` READ or READWRITE on the keys in ``[start, end)`` (end None: no end)."""
         return self._run(self.core.auth_admin(
-            lambda rid: RoleGrant(rid, role, start, end, Perm(perm)),
+            lambda rid, c, s: RoleGrant(rid, role, start, end, Perm(perm), c, s),
             f"role grant {role!r}", AdminOk, timeout))
 
     def role_revoke(self, role: str, start: bytes, end: bytes | None, *,
                           timeout: float | None = None) -> AdminOk:
         """Take back the permission `role` has on exactly ``[start, end)``."""
         return self._run(self.core.auth_admin(
-            lambda rid: RoleRevoke(rid, role, start, end), f"role revoke {role!r}", AdminOk,
+            lambda rid, c, s: RoleRevoke(rid, role, start, end, c, s),
+            f"role revoke {role!r}", AdminOk,
             timeout))
 
     def roles(self, *, timeout: float | None = None) -> list[RoleInfo]:
         """Every role with its permissions, by name (root first: it allows everything)."""
         reply = self._run(self.core.auth_admin(RoleList, "role list", RoleListOk,
-                                                       timeout))
+                                                       timeout, write=False))
         return list(reply.roles)
 
     def transfer_leader(

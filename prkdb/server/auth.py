@@ -340,13 +340,18 @@ class AuthService:
     def _deadline(self) -> float:
         return trio.current_time() + self.cfg.limits.request_timeout
 
-    async def propose(self, cmd: AuthCommand) -> WriteResult:
-        """Replicate `cmd` through partition 0 (this node must lead it); its applied result."""
+    async def propose(self, cmd: AuthCommand, client_id: int | None = None,
+                      seq: int | None = None) -> WriteResult:
+        """Replicate `cmd` through partition 0 (this node must lead it); its applied result.
+
+        With the client's session (`client_id`, `seq`) a retry of the same request is
+        applied once: the state machine answers it the first result again.
+        """
         driver = self._partition()
         if not driver.is_leader:
             raise driver.not_leader_error()
         w: Waiter[WriteResult] = Waiter()
-        driver.submit_write(encode_command(cmd), self._deadline(), w.set)
+        driver.submit_write(encode_command(cmd, client_id, seq), self._deadline(), w.set)
         result = await w.get()
         if not isinstance(result, WriteResult):
             raise Unavailable("auth command applied without a result")
@@ -509,7 +514,8 @@ class AuthService:
                 return RoleListOk(req.request_id, tuple(roles))
         cmd = await self._command(req)
         await self.ensure_secret()
-        result = await self.propose(cmd)
+        result = await self.propose(cmd, getattr(req, "client_id", None),
+                                    getattr(req, "seq", None))
         if result.code != ResultCode.OK:
             raise InvalidRequest(result.message or ResultCode(result.code).name)
         self.log.info("auth_changed", command=type(cmd).__name__, revision=result.revision)

@@ -978,7 +978,9 @@ class UserAdd:
     request_id: int
     name: str
     password: str | None
-    roles: tuple[str, ...] = ()
+    roles: tuple[str, ...]
+    client_id: int
+    seq: int
 
     def __repr__(self) -> str:
         return f"UserAdd(request_id={self.request_id}, name={self.name!r}, roles={self.roles})"
@@ -989,6 +991,8 @@ class UserAdd:
 class UserDelete:
     request_id: int
     name: str
+    client_id: int
+    seq: int
 
 
 @final
@@ -999,6 +1003,8 @@ class UserPasswd:
     request_id: int
     name: str
     password: str
+    client_id: int
+    seq: int
 
     def __repr__(self) -> str:
         return f"UserPasswd(request_id={self.request_id}, name={self.name!r}, password=***)"
@@ -1010,6 +1016,8 @@ class UserGrant:
     request_id: int
     name: str
     role: str
+    client_id: int
+    seq: int
 
 
 @final
@@ -1018,6 +1026,8 @@ class UserRevoke:
     request_id: int
     name: str
     role: str
+    client_id: int
+    seq: int
 
 
 @final
@@ -1031,6 +1041,8 @@ class UserList:
 class RoleAdd:
     request_id: int
     name: str
+    client_id: int
+    seq: int
 
 
 @final
@@ -1038,6 +1050,8 @@ class RoleAdd:
 class RoleDelete:
     request_id: int
     name: str
+    client_id: int
+    seq: int
 
 
 @final
@@ -1050,6 +1064,8 @@ class RoleGrant:
     start: bytes
     end: bytes | None
     perm: Perm
+    client_id: int
+    seq: int
 
 
 @final
@@ -1061,6 +1077,8 @@ class RoleRevoke:
     role: str
     start: bytes
     end: bytes | None
+    client_id: int
+    seq: int
 
 
 @final
@@ -1865,21 +1883,24 @@ _ALL = (
             Field("password", Optional(_PASSWORD),
                   "null: the user logs in with a client certificate (CN = name) only"),
             Field("roles", ListOf(_NAME), "roles to give it; each must exist (root is built in)"),
+            *_session(),
         ),
     ),
-    Schema(UserDelete, 64, (_rid(), Field("name", _NAME, "the user (not root)"))),
+    Schema(UserDelete, 64, (_rid(), Field("name", _NAME, "the user (not root)"), *_session())),
     Schema(
         UserPasswd,
         65,
-        (_rid(), Field("name", _NAME, "the user"), Field("password", _PASSWORD, "the new one")),
+        (_rid(), Field("name", _NAME, "the user"), Field("password", _PASSWORD, "the new one"),
+         *_session()),
     ),
     Schema(UserGrant, 66, (_rid(), Field("name", _NAME, "the user"),
-                           Field("role", _NAME, "an existing role, or root"))),
+                           Field("role", _NAME, "an existing role, or root"), *_session())),
     Schema(UserRevoke, 67, (_rid(), Field("name", _NAME, "the user"),
-                            Field("role", _NAME, "one of its roles"))),
+                            Field("role", _NAME, "one of its roles"), *_session())),
     Schema(UserList, 68, (_rid(),)),
-    Schema(RoleAdd, 69, (_rid(), Field("name", _NAME, "the new role (not root)"))),
-    Schema(RoleDelete, 70, (_rid(), Field("name", _NAME, "the role; users lose it"))),
+    Schema(RoleAdd, 69, (_rid(), Field("name", _NAME, "the new role (not root)"), *_session())),
+    Schema(RoleDelete, 70, (_rid(), Field("name", _NAME, "the role; users lose it"),
+                            *_session())),
     Schema(
         RoleGrant,
         71,
@@ -1892,6 +1913,7 @@ _ALL = (
                   "Scan"),
             Field("perm", Enum(Perm), "READ (1): Get, Scan, Watch, Txn compares and gets; "
                                       "READWRITE (2): also every write"),
+            *_session(),
         ),
         _check_role_range,
     ),
@@ -1903,6 +1925,7 @@ _ALL = (
             Field("role", _NAME, "the role"),
             Field("start", _BYTES, "start of a range granted"),
             Field("end", Optional(_BYTES), "its end, exactly as granted"),
+            *_session(),
         ),
         _check_role_range,
     ),

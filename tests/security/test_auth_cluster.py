@@ -86,6 +86,11 @@ _ids = itertools.count(1)
 _seq = itertools.count(1)
 
 
+def _session() -> tuple[int, int]:
+    """(client_id, seq) for a write: one client id, increasing seqs (exactly-once table)."""
+    return 77, next(_seq)
+
+
 def auth_section(password_file: Path, per_minute: int = 20) -> str:
     return (f'\n[auth]\nenabled = true\nroot_password_file = "{password_file}"\n'
             f"token_ttl_s = 600\nfailed_logins_per_minute = {per_minute}\n")
@@ -177,11 +182,13 @@ def cluster() -> Iterator[LocalCluster]:
         admin = Conn(c.client_ports[creator - 1])
         assert isinstance(admin.login("root", ROOT_PW), AuthOk)
         for build in (
-            lambda r: RoleAdd(r, "app"),
-            lambda r: RoleGrant(r, "app", b"app/", prefix_end(b"app/"), Perm.READWRITE),
-            lambda r: RoleAdd(r, "ro"),
-            lambda r: RoleGrant(r, "ro", b"shared/", prefix_end(b"shared/"), Perm.READ),
-            lambda r: UserAdd(r, "alice", "alice-pw", ("app", "ro")),
+            lambda r: RoleAdd(r, "app", *_session()),
+            lambda r: RoleGrant(r, "app", b"app/", prefix_end(b"app/"), Perm.READWRITE,
+                                *_session()),
+            lambda r: RoleAdd(r, "ro", *_session()),
+            lambda r: RoleGrant(r, "ro", b"shared/", prefix_end(b"shared/"), Perm.READ,
+                                *_session()),
+            lambda r: UserAdd(r, "alice", "alice-pw", ("app", "ro"), *_session()),
         ):
             reply = _until(lambda b=build: admin.ask(b))  # partition 0's leader may move
             assert isinstance(reply, AdminOk), reply
@@ -339,8 +346,9 @@ def test_admin_requests_need_root(cluster: LocalCluster) -> None:
     alice = Conn(cluster.client_ports[0])
     assert isinstance(alice.login("alice", "alice-pw"), AuthOk)
     for build in (lambda r: TransferLeader(r, 0, 0), lambda r: Snapshot(r, None),
-                  lambda r: RebuildFence(r, 2), lambda r: UserAdd(r, "eve", "x", ("root",)),
-                  lambda r: UserGrant(r, "alice", "root"), UserList, RoleList):
+                  lambda r: RebuildFence(r, 2),
+                  lambda r: UserAdd(r, "eve", "x", ("root",), *_session()),
+                  lambda r: UserGrant(r, "alice", "root", *_session()), UserList, RoleList):
         reply = alice.ask(build)
         assert _code(reply) == ErrorCode.PERMISSION_DENIED, reply
         assert "needs the root role" in reply.message
@@ -353,6 +361,16 @@ def test_admin_requests_need_root(cluster: LocalCluster) -> None:
     roles = root.ask(RoleList)
     assert isinstance(roles, RoleListOk) and {r.name for r in roles.roles} >= {"root", "app"}
     assert isinstance(root.ask(lambda r: Snapshot(r, 1)), AdminOk)
+    # A change is applied once per session: the same (client_id, seq) again (a retry
+    # after a lost answer) gets the first answer, not "already exists".
+    leader = _leader_conn(cluster, 0, "root", ROOT_PW)
+    cid, seq = _session()
+    first = leader.ask(lambda r: RoleAdd(r, "twice", cid, seq))
+    again = leader.ask(lambda r: RoleAdd(r, "twice", cid, seq))
+    assert isinstance(first, AdminOk) and isinstance(again, AdminOk), (first, again)
+    assert again.details == first.details
+    other = leader.ask(lambda r: RoleAdd(r, "twice", *_session()))
+    assert _code(other) == ErrorCode.BAD_REQUEST and "already exists" in other.message
 
 
 def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None:
@@ -373,8 +391,8 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         assert isinstance(first, WatchEvents)
         watchers.append((w, first.request_id))
     t0 = time.monotonic()
-    assert isinstance(_until(lambda: admin.ask(lambda r: RoleRevoke(r, "app", *grant))),
-                      AdminOk)
+    assert isinstance(_until(lambda: admin.ask(
+        lambda r: RoleRevoke(r, "app", *grant, *_session()))), AdminOk)
     for c in conns:
         _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 5)
     # Open watches end too, with the error, once their node applied the change.
@@ -387,28 +405,28 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         w.close()
     assert time.monotonic() - t0 < 5
     assert isinstance(_until(lambda: admin.ask(
-        lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE))), AdminOk)
+        lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE, *_session()))), AdminOk)
     for c in conns:
         _until(lambda c=c: isinstance(c.get(b"app/1"), GetOk), 5)
 
 
 def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) -> None:
     admin = _leader_conn(cluster, 0, "root", ROOT_PW)
-    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, "bob", "bob-1", ("app",)))),
-                      AdminOk)
+    assert isinstance(_until(lambda: admin.ask(
+        lambda r: UserAdd(r, "bob", "bob-1", ("app",), *_session()))), AdminOk)
     bob = Conn(cluster.client_ports[1])
     token = _poll(lambda: bob.login("bob", "bob-1"), lambda r: isinstance(r, AuthOk)).token
     other = Conn(cluster.client_ports[2])
     assert isinstance(other.ask(lambda r: Authenticate(r, token)), AuthOk)
     assert isinstance(other.get(b"app/1"), GetOk)
-    assert isinstance(admin.ask(lambda r: UserPasswd(r, "bob", "bob-2")), AdminOk)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, "bob", "bob-2", *_session())), AdminOk)
     reply = _poll(lambda: other.get(b"app/1"), lambda r: isinstance(r, Error), 5)
     assert reply.code == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
     fresh = Conn(cluster.client_ports[0])
     reply = fresh.ask(lambda r: Authenticate(r, token))
     assert _code(reply) == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
     assert isinstance(fresh.login("bob", "bob-2"), AuthOk)
-    assert isinstance(admin.ask(lambda r: UserDelete(r, "bob")), AdminOk)
+    assert isinstance(admin.ask(lambda r: UserDelete(r, "bob", *_session())), AdminOk)
     reply = _poll(lambda: fresh.get(b"app/1"), lambda r: isinstance(r, Error), 5)
     assert reply.code == ErrorCode.UNAUTHENTICATED and "does not exist" in reply.message
 
@@ -440,8 +458,8 @@ def front(request: pytest.FixtureRequest) -> Iterator[Front]:
 def test_sdk_logs_in_and_logs_in_again(cluster: LocalCluster, front: Front) -> None:
     admin = _leader_conn(cluster, 0, "root", ROOT_PW)
     user = f"sdk-{front.kind}"
-    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, user, "pw1", ("app",)))),
-                      AdminOk)
+    assert isinstance(_until(lambda: admin.ask(
+        lambda r: UserAdd(r, user, "pw1", ("app",), *_session()))), AdminOk)
     with pytest.raises(AuthFailed, match="wrong user or password"):
         front.connect(cluster.seeds, credentials=Credentials(user, "nope"), timeout=10)
     with pytest.raises(Unauthenticated, match="authentication required"):
@@ -457,13 +475,13 @@ def test_sdk_logs_in_and_logs_in_again(cluster: LocalCluster, front: Front) -> N
     # The password is set again (to the same one): every token of the user dies; the
     # SDK's next request on each connection gets UNAUTHENTICATED and logs in once more.
     old = db.core.token
-    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw1")), AdminOk)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw1", *_session())), AdminOk)
     time.sleep(0.3)  # every node applies it
     for k in keys:
         assert db.get(k) == b"v"
     assert db.core.token != old
     # A password the client no longer has: the login again fails, and says why.
-    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw2")), AdminOk)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw2", *_session())), AdminOk)
     time.sleep(0.3)
     with pytest.raises(AuthFailed):
         db.get(keys[0])
@@ -578,14 +596,14 @@ def test_sdk_watch_logs_in_again_when_its_token_dies(cluster: LocalCluster,
     watches again) reopens with a Login pipelined before it, and misses nothing."""
     admin = _leader_conn(cluster, 0, "root", ROOT_PW)
     user = f"watcher-{front.kind}"
-    assert isinstance(_until(lambda: admin.ask(lambda r: UserAdd(r, user, "pw", ("app",)))),
-                      AdminOk)
+    assert isinstance(_until(lambda: admin.ask(
+        lambda r: UserAdd(r, user, "pw", ("app",), *_session()))), AdminOk)
     db = front.connect(cluster.seeds, credentials=Credentials(user, "pw"), timeout=10)
     prefix = f"app/w-{front.kind}/".encode()
     watch = db.inner.watch(prefix, cursor=db.watch_cursor(prefix))
     db.put(prefix + b"1", b"a")
     got = take(front, watch, 1)
-    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw")), AdminOk)
+    assert isinstance(admin.ask(lambda r: UserPasswd(r, user, "pw", *_session())), AdminOk)
     time.sleep(1.2)  # every node applies it and ends the watch streams (polled, 0.5 s)
     db.put(prefix + b"2", b"b")  # (logs in again too)
     got += take(front, watch, 1)

@@ -52,10 +52,10 @@ def cluster() -> Iterator[TlsCluster]:
         # binds root instead).
         admin = TlsWireConn(c.client_ports[0], c.ca_file, cert=c.client_cert)
         assert isinstance(admin.call(Login(1, "root", ROOT_PW)), AuthOk)
-        for i, msg in enumerate((RoleAdd(0, "app"),
+        for i, msg in enumerate((RoleAdd(0, "app", 77, 1),
                                  RoleGrant(0, "app", b"app/", prefix_end(b"app/"),
-                                           Perm.READWRITE),
-                                 UserAdd(0, "alice", None, ("app",))), 2):
+                                           Perm.READWRITE, 77, 2),
+                                 UserAdd(0, "alice", None, ("app",), 77, 3)), 2):
             reply = admin.call(_with_id(msg, i))
             assert isinstance(reply, AdminOk), reply
         admin.close()
