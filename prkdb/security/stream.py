@@ -134,6 +134,12 @@ class TlsStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._open_fd()
+            if not self._in.pending and not self._obj.pending():
+                # Nothing received and not read: wait for bytes (without a
+                # read that fails with SSLWantReadError first, the usual case).
+                if self._out.pending:
+                    await self._drain()
+                await self._feed()
             try:
                 data = self._obj.read(min(n, _RECORD))
             except ssl.SSLWantReadError:
@@ -183,6 +189,9 @@ class TlsStream(trio.abc.Stream):
                 self._obj.write(data)
             except ssl.SSLError as e:
                 raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
+        if self._write_now():  # the socket took it all: no lock, one schedule point
+            await trio.lowlevel.checkpoint()
+            return
         await self._drain()
 
     def write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
@@ -197,22 +206,32 @@ class TlsStream(trio.abc.Stream):
             trio.BrokenResourceError: the connection failed.
             trio.ClosedResourceError: `aclose` was called.
         """
-        fd = self._open_fd()
+        self._open_fd()
         try:
             self._obj.write(data)
         except ssl.SSLError as e:
             raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
+        return not self._write_now()
+
+    def _write_now(self) -> bool:
+        """Write the ciphertext made so far if no task is writing; True if none is left.
+
+        Raises:
+            trio.BrokenResourceError: the connection failed.
+        """
         self._take_out()
         if self._lock.locked():
-            return True  # a task is writing: it takes ours along, or leaves it to the caller
+            return False  # a task is writing: it takes ours along, or leaves it to the caller
+        if not self._pending:
+            return True
         try:
-            n = os.write(fd, self._pending)
+            n = os.write(self._fd, self._pending)
         except BlockingIOError:
             n = 0
         except OSError as e:
             raise trio.BrokenResourceError(f"TLS connection failed: {e}") from e
         del self._pending[:n]
-        return bool(self._pending)
+        return not self._pending
 
     @property
     def backlog_bytes(self) -> int:
