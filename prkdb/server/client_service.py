@@ -53,6 +53,7 @@ from prkdb.server.auth import AuthService, ConnectionAuth
 from prkdb.server.backup import BackupFiles, describe
 from prkdb.server.framed import FramedStream, ReplyOutbox, StreamClosed
 from prkdb.server.pending import Callback, Waiter
+from prkdb.server.tcpinfo import send_progress
 from prkdb.server.watch import SharedBatch, WatchSink
 from prkdb.server.watch import Watch as Registration
 from prkdb.state import (
@@ -205,10 +206,36 @@ class WatchConnection:
         self.framed = framed
         #: Open watches by request id, with the partition serving each.
         self.watches: dict[int, tuple[Partition, Registration]] = {}
+        stream = getattr(framed.stream, "transport_stream", framed.stream)  # under TLS
+        self._sock = getattr(stream, "socket", None)
+        # `stalled_for`: the last acknowledged count seen, since when, as of when.
+        self._acked = -1
+        self._progress_at = 0.0
+        self._checked_at = -1.0
 
     @property
     def unsent_bytes(self) -> int:
         return self.framed.unsent_bytes
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the client has taken none of the bytes waiting for it (0: it reads).
+
+        By TCP's acknowledgments (prkdb/server/tcpinfo.py), not by buffers
+        filling; 0 when nothing waits or the kernel cannot tell. Every
+        partition's watches ask at their ticks: one look per `now`.
+        """
+        if now == self._checked_at:
+            return now - self._progress_at
+        self._checked_at = now
+        progress = send_progress(self._sock) if self._sock is not None else None
+        if progress is None:
+            self._progress_at = now
+            return 0.0
+        acked, queued = progress
+        if acked != self._acked or not (queued or self.framed.unsent_bytes):
+            self._acked = acked
+            self._progress_at = now
+        return now - self._progress_at
 
     def send_events(self, watch: Registration, events: Sequence[Any], progress: int,
                     shared: SharedBatch | None = None) -> bool:

@@ -23,11 +23,15 @@ unsent bytes. What the socket did not take stays queued here and is pumped
 again on later passes and ticks. A watch whose live queue passes
 `max_events` or `max_bytes` is dropped with WATCH_OVERFLOW (the client
 resumes from its cursor). So is a watch whose connection took none of its
-frames for `STALLED_S` while it had live events queued: a client that
-stopped reading costs a queued event per matching write until the bound,
-and at W64 that bound is many seconds away. The backlog read at open is not counted (it is
-bounded by the history size and may exceed the buffer; counting it would
-make a client that resumes from far back overflow forever).
+frames for `STALLED_S` while it had live events queued, and every watch of
+a connection whose client acknowledged none of the bytes waiting for it
+for `STALLED_S` (`WatchSink.stalled_for`, by TCP's acknowledgments: a
+client that stopped reading is seen within seconds, while the kernel's
+send buffer, autotuned up to 4 MiB, would hide it for tens of seconds at a
+watch's event rate, each write costing a frame meanwhile). The backlog read
+at open is not counted (it is bounded by the history size and may exceed
+the buffer; counting it would make a client that resumes from far back
+overflow forever).
 
 Progress notices: a watch that sent nothing for `PROGRESS_INTERVAL_S` gets
 an empty frame with ``progress = applied`` on a tick (idle watches are looked
@@ -61,7 +65,7 @@ SINK_HIGH_WATER = 1024 * 1024  # unsent bytes on a connection before watches que
 FRAME_BYTES = 256 * 1024  # event bytes per WatchEvents frame (whole batches; at least one)
 EVENT_OVERHEAD = 16  # bytes counted per event besides its key and values
 BISECT_ABOVE = 256  # ranges x events of a pass beyond which matching bisects sorted keys
-STALLED_S = 2.0  # a watch with live events queued whose connection took nothing this long ends
+STALLED_S = 2.0  # a watch whose client took none of its bytes this long ends (module doc)
 
 
 class EventLike(Protocol):
@@ -106,6 +110,10 @@ class WatchSink(Protocol):
 
     def end_watch(self, watch: Watch, error: PrkdbError) -> None:
         """The server ended `watch`: send the Error frame of its rid, forget the rid."""
+        ...
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the client has taken none of the bytes waiting for it (0: it reads)."""
         ...
 
 
@@ -306,14 +314,14 @@ class PartitionWatches:
         w.queued_upto = batch.progress
         self._pump(w, now)
 
-    def _overflow(self, w: Watch) -> None:
+    def _overflow(self, w: Watch, why: str = "") -> None:
         self.overflows += 1
         events, size = w.live_events, w.live_bytes
         self.close(w)
+        why = why or (f"fell behind by more than {self.max_events} events or "
+                      f"{self.max_bytes} bytes ({events} events, {size} bytes queued)")
         w.sink.end_watch(w, WatchOverflow(
-            f"partition {self.partition}: watch {w.rid} fell behind by more than "
-            f"{self.max_events} events or {self.max_bytes} bytes ({events} events, "
-            f"{size} bytes queued); resume from the cursor",
+            f"partition {self.partition}: watch {w.rid} ended: {why}; resume from the cursor",
             details={"partition": self.partition}))
 
     def _pump(self, w: Watch, now: float) -> None:
@@ -347,7 +355,7 @@ class PartitionWatches:
                 if w.stalled_since is None:
                     w.stalled_since = now
                 elif now - w.stalled_since > STALLED_S:
-                    self._overflow(w)  # the client stopped reading (module doc)
+                    self._overflow(w, f"nothing left its queue for {STALLED_S:g} s")
                     return
             self._backed_up[w] = None
         else:
@@ -369,6 +377,10 @@ class PartitionWatches:
         due = now - PROGRESS_INTERVAL_S
         for ws in list(self._by_range.values()):
             for w in list(ws):
+                if w.sink.stalled_for(now) > STALLED_S:
+                    self._overflow(w, f"its client took none of the connection's bytes for "
+                                      f"{STALLED_S:g} s")
+                    continue
                 if w.sent_at > due or w.queue:
                     continue
                 if applied > w.queued_upto:

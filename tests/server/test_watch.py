@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from prkdb.errors import Compacted, PrkdbError, Unavailable, WatchOverflow
+from prkdb.errors import Compacted, ErrorCode, PrkdbError, Unavailable, WatchOverflow
 from prkdb.server import watch as watch_mod
-from prkdb.server.watch import PROGRESS_INTERVAL_S, PartitionWatches, Watch
+from prkdb.server.watch import PROGRESS_INTERVAL_S, STALLED_S, PartitionWatches, Watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,10 @@ class FakeSink:
     closed: bool = False
 
     shared: list[tuple[int, Any]] = field(default_factory=list)
+    stalled_since: float | None = None  # the client took nothing since then (stalled_for)
+
+    def stalled_for(self, now: float) -> float:
+        return 0.0 if self.stalled_since is None else now - self.stalled_since
 
     def send_events(self, watch: Watch, events: Sequence[Any], progress: int,
                     shared: Any = None) -> bool:
@@ -302,3 +306,24 @@ def test_matching_by_bisection_equals_the_plain_scan() -> None:
         finally:
             watch_mod.BISECT_ABOVE = old
         assert bisected == plain
+
+
+def test_a_connection_whose_client_acknowledges_nothing_ends_its_watches() -> None:
+    """By the sink's stall clock (TCP acknowledgments), checked at ticks: every watch of
+    the stalled connection ends WATCH_OVERFLOW after STALLED_S, the others go on."""
+    hist = FakeHistory()
+    ws = PartitionWatches(0, 10_000, 1 << 30)
+    stalled, healthy = FakeSink(), FakeSink()
+    for rid in (1, 2):
+        ws.open(hist, stalled, rid, b"a%d" % rid, None, 0, False, applied=0, now=0)
+    ws.open(hist, healthy, 3, b"a", None, 0, False, applied=0, now=0)
+    stalled.stalled_since = 10.0
+    ws.tick(applied=0, now=10.0 + STALLED_S - 0.05)
+    assert stalled.ended == [] and len(ws) == 3  # not yet
+    ws.tick(applied=0, now=10.0 + STALLED_S + 0.5)
+    assert sorted(rid for rid, _ in stalled.ended) == [1, 2]
+    assert all(e.code == ErrorCode.WATCH_OVERFLOW and "took none" in e.message
+               for _, e in stalled.ended)
+    assert healthy.ended == [] and len(ws) == 1
+    apply(ws, hist, [put(b"a5", 1)], applied=1, now=13.0)
+    assert healthy.revisions(3) == [1] and stalled.revisions(1) == []

@@ -153,6 +153,31 @@ async def test_a_stalled_reader_overflows_while_writes_go_on(tmp_path: Path) -> 
         sock.close()
 
 
+async def test_a_client_that_reads_nothing_is_cut_off_by_its_silence(tmp_path: Path) -> None:
+    """Small events at a modest rate: the buffers (10,000 events, 1 MiB unsent, and a
+    kernel send buffer autotuned up to 4 MiB) would take minutes to fill; the silence
+    of the client's TCP acknowledgments ends the watch after STALLED_S instead."""
+    async with serving(tmp_path) as client:
+        p = 1
+        driver = client.node.drivers[p]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", client.node.client_port))
+        sock.sendall(encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0)))
+        sock.sendall(encode_message(Watch(1, p, b"", None, 0, False)))
+        await eventually(lambda: len(driver.watches) == 1)
+        keys = client.keys_of(p, 8)
+        produced = 0
+        with trio.fail_after(60):  # a hang guard, not a timing
+            while driver.watches.overflows == 0:
+                assert isinstance(await client.put(keys[produced % 8], b"v" * 100), WriteOk)
+                produced += 1
+                await trio.sleep(0.005)
+        assert len(driver.watches) == 0
+        assert produced * 200 < 1024 * 1024, "ended by a buffer filling, not by the silence"
+        sock.close()
+
+
 async def test_a_restarted_partition_rehooks_and_sends_no_duplicate(tmp_path: Path) -> None:
     async with serving(tmp_path) as client:
         p = 0
