@@ -134,7 +134,7 @@ class TlsStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._open_fd()
-            if not self._in.pending and not self._obj.pending():
+            if not (self._in.pending or self._in.eof or self._obj.pending()):
                 # Nothing received and not read: wait for bytes (without a
                 # read that fails with SSLWantReadError first, the usual case).
                 if self._out.pending:

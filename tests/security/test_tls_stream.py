@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -144,5 +145,16 @@ async def test_write_nowait_then_send_all_keeps_the_order(contexts) -> None:
         n.start_soon(rest)
         assert await _read_exactly(server, 3_000_000) == b"".join(chunks)
     assert client.backlog_bytes == 0
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_a_plain_fin_without_close_notify_is_broken_not_a_busy_loop(contexts) -> None:
+    server, client = await _pair(*contexts)
+    await client.send_all(b"last")
+    assert await _read_exactly(server, 4) == b"last"
+    client.transport_stream.socket.shutdown(socket.SHUT_WR)  # FIN, no close_notify
+    with trio.fail_after(2), pytest.raises(trio.BrokenResourceError):
+        await server.receive_some(10)
     await client.aclose()
     await server.aclose()
