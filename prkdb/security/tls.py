@@ -32,9 +32,10 @@ connections use them, open ones keep the ones they were made with. A file
 that does not load logs ``tls_reload_failed`` and keeps the old contexts.
 
 The raw-socket fast paths (FramedStream's and the peer link's ``os.write``,
-`prkdb.netio.SocketReader`'s ``os.read``) exist only for a bare
-`trio.SocketStream` (`prkdb.netio.raw_fd`): on a TLS stream they step aside
-and everything goes through the `TlsStream`, never plaintext to the fd.
+`prkdb.netio.SocketReader`'s ``os.read``) touch the fd only of a bare
+`trio.SocketStream` (`prkdb.netio.raw_fd`), so never a byte goes around
+TLS; on a `TlsStream` the direct writes are its own (`TlsStream.write_nowait`:
+encrypt, then ``os.write`` what the socket takes) and reads go through it.
 
 The SDKs' side is prkdb/security/client_tls.py (no trio: the asyncio and
 blocking clients use it too).
