@@ -177,10 +177,9 @@ def cluster() -> Iterator[LocalCluster]:
         c.wait_ready()
         # The leader of partition 0 creates root from the password file's first line
         # (polled in the logs: failed logins would count against the rate limit).
-        creator = _until(lambda: next(
-            (i for i in c.ids if "auth_root_created" in c.log(i)), None))
-        admin = Conn(c.client_ports[creator - 1])
-        assert isinstance(admin.login("root", ROOT_PW), AuthOk)
+        _until(lambda: any("auth_root_created" in c.log(i) for i in c.ids))
+        time.sleep(0.3)  # every node applies it
+        admin = _until(lambda: Admin(c))
         for build in (
             lambda r: RoleAdd(r, "app", *_session()),
             lambda r: RoleGrant(r, "app", b"app/", prefix_end(b"app/"), Perm.READWRITE,
@@ -190,9 +189,9 @@ def cluster() -> Iterator[LocalCluster]:
                                 *_session()),
             lambda r: UserAdd(r, "alice", "alice-pw", ("app", "ro"), *_session()),
         ):
-            reply = _until(lambda b=build: admin.ask(b))  # partition 0's leader may move
+            reply = admin.ask(build)
             assert isinstance(reply, AdminOk), reply
-        admin.close()
+        admin.routed.close()
         yield c
     finally:
         c.close()
@@ -222,11 +221,17 @@ class Routed:
             conn.close()
 
 
-def _leader_conn(c: LocalCluster, partition: int, user: str, pw: str) -> Conn:
-    leader = _until(lambda: c.leaders().get(partition))
-    conn = Conn(c.client_ports[leader - 1])
-    assert isinstance(conn.login(user, pw), AuthOk)
-    return conn
+class Admin:
+    """root on every node; `ask` goes to partition 0's leader (and follows it if it moves)."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.routed = Routed(c, "root", ROOT_PW)
+
+    def ask(self, build: Any) -> Any:
+        return _poll(lambda: self.routed.to_leader(0).ask(build),
+                     lambda r: not (isinstance(r, Error) and r.code in (
+                         ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE)))
+
 
 
 def test_requests_need_a_user_but_status_does_not(cluster: LocalCluster) -> None:
@@ -363,13 +368,13 @@ def test_admin_requests_need_root(cluster: LocalCluster) -> None:
     assert isinstance(root.ask(lambda r: Snapshot(r, 1)), AdminOk)
     # A change is applied once per session: the same (client_id, seq) again (a retry
     # after a lost answer) gets the first answer, not "already exists".
-    leader = _leader_conn(cluster, 0, "root", ROOT_PW)
+    admin = Admin(cluster)
     cid, seq = _session()
-    first = leader.ask(lambda r: RoleAdd(r, "twice", cid, seq))
-    again = leader.ask(lambda r: RoleAdd(r, "twice", cid, seq))
+    first = admin.ask(lambda r: RoleAdd(r, "twice", cid, seq))
+    again = admin.ask(lambda r: RoleAdd(r, "twice", cid, seq))
     assert isinstance(first, AdminOk) and isinstance(again, AdminOk), (first, again)
     assert again.details == first.details
-    other = leader.ask(lambda r: RoleAdd(r, "twice", *_session()))
+    other = admin.ask(lambda r: RoleAdd(r, "twice", *_session()))
     assert _code(other) == ErrorCode.BAD_REQUEST and "already exists" in other.message
 
 
@@ -379,7 +384,7 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         conn = Conn(port)
         assert isinstance(conn.login("alice", "alice-pw"), AuthOk)
         conns.append(conn)
-    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    admin = Admin(cluster)
     grant = (b"app/", prefix_end(b"app/"))
     assert all(isinstance(c.get(b"app/1"), GetOk) for c in conns)
     # A watch on each node, on its own connection (its frames would mix with the gets).
@@ -391,8 +396,8 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         assert isinstance(first, WatchEvents)
         watchers.append((w, first.request_id))
     t0 = time.monotonic()
-    assert isinstance(_until(lambda: admin.ask(
-        lambda r: RoleRevoke(r, "app", *grant, *_session()))), AdminOk)
+    assert isinstance(admin.ask(
+        lambda r: RoleRevoke(r, "app", *grant, *_session())), AdminOk)
     for c in conns:
         _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 5)
     # Open watches end too, with the error, once their node applied the change.
@@ -404,16 +409,16 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         assert frame.code == ErrorCode.PERMISSION_DENIED and "watch needs READ" in frame.message
         w.close()
     assert time.monotonic() - t0 < 5
-    assert isinstance(_until(lambda: admin.ask(
-        lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE, *_session()))), AdminOk)
+    assert isinstance(admin.ask(
+        lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE, *_session())), AdminOk)
     for c in conns:
         _until(lambda c=c: isinstance(c.get(b"app/1"), GetOk), 5)
 
 
 def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) -> None:
-    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
-    assert isinstance(_until(lambda: admin.ask(
-        lambda r: UserAdd(r, "bob", "bob-1", ("app",), *_session()))), AdminOk)
+    admin = Admin(cluster)
+    assert isinstance(admin.ask(
+        lambda r: UserAdd(r, "bob", "bob-1", ("app",), *_session())), AdminOk)
     bob = Conn(cluster.client_ports[1])
     token = _poll(lambda: bob.login("bob", "bob-1"), lambda r: isinstance(r, AuthOk)).token
     other = Conn(cluster.client_ports[2])
@@ -456,10 +461,10 @@ def front(request: pytest.FixtureRequest) -> Iterator[Front]:
 
 
 def test_sdk_logs_in_and_logs_in_again(cluster: LocalCluster, front: Front) -> None:
-    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    admin = Admin(cluster)
     user = f"sdk-{front.kind}"
-    assert isinstance(_until(lambda: admin.ask(
-        lambda r: UserAdd(r, user, "pw1", ("app",), *_session()))), AdminOk)
+    assert isinstance(admin.ask(
+        lambda r: UserAdd(r, user, "pw1", ("app",), *_session())), AdminOk)
     with pytest.raises(AuthFailed, match="wrong user or password"):
         front.connect(cluster.seeds, credentials=Credentials(user, "nope"), timeout=10)
     with pytest.raises(Unauthenticated, match="authentication required"):
@@ -510,7 +515,7 @@ def test_prkctl_users_and_roles(cluster: LocalCluster, tmp_path: Path) -> None:
     assert r.exit_code == 0 and {"user": "carol", "roles": ["ops"], "password": True} in \
         json.loads(r.output)
     r = _prkctl(cluster, *as_root, "role", "list")
-    assert r.exit_code == 0 and "ops   read [conf/a, conf/m); readwrite ops/*" in r.output
+    assert r.exit_code == 0 and "read [conf/a, conf/m); readwrite ops/*" in r.output
     env = {"PRKCTL_USER": "carol", "PRKCTL_PASSWORD_FILE": str(carol_pw)}
     assert _prkctl(cluster, "put", "ops/x", "1", env=env).exit_code == 0
     r = _prkctl(cluster, "get", "ops/x", env=env)
@@ -594,10 +599,10 @@ def test_sdk_watch_logs_in_again_when_its_token_dies(cluster: LocalCluster,
                                                      front: Front) -> None:
     """A watch ended UNAUTHENTICATED (the user's tokens voided: the node checks open
     watches again) reopens with a Login pipelined before it, and misses nothing."""
-    admin = _leader_conn(cluster, 0, "root", ROOT_PW)
+    admin = Admin(cluster)
     user = f"watcher-{front.kind}"
-    assert isinstance(_until(lambda: admin.ask(
-        lambda r: UserAdd(r, user, "pw", ("app",), *_session()))), AdminOk)
+    assert isinstance(admin.ask(
+        lambda r: UserAdd(r, user, "pw", ("app",), *_session())), AdminOk)
     db = front.connect(cluster.seeds, credentials=Credentials(user, "pw"), timeout=10)
     prefix = f"app/w-{front.kind}/".encode()
     watch = db.inner.watch(prefix, cursor=db.watch_cursor(prefix))
