@@ -399,7 +399,7 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
     assert isinstance(admin.ask(
         lambda r: RoleRevoke(r, "app", *grant, *_session())), AdminOk)
     for c in conns:
-        _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 5)
+        _until(lambda c=c: _code(c.get(b"app/1")) == ErrorCode.PERMISSION_DENIED, 10)
     # Open watches end too, with the error, once their node applied the change.
     for w, rid in watchers:
         frame = w.recv()
@@ -408,11 +408,11 @@ def test_a_role_change_takes_effect_on_every_node(cluster: LocalCluster) -> None
         assert isinstance(frame, Error) and frame.request_id == rid, frame
         assert frame.code == ErrorCode.PERMISSION_DENIED and "watch needs READ" in frame.message
         w.close()
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # (within a second when the machine is idle)
     assert isinstance(admin.ask(
         lambda r: RoleGrant(r, "app", *grant, Perm.READWRITE, *_session())), AdminOk)
     for c in conns:
-        _until(lambda c=c: isinstance(c.get(b"app/1"), GetOk), 5)
+        _until(lambda c=c: isinstance(c.get(b"app/1"), GetOk), 10)
 
 
 def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) -> None:
@@ -425,14 +425,16 @@ def test_tokens_die_with_a_password_change_or_a_delete(cluster: LocalCluster) ->
     assert isinstance(other.ask(lambda r: Authenticate(r, token)), AuthOk)
     assert isinstance(other.get(b"app/1"), GetOk)
     assert isinstance(admin.ask(lambda r: UserPasswd(r, "bob", "bob-2", *_session())), AdminOk)
-    reply = _poll(lambda: other.get(b"app/1"), lambda r: isinstance(r, Error), 5)
+    reply = _poll(lambda: other.get(b"app/1"), lambda r: isinstance(r, Error) and r.code in (
+        ErrorCode.UNAUTHENTICATED, ErrorCode.PERMISSION_DENIED), 10)  # (not a read timeout)
     assert reply.code == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
     fresh = Conn(cluster.client_ports[0])
     reply = fresh.ask(lambda r: Authenticate(r, token))
     assert _code(reply) == ErrorCode.UNAUTHENTICATED and "password changed" in reply.message
     assert isinstance(fresh.login("bob", "bob-2"), AuthOk)
     assert isinstance(admin.ask(lambda r: UserDelete(r, "bob", *_session())), AdminOk)
-    reply = _poll(lambda: fresh.get(b"app/1"), lambda r: isinstance(r, Error), 5)
+    reply = _poll(lambda: fresh.get(b"app/1"), lambda r: isinstance(r, Error) and r.code in (
+        ErrorCode.UNAUTHENTICATED, ErrorCode.PERMISSION_DENIED), 10)  # (not a read timeout)
     assert reply.code == ErrorCode.UNAUTHENTICATED and "does not exist" in reply.message
 
 
