@@ -51,20 +51,21 @@ UNAVAILABLE (the client resumes elsewhere or here, from its cursor).
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prkdb.errors import PrkdbError, Unavailable, WatchOverflow
+from prkdb.state.events import events_from_fields
 
 PROGRESS_INTERVAL_S = 0.8  # idle notice after this long (checked every NOTICE_CHECK_S)
 NOTICE_CHECK_S = 0.1  # idle watches are looked for this often (not every 50 ms tick)
 SINK_HIGH_WATER = 1024 * 1024  # unsent bytes on a connection before watches queue here
 FRAME_BYTES = 256 * 1024  # event bytes per WatchEvents frame (whole batches; at least one)
 EVENT_OVERHEAD = 16  # bytes counted per event besides its key and values
-BISECT_ABOVE = 256  # ranges x events of a pass beyond which matching bisects sorted keys
+INDEX_FROM = 8  # ranges from which a pass's events are matched through the range index
 STALLED_S = 2.0  # a watch whose client took none of its bytes this long ends (module doc)
 
 
@@ -119,8 +120,9 @@ class WatchSink(Protocol):
 
 def _as_sent(events: list[Any], prev_values: bool) -> tuple[list[Any], int]:
     """`events` as a watch gets them (no previous values unless asked), and their size."""
-    if not prev_values:
-        events = [e if e.prev_value is None else replace(e, prev_value=None) for e in events]
+    if not prev_values and any(e.prev_value is not None for e in events):
+        # (events_from_fields: a third of dataclasses.replace's cost per event)
+        events = events_from_fields([(e.kind, e.key, e.revision, e.value, None) for e in events])
     return events, sum(event_size(e, prev_values) for e in events)
 
 
@@ -171,6 +173,50 @@ class Watch:
         return self.start, self.end
 
 
+class _RangeIndex:
+    """The watched ranges, for matching each event with a bisection (not every range).
+
+    Bounded ranges sorted by start, with the largest end among each one and
+    those before it: walking back from the last start <= key, no earlier
+    range can hold the key once that running maximum is <= key, so distinct
+    prefixes cost one bisection and a step or two per event. Ranges without
+    an end are checked one by one (few: "every key from here").
+    """
+
+    __slots__ = ("bounded", "max_end", "starts", "unbounded")
+
+    def __init__(self, ranges: Iterable[tuple[bytes, bytes | None]]) -> None:
+        ranges = list(ranges)
+        bounded = sorted((r for r in ranges if r[1] is not None), key=lambda r: r[0])
+        self.bounded = bounded
+        self.starts = [r[0] for r in bounded]
+        self.max_end: list[bytes] = []
+        top = b""
+        for _, end in bounded:
+            assert end is not None
+            if end > top:
+                top = end
+            self.max_end.append(top)
+        self.unbounded = [r for r in ranges if r[1] is None]
+
+    def match(self, events: list[Any]) -> list[tuple[tuple[bytes, bytes | None], list[Any]]]:
+        hits: dict[tuple[bytes, bytes | None], list[Any]] = {}
+        bounded, starts, max_end, unbounded = (self.bounded, self.starts, self.max_end,
+                                               self.unbounded)
+        for e in events:
+            key = e.key
+            j = bisect_right(starts, key) - 1
+            while j >= 0 and max_end[j] > key:
+                r = bounded[j]
+                if key < r[1]:  # type: ignore[operator,unused-ignore]  # bounded: an end
+                    hits.setdefault(r, []).append(e)
+                j -= 1
+            for r in unbounded:
+                if r[0] <= key:
+                    hits.setdefault(r, []).append(e)
+        return list(hits.items())
+
+
 class PartitionWatches:
     """The watches of one partition (owned by its `PartitionDriver`; module doc)."""
 
@@ -180,6 +226,7 @@ class PartitionWatches:
         self.max_bytes = max_bytes
         # Watches by range: watches of one range share the match of each pass.
         self._by_range: dict[tuple[bytes, bytes | None], dict[Watch, None]] = {}
+        self._index: _RangeIndex | None = None  # of `_by_range`'s keys; None: to rebuild
         self._pass: list[Any] = []  # events applied since the last flush, in order
         self._backed_up: dict[Watch, None] = {}  # watches with queued batches (ordered set)
         self._next_notice_check = 0.0
@@ -211,7 +258,11 @@ class PartitionWatches:
         # A cursor ahead of this replica (a lagging follower) keeps its place:
         # progress never goes back for the client.
         self._queue_backlog(w, backlog, max(after, applied))
-        self._by_range.setdefault(w.range, {})[w] = None
+        ws = self._by_range.get(w.range)
+        if ws is None:
+            ws = self._by_range[w.range] = {}
+            self._index = None
+        ws[w] = None
         self._pump(w, now)
         return w
 
@@ -228,6 +279,7 @@ class PartitionWatches:
             ws.pop(w, None)
             if not ws:
                 del self._by_range[w.range]
+                self._index = None
                 if not self._by_range:
                     self._pass.clear()  # nobody flushes it now
 
@@ -277,26 +329,18 @@ class PartitionWatches:
 
     def _match(self, events: list[Any]) -> list[tuple[tuple[bytes, bytes | None], list[Any]]]:
         """``(range, its events in apply order)`` for each range that has any."""
-        ranges = list(self._by_range)
-        out = []
-        if len(ranges) < 8 or len(ranges) * len(events) <= BISECT_ABOVE:
-            for r in ranges:
+        if len(self._by_range) < INDEX_FROM:
+            out = []
+            for r in self._by_range:
                 start, end = r
                 matched = [e for e in events if start <= e.key and (end is None or e.key < end)]
                 if matched:
                     out.append((r, matched))
             return out
-        # Many ranges and events: sort the events by key once, then each range
-        # is two bisections; its slice goes back to apply (revision) order.
-        order = sorted(range(len(events)), key=lambda i: events[i].key)
-        keys = [events[i].key for i in order]
-        for r in ranges:
-            start, end = r
-            lo = bisect_left(keys, start)
-            hi = len(keys) if end is None else bisect_left(keys, end, lo)
-            if lo < hi:
-                out.append((r, [events[i] for i in sorted(order[lo:hi])]))
-        return out
+        index = self._index
+        if index is None:
+            index = self._index = _RangeIndex(self._by_range)
+        return index.match(events)
 
     def _add_live(self, w: Watch, batch: _Batch, now: float) -> None:
         if batch.events[0].revision <= w.queued_upto:  # re-applied after a restart: skip

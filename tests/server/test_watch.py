@@ -288,7 +288,7 @@ def test_a_frame_is_shared_only_by_watches_that_get_the_same_events() -> None:
     assert backed_up.shared == []
 
 
-def test_matching_by_bisection_equals_the_plain_scan() -> None:
+def test_matching_through_the_range_index_equals_the_plain_scan() -> None:
     rng = random.Random(17)
     for _ in range(50):
         ws = PartitionWatches(0, 10**6, 1 << 30)
@@ -298,14 +298,22 @@ def test_matching_by_bisection_equals_the_plain_scan() -> None:
             end = None if rng.random() < 0.2 else b"k%02d" % b
             ws.open(hist, FakeSink(), rid, b"k%02d" % a, end, 0, False, 0, 0)
         events = [put(b"k%02d" % rng.randrange(32), rev // 3 + 1) for rev in range(60)]
-        bisected = ws._match(events)
-        old = watch_mod.BISECT_ABOVE
-        watch_mod.BISECT_ABOVE = 10**9
+        indexed = ws._match(events)
+        old = watch_mod.INDEX_FROM
+        watch_mod.INDEX_FROM = 10**9
         try:
             plain = ws._match(events)
         finally:
-            watch_mod.BISECT_ABOVE = old
-        assert bisected == plain
+            watch_mod.INDEX_FROM = old
+        assert dict(indexed) == dict(plain) and len(indexed) == len(plain)
+        # Closing and opening ranges rebuilds the index.
+        for w in [w for r in list(ws._by_range)[::2] for w in list(ws._by_range[r])]:
+            ws.close(w)
+        ws.open(hist, FakeSink(), 999, b"k05", b"k07", 0, False, 0, 0)
+        after = dict(ws._match(events))
+        expect = {r: m for r in ws._by_range
+                  if (m := [e for e in events if r[0] <= e.key and (r[1] is None or e.key < r[1])])}
+        assert after == expect
 
 
 def test_a_connection_whose_client_acknowledges_nothing_ends_its_watches() -> None:
