@@ -29,7 +29,9 @@ seconds measured, systems alternated per workload, --reps repetitions):
   W64-stalled   (PrkDB only) W64 while 24 watchers that never read (raw sockets, a Watch
                 of every key on each partition of each node) hold their streams open:
                 the throughput against plain W64 of the same rep, and the servers' RSS
-                growth (a slow watcher must be cut off, not slow writes or grow memory)
+                growth (a slow watcher must be cut off, not slow writes or grow memory);
+                measured after a longer warm-up (+STALLED_S + 2 s), once the servers
+                have ended the stalled watches (until then they cost what live ones do)
   RSS           VmRSS per server process after loading --rss-keys keys (batched)
   TLS           (--no-tls skips it) W1, W64 and R64-lin against a second
                 3-node PrkDB with [tls] on both listeners (mutual TLS between peers,
@@ -86,6 +88,7 @@ from prkdb.errors import AuthFailed, PrkdbError  # noqa: E402
 from prkdb.partitioning import partition_for  # noqa: E402
 from prkdb.security.certs import CertAuthority  # noqa: E402
 from prkdb.server.main import dev_configs  # noqa: E402
+from prkdb.server.watch import STALLED_S  # noqa: E402
 from prkdb.state.kv import prefix_end  # noqa: E402
 
 CLUSTER_ID = "prkdb-dev"
@@ -105,6 +108,9 @@ WORKLOADS = (
     ("W64-stalled", "put-stalled", 64),
 )
 STALLED_PER_NODE = 8
+# Extra warm-up of W64-stalled: the server ends a watch whose client acknowledged
+# nothing for STALLED_S (prkdb/server/watch.py); the window starts after that.
+STALLED_WARMUP = STALLED_S + 2.0
 WATCHERS = 100
 SCAN_PREFIX = b"scan/"
 SCAN_KEYS = 1000
@@ -579,9 +585,12 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     per = [clients // nprocs + (1 if i < clients % nprocs else 0) for i in range(nprocs)]
     workers = []
     offset = 0
+    # W64-stalled measures writes once the server has cut the stalled watchers off:
+    # until then (STALLED_S of unacknowledged bytes) they cost what live ones do.
+    warmup = args.warmup + (STALLED_WARMUP if workload == "put-stalled" else 0.0)
     for i, n in enumerate(per):
         spec = {"system": system, "workload": workload, "clients": n, "offset": offset,
-                "total": clients, "keys": READ_KEYS, "warmup": args.warmup,
+                "total": clients, "keys": READ_KEYS, "warmup": warmup,
                 "duration": args.duration, **target}
         offset += n
         workers.append(spawn([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -617,7 +626,7 @@ def run_load(system: str, cluster: Cluster, workload: str, clients: int, target:
     for w in workers:
         w.stdin.write(f"{t0!r}\n")
         w.stdin.flush()
-    ws = t0 + args.warmup
+    ws = t0 + warmup
     we = ws + args.duration
     pids = cluster.pids()
     time.sleep(max(0.0, ws - time.monotonic()))
