@@ -85,7 +85,7 @@ class LimitSettings:
     watch_buffer_events: int = 10_000
     watch_buffer_bytes: int = 4 * 1024 * 1024
     # Most watches open on one client connection.
-    max_watches_per_connection: int = 1000
+    max_watches_per_connection: int = 10_000
     # Recent events each partition keeps for watches resuming from a cursor
     # (fewer events or bytes, whichever bound is reached first); an older
     # cursor gets COMPACTED.

@@ -122,8 +122,9 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     ),
     ErrorCode.WATCH_OVERFLOW: (
         "ends a Watch whose client read too slowly: the server dropped the events it had "
-        "queued for it (limits.watch_buffer_events / watch_buffer_bytes). Resume with a new "
-        "Watch from the last progress or event revision received; nothing is lost"
+        "queued for it (limits.watch_buffer_events / watch_buffer_bytes, or the connection "
+        "acknowledged nothing for 2 s). Resume with a new Watch from the last progress or "
+        "event revision received; nothing is lost"
     ),
     ErrorCode.UNAUTHENTICATED: (
         "the server has auth on and the connection has no valid user: none yet, or its token "

@@ -298,13 +298,14 @@ frames interleave.
   `Error` of its id: `COMPACTED` (`after` is older than the history it keeps; details
   `oldest`, the smallest `after` it can serve, and `partition`; another replica may keep
   more, else list the range again and watch from the list's `applied_index`),
-  `WATCH_OVERFLOW` (the client read too slowly
-  and more than `limits.watch_buffer_events` (default 10000) events or
-  `limits.watch_buffer_bytes` (default 4 MiB) waited for it: resume), `UNAVAILABLE` (e.g.
+  `WATCH_OVERFLOW` (the client read too slowly: more than
+  `limits.watch_buffer_events` (default 10000) events or `limits.watch_buffer_bytes`
+  (default 4 MiB) waited for it, or its connection acknowledged none of the bytes
+  waiting for it for 2 s: resume), `UNAVAILABLE` (e.g.
   the replica installed a snapshot past the stream's progress, or is shutting down:
   resume, here or elsewhere), `TOO_LARGE` (one revision's events do not fit in a frame)
   or `BAD_REQUEST` (e.g. the id is already an open watch, or
-  `limits.max_watches_per_connection`, default 1000, watches are open on the connection).
+  `limits.max_watches_per_connection`, default 10000, watches are open on the connection).
 - **History.** Each replica keeps the recent events of each partition, bounded by count
   and bytes (`limits.history_events`, `limits.history_bytes`); it starts again at the
   replica's applied index when it restarts or installs a snapshot.

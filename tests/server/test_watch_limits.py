@@ -10,7 +10,7 @@ from prkdb.config import ConfigError, NodeConfig
 def test_defaults() -> None:
     lim = NodeConfig.default().limits
     assert (lim.watch_buffer_events, lim.watch_buffer_bytes, lim.max_watches_per_connection,
-            lim.history_events, lim.history_bytes) == (10_000, 4 << 20, 1000, 10_000, 16 << 20)
+            lim.history_events, lim.history_bytes) == (10_000, 4 << 20, 10_000, 10_000, 16 << 20)
 
 
 def test_read_from_toml() -> None:
