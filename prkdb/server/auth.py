@@ -292,6 +292,7 @@ class AuthPartition(Protocol):
     @property
     def is_leader(self) -> bool: ...
     def auth_store(self) -> AuthStore: ...
+    def auth_caught_up(self) -> bool: ...
     def not_leader_error(self) -> NotLeader: ...
     def submit_write(self, data: bytes, deadline: float, callback: Callback) -> None: ...
 
@@ -492,6 +493,13 @@ class AuthService:
             if held is not None:
                 self.log.warning("login_failed", remote=conn.address, user=req.user,
                                  suppressed=held)
+            if not self._partition().auth_caught_up():
+                # The user or password may be newer than what this node applied:
+                # UNAVAILABLE (retry elsewhere), for every failure alike so it tells
+                # nothing of which users exist; it still counts against the limit.
+                raise Unavailable("this node is catching up on users and roles (partition "
+                                  "0) and could not check the login: retry, or ask another "
+                                  "node")
             raise AuthFailed(f"login failed: wrong user or password for {req.user!r}")
         expires = unix_ms() + self.cfg.auth.token_ttl_s * 1000
         token = sign_token(self.store.secret, self.cfg.cluster_id, u.name, u.revision, expires)

@@ -256,6 +256,15 @@ class PartitionDriver:
         """The users and roles this machine applied (partition 0's are the cluster's)."""
         return self.sm.auth
 
+    def auth_caught_up(self) -> bool:
+        """Whether this replica knows a leader and applied all it knows committed.
+
+        A failed login on a replica that is not (restarted, cut off) may be a
+        user or password change it has not applied yet (prkdb/server/auth.py).
+        """
+        st = self.raw.status()
+        return st.leader != 0 and self.applied_index >= st.commit
+
     def lease_keys(self, lease_id: int) -> list[bytes] | None:
         """The keys attached to a lease in the applied state (None: no such lease here)."""
         lease = self.sm.lease(lease_id)

@@ -8,10 +8,11 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
 from click.testing import CliRunner
 
 from prkdb.config import NodeConfig
-from prkdb.errors import Unauthenticated, Unavailable
+from prkdb.errors import AuthFailed, Unauthenticated, Unavailable
 from prkdb.logging import get_logger
 from prkdb.server.auth import (
     AuthBehind,
@@ -33,7 +34,7 @@ from prkdb.state.auth import (
     AuthUserPasswd,
     PasswordHash,
 )
-from prkdb.wire.messages import Authenticate
+from prkdb.wire.messages import Authenticate, AuthOk, Login
 
 SECRET = b"s" * 32
 NOW = 1_800_000_000_000
@@ -133,9 +134,13 @@ class _Node:
 
         class _P0:
             partition = 0
+            caught_up = True
 
             def auth_store(self) -> AuthStore:
                 return store_
+
+            def auth_caught_up(self) -> bool:
+                return self.caught_up
 
         self.drivers = [_P0()]
 
@@ -159,6 +164,28 @@ async def test_a_connection_whose_token_this_node_is_behind_waits_for_it() -> No
         service.authenticate(other, Authenticate(2, token[:-3] + "AAA"))
     with pytest.raises(Unauthenticated, match="authentication required"):
         service.check_user(other)
+
+
+async def test_a_failed_login_on_a_node_catching_up_is_unavailable_not_a_wrong_password(
+        ) -> None:
+    """A lagging node may not know the user or its new password yet: UNAVAILABLE (the
+    SDK asks another node), for unknown users and wrong passwords alike (it tells
+    nothing of which users exist), still counted by the limiter."""
+    store = AuthStore()
+    store.secret = SECRET
+    store.apply(5, AuthUserAdd("alice", PasswordHash.make("right", b"t" * 16, n=16, r=1, p=1)))
+    node = _Node(store)
+    service = AuthService(node)
+    conn = service.new_connection("127.0.0.9:5", None)
+    node.drivers[0].caught_up = False
+    for user, password in (("alice", "wrong"), ("bob", "any")):
+        with pytest.raises(Unavailable, match="catching up"):
+            await service.login(conn, Login(1, user, password))
+    assert isinstance(await service.login(conn, Login(2, "alice", "right")), AuthOk)
+    node.drivers[0].caught_up = True
+    with pytest.raises(AuthFailed, match="wrong user or password"):
+        await service.login(conn, Login(3, "bob", "any"))
+    assert len(service.limiter._recent("127.0.0.9", trio.current_time())) == 3
 
 
 def test_login_limiter_counts_a_sliding_minute_per_address() -> None:
