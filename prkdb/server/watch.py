@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prkdb.errors import PrkdbError, Unavailable, WatchOverflow
-from prkdb.state.events import events_from_fields
+from prkdb.state.events import events_from_records
 
 PROGRESS_INTERVAL_S = 0.8  # idle notice after this long (checked every NOTICE_CHECK_S)
 NOTICE_CHECK_S = 0.1  # idle watches are looked for this often (not every 50 ms tick)
@@ -121,8 +121,9 @@ class WatchSink(Protocol):
 def _as_sent(events: list[Any], prev_values: bool) -> tuple[list[Any], int]:
     """`events` as a watch gets them (no previous values unless asked), and their size."""
     if not prev_values and any(e.prev_value is not None for e in events):
-        # (events_from_fields: a third of dataclasses.replace's cost per event)
-        events = events_from_fields([(e.kind, e.key, e.revision, e.value, None) for e in events])
+        # (events_from_records: a third of dataclasses.replace's cost per event)
+        events = events_from_records([(e.kind, e.key, e.revision, e.value, None, 0)
+                                      for e in events])
     return events, sum(event_size(e, prev_values) for e in events)
 
 

@@ -54,11 +54,11 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Final, final
+from typing import Final, final
 
 from prkdb.state.errors import StateError
 
@@ -71,7 +71,6 @@ __all__ = [
     "EventKind",
     "EventLog",
     "EventRecord",
-    "events_from_fields",
     "events_from_records",
     "make_record",
     "record_size",
@@ -168,25 +167,6 @@ def events_from_records(records: Iterable[EventRecord]) -> list[Event]:
     for k, key, rev, value, prev, _ in records:
         e = _new(Event)
         _set_kind(e, kinds[k])
-        _set_key(e, key)
-        _set_revision(e, rev)
-        _set_value(e, value)
-        _set_prev(e, prev)
-        add(e)
-    return events
-
-
-def events_from_fields(rows: Iterable[Sequence[Any]]) -> list[Event]:
-    """:func:`events_from_records` for rows ``(kind, key, revision, value, prev_value)``.
-
-    The kind must already be an :class:`EventKind` (a wire parser's rows,
-    checked by the caller).
-    """
-    events: list[Event] = []
-    add = events.append
-    for kind, key, rev, value, prev in rows:
-        e = _new(Event)
-        _set_kind(e, kind)
         _set_key(e, key)
         _set_revision(e, rev)
         _set_value(e, value)

@@ -62,7 +62,7 @@ from prkdb.state.commands import CompareOp, CompareTarget
 
 # The state machine's events, sent as they are: a WatchEvents frame carries the
 # `Event` objects of the partition's history (`EventLog.since`, `on_events`).
-from prkdb.state.events import Event, EventKind, events_from_fields
+from prkdb.state.events import Event, EventKind, events_from_records
 from prkdb.state.kv import ScanItem  # a KeyValue's fields, in order (`key_values`)
 from prkdb.wire.errors import LocalProtocolError, RemoteProtocolError
 from prkdb.wire.frames import (
@@ -2506,10 +2506,10 @@ def _parse_watch_events(body: bytes) -> WatchEvents | None:
                 or (value is not None) != (k is EventKind.PUT)):
             return None
         last = rev
-        rows.append((k, key, rev, value, prev))
+        rows.append((k, key, rev, value, prev, 0))  # an EventRecord (size unused)
     if last > progress:
         return None
-    return WatchEvents(rid, partition, tuple(events_from_fields(rows)), progress)
+    return WatchEvents(rid, partition, tuple(events_from_records(rows)), progress)
 
 
 _HOT_PARSERS[_hot_head(SCHEMAS[WatchEvents])] = _parse_watch_events
