@@ -10,54 +10,29 @@ root's token; `client_kwargs` are what an SDK client needs.
 from __future__ import annotations
 
 import secrets
-import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 from prkdb.client.security import Credentials, TlsOptions
 from prkdb.security.certs import CertAuthority
-from prkdb.wire import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode_message, from_wire
-from prkdb.wire.messages import Authenticate, AuthOk, Hello, Login, Status, StatusOk
+from prkdb.wire.messages import Authenticate, AuthOk, Login, Status, StatusOk
 from tests.fault.netns import CLIENT_PORT, CLUSTER_ID, NetnsCluster
+from tests.security.tlscluster import TlsWireConn
 
 ROOT = "root"
 
 
-class SecureWireConn:
-    """A blocking TLS connection that said hello (and presented `token`, if given)."""
-
-    def __init__(self, host: str, port: int, ca: Path, *, timeout: float,
-                 token: str = "") -> None:
-        ctx = ssl.create_default_context(cafile=str(ca))
-        raw = socket.create_connection((host, port), timeout=timeout)
-        try:
-            self.sock = ctx.wrap_socket(raw, server_hostname=host)
-        except BaseException:
-            raw.close()
-            raise
-        self.decoder = FrameDecoder()
-        self.hello = self.call(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0))
-        if token:
-            reply = self.call(Authenticate(1, token))
-            if not isinstance(reply, AuthOk):
-                self.close()
-                raise ConnectionError(f"Authenticate refused: {reply}")
-
-    def call(self, msg: Any) -> Any:
-        self.sock.sendall(encode_message(msg))
-        while True:
-            f = self.decoder.next_frame()
-            if f is not NEED_DATA:
-                return from_wire(f)
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("closed")
-            self.decoder.receive_data(data)
-
-    def close(self) -> None:
-        self.sock.close()
+def secure_wire(host: str, ca: Path, *, timeout: float, token: str = "") -> TlsWireConn:
+    """A TLS test connection to `host`'s client port that said hello and, given a
+    token, presented it (tests/security/tlscluster.py's connection)."""
+    conn = TlsWireConn(CLIENT_PORT, ca, timeout=timeout, cluster_id=CLUSTER_ID, host=host)
+    if token:
+        reply = conn.call(Authenticate(1, token))
+        if not isinstance(reply, AuthOk):
+            conn.close()
+            raise ConnectionError(f"Authenticate refused: {reply}")
+    return conn
 
 
 class SecureNetnsCluster(NetnsCluster):
@@ -89,11 +64,10 @@ class SecureNetnsCluster(NetnsCluster):
     def wire(self, i: int, timeout: float = 1.0) -> Any:
         # A token (HMAC-checked, cheap) lets the connection read keys; logging
         # in per connection would cost a scrypt.
-        return SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=timeout,
-                              token=self._token)
+        return secure_wire(self.addr(i), self.ca_file, timeout=timeout, token=self._token)
 
     def status(self, i: int, timeout: float = 1.0) -> StatusOk:
-        conn = SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=timeout)
+        conn = secure_wire(self.addr(i), self.ca_file, timeout=timeout)
         try:
             reply = conn.call(Status(1))  # free: no token needed (or checked)
             assert isinstance(reply, StatusOk), reply
@@ -122,7 +96,7 @@ class SecureNetnsCluster(NetnsCluster):
                 if not self.alive(i) or i in self.paused:
                     continue
                 try:
-                    conn = SecureWireConn(self.addr(i), CLIENT_PORT, self.ca_file, timeout=5)
+                    conn = secure_wire(self.addr(i), self.ca_file, timeout=5)
                     try:
                         reply = conn.call(Login(1, ROOT, self.password))
                     finally:

@@ -227,12 +227,11 @@ def test_half_open_handshakes_are_closed_by_the_node(node: TlsCluster) -> None:
             s.sendall(hello[:20])  # a start, never finished
             held.append(s)
         still_serves(node, b"while-held")  # the others do not block a good client
-        start = time.monotonic()
         for s in held:
+            # The node closes each: a recv past the socket's timeout (the node's
+            # HANDSHAKE_TIMEOUT + 5 s) raises TimeoutError and fails the test.
             with contextlib.suppress(ConnectionResetError):
                 assert s.recv(65536) == b"", "the node answered half a handshake"
-        waited = time.monotonic() - start
-        assert waited < HANDSHAKE_TIMEOUT + 5, f"half-open handshakes held {waited:.1f} s"
     finally:
         for s in held:
             s.close()

@@ -30,12 +30,17 @@ class TlsWireConn:
     """A blocking TLS connection that said hello (independent of the SDK)."""
 
     def __init__(self, port: int, ca: Path, *, cert: CertFiles | None = None,
-                 timeout: float = 5.0, cluster_id: str = CLUSTER_ID) -> None:
+                 timeout: float = 5.0, cluster_id: str = CLUSTER_ID,
+                 host: str = "127.0.0.1") -> None:
         ctx = ssl.create_default_context(cafile=str(ca))
         if cert is not None:
             ctx.load_cert_chain(str(cert.cert_file), str(cert.key_file))
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        raw = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
         self.decoder = FrameDecoder()
         self.hello = self.call(Hello(PROTOCOL_VERSION, cluster_id, "client", 0))
 

@@ -38,6 +38,16 @@ async def _watcher(client: Client) -> WireConn:
     return await trio.to_thread.run_sync(WireConn, client.node.client_port)
 
 
+def _watcher_that_never_reads(client: Client, p: int, *, prev_values: bool) -> socket.socket:
+    """A raw connection (small receive buffer) watching all of partition p, never read."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", client.node.client_port))
+    sock.sendall(encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0)))
+    sock.sendall(encode_message(Watch(1, p, b"", None, 0, prev_values)))
+    return sock
+
+
 async def test_backlog_then_live_events_in_order_then_idle_progress(tmp_path: Path) -> None:
     async with serving(tmp_path) as client:
         p = 0
@@ -127,12 +137,7 @@ async def test_a_stalled_reader_overflows_while_writes_go_on(tmp_path: Path) -> 
     async with serving(tmp_path, watch_buffer_bytes=buffer_bytes) as client:
         p = 2
         driver = client.node.drivers[p]
-        # A watcher that never reads, with a small receive buffer.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", client.node.client_port))
-        sock.sendall(encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0)))
-        sock.sendall(encode_message(Watch(1, p, b"", None, 0, True)))
+        sock = _watcher_that_never_reads(client, p, prev_values=True)
         await eventually(lambda: len(driver.watches) == 1)
         value = b"x" * 60_000
         keys = client.keys_of(p, 8)
@@ -160,11 +165,7 @@ async def test_a_client_that_reads_nothing_is_cut_off_by_its_silence(tmp_path: P
     async with serving(tmp_path) as client:
         p = 1
         driver = client.node.drivers[p]
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", client.node.client_port))
-        sock.sendall(encode_message(Hello(PROTOCOL_VERSION, CLUSTER_ID, "client", 0)))
-        sock.sendall(encode_message(Watch(1, p, b"", None, 0, False)))
+        sock = _watcher_that_never_reads(client, p, prev_values=False)
         await eventually(lambda: len(driver.watches) == 1)
         keys = client.keys_of(p, 8)
         produced = 0
